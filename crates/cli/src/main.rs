@@ -1,0 +1,244 @@
+//! `amphi`: runc's command line over amphi's runtime API.
+
+mod log;
+mod spec_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use amphi_runtime::{CreateOptions, Runtime};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use nix::sys::signal::Signal;
+
+#[derive(Parser)]
+#[command(
+    name = "amphi",
+    version,
+    about = "OCI runtime for native and WebAssembly containers"
+)]
+struct Cli {
+    /// Directory for container state.
+    #[arg(long, global = true, default_value = "/run/amphi")]
+    root: PathBuf,
+    /// Also write errors (and with --debug, progress) to this file.
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: log::Format,
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Manage cgroups through systemd (not supported: amphi uses cgroupfs).
+    #[arg(long, global = true)]
+    systemd_cgroup: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct CreateArgs {
+    id: String,
+    /// Bundle directory (holding config.json).
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Unix socket that receives the pty master when process.terminal is set.
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// chroot instead of pivot_root (for a rootfs on a ramdisk).
+    #[arg(long)]
+    no_pivot: bool,
+    /// Pass this many fds beyond stdio (3, 4, ...) to the container.
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: i32,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a default config.json into the bundle directory.
+    Spec {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long)]
+        rootless: bool,
+    },
+    /// Create a container: set up its envelope and wait for `start`.
+    Create(CreateArgs),
+    /// Start the workload of a created container.
+    Start { id: String },
+    /// Print a container's state as runtime-spec JSON.
+    State { id: String },
+    /// Send a signal (default SIGTERM) to a container's init or all its processes.
+    Kill {
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Remove a stopped container (--force: stop it first).
+    Delete {
+        id: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Create, start, wait for and delete a container; exit with its status.
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Return once the container is started.
+        #[arg(short, long)]
+        detach: bool,
+    },
+    /// List containers.
+    #[command(alias = "ls")]
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        format: ListFormat,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print what this runtime supports, as runtime-spec features JSON.
+    Features,
+}
+
+fn parse_signal(s: &str) -> Result<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| anyhow!("unknown signal {s:?}"));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&name)
+        .map_err(|_| anyhow!("unknown signal {s:?}: use a name such as TERM or KILL, or a number"))
+}
+
+fn create_options(a: &CreateArgs) -> CreateOptions<'_> {
+    CreateOptions {
+        id: &a.id,
+        bundle: &a.bundle,
+        pid_file: a.pid_file.as_deref(),
+        console_socket: a.console_socket.as_deref(),
+        no_pivot: a.no_pivot,
+        preserve_fds: a.preserve_fds,
+    }
+}
+
+fn run(cli: &Cli) -> Result<ExitCode> {
+    if cli.systemd_cgroup {
+        bail!("--systemd-cgroup is not supported: amphi manages cgroups through cgroupfs; drop the flag (and use a path, not slice:prefix:name, as linux.cgroupsPath)");
+    }
+    let runtime =
+        || Runtime::new(&cli.root).with_context(|| format!("runtime root {}", cli.root.display()));
+    match &cli.command {
+        Command::Spec { bundle, rootless } => spec_cmd::write(bundle, *rootless)?,
+        Command::Create(a) => {
+            runtime()?
+                .create(&create_options(a))
+                .with_context(|| format!("create {}", a.id))?;
+        }
+        Command::Start { id } => runtime()?
+            .start(id)
+            .with_context(|| format!("start {id}"))?,
+        Command::State { id } => {
+            let s = runtime()?
+                .state(id)
+                .with_context(|| format!("state {id}"))?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        }
+        Command::Kill { id, signal, all } => {
+            let sig = parse_signal(signal).with_context(|| format!("kill {id}"))?;
+            runtime()?
+                .kill(id, sig, *all)
+                .with_context(|| format!("kill {id}"))?;
+        }
+        Command::Delete { id, force } => {
+            let r = runtime()?.delete(id, *force);
+            match r {
+                Err(amphi_core::Error::NotFound(_)) if *force => {}
+                r => r.with_context(|| format!("delete {id}"))?,
+            }
+        }
+        Command::Run { create, detach } => {
+            let rt = runtime()?;
+            let o = create_options(create);
+            if *detach {
+                rt.create(&o)
+                    .with_context(|| format!("run {}", create.id))?;
+                if let Err(e) = rt.start(&create.id) {
+                    let _ = rt.delete(&create.id, true);
+                    return Err(anyhow::Error::new(e).context(format!("run {}", create.id)));
+                }
+            } else {
+                let code = rt.run(&o).with_context(|| format!("run {}", create.id))?;
+                return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+            }
+        }
+        Command::List { format, quiet } => list(&runtime()?, *format, *quiet)?,
+        Command::Features => println!("{}", serde_json::to_string_pretty(&spec_cmd::features())?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(rt: &Runtime, format: ListFormat, quiet: bool) -> Result<()> {
+    let all = rt.list()?;
+    if quiet {
+        for (s, _) in &all {
+            println!("{}", s.id);
+        }
+        return Ok(());
+    }
+    match format {
+        ListFormat::Json => {
+            let v: Vec<_> = all.iter().map(|(s, st)| s.oci_state(*st)).collect();
+            println!("{}", serde_json::to_string(&v)?);
+        }
+        ListFormat::Table => {
+            println!(
+                "{:<24} {:<8} {:<10} {:<40} CREATED",
+                "ID", "PID", "STATUS", "BUNDLE"
+            );
+            for (s, st) in &all {
+                let pid = if *st == amphi_runtime::ContainerStatus::Stopped {
+                    0
+                } else {
+                    s.pid
+                };
+                println!(
+                    "{:<24} {:<8} {:<10} {:<40} {}",
+                    s.id,
+                    pid,
+                    st,
+                    s.bundle.display(),
+                    s.created
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let logger = log::Logger::new(cli.log.as_deref(), cli.log_format);
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            logger.error(&msg);
+            eprintln!("amphi: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

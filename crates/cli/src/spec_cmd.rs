@@ -1,0 +1,63 @@
+//! `amphi spec` and `amphi features`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use oci_spec::runtime::{ProcessBuilder, Spec};
+
+/// Write a default config.json: runc's defaults (namespaces, masked and
+/// read-only paths, a minimal capability set, no new privileges), running
+/// `sh` without a terminal.
+pub fn write(bundle: &Path, rootless: bool) -> Result<()> {
+    let path = bundle.join("config.json");
+    if path.exists() {
+        bail!(
+            "{} exists already: remove it or choose another --bundle",
+            path.display()
+        );
+    }
+    let mut spec = if rootless {
+        Spec::rootless(
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )
+    } else {
+        Spec::default()
+    };
+    let mut process = spec
+        .process()
+        .clone()
+        .unwrap_or_else(|| ProcessBuilder::default().build().expect("default"));
+    process.set_terminal(Some(false));
+    spec.set_process(Some(process));
+    spec.set_hostname(Some("amphi".into()));
+    let json = serde_json::to_string_pretty(&spec)?;
+    std::fs::write(&path, json + "\n").with_context(|| format!("write {}", path.display()))
+}
+
+pub fn features() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.0",
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": [
+            "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "mand",
+            "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime",
+            "nosuid", "private", "rbind", "relatime", "remount", "ro", "rprivate", "rshared",
+            "rslave", "runbindable", "rw", "shared", "slave", "strictatime", "suid", "sync",
+            "unbindable"
+        ],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {"enabled": false},
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false}
+        },
+        "annotations": {
+            "io.github.amphi.executors": "native",
+            "io.github.amphi.executor-annotations": "module.wasm.image/variant, run.oci.handler"
+        }
+    })
+}

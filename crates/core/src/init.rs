@@ -1,0 +1,295 @@
+//! The container's init process, from clone to exec, for every executor.
+//! `setup` reads top to bottom as the order of container set-up; each
+//! ordering constraint says why.
+
+use std::convert::Infallible;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::fcntl::{openat, OFlag};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::stat::{umask, Mode};
+use nix::unistd::{chdir, sethostname, setresgid, setresuid, write, Gid, Uid};
+use oci_spec::runtime::LinuxNamespaceType;
+
+use crate::error::SysContext;
+use crate::executor::{Executor, PrepareContext};
+use crate::launch::{clone, keep_fds};
+use crate::namespaces::Plan;
+use crate::rootfs::{self, RootfsContext};
+use crate::spec::Bundle;
+use crate::state::EXEC_FIFO;
+use crate::sync::{Channel, Msg};
+use crate::{hooks, process, Error, Result};
+
+pub struct InitArgs<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Bundle,
+    pub plan: &'a Plan,
+    pub intermediate: bool,
+    pub channel: Channel,
+    /// The state directory (O_PATH), to open the exec fifo from after pivot_root.
+    pub state_dir: OwnedFd,
+    pub cgroup_paths: &'a [std::path::PathBuf],
+    pub no_pivot: bool,
+    pub preserve_fds: i32,
+    pub executor: Box<dyn Executor>,
+}
+
+/// Never returns: the process becomes the workload or exits.
+pub fn run(args: InitArgs) -> ! {
+    let id = args.id.to_owned();
+    let mut reported = false;
+    let err = match setup(args, &mut reported) {
+        Ok(never) => match never {},
+        Err((e, ch)) => {
+            if let Some(ch) = ch.filter(|_| !reported) {
+                let _ = ch.send(&Msg::Failed(e.to_string()));
+            } else {
+                // After `create` returned nobody listens on the channel: the
+                // container's stderr is where the error can still be seen.
+                eprintln!("amphi: container {id}: {e}");
+            }
+            e
+        }
+    };
+    let code = match err {
+        Error::Sys {
+            source: nix::Error::ENOENT | nix::Error::EACCES | nix::Error::ENOEXEC,
+            ..
+        } => 127,
+        _ => 1,
+    };
+    // SAFETY: leave without running destructors or atexit handlers that
+    // belong to the parent's copy of this process.
+    unsafe { libc::_exit(code) }
+}
+
+type Failure = (Error, Option<Channel>);
+
+fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Failure> {
+    let ch = a.channel;
+    macro_rules! t {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => return Err((e, Some(ch))),
+            }
+        };
+    }
+    let spec = &a.bundle.spec;
+    let process = spec.process().as_ref().expect("validated: process present");
+    let linux = spec.linux().as_ref();
+
+    // Nothing of the caller's (a lock, a shim's socket) may reach the
+    // container beyond --preserve-fds (CVE-2024-21626 class).
+    let mut keep = keep_fds(&[&ch.raw(), &a.state_dir]);
+    keep.extend(a.plan.join.iter().map(|j| j.fd.as_raw_fd()));
+    t!(close_fds_from(3 + a.preserve_fds, &keep));
+
+    if a.intermediate {
+        // Stage 1: join the user and pid namespaces, create the rest, then
+        // fork the init as our parent's child (CLONE_PARENT) and leave.
+        for t in [LinuxNamespaceType::User, LinuxNamespaceType::Pid] {
+            if let Some(j) = a.plan.joins(t) {
+                t!(
+                    setns(j.fd.as_fd(), crate::namespaces::flag(t)).sys(|| format!(
+                        "linux.namespaces: join {} {}",
+                        t,
+                        j.path.display()
+                    ))
+                );
+            }
+        }
+        t!(unshare(a.plan.new - CloneFlags::CLONE_NEWCGROUP)
+            .sys(|| format!("unshare {:?}", a.plan.new)));
+        if a.plan.creates(LinuxNamespaceType::User) {
+            t!(ch.send(&Msg::MapIds));
+            if t!(ch.recv()) != Some(Msg::MapsDone) {
+                return Err((Error::Init("id maps not written".into()), None));
+            }
+        }
+        let pid = t!(clone(CloneFlags::CLONE_PARENT));
+        if pid != 0 {
+            let _ = ch.send(&Msg::InitPid(pid));
+            // SAFETY: as in `run`.
+            unsafe { libc::_exit(0) }
+        }
+    }
+
+    // Wait until the parent mapped our ids and put us in the cgroup.
+    match t!(ch.recv()) {
+        Some(Msg::Go) => {}
+        _ => return Err((Error::Init("parent went away".into()), None)),
+    }
+    for j in a
+        .plan
+        .join
+        .iter()
+        .filter(|j| !matches!(j.typ, LinuxNamespaceType::User | LinuxNamespaceType::Pid))
+    {
+        t!(
+            setns(j.fd.as_fd(), crate::namespaces::flag(j.typ)).sys(|| format!(
+                "linux.namespaces: join {} {}",
+                j.typ,
+                j.path.display()
+            ))
+        );
+    }
+    // After the cgroup join, so the container's cgroup is its cgroup root.
+    if a.plan.creates(LinuxNamespaceType::Cgroup) {
+        t!(unshare(CloneFlags::CLONE_NEWCGROUP).sys(|| "unshare cgroup namespace".into()));
+    }
+    let userns = a.plan.has_userns();
+    if userns {
+        // Become the namespace's root so what we create is owned by it.
+        t!(
+            setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+                .sys(|| "setresgid(0) in the user namespace (is container gid 0 mapped?)".into())
+        );
+        t!(
+            setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+                .sys(|| "setresuid(0) in the user namespace (is container uid 0 mapped?)".into())
+        );
+    }
+    // Device nodes and mount points get exactly the modes the spec gives.
+    umask(Mode::empty());
+
+    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        t!(sethostname(h).sys(|| format!("hostname {h:?}")));
+    }
+    if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
+        t!(set_domainname(d));
+    }
+    t!(process::set_oom_score_adj(process));
+
+    let root_fd = t!(rootfs::setup(&RootfsContext {
+        spec,
+        bundle: &a.bundle.dir,
+        rootfs: &a.bundle.rootfs,
+        userns,
+        cgroup_paths: a.cgroup_paths,
+    }));
+
+    // prestart and createRuntime hooks run in the runtime's namespaces, by
+    // the parent, once the mounts exist and before pivot_root.
+    let hooks = spec.hooks().as_ref();
+    if hooks.is_some_and(|h| h.prestart().is_some() || h.create_runtime().is_some()) {
+        t!(ch.send(&Msg::RunHooks));
+        if t!(ch.recv()) != Some(Msg::HooksDone) {
+            return Err((Error::Init("parent went away during hooks".into()), None));
+        }
+    }
+    let state_json = |status: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "ociVersion": "1.2.0", "id": a.id, "status": status,
+            "pid": std::process::id(), "bundle": a.bundle.dir,
+            "annotations": spec.annotations().clone().unwrap_or_default(),
+        }))
+        .expect("json")
+    };
+    // createContainer hooks: in the container's namespaces, before pivot_root.
+    t!(hooks::run_all(
+        hooks.and_then(|h| h.create_container().as_ref()),
+        "createContainer",
+        &state_json("creating")
+    ));
+
+    // The executor prepares while host paths are reachable (e.g. a compiled
+    // module cache), but already inside the cgroup and namespaces.
+    let mut executor = a.executor;
+    t!(executor.prepare(&PrepareContext {
+        spec,
+        process,
+        rootfs: &a.bundle.rootfs,
+        root_fd: root_fd.as_fd(),
+    }));
+    drop(root_fd);
+
+    if a.no_pivot {
+        t!(rootfs::move_root(&a.bundle.rootfs));
+    } else {
+        t!(rootfs::pivot(&a.bundle.rootfs));
+    }
+    // Masked and read-only paths after pivot_root: they name container paths.
+    t!(rootfs::finalize(spec));
+    t!(chdir(process.cwd().as_path()).sys(|| format!("process.cwd {}", process.cwd().display())));
+
+    t!(process::set_rlimits(process));
+    t!(process::become_user(process, !setgroups_denied()));
+    t!(process::set_no_new_privs(process));
+    let _ = linux;
+
+    // Created: tell the parent, then block until `start` opens the fifo.
+    t!(ch.send(&Msg::Ready));
+    *reported = true;
+    drop(ch);
+    let fifo = openat(
+        a.state_dir.as_fd(),
+        EXEC_FIFO,
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .sys(|| "open exec fifo".into())
+    .map_err(|e| (e, None))?;
+    // The last handle on a host directory goes before any container code runs.
+    drop(a.state_dir);
+    write(&fifo, b"0")
+        .sys(|| "write exec fifo".into())
+        .map_err(|e| (e, None))?;
+    drop(fifo);
+
+    hooks::run_all(
+        hooks.and_then(|h| h.start_container().as_ref()),
+        "startContainer",
+        &state_json("running"),
+    )
+    .map_err(|e| (e, None))?;
+
+    // The workload starts with the umask it asks for, default signal
+    // handling (Rust ignores SIGPIPE) and nothing blocked.
+    umask(Mode::from_bits_truncate(
+        process.user().umask().unwrap_or(0o022),
+    ));
+    reset_signals();
+    Err((executor.exec(process), None))
+}
+
+fn set_domainname(d: &str) -> Result<()> {
+    // SAFETY: pointer and length of a live byte slice.
+    if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
+        return Err(Error::sys(format!("domainname {d:?}"), nix::Error::last()));
+    }
+    Ok(())
+}
+
+/// In a user namespace whose setgroups is denied, setgroups(2) fails.
+fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+}
+
+fn reset_signals() {
+    for sig in Signal::iterator() {
+        if !matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            // SAFETY: installing the default disposition.
+            let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+        }
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// Close every fd from `first` up, except `keep`.
+fn close_fds_from(first: i32, keep: &[i32]) -> Result<()> {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| Error::io("read", "/proc/self/fd", e))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        if fd >= first && !keep.contains(&fd) {
+            // SAFETY: closing an fd this process owns; the read_dir handle
+            // is already gone.
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
+}

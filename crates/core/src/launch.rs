@@ -1,0 +1,198 @@
+//! The parent side of `create`: start the container's init process in its
+//! namespaces, map its ids, put it in its cgroup, run the runtime-namespace
+//! hooks when it asks, and return once it waits on the exec fifo.
+//!
+//! No helper binary is executed: the init is a clone of this process, so a
+//! container costs one clone (two when namespaces are joined by path) and a
+//! handful of messages.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::fcntl::{open, OFlag};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType};
+
+use crate::cgroups::ContainerCgroup;
+use crate::error::SysContext;
+use crate::executor::Executor;
+use crate::init::{self, InitArgs};
+use crate::namespaces::Plan;
+use crate::spec::Bundle;
+use crate::sync::{Channel, Msg};
+use crate::{Error, Result};
+
+pub struct LaunchConfig<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Bundle,
+    pub state_dir: &'a Path,
+    pub cgroup: &'a ContainerCgroup,
+    pub no_pivot: bool,
+    pub preserve_fds: i32,
+}
+
+/// fork(2) with namespace flags. The caller must be single-threaded: the
+/// child continues on a copy of this stack.
+pub(crate) fn clone(flags: CloneFlags) -> Result<i32> {
+    // SAFETY: raw clone without CLONE_VM behaves as fork; amphi forks only
+    // while single-threaded, so no lock is held by a vanished thread.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags.bits() | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if r < 0 {
+        return Err(Error::sys(format!("clone({flags:?})"), nix::Error::last()));
+    }
+    Ok(r as i32)
+}
+
+/// Start the init; returns its host pid once it is `created`.
+/// `runtime_hooks` runs the prestart and createRuntime hooks given the pid.
+pub fn launch(
+    cfg: &LaunchConfig,
+    executor: Box<dyn Executor>,
+    runtime_hooks: &mut dyn FnMut(i32) -> Result<()>,
+) -> Result<i32> {
+    let spec = &cfg.bundle.spec;
+    let linux = spec.linux().as_ref();
+    let plan = Plan::from_spec(
+        linux
+            .and_then(|l| l.namespaces().as_deref())
+            .unwrap_or_default(),
+    )?;
+    // Joining a pid or user namespace needs a process that joins and then
+    // forks the init (setns to a pid namespace applies to children only).
+    let intermediate = plan.joins(LinuxNamespaceType::Pid).is_some()
+        || plan.joins(LinuxNamespaceType::User).is_some();
+    let (parent_ch, child_ch) = Channel::pair()?;
+    let state_dir: OwnedFd = open(
+        cfg.state_dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .sys(|| format!("open {}", cfg.state_dir.display()))?;
+    let clone_flags = if intermediate {
+        CloneFlags::empty()
+    } else {
+        plan.new - CloneFlags::CLONE_NEWCGROUP
+    };
+
+    let first = clone(clone_flags)?;
+    if first == 0 {
+        drop(parent_ch);
+        init::run(InitArgs {
+            id: cfg.id,
+            bundle: cfg.bundle,
+            plan: &plan,
+            intermediate,
+            channel: child_ch,
+            state_dir,
+            cgroup_paths: &cfg.cgroup.paths,
+            no_pivot: cfg.no_pivot,
+            preserve_fds: cfg.preserve_fds,
+            executor,
+        });
+    }
+    drop(child_ch);
+    drop(state_dir);
+
+    let mut init_pid = first;
+    let result = (|| -> Result<i32> {
+        if intermediate {
+            loop {
+                match parent_ch.recv()? {
+                    Some(Msg::MapIds) => {
+                        write_id_maps(first, linux)?;
+                        parent_ch.send(&Msg::MapsDone)?;
+                    }
+                    Some(Msg::InitPid(p)) => {
+                        init_pid = p;
+                        break;
+                    }
+                    Some(Msg::Failed(e)) => return Err(Error::Init(e)),
+                    other => return Err(unexpected(other)),
+                }
+            }
+            let _ = waitpid(Pid::from_raw(first), None);
+        } else if plan.creates(LinuxNamespaceType::User) {
+            write_id_maps(first, linux)?;
+        }
+        cfg.cgroup.attach(init_pid)?;
+        parent_ch.send(&Msg::Go)?;
+        loop {
+            match parent_ch.recv()? {
+                Some(Msg::RunHooks) => {
+                    runtime_hooks(init_pid)?;
+                    parent_ch.send(&Msg::HooksDone)?;
+                }
+                Some(Msg::Ready) => return Ok(init_pid),
+                Some(Msg::Failed(e)) => return Err(Error::Init(e)),
+                other => return Err(unexpected(other)),
+            }
+        }
+    })();
+    if result.is_err() {
+        for pid in [init_pid, first] {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+    }
+    result
+}
+
+fn unexpected(m: Option<Msg>) -> Error {
+    match m {
+        None => Error::Init("container init exited during set-up".into()),
+        Some(m) => Error::Init(format!("container init sent {m:?} out of turn")),
+    }
+}
+
+fn write_id_maps(pid: i32, linux: Option<&oci_spec::runtime::Linux>) -> Result<()> {
+    let fmt = |m: Option<&Vec<LinuxIdMapping>>| -> String {
+        m.into_iter()
+            .flatten()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect()
+    };
+    for (file, maps) in [
+        (
+            "uid_map",
+            fmt(linux.and_then(|l| l.uid_mappings().as_ref())),
+        ),
+        (
+            "gid_map",
+            fmt(linux.and_then(|l| l.gid_mappings().as_ref())),
+        ),
+    ] {
+        if maps.is_empty() {
+            continue;
+        }
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, maps).map_err(|e| {
+            Error::Init(format!(
+                "linux.{}: write {path}: {e}",
+                if file == "uid_map" {
+                    "uidMappings"
+                } else {
+                    "gidMappings"
+                }
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Raw fd numbers a child must keep open while closing everything else.
+pub(crate) fn keep_fds(fds: &[&dyn AsRawFd]) -> Vec<i32> {
+    fds.iter().map(|f| f.as_raw_fd()).collect()
+}

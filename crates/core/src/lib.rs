@@ -1,0 +1,21 @@
+//! amphi's isolation core: everything a container needs before its workload
+//! runs, for every executor alike. The core knows nothing of any particular
+//! executor; executors plug in through [`executor::Executor`].
+
+pub mod capabilities;
+pub mod cgroups;
+pub mod error;
+pub mod executor;
+pub mod hooks;
+pub mod id;
+pub mod init;
+pub mod launch;
+pub mod namespaces;
+pub mod process;
+pub mod rootfs;
+pub mod spec;
+pub mod state;
+pub mod sync;
+pub mod util;
+
+pub use error::{Error, Result};

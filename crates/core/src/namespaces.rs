@@ -1,0 +1,89 @@
+//! Which namespaces a container creates and which it joins by path.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use nix::fcntl::{open, OFlag};
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
+
+use crate::error::SysContext;
+use crate::Result;
+
+pub fn flag(t: LinuxNamespaceType) -> CloneFlags {
+    match t {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Time => CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
+    }
+}
+
+/// A namespace to join, opened by the parent while host paths are reachable.
+pub struct Join {
+    pub typ: LinuxNamespaceType,
+    pub path: PathBuf,
+    pub fd: OwnedFd,
+}
+
+/// The namespace plan of one container.
+pub struct Plan {
+    /// Namespaces to create.
+    pub new: CloneFlags,
+    /// Namespaces to join, user namespace first (joining it grants the
+    /// rights to join the others it owns).
+    pub join: Vec<Join>,
+}
+
+impl Plan {
+    pub fn from_spec(namespaces: &[LinuxNamespace]) -> Result<Plan> {
+        let mut plan = Plan {
+            new: CloneFlags::empty(),
+            join: Vec::new(),
+        };
+        for ns in namespaces {
+            match ns.path() {
+                None => plan.new |= flag(ns.typ()),
+                Some(path) => {
+                    let fd = open(
+                        path.as_path(),
+                        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .sys(|| {
+                        format!(
+                            "linux.namespaces: open {} namespace {}",
+                            ns.typ(),
+                            path.display()
+                        )
+                    })?;
+                    plan.join.push(Join {
+                        typ: ns.typ(),
+                        path: path.clone(),
+                        fd,
+                    });
+                }
+            }
+        }
+        plan.join.sort_by_key(|j| j.typ != LinuxNamespaceType::User);
+        Ok(plan)
+    }
+
+    pub fn creates(&self, t: LinuxNamespaceType) -> bool {
+        self.new.contains(flag(t))
+    }
+
+    pub fn joins(&self, t: LinuxNamespaceType) -> Option<&Join> {
+        self.join.iter().find(|j| j.typ == t)
+    }
+
+    /// The container has a user namespace of its own (created or joined).
+    pub fn has_userns(&self) -> bool {
+        self.creates(LinuxNamespaceType::User) || self.joins(LinuxNamespaceType::User).is_some()
+    }
+}

@@ -1,0 +1,133 @@
+//! The process's own attributes: user, rlimits, oom score, no_new_privs,
+//! environment.
+
+use std::ffi::CString;
+
+use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+use oci_spec::runtime::{PosixRlimitType, Process};
+
+use crate::error::SysContext;
+use crate::{capabilities, Error, Result};
+
+fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
+    use PosixRlimitType::*;
+    (match t {
+        RlimitCpu => libc::RLIMIT_CPU,
+        RlimitFsize => libc::RLIMIT_FSIZE,
+        RlimitData => libc::RLIMIT_DATA,
+        RlimitStack => libc::RLIMIT_STACK,
+        RlimitCore => libc::RLIMIT_CORE,
+        RlimitRss => libc::RLIMIT_RSS,
+        RlimitNproc => libc::RLIMIT_NPROC,
+        RlimitNofile => libc::RLIMIT_NOFILE,
+        RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        RlimitAs => libc::RLIMIT_AS,
+        RlimitLocks => libc::RLIMIT_LOCKS,
+        RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        RlimitNice => libc::RLIMIT_NICE,
+        RlimitRtprio => libc::RLIMIT_RTPRIO,
+        RlimitRttime => libc::RLIMIT_RTTIME,
+    }) as libc::__rlimit_resource_t
+}
+
+pub fn set_rlimits(p: &Process) -> Result<()> {
+    for r in p.rlimits().iter().flatten() {
+        let lim = libc::rlimit {
+            rlim_cur: r.soft(),
+            rlim_max: r.hard(),
+        };
+        // SAFETY: plain syscall with a valid pointer to a stack value.
+        if unsafe { libc::setrlimit(rlimit_resource(r.typ()), &lim) } != 0 {
+            let e = std::io::Error::last_os_error();
+            let hint = if e.raw_os_error() == Some(libc::EPERM) {
+                " (raising a hard limit needs CAP_SYS_RESOURCE)"
+            } else {
+                ""
+            };
+            return Err(Error::Init(format!(
+                "process.rlimits {} soft={} hard={}: {e}{hint}",
+                r.typ(),
+                r.soft(),
+                r.hard()
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub fn set_oom_score_adj(p: &Process) -> Result<()> {
+    if let Some(score) = p.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", score.to_string()).map_err(|e| {
+            Error::Init(format!(
+                "process.oomScoreAdj {score}: {e} (lowering it needs CAP_SYS_RESOURCE)"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Become the container's user, keeping only the capabilities the spec
+/// grants. Order matters: the bounding set is dropped while CAP_SETPCAP is
+/// still held, keep-caps carries the permitted set across setuid, and the
+/// remaining sets are applied as the new user.
+pub fn become_user(p: &Process, may_setgroups: bool) -> Result<()> {
+    let caps = p.capabilities().as_ref();
+    capabilities::apply_bounding(caps)?;
+    let u = p.user();
+    if may_setgroups {
+        let groups: Vec<Gid> = u
+            .additional_gids()
+            .iter()
+            .flatten()
+            .map(|g| Gid::from_raw(*g))
+            .collect();
+        setgroups(&groups).sys(|| "process.user.additionalGids: setgroups".into())?;
+    }
+    nix::sys::prctl::set_keepcaps(true).sys(|| "prctl(PR_SET_KEEPCAPS)".into())?;
+    let gid = Gid::from_raw(u.gid());
+    setresgid(gid, gid, gid).sys(|| format!("process.user.gid {}: setresgid", u.gid()))?;
+    let uid = Uid::from_raw(u.uid());
+    setresuid(uid, uid, uid).sys(|| format!("process.user.uid {}: setresuid", u.uid()))?;
+    capabilities::apply_sets(caps)?;
+    nix::sys::prctl::set_keepcaps(false).sys(|| "prctl(PR_SET_KEEPCAPS)".into())?;
+    Ok(())
+}
+
+pub fn set_no_new_privs(p: &Process) -> Result<()> {
+    if p.no_new_privileges().unwrap_or(false) {
+        nix::sys::prctl::set_no_new_privs().sys(|| "process.noNewPrivileges".into())?;
+    }
+    Ok(())
+}
+
+/// `process.env` as exec wants it; nothing of the runtime's own environment.
+pub fn env(p: &Process) -> Result<Vec<CString>> {
+    p.env()
+        .iter()
+        .flatten()
+        .map(|e| {
+            CString::new(e.as_str())
+                .map_err(|_| Error::Init(format!("process.env {e:?} has a NUL byte")))
+        })
+        .collect()
+}
+
+pub fn args(p: &Process) -> Result<Vec<CString>> {
+    p.args()
+        .iter()
+        .flatten()
+        .map(|a| {
+            CString::new(a.as_str())
+                .map_err(|_| Error::Init(format!("process.args {a:?} has a NUL byte")))
+        })
+        .collect()
+}
+
+/// The value of PATH in `process.env`.
+pub fn path_var(p: &Process) -> Option<&str> {
+    p.env()
+        .iter()
+        .flatten()
+        .find_map(|e| e.strip_prefix("PATH="))
+}

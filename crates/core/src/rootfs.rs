@@ -1,0 +1,719 @@
+//! The container's filesystem: mounts resolved inside the rootfs (never
+//! following a symlink out of it), devices, pivot_root, masked and
+//! read-only paths.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{open, openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{fstat, mknodat, Mode, SFlag};
+use nix::sys::statvfs::{statvfs, FsFlags};
+use nix::unistd::{chdir, chroot, fchdir, pivot_root, symlinkat};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
+
+use crate::error::SysContext;
+use crate::{Error, Result};
+
+/// What a missing path should be created as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    Nothing,
+    Dir,
+    File,
+}
+
+fn fd_path(fd: &impl AsRawFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+fn resolve_in_root(root: BorrowedFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    loop {
+        match openat2(root, path, how) {
+            Err(Errno::EAGAIN | Errno::EINTR) => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Open `path` inside the rootfs as if the rootfs were `/` (symlinks and `..`
+/// cannot leave it), creating missing components as asked. The result is an
+/// O_PATH fd: mount onto `/proc/self/fd/N` and the target cannot be swapped
+/// for a symlink between resolution and mount.
+pub fn open_in_root(root: BorrowedFd, path: &Path, create: Create) -> Result<OwnedFd> {
+    let ctx = || format!("resolve {} inside the rootfs", path.display());
+    let rel: PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        .collect();
+    match resolve_in_root(root, &rel, OFlag::O_PATH) {
+        Ok(fd) => return Ok(fd),
+        Err(Errno::ENOENT) if create != Create::Nothing => {}
+        Err(e) => return Err(Error::sys(ctx(), e)),
+    }
+    let comps: Vec<_> = rel.components().collect();
+    let mut parent = resolve_in_root(root, Path::new("."), OFlag::O_PATH).sys(ctx)?;
+    let mut prefix = PathBuf::new();
+    for (i, c) in comps.iter().enumerate() {
+        prefix.push(c);
+        let fd = match resolve_in_root(root, &prefix, OFlag::O_PATH) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => {
+                let name = c.as_os_str();
+                let last = i + 1 == comps.len();
+                let made = if last && create == Create::File {
+                    openat(
+                        parent.as_fd(),
+                        name,
+                        OFlag::O_CREAT
+                            | OFlag::O_EXCL
+                            | OFlag::O_WRONLY
+                            | OFlag::O_CLOEXEC
+                            | OFlag::O_NOFOLLOW,
+                        Mode::from_bits_truncate(0o644),
+                    )
+                    .map(drop)
+                } else {
+                    nix::sys::stat::mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755))
+                };
+                match made {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(Error::sys(ctx(), e)),
+                }
+                resolve_in_root(root, &prefix, OFlag::O_PATH).sys(ctx)?
+            }
+            Err(e) => return Err(Error::sys(ctx(), e)),
+        };
+        parent = fd;
+    }
+    Ok(parent)
+}
+
+/// Mount flags and data of a mount's `options`.
+struct Options {
+    flags: MsFlags,
+    propagation: Vec<MsFlags>,
+    data: Vec<String>,
+}
+
+fn parse_options(options: &[String]) -> Result<Options> {
+    let mut o = Options {
+        flags: MsFlags::empty(),
+        propagation: Vec::new(),
+        data: Vec::new(),
+    };
+    for opt in options {
+        let (clear, flag) = match opt.as_str() {
+            "defaults" => (false, MsFlags::empty()),
+            "ro" => (false, MsFlags::MS_RDONLY),
+            "rw" => (true, MsFlags::MS_RDONLY),
+            "suid" => (true, MsFlags::MS_NOSUID),
+            "nosuid" => (false, MsFlags::MS_NOSUID),
+            "dev" => (true, MsFlags::MS_NODEV),
+            "nodev" => (false, MsFlags::MS_NODEV),
+            "exec" => (true, MsFlags::MS_NOEXEC),
+            "noexec" => (false, MsFlags::MS_NOEXEC),
+            "sync" => (false, MsFlags::MS_SYNCHRONOUS),
+            "async" => (true, MsFlags::MS_SYNCHRONOUS),
+            "dirsync" => (false, MsFlags::MS_DIRSYNC),
+            "remount" => (false, MsFlags::MS_REMOUNT),
+            "mand" => (false, MsFlags::MS_MANDLOCK),
+            "nomand" => (true, MsFlags::MS_MANDLOCK),
+            "atime" => (true, MsFlags::MS_NOATIME),
+            "noatime" => (false, MsFlags::MS_NOATIME),
+            "diratime" => (true, MsFlags::MS_NODIRATIME),
+            "nodiratime" => (false, MsFlags::MS_NODIRATIME),
+            "bind" => (false, MsFlags::MS_BIND),
+            "rbind" => (false, MsFlags::MS_BIND | MsFlags::MS_REC),
+            "relatime" => (false, MsFlags::MS_RELATIME),
+            "norelatime" => (true, MsFlags::MS_RELATIME),
+            "strictatime" => (false, MsFlags::MS_STRICTATIME),
+            "nostrictatime" => (true, MsFlags::MS_STRICTATIME),
+            "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+            | "runbindable" => {
+                o.propagation.push(propagation(opt).expect("listed"));
+                continue;
+            }
+            "tmpcopyup" | "idmap" | "ridmap" => {
+                return Err(Error::Unsupported(format!(
+                    "mount option {opt:?} is not supported yet"
+                )))
+            }
+            _ => {
+                o.data.push(opt.clone());
+                continue;
+            }
+        };
+        if clear {
+            o.flags.remove(flag);
+        } else {
+            o.flags.insert(flag);
+        }
+    }
+    Ok(o)
+}
+
+fn propagation(name: &str) -> Option<MsFlags> {
+    let rec = MsFlags::MS_REC;
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | rec,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | rec,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | rec,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | rec,
+        _ => return None,
+    })
+}
+
+pub struct RootfsContext<'a> {
+    pub spec: &'a Spec,
+    pub bundle: &'a Path,
+    pub rootfs: &'a Path,
+    /// In a user namespace: device nodes are bind-mounted from the host,
+    /// since mknod is not allowed there.
+    pub userns: bool,
+    /// The container's cgroup directories, for `cgroup` mounts.
+    pub cgroup_paths: &'a [PathBuf],
+}
+
+/// Set up the rootfs in the container's (new) mount namespace. Returns the
+/// rootfs opened, for executors to resolve paths in.
+pub fn setup(ctx: &RootfsContext) -> Result<OwnedFd> {
+    let linux = ctx.spec.linux().as_ref();
+    let prop_name = linux
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .unwrap_or("rslave");
+    let prop = propagation(prop_name).ok_or_else(|| Error::InvalidSpec {
+        file: "config.json".into(),
+        field: "linux.rootfsPropagation".into(),
+        why: format!("unknown propagation {prop_name:?}"),
+    })?;
+    // Nothing mounted below may propagate back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .sys(|| "make / rslave".into())?;
+    // pivot_root needs the rootfs to be a mount point.
+    mount(
+        Some(ctx.rootfs),
+        ctx.rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .sys(|| format!("bind rootfs {}", ctx.rootfs.display()))?;
+    if prop != (MsFlags::MS_REC | MsFlags::MS_SLAVE) {
+        mount(None::<&str>, ctx.rootfs, None::<&str>, prop, None::<&str>)
+            .sys(|| format!("linux.rootfsPropagation {prop_name}"))?;
+    }
+    let root = open(
+        ctx.rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .sys(|| format!("open rootfs {}", ctx.rootfs.display()))?;
+
+    let mounts = ctx.spec.mounts().as_deref().unwrap_or_default();
+    for (i, m) in mounts.iter().enumerate() {
+        mount_one(ctx, root.as_fd(), m).map_err(|e| {
+            Error::Init(format!("mounts[{i}] ({}): {e}", m.destination().display()))
+        })?;
+    }
+
+    let dev_is_host_bind = mounts.iter().any(|m| {
+        m.destination() == Path::new("/dev") && m.typ().as_deref().is_none_or(|t| t == "bind")
+    });
+    if !dev_is_host_bind {
+        let devices = linux
+            .and_then(|l| l.devices().as_deref())
+            .unwrap_or_default();
+        for d in default_devices()
+            .iter()
+            .filter(|d| !devices.iter().any(|x| x.path() == d.path()))
+            .chain(devices)
+        {
+            create_device(root.as_fd(), d, ctx.userns)?;
+        }
+        dev_symlinks(root.as_fd())?;
+    }
+    Ok(root)
+}
+
+fn default_devices() -> Vec<LinuxDevice> {
+    [
+        ("/dev/null", 1, 3),
+        ("/dev/zero", 1, 5),
+        ("/dev/full", 1, 7),
+        ("/dev/random", 1, 8),
+        ("/dev/urandom", 1, 9),
+        ("/dev/tty", 5, 0),
+    ]
+    .into_iter()
+    .map(|(path, major, minor)| {
+        oci_spec::runtime::LinuxDeviceBuilder::default()
+            .path(path)
+            .typ(LinuxDeviceType::C)
+            .major(major)
+            .minor(minor)
+            .file_mode(0o666u32)
+            .uid(0u32)
+            .gid(0u32)
+            .build()
+            .expect("static device")
+    })
+    .collect()
+}
+
+fn mount_one(ctx: &RootfsContext, root: BorrowedFd, m: &Mount) -> Result<()> {
+    let typ = m.typ().as_deref().unwrap_or("");
+    let opts = parse_options(m.options().as_deref().unwrap_or_default())?;
+    let is_bind = opts.flags.contains(MsFlags::MS_BIND) || typ == "bind";
+    let dest = m.destination();
+
+    if typ == "cgroup" || typ == "cgroup2" {
+        return mount_cgroup(ctx, root, dest, &opts);
+    }
+
+    let source: Option<PathBuf> = m.source().as_ref().map(|s| {
+        if is_bind && s.is_relative() {
+            ctx.bundle.join(s)
+        } else {
+            s.clone()
+        }
+    });
+    let create = if is_bind {
+        let src = source
+            .as_deref()
+            .ok_or_else(|| Error::Init("bind mount without a source".into()))?;
+        let meta = std::fs::metadata(src).map_err(|e| Error::io("stat bind source", src, e))?;
+        if meta.is_dir() {
+            Create::Dir
+        } else {
+            Create::File
+        }
+    } else {
+        Create::Dir
+    };
+    let target = open_in_root(root, dest, create)?;
+    let target_path = fd_path(&target);
+    let data = opts.data.join(",");
+    let data = (!data.is_empty()).then_some(data.as_str());
+
+    if is_bind {
+        let src = source.as_deref().expect("checked above");
+        mount(
+            Some(src),
+            target_path.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC),
+            None::<&str>,
+        )
+        .sys(|| format!("bind {} onto {}", src.display(), dest.display()))?;
+        let extra = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+        if !extra.is_empty() {
+            // Flags of a bind mount only take effect on a remount. Reopen:
+            // the old fd still names the directory below the new mount.
+            let target = open_in_root(root, dest, Create::Nothing)?;
+            remount(&fd_path(&target), extra, dest)?;
+        }
+    } else {
+        let flags = opts.flags;
+        let result = mount(
+            source.as_deref().or(Some(Path::new(typ))),
+            target_path.as_str(),
+            Some(typ),
+            flags,
+            data,
+        );
+        match result {
+            Ok(()) => {}
+            // sysfs cannot be mounted in a user namespace that does not own
+            // the network namespace: fall back to the host's, read-only.
+            Err(Errno::EPERM) if typ == "sysfs" && ctx.userns => {
+                mount(
+                    Some("/sys"),
+                    target_path.as_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .sys(|| "bind /sys".into())?;
+                let target = open_in_root(root, dest, Create::Nothing)?;
+                remount(&fd_path(&target), flags | MsFlags::MS_RDONLY, dest)?;
+            }
+            Err(e) => {
+                return Err(Error::sys(
+                    format!(
+                        "mount {typ} onto {} (data {:?})",
+                        dest.display(),
+                        data.unwrap_or("")
+                    ),
+                    e,
+                ))
+            }
+        }
+    }
+    for p in &opts.propagation {
+        let target = open_in_root(root, dest, Create::Nothing)?;
+        mount(
+            None::<&str>,
+            fd_path(&target).as_str(),
+            None::<&str>,
+            *p,
+            None::<&str>,
+        )
+        .sys(|| format!("set propagation of {}", dest.display()))?;
+    }
+    Ok(())
+}
+
+/// Remount a bind mount with `flags`, keeping the flags the kernel locked
+/// (a user namespace may not clear nosuid/nodev/noexec it inherited).
+fn remount(target: &str, flags: MsFlags, what: &Path) -> Result<()> {
+    let locked = statvfs(target)
+        .map(|s| {
+            let f = s.flags();
+            let mut m = MsFlags::empty();
+            for (fs, ms) in [
+                (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+                (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+                (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+                (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+                (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+                (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+            ] {
+                if f.contains(fs) {
+                    m |= ms;
+                }
+            }
+            m
+        })
+        .unwrap_or(MsFlags::empty());
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | locked,
+        None::<&str>,
+    )
+    .sys(|| format!("remount {} with {:?}", what.display(), flags))
+}
+
+/// A `cgroup` mount shows the container its own cgroup: each hierarchy's
+/// container directory bound at `dest/<controllers>` (v1) or `dest` (v2).
+fn mount_cgroup(ctx: &RootfsContext, root: BorrowedFd, dest: &Path, opts: &Options) -> Result<()> {
+    let ro = opts.flags & MsFlags::MS_RDONLY;
+    let v2 = ctx.cgroup_paths.len() == 1 && ctx.cgroup_paths[0].join("cgroup.controllers").exists();
+    let bind = |src: &Path, dest: &Path| -> Result<()> {
+        let target = open_in_root(root, dest, Create::Dir)?;
+        mount(
+            Some(src),
+            fd_path(&target).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .sys(|| format!("bind cgroup {} onto {}", src.display(), dest.display()))?;
+        if !ro.is_empty()
+            || opts
+                .flags
+                .intersects(MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV)
+        {
+            let target = open_in_root(root, dest, Create::Nothing)?;
+            remount(
+                &fd_path(&target),
+                opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC),
+                dest,
+            )?;
+        }
+        Ok(())
+    };
+    if v2 {
+        return bind(&ctx.cgroup_paths[0], dest);
+    }
+    let target = open_in_root(root, dest, Create::Dir)?;
+    mount(
+        Some("tmpfs"),
+        fd_path(&target).as_str(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
+        Some("mode=755"),
+    )
+    .sys(|| format!("mount tmpfs onto {}", dest.display()))?;
+    for path in ctx.cgroup_paths {
+        // /sys/fs/cgroup/<hierarchy>/<container path>: the hierarchy's name
+        // is the component right below the cgroup mount root.
+        let Some(name) = path
+            .strip_prefix("/sys/fs/cgroup")
+            .ok()
+            .and_then(|p| p.components().next())
+        else {
+            continue;
+        };
+        bind(path, &dest.join(name.as_os_str()))?;
+    }
+    if !ro.is_empty() {
+        let target = open_in_root(root, dest, Create::Nothing)?;
+        remount(
+            &fd_path(&target),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
+            dest,
+        )?;
+    }
+    Ok(())
+}
+
+fn create_device(root: BorrowedFd, d: &LinuxDevice, userns: bool) -> Result<()> {
+    let path = d.path();
+    let ctx = || format!("linux.devices: {}", path.display());
+    if userns {
+        let target = open_in_root(root, path, Create::File)?;
+        return mount(
+            Some(path.as_path()),
+            fd_path(&target).as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .sys(|| format!("{}: bind from host", ctx()));
+    }
+    let parent = open_in_root(root, path.parent().unwrap_or(Path::new("/")), Create::Dir)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Init(format!("{}: no file name", ctx())))?;
+    let kind = match d.typ() {
+        LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+        LinuxDeviceType::B => SFlag::S_IFBLK,
+        LinuxDeviceType::P => SFlag::S_IFIFO,
+        LinuxDeviceType::A => {
+            return Err(Error::Init(format!(
+                "{}: type 'a' is not a device node",
+                ctx()
+            )))
+        }
+    };
+    let mode = Mode::from_bits_truncate(d.file_mode().unwrap_or(0o666));
+    let dev = nix::sys::stat::makedev(d.major() as u64, d.minor() as u64);
+    // O_PATH fds cannot be *at() parents for mknod; reopen as a directory.
+    let dir = openat(
+        parent.as_fd(),
+        ".",
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .sys(ctx)?;
+    match mknodat(dir.as_fd(), name, kind, mode, dev) {
+        Ok(()) => {}
+        Err(Errno::EEXIST) => {
+            let _ =
+                nix::unistd::unlinkat(dir.as_fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+            mknodat(dir.as_fd(), name, kind, mode, dev).sys(ctx)?;
+        }
+        Err(e) => return Err(Error::sys(ctx(), e)),
+    }
+    nix::unistd::fchownat(
+        dir.as_fd(),
+        name,
+        Some(nix::unistd::Uid::from_raw(d.uid().unwrap_or(0))),
+        Some(nix::unistd::Gid::from_raw(d.gid().unwrap_or(0))),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .sys(ctx)
+}
+
+fn dev_symlinks(root: BorrowedFd) -> Result<()> {
+    let dev = open_in_root(root, Path::new("/dev"), Create::Dir)?;
+    let dir = openat(
+        dev.as_fd(),
+        ".",
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .sys(|| "open /dev".into())?;
+    let has_pts = fstat(dir.as_fd()).is_ok()
+        && nix::sys::stat::fstatat(
+            dir.as_fd(),
+            "pts/ptmx",
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok();
+    let links: &[(&str, &str)] = &[
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ];
+    for (target, name) in links.iter().chain(has_pts.then_some(&("pts/ptmx", "ptmx"))) {
+        match symlinkat(*target, dir.as_fd(), *name) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(Error::sys(format!("symlink /dev/{name}"), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Make the rootfs the root: pivot_root, then detach the old root so no host
+/// path stays reachable.
+pub fn pivot(rootfs: &Path) -> Result<()> {
+    let old = open(
+        "/",
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .sys(|| "open /".into())?;
+    let new = open(
+        rootfs,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .sys(|| format!("open {}", rootfs.display()))?;
+    fchdir(new.as_fd()).sys(|| "chdir rootfs".into())?;
+    // pivot_root(".", ".") stacks the old root on top of the new one; no
+    // directory for it is needed inside the rootfs.
+    pivot_root(".", ".").sys(|| format!("pivot_root to {}", rootfs.display()))?;
+    fchdir(old.as_fd()).sys(|| "chdir old root".into())?;
+    // The unmount must not propagate to the host's mounts.
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .sys(|| "make old root rslave".into())?;
+    umount2(".", MntFlags::MNT_DETACH).sys(|| "detach old root".into())?;
+    chdir("/").sys(|| "chdir /".into())
+}
+
+/// `--no-pivot`: move the rootfs over / and chroot (for ramdisk roots, where
+/// pivot_root is impossible). Weaker: the old root stays mounted below.
+pub fn move_root(rootfs: &Path) -> Result<()> {
+    chdir(rootfs).sys(|| format!("chdir {}", rootfs.display()))?;
+    mount(
+        Some(rootfs),
+        "/",
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .sys(|| "move rootfs to /".into())?;
+    chroot(".").sys(|| "chroot".into())?;
+    chdir("/").sys(|| "chdir /".into())
+}
+
+/// After the root is in place: masked paths, read-only paths, read-only root.
+pub fn finalize(spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    for p in linux
+        .and_then(|l| l.readonly_paths().as_deref())
+        .unwrap_or_default()
+    {
+        match mount(
+            Some(p.as_str()),
+            p.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ) {
+            Ok(()) => remount(p, MsFlags::MS_RDONLY | MsFlags::MS_REC, Path::new(p))?,
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(Error::sys(format!("linux.readonlyPaths: {p}"), e)),
+        }
+    }
+    for p in linux
+        .and_then(|l| l.masked_paths().as_deref())
+        .unwrap_or_default()
+    {
+        let r = match std::fs::metadata(p) {
+            Err(_) => continue,
+            Ok(m) if m.is_dir() => mount(
+                Some("tmpfs"),
+                p.as_str(),
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0k"),
+            ),
+            Ok(_) => mount(
+                Some("/dev/null"),
+                p.as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ),
+        };
+        r.sys(|| format!("linux.maskedPaths: {p}"))?;
+    }
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        remount("/", MsFlags::MS_RDONLY, Path::new("/"))?;
+    }
+    Ok(())
+}
+
+/// The C string form of a path, for exec.
+pub fn cstring(s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::Init(format!("{s:?} contains a NUL byte")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_propagation_and_data() {
+        let o = parse_options(&[
+            "nosuid".into(),
+            "rprivate".into(),
+            "mode=755".into(),
+            "ro".into(),
+            "rw".into(),
+        ])
+        .unwrap();
+        assert_eq!(o.flags, MsFlags::MS_NOSUID);
+        assert_eq!(o.propagation, vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
+        assert_eq!(o.data, vec!["mode=755".to_string()]);
+        assert!(parse_options(&["idmap".into()]).is_err());
+    }
+
+    #[test]
+    fn resolution_stays_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        // An absolute symlink and a ../ escape both resolve inside the root.
+        std::os::unix::fs::symlink(&outside, root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../outside", root.join("etc/rel")).unwrap();
+        std::fs::create_dir(root.join("outside")).unwrap();
+        let rootfd = open(&root, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        for p in ["/etc/rel/y", "/../../outside/z"] {
+            open_in_root(rootfd.as_fd(), Path::new(p), Create::Dir).unwrap();
+        }
+        // A symlink to a host path that does not exist inside the root is refused.
+        assert!(open_in_root(rootfd.as_fd(), Path::new("/abs/x"), Create::Dir).is_err());
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "created outside the root"
+        );
+        assert!(root.join("outside/y").is_dir());
+        assert!(root.join("outside/z").is_dir());
+    }
+}

@@ -1,0 +1,319 @@
+//! Reading a bundle and rejecting what cannot run, with the field named.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::{Error, Result};
+
+pub const CONFIG: &str = "config.json";
+
+/// A bundle whose config parsed and validated.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Absolute, canonical bundle directory.
+    pub dir: PathBuf,
+    pub spec: Spec,
+    /// Absolute, canonical root filesystem directory.
+    pub rootfs: PathBuf,
+}
+
+impl Bundle {
+    pub fn load(dir: &Path) -> Result<Bundle> {
+        let dir = std::fs::canonicalize(dir).map_err(|e| Error::io("open bundle", dir, e))?;
+        let file = dir.join(CONFIG);
+        let data = std::fs::read(&file).map_err(|e| Error::io("read", &file, e))?;
+        let spec = parse(&file, &data)?;
+        let rootfs = validate(&file, &dir, &spec)?;
+        Ok(Bundle { dir, spec, rootfs })
+    }
+}
+
+/// Parse a config, naming the JSON path of the first field that does not fit.
+pub fn parse(file: &Path, data: &[u8]) -> Result<Spec> {
+    let de = &mut serde_json::Deserializer::from_slice(data);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        Error::InvalidSpec {
+            file: file.into(),
+            field: if field == "." {
+                "(document)".into()
+            } else {
+                field
+            },
+            why: e.into_inner().to_string(),
+        }
+    })
+}
+
+fn invalid(file: &Path, field: &str, why: impl Into<String>) -> Error {
+    Error::InvalidSpec {
+        file: file.into(),
+        field: field.into(),
+        why: why.into(),
+    }
+}
+
+/// Check what serde cannot: versions, required fields, cross-field rules.
+/// Returns the canonical rootfs path.
+pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
+    let major = spec.version().split('.').next().unwrap_or("");
+    if major != "1" {
+        return Err(invalid(
+            file,
+            "ociVersion",
+            format!(
+                "unsupported version {:?}: amphi implements runtime-spec 1.x",
+                spec.version()
+            ),
+        ));
+    }
+
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| invalid(file, "root", "missing: the bundle needs a root filesystem"))?;
+    let root_path = bundle.join(root.path());
+    let rootfs = std::fs::canonicalize(&root_path)
+        .map_err(|e| invalid(file, "root.path", format!("{}: {e}", root_path.display())))?;
+    if !rootfs.is_dir() {
+        return Err(invalid(
+            file,
+            "root.path",
+            format!("{} is not a directory", rootfs.display()),
+        ));
+    }
+
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| invalid(file, "process", "missing: nothing to run"))?;
+    match process.args() {
+        Some(args) if !args.is_empty() && !args[0].is_empty() => {}
+        _ => {
+            return Err(invalid(
+                file,
+                "process.args",
+                "empty: give at least the program to run",
+            ))
+        }
+    }
+    if !process.cwd().is_absolute() {
+        return Err(invalid(
+            file,
+            "process.cwd",
+            format!("{:?} is not an absolute path", process.cwd()),
+        ));
+    }
+    if let Some(env) = process.env() {
+        if let Some((i, _)) = env.iter().enumerate().find(|(_, e)| !e.contains('=')) {
+            return Err(invalid(
+                file,
+                &format!("process.env[{i}]"),
+                "not of the form KEY=VALUE",
+            ));
+        }
+    }
+    if let Some(rlimits) = process.rlimits() {
+        let mut seen = HashSet::new();
+        for (i, r) in rlimits.iter().enumerate() {
+            if !seen.insert(r.typ().to_string()) {
+                return Err(invalid(
+                    file,
+                    &format!("process.rlimits[{i}]"),
+                    format!("{} given twice", r.typ()),
+                ));
+            }
+            if r.soft() > r.hard() {
+                return Err(invalid(
+                    file,
+                    &format!("process.rlimits[{i}]"),
+                    "soft limit above hard limit",
+                ));
+            }
+        }
+    }
+
+    let linux = spec.linux().as_ref();
+    let namespaces = linux.and_then(|l| l.namespaces().as_ref());
+    let mut seen = HashSet::new();
+    for (i, ns) in namespaces.into_iter().flatten().enumerate() {
+        if !seen.insert(ns.typ()) {
+            return Err(invalid(
+                file,
+                &format!("linux.namespaces[{i}]"),
+                format!("namespace {} given twice", ns.typ()),
+            ));
+        }
+        if let Some(p) = ns.path() {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    file,
+                    &format!("linux.namespaces[{i}].path"),
+                    "must be absolute",
+                ));
+            }
+        }
+    }
+    let has_ns = |t: LinuxNamespaceType| seen.contains(&t);
+    if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !has_ns(LinuxNamespaceType::Uts)
+    {
+        return Err(invalid(
+            file,
+            "hostname",
+            "setting a hostname needs a uts namespace in linux.namespaces",
+        ));
+    }
+    if spec.domainname().as_deref().is_some_and(|h| !h.is_empty())
+        && !has_ns(LinuxNamespaceType::Uts)
+    {
+        return Err(invalid(
+            file,
+            "domainname",
+            "setting a domainname needs a uts namespace in linux.namespaces",
+        ));
+    }
+    let maps = linux.is_some_and(|l| {
+        l.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+            || l.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+    });
+    if maps && !has_ns(LinuxNamespaceType::User) {
+        return Err(invalid(
+            file,
+            "linux.uidMappings",
+            "id mappings need a user namespace in linux.namespaces",
+        ));
+    }
+    for (field, m) in [
+        (
+            "linux.uidMappings",
+            linux.and_then(|l| l.uid_mappings().as_ref()),
+        ),
+        (
+            "linux.gidMappings",
+            linux.and_then(|l| l.gid_mappings().as_ref()),
+        ),
+    ] {
+        let m = m.map(Vec::as_slice).unwrap_or_default();
+        for (i, a) in m.iter().enumerate() {
+            if a.size() == 0 {
+                return Err(invalid(file, &format!("{field}[{i}].size"), "must be > 0"));
+            }
+            for b in &m[i + 1..] {
+                let overlap = |x: u32, xs: u32, y: u32, ys: u32| {
+                    u64::from(x) < u64::from(y) + u64::from(ys)
+                        && u64::from(y) < u64::from(x) + u64::from(xs)
+                };
+                if overlap(a.container_id(), a.size(), b.container_id(), b.size())
+                    || overlap(a.host_id(), a.size(), b.host_id(), b.size())
+                {
+                    return Err(invalid(
+                        file,
+                        &format!("{field}[{i}]"),
+                        "overlaps another mapping",
+                    ));
+                }
+            }
+        }
+    }
+    if has_ns(LinuxNamespaceType::Time) {
+        return Err(Error::Unsupported(format!(
+            "{}: linux.namespaces: the time namespace is not supported yet",
+            file.display()
+        )));
+    }
+    if let Some(mounts) = spec.mounts() {
+        for (i, m) in mounts.iter().enumerate() {
+            if m.destination().as_os_str().is_empty() {
+                return Err(invalid(file, &format!("mounts[{i}].destination"), "empty"));
+            }
+        }
+    }
+    Ok(rootfs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec_json(patch: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut v = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "process": {"args": ["/bin/true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "hostname": "h",
+            "linux": {"namespaces": [{"type": "uts"}, {"type": "pid"}, {"type": "mount"}]}
+        });
+        patch(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn check(patch: impl FnOnce(&mut serde_json::Value)) -> Result<PathBuf> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        let file = dir.path().join(CONFIG);
+        let spec = parse(&file, &spec_json(patch))?;
+        validate(&file, dir.path(), &spec)
+    }
+
+    fn field_of(r: Result<PathBuf>) -> String {
+        match r {
+            Err(Error::InvalidSpec { field, .. }) => field,
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_config_passes() {
+        check(|_| {}).unwrap();
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        assert_eq!(
+            field_of(check(|v| v["process"]["user"]["uid"] = "x".into())),
+            "process.user.uid"
+        );
+        assert_eq!(
+            field_of(check(|v| v["ociVersion"] = "2.0.0".into())),
+            "ociVersion"
+        );
+        assert_eq!(
+            field_of(check(|v| v["process"]["args"] = serde_json::json!([]))),
+            "process.args"
+        );
+        assert_eq!(
+            field_of(check(|v| v["root"]["path"] = "nope".into())),
+            "root.path"
+        );
+        assert_eq!(
+            field_of(check(|v| v["process"]["cwd"] = "rel".into())),
+            "process.cwd"
+        );
+        assert_eq!(
+            field_of(check(
+                |v| v["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}])
+            )),
+            "hostname"
+        );
+        assert_eq!(
+            field_of(check(
+                |v| v["process"]["capabilities"] = serde_json::json!({"bounding": ["CAP_NOPE"]})
+            )),
+            "process.capabilities.bounding[0]"
+        );
+    }
+
+    #[test]
+    fn rejects_overlapping_id_maps() {
+        let r = check(|v| {
+            v["linux"]["namespaces"] = serde_json::json!([{"type": "user"}, {"type": "uts"}]);
+            v["linux"]["uidMappings"] = serde_json::json!([
+                {"containerID": 0, "hostID": 1000, "size": 10},
+                {"containerID": 5, "hostID": 5000, "size": 10}
+            ]);
+        });
+        assert_eq!(field_of(r), "linux.uidMappings[0]");
+    }
+}

@@ -1,0 +1,260 @@
+//! The state store: one directory per container under the runtime root,
+//! holding `state.json` (written atomically) and, until `start`, the exec fifo.
+//! Commands on one container are serialised by an exclusive `flock` on its
+//! directory; commands on different containers never touch each other's files.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+
+use crate::{util, Error, Result};
+
+pub const STATE_FILE: &str = "state.json";
+pub const EXEC_FIFO: &str = "exec.fifo";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+/// What amphi remembers of a container between commands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    /// Host pid of the init process; 0 while creating.
+    pub pid: i32,
+    /// Start time of `pid` in clock ticks since boot, to tell it from a reused pid.
+    pub start_time: u64,
+    pub created: String,
+    /// Executor chosen at create ("native", "wasm"); every later command follows it.
+    pub executor: String,
+    pub annotations: HashMap<String, String>,
+    /// cgroup directories of the container, one per hierarchy.
+    pub cgroup_paths: Vec<PathBuf>,
+    /// cgroup directories that `create` made, deepest last, removed by `delete`.
+    pub cgroup_created: Vec<PathBuf>,
+    /// The config as created, kept for `delete` (poststop hooks) when the bundle is gone.
+    pub spec: Spec,
+}
+
+impl ContainerState {
+    /// Status as the kernel sees it now, not as last recorded.
+    pub fn status(&self, dir: &Path) -> Status {
+        if self.pid == 0 {
+            return Status::Creating;
+        }
+        match proc_stat(self.pid) {
+            Some(stat)
+                if stat.start_time == self.start_time && stat.state != 'Z' && stat.state != 'X' =>
+            {
+                if dir.join(EXEC_FIFO).exists() {
+                    Status::Created
+                } else if crate::cgroups::is_frozen(&self.cgroup_paths) {
+                    Status::Paused
+                } else {
+                    Status::Running
+                }
+            }
+            _ => Status::Stopped,
+        }
+    }
+
+    /// The runtime-spec state document.
+    pub fn oci_state(&self, status: Status) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "ociVersion": "1.2.0",
+            "id": self.id,
+            "status": status.to_string(),
+            "bundle": self.bundle,
+            "rootfs": self.rootfs,
+            "created": self.created,
+            "annotations": self.annotations,
+        });
+        if status != Status::Stopped && self.pid != 0 {
+            v["pid"] = self.pid.into();
+        }
+        v
+    }
+}
+
+pub struct ProcStat {
+    pub state: char,
+    pub start_time: u64,
+}
+
+/// Parse `/proc/PID/stat`; the command name may hold spaces and parentheses,
+/// so fields are counted from the last `)`.
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    // starttime is field 22 of the full line; `rest` starts at field 3.
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some(ProcStat { state, start_time })
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// An open, locked container directory. The lock is held until drop.
+pub struct Locked {
+    pub id: String,
+    pub dir: PathBuf,
+    _lock: File,
+}
+
+impl Store {
+    pub fn open(root: &Path) -> Result<Store> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|e| Error::io("create runtime root", root, e))?;
+        Ok(Store { root: root.into() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Make the directory of a new container and lock it; an existing one is
+    /// a duplicate id.
+    pub fn create(&self, id: &str) -> Result<Locked> {
+        crate::id::validate(id)?;
+        let dir = self.root.join(id);
+        match std::fs::DirBuilder::new().mode(0o711).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::Exists(id.into()))
+            }
+            Err(e) => return Err(Error::io("create state directory", &dir, e)),
+        }
+        self.lock_dir(id, dir)
+    }
+
+    /// Lock an existing container's directory.
+    pub fn lock(&self, id: &str) -> Result<Locked> {
+        crate::id::validate(id)?;
+        let dir = self.root.join(id);
+        let locked = self.lock_dir(id, dir)?;
+        // The holder before us may have deleted it.
+        if !locked.dir.join(STATE_FILE).exists() && !locked.dir.exists() {
+            return Err(Error::NotFound(id.into()));
+        }
+        Ok(locked)
+    }
+
+    fn lock_dir(&self, id: &str, dir: PathBuf) -> Result<Locked> {
+        let f = File::open(&dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(id.into()),
+            _ => Error::io("open state directory", &dir, e),
+        })?;
+        // SAFETY: flock on an fd this function owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::sys(
+                format!("lock {}", dir.display()),
+                nix::Error::last(),
+            ));
+        }
+        Ok(Locked {
+            id: id.into(),
+            dir,
+            _lock: f,
+        })
+    }
+
+    /// Ids of all containers, sorted.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = std::fs::read_dir(&self.root)
+            .map_err(|e| Error::io("read runtime root", &self.root, e))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+impl Locked {
+    pub fn load(&self) -> Result<ContainerState> {
+        let path = self.dir.join(STATE_FILE);
+        let data = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(self.id.clone()),
+            _ => Error::io("read", &path, e),
+        })?;
+        serde_json::from_slice(&data).map_err(|e| Error::State {
+            id: self.id.clone(),
+            path,
+            why: format!("{e}; `delete --force` removes what is left of it"),
+        })
+    }
+
+    pub fn save(&self, state: &ContainerState) -> Result<()> {
+        let data = serde_json::to_vec(state).expect("state serialises");
+        util::write_atomic(&self.dir.join(STATE_FILE), &data)
+    }
+
+    pub fn fifo(&self) -> PathBuf {
+        self.dir.join(EXEC_FIFO)
+    }
+
+    /// Remove the directory and everything in it; the lock goes with it.
+    pub fn remove(self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove state directory", &self.dir, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_stat_parses() {
+        let me = proc_stat(std::process::id() as i32).unwrap();
+        assert!(matches!(me.state, 'R' | 'S'), "{}", me.state);
+        assert!(me.start_time > 0);
+    }
+
+    #[test]
+    fn create_is_exclusive_and_lock_finds_missing() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let c = store.create("a").unwrap();
+        drop(c);
+        assert!(matches!(store.create("a"), Err(Error::Exists(_))));
+        assert!(matches!(store.lock("b"), Err(Error::NotFound(_))));
+        assert!(matches!(store.create("../x"), Err(Error::InvalidId { .. })));
+        assert_eq!(store.list().unwrap(), vec!["a".to_string()]);
+    }
+}

@@ -1,0 +1,90 @@
+//! The native executor: the workload is `process.args`, found the way
+//! execvp would find it, but inside the container's rootfs.
+
+use std::ffi::CString;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use amphi_core::executor::{Executor, PrepareContext};
+use amphi_core::rootfs::{cstring, open_in_root, Create};
+use amphi_core::{process, Error, Result};
+use nix::sys::stat::{fstat, SFlag};
+use oci_spec::runtime::Process;
+
+#[derive(Default)]
+pub struct Native {
+    program: Option<CString>,
+}
+
+impl Native {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Where `arg0` is found inside the rootfs, as a container path: names with
+/// a slash are taken as they are (relative to the cwd), others searched in
+/// the container's PATH (as runc does, nothing of the host's PATH).
+pub fn lookup(ctx: &PrepareContext, arg0: &str) -> Result<PathBuf> {
+    let candidates: Vec<PathBuf> = if arg0.contains('/') {
+        vec![ctx.process.cwd().join(arg0)]
+    } else {
+        process::path_var(ctx.process)
+            .unwrap_or("")
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new("/").join(d).join(arg0))
+            .collect()
+    };
+    let mut last = None;
+    for c in &candidates {
+        match is_executable(ctx, c) {
+            Ok(()) => return Ok(c.clone()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Error::Init(match (arg0.contains('/'), last) {
+        (true, Some(e)) => format!("process.args[0] {arg0:?}: {e}"),
+        _ => {
+            format!("process.args[0] {arg0:?}: executable file not found in the container's $PATH")
+        }
+    }))
+}
+
+fn is_executable(ctx: &PrepareContext, path: &Path) -> std::result::Result<(), String> {
+    let fd = open_in_root(ctx.root_fd, path, Create::Nothing).map_err(|e| match e {
+        Error::Sys { source, .. } => source.desc().to_string(),
+        e => e.to_string(),
+    })?;
+    let st = fstat(fd.as_fd()).map_err(|e| e.desc().to_string())?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err("not a regular file".into());
+    }
+    if st.st_mode & 0o111 == 0 {
+        return Err("permission denied: not executable".into());
+    }
+    Ok(())
+}
+
+impl Executor for Native {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn prepare(&mut self, ctx: &PrepareContext) -> Result<()> {
+        let arg0 = &ctx.process.args().as_ref().expect("validated")[0];
+        let path = lookup(ctx, arg0)?;
+        self.program = Some(cstring(&path.to_string_lossy())?);
+        Ok(())
+    }
+
+    fn exec(self: Box<Self>, p: &Process) -> Error {
+        let program = self.program.expect("prepare ran");
+        let (args, env) = match (process::args(p), process::env(p)) {
+            (Ok(a), Ok(e)) => (a, e),
+            (Err(e), _) | (_, Err(e)) => return e,
+        };
+        let e = nix::unistd::execve(&program, &args, &env).unwrap_err();
+        Error::sys(format!("exec {:?}", program), e)
+    }
+}

@@ -1,0 +1,408 @@
+//! amphi's runtime API: the container lifecycle (create, start, state, kill,
+//! delete, run, list) that every frontend drives. Frontends translate their
+//! protocol to these calls and hold no container logic of their own.
+
+pub mod select;
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use amphi_core::cgroups;
+use amphi_core::executor::Executor;
+use amphi_core::hooks;
+use amphi_core::launch::{launch, LaunchConfig};
+use amphi_core::spec::Bundle;
+use amphi_core::state::{proc_stat, ContainerState, Locked, Status, Store};
+use amphi_core::{util, Error, Result};
+use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+pub use amphi_core::state::Status as ContainerStatus;
+pub use select::Kind;
+
+/// The annotation under which `state` reports the chosen executor.
+pub const EXECUTOR_ANNOTATION: &str = "amphi.executor";
+
+pub struct CreateOptions<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub pid_file: Option<&'a Path>,
+    pub console_socket: Option<&'a Path>,
+    pub no_pivot: bool,
+    pub preserve_fds: i32,
+}
+
+pub struct Runtime {
+    store: Store,
+}
+
+/// Undo a half-made container unless disarmed.
+struct CreateGuard<'a> {
+    locked: Option<Locked>,
+    cgroup_created: Vec<PathBuf>,
+    _marker: std::marker::PhantomData<&'a ()>,
+}
+
+impl Drop for CreateGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(locked) = self.locked.take() {
+            cgroups::remove(&self.cgroup_created);
+            let _ = locked.remove();
+        }
+    }
+}
+
+fn executor_for(kind: Kind) -> Result<Box<dyn Executor>> {
+    match kind {
+        Kind::Native => Ok(Box::new(amphi_native::Native::new())),
+        Kind::Wasm => Err(Error::Unsupported(
+            "the bundle is a WebAssembly workload, and this amphi has no wasm executor yet".into(),
+        )),
+    }
+}
+
+impl Runtime {
+    pub fn new(root: &Path) -> Result<Runtime> {
+        Ok(Runtime {
+            store: Store::open(root)?,
+        })
+    }
+
+    pub fn create(&self, o: &CreateOptions) -> Result<i32> {
+        amphi_core::id::validate(o.id)?;
+        let bundle = Bundle::load(o.bundle)?;
+        let spec = &bundle.spec;
+        if spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false)
+        {
+            if o.console_socket.is_none() {
+                return Err(Error::Unsupported(
+                    "process.terminal is true: give --console-socket to receive the pty".into(),
+                ));
+            }
+            return Err(Error::Unsupported(
+                "process.terminal (a pty over --console-socket) is not supported yet".into(),
+            ));
+        }
+        let kind = select::choose(spec, &bundle.rootfs);
+        let executor = executor_for(kind)?;
+
+        let locked = self.store.create(o.id)?;
+        let mut guard = CreateGuard {
+            locked: Some(locked),
+            cgroup_created: Vec::new(),
+            _marker: Default::default(),
+        };
+        let locked = guard.locked.as_ref().expect("set above");
+        let fifo = locked.fifo();
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
+            .map_err(|e| Error::sys(format!("mkfifo {}", fifo.display()), e))?;
+        // mkfifo applies the umask; the init may run as any user.
+        std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+            .map_err(|e| Error::io("chmod", &fifo, e))?;
+
+        let linux = spec.linux().as_ref();
+        let cgroup = cgroups::create(
+            o.id,
+            linux.and_then(|l| l.cgroups_path().as_deref()),
+            linux.and_then(|l| l.resources().as_ref()),
+        )?;
+        guard.cgroup_created = cgroup.created.clone();
+
+        let mut annotations = spec.annotations().clone().unwrap_or_default();
+        annotations.insert(EXECUTOR_ANNOTATION.into(), kind.name().into());
+        let mut state = ContainerState {
+            id: o.id.into(),
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            pid: 0,
+            start_time: 0,
+            created: util::rfc3339_now(),
+            executor: kind.name().into(),
+            annotations,
+            cgroup_paths: cgroup.paths.clone(),
+            cgroup_created: cgroup.created.clone(),
+            spec: spec.clone(),
+        };
+        locked.save(&state)?;
+
+        let hooks = spec.hooks().as_ref();
+        let mut runtime_hooks = |pid: i32| -> Result<()> {
+            let mut s = state.clone();
+            s.pid = pid;
+            let json = serde_json::to_vec(&s.oci_state(Status::Creating)).expect("json");
+            hooks::run_all(hooks.and_then(|h| h.prestart().as_ref()), "prestart", &json)?;
+            hooks::run_all(
+                hooks.and_then(|h| h.create_runtime().as_ref()),
+                "createRuntime",
+                &json,
+            )
+        };
+        let pid = launch(
+            &LaunchConfig {
+                id: o.id,
+                bundle: &bundle,
+                state_dir: &locked.dir,
+                cgroup: &cgroup,
+                no_pivot: o.no_pivot,
+                preserve_fds: o.preserve_fds,
+            },
+            executor,
+            &mut runtime_hooks,
+        )?;
+        state.pid = pid;
+        state.start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
+        let recorded = locked.save(&state).and_then(|()| match o.pid_file {
+            Some(f) => util::write_atomic(f, pid.to_string().as_bytes()),
+            None => Ok(()),
+        });
+        if let Err(e) = recorded {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), None);
+            return Err(e);
+        }
+        guard.locked = None;
+        Ok(pid)
+    }
+
+    fn load(&self, id: &str) -> Result<(Locked, ContainerState, Status)> {
+        let locked = self.store.lock(id)?;
+        let state = locked.load()?;
+        let status = state.status(&locked.dir);
+        Ok((locked, state, status))
+    }
+
+    pub fn start(&self, id: &str) -> Result<()> {
+        let (locked, state, status) = self.load(id)?;
+        if status != Status::Created {
+            return Err(wrong_state(
+                id,
+                status,
+                "only a created container can be started",
+            ));
+        }
+        let fifo_path = locked.fifo();
+        let fifo = open(
+            &fifo_path,
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::sys(format!("open {}", fifo_path.display()), e))?;
+        loop {
+            let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(100u16)) {
+                Ok(0) | Err(Errno::EINTR) => {
+                    if state.status(&locked.dir) == Status::Stopped {
+                        return Err(wrong_state(
+                            id,
+                            Status::Stopped,
+                            "the init process died before start",
+                        ));
+                    }
+                }
+                Ok(_) => {
+                    let mut b = [0u8; 1];
+                    match nix::unistd::read(&fifo, &mut b) {
+                        Ok(1) => break,
+                        Err(Errno::EAGAIN) => continue,
+                        _ => {
+                            return Err(wrong_state(
+                                id,
+                                Status::Stopped,
+                                "the init process died before start",
+                            ))
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::sys("poll exec fifo", e)),
+            }
+        }
+        std::fs::remove_file(&fifo_path).map_err(|e| Error::io("remove", &fifo_path, e))?;
+        let json = serde_json::to_vec(&state.oci_state(Status::Running)).expect("json");
+        let poststart = state
+            .spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststart().as_ref());
+        if let Err(e) = hooks::run_all(poststart, "poststart", &json) {
+            // The spec: a failed poststart hook is logged, the container runs on.
+            eprintln!("amphi: warning: container {id}: {e}");
+        }
+        Ok(())
+    }
+
+    /// The runtime-spec state document of a container.
+    pub fn state(&self, id: &str) -> Result<serde_json::Value> {
+        let (_locked, state, status) = self.load(id)?;
+        Ok(state.oci_state(status))
+    }
+
+    /// Every container with its current status. Reads without locking (state
+    /// files are replaced atomically), so a long command elsewhere never
+    /// stalls `list`; a container still being created is left out.
+    pub fn list(&self) -> Result<Vec<(ContainerState, Status)>> {
+        let mut out = Vec::new();
+        for id in self.store.list()? {
+            let dir = self.store.root().join(&id);
+            let Ok(data) = std::fs::read(dir.join(amphi_core::state::STATE_FILE)) else {
+                continue;
+            };
+            let Ok(state) = serde_json::from_slice::<ContainerState>(&data) else {
+                continue;
+            };
+            let status = state.status(&dir);
+            out.push((state, status));
+        }
+        Ok(out)
+    }
+
+    pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
+        let (_locked, state, status) = self.load(id)?;
+        if matches!(status, Status::Stopped | Status::Creating) {
+            return Err(wrong_state(id, status, "no process to signal"));
+        }
+        if all {
+            for pid in cgroups::procs(&state.cgroup_paths) {
+                let _ = kill(Pid::from_raw(pid), signal);
+            }
+            return Ok(());
+        }
+        kill(Pid::from_raw(state.pid), signal)
+            .map_err(|e| Error::sys(format!("kill {} of container {id}", signal), e))
+    }
+
+    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let locked = self.store.lock(id)?;
+        let state = match locked.load() {
+            Ok(s) => s,
+            // Nothing to go by: with --force, remove what is left.
+            Err(e @ Error::State { .. }) if !force => return Err(e),
+            Err(Error::State { .. }) => return locked.remove(),
+            Err(e) => return Err(e),
+        };
+        let status = state.status(&locked.dir);
+        match status {
+            Status::Stopped => {}
+            // As runc: a container that never started is removed on delete
+            // (containerd relies on it).
+            Status::Created | Status::Creating => kill_all(&state),
+            Status::Running | Status::Paused if force => kill_all(&state),
+            _ => {
+                return Err(wrong_state(
+                    id,
+                    status,
+                    "stop it first, or use delete --force",
+                ))
+            }
+        }
+        wait_gone(&state);
+        let mut errors = cgroups::remove(&state.cgroup_created);
+        let json = serde_json::to_vec(&state.oci_state(Status::Stopped)).expect("json");
+        let poststop = state
+            .spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststop().as_ref());
+        if let Err(e) = hooks::run_all(poststop, "poststop", &json) {
+            eprintln!("amphi: warning: container {id}: {e}");
+        }
+        locked.remove()?;
+        match errors.pop() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// create + start + wait + delete; the container's exit status, 128+N
+    /// for a signal N. Signals to this process go to the container.
+    pub fn run(&self, o: &CreateOptions) -> Result<i32> {
+        // Blocked before the container exists, so neither its exit nor a
+        // signal meant for it can slip by before we wait.
+        let mut blocked = SigSet::all();
+        blocked.remove(Signal::SIGKILL);
+        blocked.remove(Signal::SIGSTOP);
+        let mut old = SigSet::empty();
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut old))
+            .map_err(|e| Error::sys("sigprocmask", e))?;
+        let result = self.run_blocked(o, &blocked);
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        result
+    }
+
+    fn run_blocked(&self, o: &CreateOptions, blocked: &SigSet) -> Result<i32> {
+        let pid = Pid::from_raw(self.create(o)?);
+        if let Err(e) = self.start(o.id) {
+            let _ = self.delete(o.id, true);
+            let _ = waitpid(pid, None);
+            return Err(e);
+        }
+        let code = loop {
+            let sig = blocked.wait().map_err(|e| Error::sys("sigwait", e))?;
+            if sig == Signal::SIGCHLD {
+                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, code)) => break code,
+                    Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+                    _ => continue,
+                }
+            }
+            if sig != Signal::SIGWINCH {
+                let _ = kill(pid, sig);
+            }
+        };
+        self.delete(o.id, true)?;
+        Ok(code)
+    }
+}
+
+fn wrong_state(id: &str, status: Status, why: &str) -> Error {
+    Error::WrongState {
+        id: id.into(),
+        status: status.to_string(),
+        why: why.into(),
+    }
+}
+
+fn alive(state: &ContainerState) -> bool {
+    proc_stat(state.pid)
+        .is_some_and(|s| s.start_time == state.start_time && s.state != 'Z' && s.state != 'X')
+}
+
+/// SIGKILL the init and everything in the container's cgroup (a container
+/// without a pid namespace does not die with its init).
+fn kill_all(state: &ContainerState) {
+    if state.pid > 0 && alive(state) {
+        let _ = kill(Pid::from_raw(state.pid), Signal::SIGKILL);
+    }
+    // A frozen cgroup's processes die only once thawed.
+    for p in &state.cgroup_paths {
+        let _ = std::fs::write(p.join("freezer.state"), "THAWED");
+        let _ = std::fs::write(p.join("cgroup.freeze"), "0");
+    }
+    for pid in cgroups::procs(&state.cgroup_paths) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// Wait (bounded) until the init is dead and the cgroup is empty.
+fn wait_gone(state: &ContainerState) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pause = Duration::from_micros(100);
+    while Instant::now() < deadline
+        && ((state.pid > 0 && alive(state)) || !cgroups::procs(&state.cgroup_paths).is_empty())
+    {
+        for pid in cgroups::procs(&state.cgroup_paths) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
