@@ -110,9 +110,13 @@ enum Command {
     Features,
 }
 
-fn parse_signal(s: &str) -> Result<Signal> {
+/// A signal by name (with or without SIG) or number; 0 only checks.
+fn parse_signal(s: &str) -> Result<Option<Signal>> {
     if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| anyhow!("unknown signal {s:?}"));
+        if n == 0 {
+            return Ok(None);
+        }
+        return Signal::try_from(n).map(Some).map_err(|_| anyhow!("unknown signal {s:?}"));
     }
     let upper = s.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
@@ -121,6 +125,7 @@ fn parse_signal(s: &str) -> Result<Signal> {
         format!("SIG{upper}")
     };
     Signal::from_str(&name)
+        .map(Some)
         .map_err(|_| anyhow!("unknown signal {s:?}: use a name such as TERM or KILL, or a number"))
 }
 

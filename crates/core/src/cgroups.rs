@@ -118,12 +118,12 @@ pub fn create(
     };
     if let Err(e) = cg.cgroup.create() {
         let e = err(requested.display(), format!("create: {e}"));
-        remove(&cg.created);
+        remove(&cg.created, &cg.paths);
         return Err(e);
     }
     if let Some(r) = resources {
         if let Err(e) = cg.apply(r) {
-            remove(&cg.created);
+            remove(&cg.created, &cg.paths);
             return Err(e);
         }
     }
@@ -295,20 +295,24 @@ fn shares_to_weight(shares: u64) -> u64 {
     1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
 }
 
-/// Remove the directories a container's cgroup creation made, deepest
-/// first. A cgroup whose last process just died may stay busy for a moment.
-pub fn remove(created: &[PathBuf]) -> Vec<Error> {
+/// Remove the directories a container's cgroup creation made. The
+/// container's own directories (`paths`) may stay busy for a moment after
+/// their last process died, so removal is retried; parents it made are
+/// removed only while empty, since another container may have moved in.
+pub fn remove(created: &[PathBuf], paths: &[PathBuf]) -> Vec<Error> {
     let mut errors = Vec::new();
     for dir in created.iter().rev() {
+        let own = paths.contains(dir);
         let mut tries = 0;
         loop {
             match std::fs::remove_dir(dir) {
                 Ok(()) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 200 => {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && own && tries < 200 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
+                Err(_) if !own => break,
                 Err(e) => {
                     errors.push(Error::io("remove cgroup", dir, e));
                     break;

@@ -46,13 +46,14 @@ pub struct Runtime {
 struct CreateGuard<'a> {
     locked: Option<Locked>,
     cgroup_created: Vec<PathBuf>,
+    cgroup_paths: Vec<PathBuf>,
     _marker: std::marker::PhantomData<&'a ()>,
 }
 
 impl Drop for CreateGuard<'_> {
     fn drop(&mut self) {
         if let Some(locked) = self.locked.take() {
-            cgroups::remove(&self.cgroup_created);
+            cgroups::remove(&self.cgroup_created, &self.cgroup_paths);
             let _ = locked.remove();
         }
     }
@@ -100,6 +101,7 @@ impl Runtime {
         let mut guard = CreateGuard {
             locked: Some(locked),
             cgroup_created: Vec::new(),
+            cgroup_paths: Vec::new(),
             _marker: Default::default(),
         };
         let locked = guard.locked.as_ref().expect("set above");
@@ -117,6 +119,7 @@ impl Runtime {
             linux.and_then(|l| l.resources().as_ref()),
         )?;
         guard.cgroup_created = cgroup.created.clone();
+        guard.cgroup_paths = cgroup.paths.clone();
 
         let mut annotations = spec.annotations().clone().unwrap_or_default();
         annotations.insert(EXECUTOR_ANNOTATION.into(), kind.name().into());
@@ -265,7 +268,8 @@ impl Runtime {
         Ok(out)
     }
 
-    pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
+    /// Send `signal` (None: only check that the process exists, like kill -0).
+    pub fn kill(&self, id: &str, signal: Option<Signal>, all: bool) -> Result<()> {
         let (_locked, state, status) = self.load(id)?;
         if matches!(status, Status::Stopped | Status::Creating) {
             return Err(wrong_state(id, status, "no process to signal"));
@@ -276,8 +280,10 @@ impl Runtime {
             }
             return Ok(());
         }
-        kill(Pid::from_raw(state.pid), signal)
-            .map_err(|e| Error::sys(format!("kill {} of container {id}", signal), e))
+        kill(Pid::from_raw(state.pid), signal).map_err(|e| {
+            let name = signal.map_or("0", Signal::as_str);
+            Error::sys(format!("kill {name} of container {id}"), e)
+        })
     }
 
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
@@ -305,7 +311,7 @@ impl Runtime {
             }
         }
         wait_gone(&state);
-        let mut errors = cgroups::remove(&state.cgroup_created);
+        let mut errors = cgroups::remove(&state.cgroup_created, &state.cgroup_paths);
         let json = serde_json::to_vec(&state.oci_state(Status::Stopped)).expect("json");
         let poststop = state
             .spec

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install what building and testing amphi needs on a Debian machine, as root.
+# Idempotent: installs only what is missing.
+set -euo pipefail
+
+packages=()
+[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || packages+=(busybox-static)
+command -v runc >/dev/null || packages+=(runc)
+command -v cc >/dev/null || packages+=(gcc)
+if [ ${#packages[@]} -gt 0 ]; then
+    echo "deps.sh: installing ${packages[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "deps.sh: no cargo on PATH: install a Rust toolchain (rustup) first" >&2
+    exit 1
+fi
+for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done

@@ -1,0 +1,360 @@
+//! What a container sees from inside: the envelope, checked through `amphi run`.
+
+use amphi_tests::{cgroup_dirs, Env};
+use serde_json::json;
+
+fn run_sh(env: &Env, name: &str, script: &str, patch: impl FnOnce(&mut serde_json::Value)) -> (amphi_tests::Run, String, String) {
+    run_sh_with(env, name, |_| {}, script, patch)
+}
+
+fn run_sh_with(
+    env: &Env,
+    name: &str,
+    prepare: impl FnOnce(&amphi_tests::Bundle),
+    script: &str,
+    patch: impl FnOnce(&mut serde_json::Value),
+) -> (amphi_tests::Run, String, String) {
+    let mut b = env.bundle(name, &["sh", "-c", script]);
+    prepare(&b);
+    patch(&mut b.spec);
+    b.write();
+    let id = env.id(name);
+    let r = env.amphi(&["run", "--bundle", b.path(), &id]);
+    let cg = b.cgroup();
+    (r, id, cg)
+}
+
+#[test]
+fn hostname_pid1_and_no_host_processes() {
+    let env = Env::new();
+    let (r, id, cg) = run_sh(&env, "ns", "hostname; echo pid=$$; ls /proc | grep -c '^[0-9]'", |_| {});
+    r.ok();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0], "amphi-test");
+    assert_eq!(lines[1], "pid=1");
+    // sh, ls and grep at most: nothing of the host's processes.
+    let n: usize = lines[2].trim().parse().unwrap();
+    assert!(n <= 3, "container sees {n} processes");
+    env.assert_clean(&id, &cg);
+}
+
+#[test]
+fn mount_table_is_the_containers() {
+    let env = Env::new();
+    let (r, id, cg) = run_sh(&env, "mounts", "cat /proc/self/mountinfo", |_| {});
+    r.ok();
+    let targets: Vec<&str> = r.stdout.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+    for want in ["/", "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys"] {
+        assert!(targets.contains(&want), "{want} not mounted: {targets:?}");
+    }
+    // No host path is visible.
+    let tmp = env.tmp.path().to_string_lossy().into_owned();
+    assert!(!r.stdout.contains("/work"), "{}", r.stdout);
+    assert!(targets.iter().all(|t| !t.starts_with(&tmp)), "{targets:?}");
+    env.assert_clean(&id, &cg);
+}
+
+#[test]
+fn readonly_root_refuses_writes() {
+    let env = Env::new();
+    let (r, id, cg) = run_sh(&env, "ro", "touch /x 2>&1; echo rc=$?; touch /tmp/y 2>&1; echo rc=$?", |s| {
+        s["root"]["readonly"] = json!(true);
+    });
+    r.ok();
+    assert!(r.stdout.contains("Read-only file system"), "{}", r.stdout);
+    assert!(r.stdout.contains("rc=1"), "{}", r.stdout);
+    env.assert_clean(&id, &cg);
+}
+
+#[test]
+fn masked_and_readonly_paths() {
+    let env = Env::new();
+    let (r, id, cg) = run_sh_with(
+        &env,
+        "mask",
+        |b| {
+            std::fs::create_dir_all(b.rootfs().join("etc/secret")).unwrap();
+            std::fs::write(b.rootfs().join("etc/secret/key"), "k").unwrap();
+        },
+        "wc -c < /proc/timer_list; ls /sys/firmware | wc -l; ls /etc/secret | wc -l; echo 1 > /proc/sys/kernel/ns_last_pid 2>&1; echo rc=$?",
+        |s| {
+            // A directory of the rootfs masked too, so the check does not
+            // depend on what this kernel has in /proc and /sys.
+            s["linux"]["maskedPaths"].as_array_mut().unwrap().push(json!("/etc/secret"));
+        },
+    );
+    r.ok();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0].trim(), "0", "/proc/timer_list readable: {}", r.stdout);
+    assert_eq!(lines[1].trim(), "0", "/sys/firmware not empty: {}", r.stdout);
+    assert_eq!(lines[2].trim(), "0", "masked /etc/secret not empty: {}", r.stdout);
+    assert!(r.stdout.contains("rc=1"), "/proc/sys writable: {}", r.stdout);
+    env.assert_clean(&id, &cg);
+}
+
+fn cap_mask(names: &[&str]) -> u64 {
+    let bit = |n: &str| match n {
+        "CAP_CHOWN" => 0,
+        "CAP_DAC_OVERRIDE" => 1,
+        "CAP_FOWNER" => 3,
+        "CAP_FSETID" => 4,
+        "CAP_KILL" => 5,
+        "CAP_SETGID" => 6,
+        "CAP_SETUID" => 7,
+        "CAP_SETPCAP" => 8,
+        "CAP_NET_BIND_SERVICE" => 10,
+        "CAP_NET_RAW" => 13,
+        "CAP_SYS_CHROOT" => 18,
+        "CAP_SYS_ADMIN" => 21,
+        "CAP_MKNOD" => 27,
+        "CAP_AUDIT_WRITE" => 29,
+        "CAP_SETFCAP" => 31,
+        _ => panic!("{n}"),
+    };
+    names.iter().map(|n| 1u64 << bit(n)).sum()
+}
+
+#[test]
+fn capability_sets_are_the_specs() {
+    let env = Env::new();
+    let (r, id, cg) = run_sh(&env, "caps", "grep ^Cap /proc/self/status", |s| {
+        let c = &mut s["process"]["capabilities"];
+        c["bounding"] = json!(["CAP_CHOWN", "CAP_KILL", "CAP_NET_RAW", "CAP_SETUID"]);
+        c["permitted"] = json!(["CAP_CHOWN", "CAP_KILL", "CAP_NET_RAW"]);
+        c["effective"] = json!(["CAP_CHOWN", "CAP_KILL"]);
+        c["inheritable"] = json!(["CAP_KILL", "CAP_NET_RAW"]);
+        c["ambient"] = json!(["CAP_KILL"]);
+    });
+    r.ok();
+    let get = |k: &str| {
+        let line = r.stdout.lines().find(|l| l.starts_with(k)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    // After exec as root, permitted and effective are recomputed from the
+    // bounding set (file capabilities of root); inheritable and ambient stay.
+    assert_eq!(get("CapBnd:"), cap_mask(&["CAP_CHOWN", "CAP_KILL", "CAP_NET_RAW", "CAP_SETUID"]));
+    assert_eq!(get("CapInh:"), cap_mask(&["CAP_KILL", "CAP_NET_RAW"]));
+    assert_eq!(get("CapAmb:"), cap_mask(&["CAP_KILL"]));
+    env.assert_clean(&id, &cg);
+}
+
+#[test]
+fn non_root_user_gets_only_ambient_capabilities() {
+    let env = Env::new();
+    let (r, id, cg) = run_sh(&env, "user", "id; grep -E '^Cap(Eff|Prm|Amb)' /proc/self/status; umask", |s| {
+        s["process"]["user"] = json!({"uid": 1000, "gid": 1001, "additionalGids": [2000, 2001], "umask": 63});
+        let c = &mut s["process"]["capabilities"];
+        for set in ["bounding", "permitted", "effective", "inheritable"] {
+            c[set] = json!(["CAP_KILL", "CAP_CHOWN"]);
+        }
+        c["ambient"] = json!(["CAP_KILL"]);
+    });
+    r.ok();
+    assert!(r.stdout.contains("uid=1000 gid=1001 groups=2000,2001"), "{}", r.stdout);
+    let kill = format!("{:016x}", cap_mask(&["CAP_KILL"]));
+    for set in ["CapEff", "CapPrm", "CapAmb"] {
+        assert!(r.stdout.contains(&format!("{set}:\t{kill}")), "{set}: {}", r.stdout);
+    }
+    assert!(r.stdout.contains("0077"), "umask: {}", r.stdout);
+    env.assert_clean(&id, &cg);
+}
+
+#[test]
+fn rlimits_are_applied() {
+    let env = Env::new();
+    let (r, id, cg) = run_sh(&env, "rlim", "ulimit -Sn; ulimit -Hn; ulimit -Hs", |s| {
+        s["process"]["rlimits"] = json!([
+            {"type": "RLIMIT_NOFILE", "soft": 512, "hard": 768},
+            {"type": "RLIMIT_STACK", "soft": 4194304, "hard": 4194304}
+        ]);
+    });
+    r.ok();
+    assert_eq!(r.stdout.split_whitespace().collect::<Vec<_>>(), ["512", "768", "4096"]);
+    env.assert_clean(&id, &cg);
+}
+
+#[test]
+fn memory_limit_oom_kills() {
+    let env = Env::new();
+    // dd's 128 MiB buffer does not fit in 32 MiB.
+    let (r, id, cg) = run_sh(&env, "oom", "dd if=/dev/zero of=/dev/null bs=128M count=1; echo dd=$?", |s| {
+        s["linux"]["resources"] = json!({"memory": {"limit": 33554432}});
+    });
+    r.ok();
+    assert!(r.stdout.contains("dd=137"), "dd was not OOM-killed: {} {}", r.stdout, r.stderr);
+    env.assert_clean(&id, &cg);
+}
+
+#[test]
+fn memory_limit_lands_in_the_cgroup() {
+    let env = Env::new();
+    let mut b = env.bundle("memcg", &["sleep", "30"]);
+    b.spec["linux"]["resources"] = json!({"memory": {"limit": 67108864}, "pids": {"limit": 20}, "cpu": {"shares": 512, "quota": 50000, "period": 100000}});
+    b.write();
+    let id = env.id("memcg");
+    env.amphi(&["create", "--bundle", b.path(), &id]).ok();
+    let dirs = cgroup_dirs(&b.cgroup());
+    let read = |file: &str| {
+        dirs.iter()
+            .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+            .unwrap_or_else(|| panic!("{file} in none of {dirs:?}"))
+    };
+    let v2 = dirs.iter().any(|d| d.join("memory.max").exists());
+    if v2 {
+        assert_eq!(read("memory.max").trim(), "67108864");
+        assert_eq!(read("cpu.max").trim(), "50000 100000");
+    } else {
+        assert_eq!(read("memory.limit_in_bytes").trim(), "67108864");
+        assert_eq!(read("cpu.shares").trim(), "512");
+        assert_eq!(read("cpu.cfs_quota_us").trim(), "50000");
+    }
+    assert_eq!(read("pids.max").trim(), "20");
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    assert!(read("cgroup.procs").lines().any(|l| l == pid.to_string()));
+    env.amphi(&["delete", "--force", &id]).ok();
+    env.assert_clean(&id, &b.cgroup());
+}
+
+#[test]
+fn pids_limit_stops_forks() {
+    let env = Env::new();
+    // sh and five sleeps fill a limit of 6; the next fork must fail.
+    let (r, id, cg) = run_sh(
+        &env,
+        "pids",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 2 & done; echo forked",
+        |s| s["linux"]["resources"] = json!({"pids": {"limit": 6}}),
+    );
+    assert!(
+        r.stderr.contains("Resource temporarily unavailable"),
+        "fork did not fail under pids.limit: {} {}",
+        r.stdout,
+        r.stderr
+    );
+    env.assert_clean(&id, &cg);
+}
+
+#[test]
+fn env_and_cwd_are_the_specs_only() {
+    let env = Env::new();
+    std::env::set_var("AMPHI_HOST_SECRET", "leak");
+    let (r, id, cg) = run_sh(&env, "env", "env | sort; pwd", |s| {
+        s["process"]["env"] = json!(["PATH=/bin", "A=1", "B=two words"]);
+        s["process"]["cwd"] = json!("/tmp");
+    });
+    r.ok();
+    assert!(!r.stdout.contains("AMPHI_HOST_SECRET"));
+    assert!(r.stdout.contains("A=1\n") && r.stdout.contains("B=two words\n"), "{}", r.stdout);
+    assert!(r.stdout.ends_with("/tmp\n"), "{}", r.stdout);
+    env.assert_clean(&id, &cg);
+}
+
+#[test]
+fn bind_mounts_and_symlinked_destinations_stay_inside() {
+    let env = Env::new();
+    let host_dir = env.tmp.path().join("shared");
+    std::fs::create_dir(&host_dir).unwrap();
+    std::fs::write(host_dir.join("f"), "from host").unwrap();
+    let mut b = env.bundle("bind", &["sh", "-c", "cat /data/f; echo x > /data/g; ls -d /escape/evil"]);
+    // A destination through an absolute symlink must land inside the rootfs.
+    let outside = env.tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, b.rootfs().join("escape")).unwrap();
+    std::fs::create_dir_all(b.rootfs().join(outside.strip_prefix("/").unwrap())).unwrap();
+    b.spec["mounts"].as_array_mut().unwrap().extend([
+        json!({"destination": "/data", "type": "bind", "source": host_dir, "options": ["rbind", "rw"]}),
+        json!({"destination": "/escape/evil", "type": "tmpfs", "source": "tmpfs"}),
+    ]);
+    b.write();
+    let id = env.id("bind");
+    let r = env.amphi(&["run", "--bundle", b.path(), &id]);
+    r.ok();
+    assert!(r.stdout.starts_with("from host"), "{}", r.stdout);
+    assert_eq!(std::fs::read_to_string(host_dir.join("g")).unwrap(), "x\n");
+    assert!(!outside.join("evil").exists(), "mount destination escaped the rootfs");
+    env.assert_clean(&id, &b.cgroup());
+}
+
+#[test]
+fn user_namespace_maps_ids() {
+    let env = Env::new();
+    let (r, id, cg) = run_sh(&env, "userns", "id -u; cat /proc/self/uid_map; touch /tmp/owned", |s| {
+        s["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+        s["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        s["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    });
+    r.ok();
+    let mut lines = r.stdout.lines();
+    assert_eq!(lines.next(), Some("0"));
+    assert_eq!(
+        lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        ["0", "200000", "65536"]
+    );
+    env.assert_clean(&id, &cg);
+}
+
+#[test]
+fn joins_namespaces_by_path() {
+    let env = Env::new();
+    let a = env.bundle("a", &["sleep", "60"]);
+    a.write();
+    let ida = env.id("a");
+    env.amphi(&["run", "--detach", "--bundle", a.path(), &ida]).ok();
+    let pid = env.state(&ida)["pid"].as_i64().unwrap();
+    let mut b = env.bundle("b", &["sh", "-c", "for n in net uts pid; do readlink /proc/self/ns/$n; done; hostname; ps -o comm | grep -c sleep"]);
+    let mut nss = Vec::new();
+    for (t, f) in [("network", "net"), ("uts", "uts"), ("pid", "pid")] {
+        nss.push(json!({"type": t, "path": format!("/proc/{pid}/ns/{f}")}));
+    }
+    nss.extend([json!({"type": "mount"}), json!({"type": "ipc"})]);
+    b.spec["linux"]["namespaces"] = json!(nss);
+    b.spec.as_object_mut().unwrap().remove("hostname");
+    b.write();
+    let idb = env.id("b");
+    let r = env.amphi(&["run", "--bundle", b.path(), &idb]);
+    r.ok();
+    let want: Vec<String> = ["net", "uts", "pid"]
+        .iter()
+        .map(|f| std::fs::read_link(format!("/proc/{pid}/ns/{f}")).unwrap().to_string_lossy().into_owned())
+        .collect();
+    let got: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(&got[..3], &want.iter().map(String::as_str).collect::<Vec<_>>()[..]);
+    assert_eq!(got[3], "amphi-test");
+    assert_eq!(got[4], "1", "container a's sleep not visible in the joined pid namespace");
+    env.amphi(&["delete", "--force", &ida]).ok();
+    env.assert_clean(&ida, &a.cgroup());
+    env.assert_clean(&idb, &b.cgroup());
+}
+
+#[test]
+fn same_bundle_same_view_as_runc() {
+    let Ok(runc) = which("runc") else {
+        eprintln!("runc not installed: skipping the comparison");
+        return;
+    };
+    let env = Env::new();
+    let b = env.bundle("cmp", &["sh", "-c", "hostname; id; grep ^Cap /proc/self/status; ulimit -n; cat /proc/self/mountinfo | cut -d' ' -f5 | sort; ls /dev | sort"]);
+    b.write();
+    let id = env.id("cmp");
+    let ours = env.amphi(&["run", "--bundle", b.path(), &id]);
+    ours.ok();
+    let runc_root = env.tmp.path().join("runc-root");
+    let theirs = std::process::Command::new(runc)
+        .arg("--root").arg(&runc_root)
+        .args(["run", "--bundle", b.path(), &format!("{id}-runc")])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let theirs = String::from_utf8_lossy(&theirs.stdout);
+    assert_eq!(ours.stdout, theirs, "amphi and runc disagree on the same bundle");
+    env.assert_clean(&id, &b.cgroup());
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.exists())
+        .ok_or(())
+}

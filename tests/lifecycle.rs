@@ -1,0 +1,283 @@
+//! create / start / state / kill / delete, exit codes, signals and hooks.
+
+use std::time::Duration;
+
+use amphi_tests::{wait_for, Env};
+use serde_json::json;
+
+#[test]
+fn create_start_kill_delete_transitions() {
+    let env = Env::new();
+    let b = env.bundle("life", &["sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"]);
+    b.write();
+    let id = env.id("life");
+    let pid_file = env.tmp.path().join("pid");
+    env.amphi(&["create", "--bundle", b.path(), "--pid-file", pid_file.to_str().unwrap(), &id]).ok();
+    let s = env.state(&id);
+    assert_eq!(s["status"], "created");
+    assert_eq!(s["id"], id.as_str());
+    assert_eq!(s["ociVersion"], "1.2.0");
+    assert_eq!(s["annotations"]["amphi.executor"], "native");
+    assert_eq!(std::fs::canonicalize(s["bundle"].as_str().unwrap()).unwrap(), std::fs::canonicalize(&b.dir).unwrap());
+    let pid = s["pid"].as_i64().unwrap();
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid.to_string());
+    // The workload has not run: the init still waits on the exec fifo.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("trap"));
+
+    env.amphi(&["start", &id]).ok();
+    assert_eq!(env.status(&id).as_deref(), Some("running"));
+    env.amphi(&["start", &id]).fails_with("only a created container can be started");
+    env.amphi(&["delete", &id]).fails_with("is running");
+
+    env.amphi(&["kill", &id, "TERM"]).ok();
+    assert!(wait_for(10, || env.status(&id).as_deref() == Some("stopped")));
+    env.amphi(&["kill", &id, "KILL"]).fails_with("no process to signal");
+    let s = env.state(&id);
+    assert!(s.get("pid").is_none(), "a stopped container reports no pid");
+    env.amphi(&["delete", &id]).ok();
+    assert_eq!(env.status(&id), None);
+    env.amphi(&["state", &id]).fails_with("does not exist");
+    env.assert_clean(&id, &b.cgroup());
+}
+
+#[test]
+fn run_returns_the_exit_code() {
+    let env = Env::new();
+    for (name, code) in [("zero", 0), ("three", 3), ("big", 200)] {
+        let b = env.bundle(name, &["sh", "-c", &format!("exit {code}")]);
+        b.write();
+        let id = env.id(name);
+        let r = env.amphi(&["run", "--bundle", b.path(), &id]);
+        assert_eq!(r.code, code, "{}", r.stderr);
+        env.assert_clean(&id, &b.cgroup());
+    }
+}
+
+#[test]
+fn run_reports_death_by_signal_as_128_plus_n() {
+    let env = Env::new();
+    let b = env.bundle("sig", &["sleep", "60"]);
+    b.write();
+    let id = env.id("sig");
+    let mut child = env.command(&["run", "--bundle", b.path(), &id]).spawn().unwrap();
+    assert!(wait_for(10, || env.status(&id).as_deref() == Some("running")));
+    env.amphi(&["kill", &id, "9"]).ok();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(137));
+    env.assert_clean(&id, &b.cgroup());
+}
+
+#[test]
+fn run_forwards_signals_to_the_container() {
+    let env = Env::new();
+    let b = env.bundle("fwd", &["sh", "-c", "trap 'exit 42' USR1; echo ready; while :; do sleep 0.05; done"]);
+    b.write();
+    let id = env.id("fwd");
+    let mut child = env
+        .command(&["run", "--bundle", b.path(), &id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    std::io::Read::read_exact(&mut out, &mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGUSR1).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(42));
+    env.assert_clean(&id, &b.cgroup());
+}
+
+#[test]
+fn instant_exits_are_never_missed() {
+    let env = Env::new();
+    let b = env.bundle("true", &["true"]);
+    b.write();
+    for i in 0..40 {
+        let id = env.id(&format!("true{i}"));
+        let r = env.amphi(&["run", "--bundle", b.path(), &id]);
+        assert_eq!(r.code, 0, "run {i}: {}", r.stderr);
+    }
+    env.assert_clean(&env.id("true0"), &b.cgroup());
+}
+
+#[test]
+fn kill_accepts_names_and_numbers_and_all() {
+    let env = Env::new();
+    let b = env.bundle("kill", &["sh", "-c", "trap '' TERM; sleep 60 & sleep 60 & wait"]);
+    b.write();
+    let id = env.id("kill");
+    env.amphi(&["run", "--detach", "--bundle", b.path(), &id]).ok();
+    env.amphi(&["kill", &id, "NOPE"]).fails_with("unknown signal");
+    env.amphi(&["kill", &id, "0"]).ok();
+    env.amphi(&["kill", &id, "SIGCONT"]).ok();
+    env.amphi(&["kill", "--all", &id, "KILL"]).ok();
+    assert!(wait_for(10, || env.status(&id).as_deref() == Some("stopped")));
+    env.amphi(&["delete", &id]).ok();
+    env.assert_clean(&id, &b.cgroup());
+}
+
+#[test]
+fn delete_force_stops_a_running_container() {
+    let env = Env::new();
+    let b = env.bundle("force", &["sleep", "60"]);
+    b.write();
+    let id = env.id("force");
+    env.amphi(&["run", "-d", "--bundle", b.path(), &id]).ok();
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    env.amphi(&["delete", "--force", &id]).ok();
+    amphi_tests::reap_inits();
+    assert!(wait_for(5, || !std::path::Path::new(&format!("/proc/{pid}")).exists()));
+    env.assert_clean(&id, &b.cgroup());
+    // delete --force of what does not exist is not an error (runc does the same).
+    env.amphi(&["delete", "--force", &id]).ok();
+}
+
+#[test]
+fn created_container_can_be_deleted() {
+    let env = Env::new();
+    let b = env.bundle("created", &["true"]);
+    b.write();
+    let id = env.id("created");
+    env.amphi(&["create", "--bundle", b.path(), &id]).ok();
+    env.amphi(&["delete", &id]).ok();
+    env.assert_clean(&id, &b.cgroup());
+}
+
+#[test]
+fn list_shows_containers() {
+    let env = Env::new();
+    let b = env.bundle("list", &["sleep", "60"]);
+    b.write();
+    let (a, c) = (env.id("la"), env.id("lc"));
+    env.amphi(&["run", "-d", "--bundle", b.path(), &a]).ok();
+    let mut b2 = env.bundle("list2", &["true"]);
+    b2.spec["linux"]["cgroupsPath"] = json!(format!("{}-list2", env.tag));
+    b2.write();
+    env.amphi(&["create", "--bundle", b2.path(), &c]).ok();
+    let r = env.amphi(&["list", "--format", "json"]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let mut seen: Vec<(String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().into(), s["status"].as_str().unwrap().into()))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, vec![(a.clone(), "running".into()), (c.clone(), "created".into())]);
+    let table = env.amphi(&["list"]);
+    assert!(table.stdout.starts_with("ID"), "{}", table.stdout);
+    assert_eq!(env.amphi(&["list", "-q"]).stdout, format!("{a}\n{c}\n"));
+    env.amphi(&["delete", "-f", &a]).ok();
+    env.amphi(&["delete", "-f", &c]).ok();
+    env.assert_clean(&a, &b.cgroup());
+    env.assert_clean(&c, &b2.cgroup());
+}
+
+#[test]
+fn hooks_run_in_order_with_the_state_on_stdin() {
+    let env = Env::new();
+    let log = env.tmp.path().join("hooks.log");
+    let mut b = env.bundle("hooks", &["sh", "-c", "echo workload >> /hooklog/hooks.log"]);
+    let hook = |name: &str| {
+        json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r s; echo {name} \"$s\" >> {}", log.display())]})
+    };
+    // Hooks in the container's mount namespace see the log through a bind mount.
+    let in_container = |name: &str| {
+        json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r s; echo {name} \"$s\" >> /hooklog/hooks.log")]})
+    };
+    b.spec["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/hooklog", "type": "bind", "source": env.tmp.path(), "options": ["bind"]
+    }));
+    b.spec["hooks"] = json!({
+        "prestart": [hook("prestart")],
+        "createRuntime": [hook("createRuntime")],
+        "createContainer": [hook("createContainer")],
+        "startContainer": [in_container("startContainer")],
+        "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")],
+    });
+    b.write();
+    let id = env.id("hooks");
+    env.amphi(&["run", "--bundle", b.path(), &id]).ok();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let order: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    // poststart runs concurrently with the workload: only its place relative
+    // to the others is fixed.
+    let pos = |n: &str| order.iter().position(|o| *o == n).unwrap_or_else(|| panic!("{n} missing: {text}"));
+    assert!(pos("prestart") < pos("createRuntime"));
+    assert!(pos("createRuntime") < pos("createContainer"));
+    assert!(pos("createContainer") < pos("startContainer"));
+    assert!(pos("startContainer") < pos("workload"));
+    assert!(pos("poststart") < pos("poststop") && pos("workload") < pos("poststop"));
+    for line in text.lines().filter(|l| !l.starts_with("workload")) {
+        let state: serde_json::Value = serde_json::from_str(line.split_once(' ').unwrap().1).unwrap();
+        assert_eq!(state["id"], id.as_str(), "{line}");
+        assert!(state["pid"].as_i64().unwrap_or(1) > 0);
+    }
+    env.assert_clean(&id, &b.cgroup());
+}
+
+#[test]
+fn failing_or_slow_hooks_fail_create_and_leave_nothing() {
+    let env = Env::new();
+    for (name, hook) in [
+        ("fail", json!({"path": "/bin/false"})),
+        ("slow", json!({"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1})),
+    ] {
+        let mut b = env.bundle(name, &["true"]);
+        b.spec["hooks"] = json!({"createRuntime": [hook]});
+        b.write();
+        let id = env.id(name);
+        let start = std::time::Instant::now();
+        let r = env.amphi(&["create", "--bundle", b.path(), &id]);
+        r.fails_with("createRuntime");
+        assert!(start.elapsed() < Duration::from_secs(10));
+        env.assert_clean(&id, &b.cgroup());
+    }
+}
+
+#[test]
+fn concurrent_commands_on_distinct_and_same_ids() {
+    let env = Env::new();
+    let b = env.bundle("conc", &["sleep", "60"]);
+    let mut spec = b.spec.clone();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            spec["linux"]["cgroupsPath"] = json!(format!("{}-conc{i}", env.tag));
+            let dir = env.tmp.path().join(format!("bundle-conc{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::os::unix::fs::symlink(b.rootfs(), dir.join("rootfs")).unwrap();
+            std::fs::write(dir.join("config.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+            let id = env.id(&format!("conc{i}"));
+            let root = env.root.clone();
+            std::thread::spawn(move || {
+                let amphi = |args: &[&str]| {
+                    std::process::Command::new(amphi_tests::amphi_bin())
+                        .arg("--root")
+                        .arg(&root)
+                        .args(args)
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .status()
+                        .unwrap()
+                };
+                assert!(amphi(&["create", "--bundle", dir.to_str().unwrap(), &id]).success());
+                // Two starts race; exactly one wins.
+                let (a, b) = std::thread::scope(|s| {
+                    let a = s.spawn(|| amphi(&["start", &id]).success());
+                    let b = s.spawn(|| amphi(&["start", &id]).success());
+                    (a.join().unwrap(), b.join().unwrap())
+                });
+                assert!(a ^ b, "both or neither start succeeded");
+                assert!(amphi(&["delete", "--force", &id]).success());
+                id
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        let id = t.join().unwrap();
+        env.assert_clean(&id, &format!("{}-conc{i}", env.tag));
+    }
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, unit tests, and integration tests that run real
+# containers. Run as root on a Debian machine; installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+    echo "tests/run.sh: run as root (the tests create namespaces, cgroups and mounts)" >&2
+    exit 1
+fi
+bash scripts/deps.sh
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The integration tests drive the amphi binary: build it first, and fail here
+# rather than test a stale one.
+cargo build --workspace --locked
+cargo test --workspace --locked

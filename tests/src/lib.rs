@@ -1,0 +1,347 @@
+//! Test harness: real containers through the real `amphi` binary, each test
+//! in its own temp runtime root with cgroups below this process's cgroup,
+//! removed by a drop guard whatever happens.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
+
+static SUBREAPER: Once = Once::new();
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+/// Pids of container inits this process may have inherited as subreaper.
+static INITS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// The binary under test: $AMPHI_BIN, else target/<profile>/amphi next to
+/// this test executable.
+pub fn amphi_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("AMPHI_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("amphi");
+    assert!(bin.exists(), "{} missing: run `cargo build` first", bin.display());
+    bin
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Orphaned container inits are re-parented to us, not to a PID 1 that
+/// reaps them late.
+fn become_subreaper() {
+    SUBREAPER.call_once(|| {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    });
+}
+
+/// Reap the container inits we may have inherited. Only known pids, so a
+/// `Command` waiting on its own child is never robbed.
+pub fn reap_inits() {
+    let mut inits = INITS.lock().unwrap();
+    inits.retain(|pid| {
+        let r = unsafe { libc::waitpid(*pid, std::ptr::null_mut(), libc::WNOHANG) };
+        r == 0
+    });
+}
+
+fn remember_init(pid: i32) {
+    if pid > 0 {
+        INITS.lock().unwrap().push(pid);
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        use std::os::unix::process::ExitStatusExt;
+        Run {
+            code: o.status.code().unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0)),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(&self) -> &Run {
+        assert_eq!(self.code, 0, "stdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn fails_with(&self, needle: &str) -> &Run {
+        assert_ne!(self.code, 0, "unexpected success; stdout: {}", self.stdout);
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}: {}",
+            self.stderr
+        );
+        self
+    }
+}
+
+/// One test's world: a temp dir with a runtime root and bundles.
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    /// Unique prefix of this test's container ids and cgroups.
+    pub tag: String,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Env {
+    pub fn new() -> Env {
+        become_subreaper();
+        let tmp = tempfile::Builder::new().prefix("amphi-test").tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let tag = format!(
+            "amphi-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        Env { tmp, root, tag }
+    }
+
+    pub fn id(&self, name: &str) -> String {
+        format!("{}-{name}", self.tag)
+    }
+
+    /// `amphi --root ROOT args...`
+    /// Output goes to files, not pipes: a created container inherits
+    /// amphi's stdio and would hold a pipe open long after amphi exits.
+    pub fn amphi(&self, args: &[&str]) -> Run {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let out_path = self.tmp.path().join(format!("out.{n}"));
+        let err_path = self.tmp.path().join(format!("err.{n}"));
+        let status = self
+            .command(args)
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .status()
+            .expect("spawn amphi");
+        let out = Output {
+            status,
+            stdout: std::fs::read(&out_path).unwrap(),
+            stderr: std::fs::read(&err_path).unwrap(),
+        };
+        let _ = std::fs::remove_file(out_path);
+        let _ = std::fs::remove_file(err_path);
+        Run::from(out)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(amphi_bin());
+        c.arg("--root").arg(&self.root).args(args).stdin(Stdio::null());
+        c
+    }
+
+    /// A bundle with a busybox rootfs running `args`.
+    pub fn bundle(&self, name: &str, args: &[&str]) -> Bundle {
+        let dir = self.tmp.path().join(format!("bundle-{name}"));
+        let rootfs = dir.join("rootfs");
+        let st = Command::new(repo_root().join("bundles/busybox-rootfs.sh"))
+            .arg(&rootfs)
+            .status()
+            .expect("busybox-rootfs.sh");
+        assert!(st.success(), "busybox-rootfs.sh failed");
+        let spec = default_spec(args, &format!("{}-{name}", self.tag));
+        Bundle { dir, spec }
+    }
+
+    /// The status field of `state`, or None when the container is gone.
+    pub fn status(&self, id: &str) -> Option<String> {
+        let r = self.amphi(&["state", id]);
+        if r.code != 0 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("state json");
+        if let Some(pid) = v["pid"].as_i64() {
+            remember_init(pid as i32);
+        }
+        Some(v["status"].as_str().unwrap().to_owned())
+    }
+
+    pub fn state(&self, id: &str) -> serde_json::Value {
+        let r = self.amphi(&["state", id]);
+        r.ok();
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("state json");
+        if let Some(pid) = v["pid"].as_i64() {
+            remember_init(pid as i32);
+        }
+        v
+    }
+
+    /// Nothing of container `id` with cgroup `cgroup` (relative) is left:
+    /// no state directory, no cgroup in any hierarchy, no mount on the host,
+    /// no process whose root lies in this test's temp dir.
+    #[track_caller]
+    pub fn assert_clean(&self, id: &str, cgroup: &str) {
+        reap_inits();
+        assert!(!self.root.join(id).exists(), "state directory of {id} left");
+        for dir in cgroup_dirs(cgroup) {
+            assert!(!dir.exists(), "cgroup {} left", dir.display());
+        }
+        let tmp = self.tmp.path().to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&tmp), "host mount under {tmp} left:\n{mounts}");
+        for p in processes_rooted_in(self.tmp.path()) {
+            panic!("process {p} still runs in {tmp}");
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Whatever the test did, remove its containers.
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.command(&["delete", "--force", &id]).output();
+            }
+        }
+        reap_inits();
+    }
+}
+
+/// This test process's cgroup in each mounted hierarchy, joined with `rel`.
+pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut out = Vec::new();
+    for line in mounts.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let mut post = post.split(' ');
+        let fstype = post.next().unwrap_or("");
+        let opts = post.nth(1).unwrap_or("");
+        let mount_root = pre.split(' ').nth(3).unwrap_or("/");
+        let mount_point = pre.split(' ').nth(4).unwrap_or("");
+        let own_path = own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            let matches = match fstype {
+                "cgroup2" => ctrls.is_empty(),
+                "cgroup" => !ctrls.is_empty() && ctrls.split(',').all(|c| opts.split(',').any(|o| o == c)),
+                _ => false,
+            };
+            matches.then(|| path.to_owned())
+        });
+        if let Some(p) = own_path {
+            let p = p.strip_prefix(mount_root).unwrap_or(&p).trim_start_matches('/').to_owned();
+            out.push(Path::new(mount_point).join(p).join(rel));
+        }
+    }
+    out
+}
+
+fn processes_rooted_in(dir: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if let Ok(root) = std::fs::read_link(format!("/proc/{pid}/root")) {
+            if root.starts_with(dir) {
+                let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')));
+                if !zombie {
+                    out.push(pid);
+                }
+            }
+        }
+    }
+    out
+}
+
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub spec: serde_json::Value,
+}
+
+impl Bundle {
+    pub fn write(&self) -> &Path {
+        std::fs::write(
+            self.dir.join("config.json"),
+            serde_json::to_vec_pretty(&self.spec).unwrap(),
+        )
+        .unwrap();
+        &self.dir
+    }
+
+    pub fn path(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    pub fn cgroup(&self) -> String {
+        self.spec["linux"]["cgroupsPath"].as_str().unwrap().to_owned()
+    }
+
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+}
+
+pub const DEFAULT_CAPS: [&str; 14] = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+];
+
+/// A config like `runc spec` writes (less the terminal), with a relative
+/// cgroupsPath below the test's own cgroup.
+pub fn default_spec(args: &[&str], cgroup: &str) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": DEFAULT_CAPS, "effective": DEFAULT_CAPS, "permitted": DEFAULT_CAPS,
+                "inheritable": DEFAULT_CAPS, "ambient": DEFAULT_CAPS
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "amphi-test",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+        ],
+        "linux": {
+            "cgroupsPath": cgroup,
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}],
+            "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+/// Wait until `f` holds, for at most `secs`.
+pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    f()
+}
