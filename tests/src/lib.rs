@@ -19,13 +19,24 @@ pub fn amphi_bin() -> PathBuf {
         return p.into();
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("amphi");
-    assert!(bin.exists(), "{} missing: run `cargo build` first", bin.display());
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("amphi");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build` first",
+        bin.display()
+    );
     bin
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Orphaned container inits are re-parented to us, not to a PID 1 that
@@ -63,7 +74,10 @@ impl Run {
     fn from(o: Output) -> Run {
         use std::os::unix::process::ExitStatusExt;
         Run {
-            code: o.status.code().unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0)),
+            code: o
+                .status
+                .code()
+                .unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0)),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
@@ -71,7 +85,11 @@ impl Run {
 
     #[track_caller]
     pub fn ok(&self) -> &Run {
-        assert_eq!(self.code, 0, "stdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 
@@ -104,7 +122,10 @@ impl Default for Env {
 impl Env {
     pub fn new() -> Env {
         become_subreaper();
-        let tmp = tempfile::Builder::new().prefix("amphi-test").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("amphi-test")
+            .tempdir()
+            .unwrap();
         let root = tmp.path().join("root");
         let tag = format!(
             "amphi-test-{}-{}",
@@ -143,7 +164,10 @@ impl Env {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(amphi_bin());
-        c.arg("--root").arg(&self.root).args(args).stdin(Stdio::null());
+        c.arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::null());
         c
     }
 
@@ -195,10 +219,12 @@ impl Env {
         }
         let tmp = self.tmp.path().to_string_lossy().into_owned();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(!mounts.contains(&tmp), "host mount under {tmp} left:\n{mounts}");
-        for p in processes_rooted_in(self.tmp.path()) {
-            panic!("process {p} still runs in {tmp}");
-        }
+        assert!(
+            !mounts.contains(&tmp),
+            "host mount under {tmp} left:\n{mounts}"
+        );
+        let left = processes_rooted_in(self.tmp.path());
+        assert!(left.is_empty(), "processes {left:?} still run in {tmp}");
     }
 }
 
@@ -221,7 +247,9 @@ pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let mut out = Vec::new();
     for line in mounts.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
         let mut post = post.split(' ');
         let fstype = post.next().unwrap_or("");
         let opts = post.nth(1).unwrap_or("");
@@ -232,13 +260,19 @@ pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
             let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
             let matches = match fstype {
                 "cgroup2" => ctrls.is_empty(),
-                "cgroup" => !ctrls.is_empty() && ctrls.split(',').all(|c| opts.split(',').any(|o| o == c)),
+                "cgroup" => {
+                    !ctrls.is_empty() && ctrls.split(',').all(|c| opts.split(',').any(|o| o == c))
+                }
                 _ => false,
             };
             matches.then(|| path.to_owned())
         });
         if let Some(p) = own_path {
-            let p = p.strip_prefix(mount_root).unwrap_or(&p).trim_start_matches('/').to_owned();
+            let p = p
+                .strip_prefix(mount_root)
+                .unwrap_or(&p)
+                .trim_start_matches('/')
+                .to_owned();
             out.push(Path::new(mount_point).join(p).join(rel));
         }
     }
@@ -248,7 +282,9 @@ pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
 fn processes_rooted_in(dir: &Path) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         if let Ok(root) = std::fs::read_link(format!("/proc/{pid}/root")) {
             if root.starts_with(dir) {
                 let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -282,7 +318,10 @@ impl Bundle {
     }
 
     pub fn cgroup(&self) -> String {
-        self.spec["linux"]["cgroupsPath"].as_str().unwrap().to_owned()
+        self.spec["linux"]["cgroupsPath"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     pub fn rootfs(&self) -> PathBuf {
@@ -291,9 +330,20 @@ impl Bundle {
 }
 
 pub const DEFAULT_CAPS: [&str; 14] = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
 ];
 
 /// A config like `runc spec` writes (less the terminal), with a relative
