@@ -3,7 +3,12 @@
 use amphi_tests::{cgroup_dirs, Env};
 use serde_json::json;
 
-fn run_sh(env: &Env, name: &str, script: &str, patch: impl FnOnce(&mut serde_json::Value)) -> (amphi_tests::Run, String, String) {
+fn run_sh(
+    env: &Env,
+    name: &str,
+    script: &str,
+    patch: impl FnOnce(&mut serde_json::Value),
+) -> (amphi_tests::Run, String, String) {
     run_sh_with(env, name, |_| {}, script, patch)
 }
 
@@ -27,7 +32,12 @@ fn run_sh_with(
 #[test]
 fn hostname_pid1_and_no_host_processes() {
     let env = Env::new();
-    let (r, id, cg) = run_sh(&env, "ns", "hostname; echo pid=$$; ls /proc | grep -c '^[0-9]'", |_| {});
+    let (r, id, cg) = run_sh(
+        &env,
+        "ns",
+        "hostname; echo pid=$$; ls /proc | grep -c '^[0-9]'",
+        |_| {},
+    );
     r.ok();
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(lines[0], "amphi-test");
@@ -43,8 +53,20 @@ fn mount_table_is_the_containers() {
     let env = Env::new();
     let (r, id, cg) = run_sh(&env, "mounts", "cat /proc/self/mountinfo", |_| {});
     r.ok();
-    let targets: Vec<&str> = r.stdout.lines().filter_map(|l| l.split(' ').nth(4)).collect();
-    for want in ["/", "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys"] {
+    let targets: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .collect();
+    for want in [
+        "/",
+        "/proc",
+        "/dev",
+        "/dev/pts",
+        "/dev/shm",
+        "/dev/mqueue",
+        "/sys",
+    ] {
         assert!(targets.contains(&want), "{want} not mounted: {targets:?}");
     }
     // No host path is visible.
@@ -57,9 +79,14 @@ fn mount_table_is_the_containers() {
 #[test]
 fn readonly_root_refuses_writes() {
     let env = Env::new();
-    let (r, id, cg) = run_sh(&env, "ro", "touch /x 2>&1; echo rc=$?; touch /tmp/y 2>&1; echo rc=$?", |s| {
-        s["root"]["readonly"] = json!(true);
-    });
+    let (r, id, cg) = run_sh(
+        &env,
+        "ro",
+        "touch /x 2>&1; echo rc=$?; touch /tmp/y 2>&1; echo rc=$?",
+        |s| {
+            s["root"]["readonly"] = json!(true);
+        },
+    );
     r.ok();
     assert!(r.stdout.contains("Read-only file system"), "{}", r.stdout);
     assert!(r.stdout.contains("rc=1"), "{}", r.stdout);
@@ -85,10 +112,29 @@ fn masked_and_readonly_paths() {
     );
     r.ok();
     let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(lines[0].trim(), "0", "/proc/timer_list readable: {}", r.stdout);
-    assert_eq!(lines[1].trim(), "0", "/sys/firmware not empty: {}", r.stdout);
-    assert_eq!(lines[2].trim(), "0", "masked /etc/secret not empty: {}", r.stdout);
-    assert!(r.stdout.contains("rc=1"), "/proc/sys writable: {}", r.stdout);
+    assert_eq!(
+        lines[0].trim(),
+        "0",
+        "/proc/timer_list readable: {}",
+        r.stdout
+    );
+    assert_eq!(
+        lines[1].trim(),
+        "0",
+        "/sys/firmware not empty: {}",
+        r.stdout
+    );
+    assert_eq!(
+        lines[2].trim(),
+        "0",
+        "masked /etc/secret not empty: {}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("rc=1"),
+        "/proc/sys writable: {}",
+        r.stdout
+    );
     env.assert_clean(&id, &cg);
 }
 
@@ -132,7 +178,10 @@ fn capability_sets_are_the_specs() {
     };
     // After exec as root, permitted and effective are recomputed from the
     // bounding set (file capabilities of root); inheritable and ambient stay.
-    assert_eq!(get("CapBnd:"), cap_mask(&["CAP_CHOWN", "CAP_KILL", "CAP_NET_RAW", "CAP_SETUID"]));
+    assert_eq!(
+        get("CapBnd:"),
+        cap_mask(&["CAP_CHOWN", "CAP_KILL", "CAP_NET_RAW", "CAP_SETUID"])
+    );
     assert_eq!(get("CapInh:"), cap_mask(&["CAP_KILL", "CAP_NET_RAW"]));
     assert_eq!(get("CapAmb:"), cap_mask(&["CAP_KILL"]));
     env.assert_clean(&id, &cg);
@@ -141,19 +190,33 @@ fn capability_sets_are_the_specs() {
 #[test]
 fn non_root_user_gets_only_ambient_capabilities() {
     let env = Env::new();
-    let (r, id, cg) = run_sh(&env, "user", "id; grep -E '^Cap(Eff|Prm|Amb)' /proc/self/status; umask", |s| {
-        s["process"]["user"] = json!({"uid": 1000, "gid": 1001, "additionalGids": [2000, 2001], "umask": 63});
-        let c = &mut s["process"]["capabilities"];
-        for set in ["bounding", "permitted", "effective", "inheritable"] {
-            c[set] = json!(["CAP_KILL", "CAP_CHOWN"]);
-        }
-        c["ambient"] = json!(["CAP_KILL"]);
-    });
+    let (r, id, cg) = run_sh(
+        &env,
+        "user",
+        "id; grep -E '^Cap(Eff|Prm|Amb)' /proc/self/status; umask",
+        |s| {
+            s["process"]["user"] =
+                json!({"uid": 1000, "gid": 1001, "additionalGids": [2000, 2001], "umask": 63});
+            let c = &mut s["process"]["capabilities"];
+            for set in ["bounding", "permitted", "effective", "inheritable"] {
+                c[set] = json!(["CAP_KILL", "CAP_CHOWN"]);
+            }
+            c["ambient"] = json!(["CAP_KILL"]);
+        },
+    );
     r.ok();
-    assert!(r.stdout.contains("uid=1000 gid=1001 groups=2000,2001"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("uid=1000 gid=1001 groups=2000,2001"),
+        "{}",
+        r.stdout
+    );
     let kill = format!("{:016x}", cap_mask(&["CAP_KILL"]));
     for set in ["CapEff", "CapPrm", "CapAmb"] {
-        assert!(r.stdout.contains(&format!("{set}:\t{kill}")), "{set}: {}", r.stdout);
+        assert!(
+            r.stdout.contains(&format!("{set}:\t{kill}")),
+            "{set}: {}",
+            r.stdout
+        );
     }
     assert!(r.stdout.contains("0077"), "umask: {}", r.stdout);
     env.assert_clean(&id, &cg);
@@ -169,7 +232,10 @@ fn rlimits_are_applied() {
         ]);
     });
     r.ok();
-    assert_eq!(r.stdout.split_whitespace().collect::<Vec<_>>(), ["512", "768", "4096"]);
+    assert_eq!(
+        r.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["512", "768", "4096"]
+    );
     env.assert_clean(&id, &cg);
 }
 
@@ -177,11 +243,21 @@ fn rlimits_are_applied() {
 fn memory_limit_oom_kills() {
     let env = Env::new();
     // dd's 128 MiB buffer does not fit in 32 MiB.
-    let (r, id, cg) = run_sh(&env, "oom", "dd if=/dev/zero of=/dev/null bs=128M count=1; echo dd=$?", |s| {
-        s["linux"]["resources"] = json!({"memory": {"limit": 33554432}});
-    });
+    let (r, id, cg) = run_sh(
+        &env,
+        "oom",
+        "dd if=/dev/zero of=/dev/null bs=128M count=1; echo dd=$?",
+        |s| {
+            s["linux"]["resources"] = json!({"memory": {"limit": 33554432}});
+        },
+    );
     r.ok();
-    assert!(r.stdout.contains("dd=137"), "dd was not OOM-killed: {} {}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("dd=137"),
+        "dd was not OOM-killed: {} {}",
+        r.stdout,
+        r.stderr
+    );
     env.assert_clean(&id, &cg);
 }
 
@@ -244,7 +320,11 @@ fn env_and_cwd_are_the_specs_only() {
     });
     r.ok();
     assert!(!r.stdout.contains("AMPHI_HOST_SECRET"));
-    assert!(r.stdout.contains("A=1\n") && r.stdout.contains("B=two words\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("A=1\n") && r.stdout.contains("B=two words\n"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.ends_with("/tmp\n"), "{}", r.stdout);
     env.assert_clean(&id, &cg);
 }
@@ -255,7 +335,14 @@ fn bind_mounts_and_symlinked_destinations_stay_inside() {
     let host_dir = env.tmp.path().join("shared");
     std::fs::create_dir(&host_dir).unwrap();
     std::fs::write(host_dir.join("f"), "from host").unwrap();
-    let mut b = env.bundle("bind", &["sh", "-c", "cat /data/f; echo x > /data/g; ls -d /escape/evil"]);
+    let mut b = env.bundle(
+        "bind",
+        &[
+            "sh",
+            "-c",
+            "cat /data/f; echo x > /data/g; ls -d /escape/evil",
+        ],
+    );
     // A destination through an absolute symlink must land inside the rootfs.
     let outside = env.tmp.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
@@ -271,18 +358,31 @@ fn bind_mounts_and_symlinked_destinations_stay_inside() {
     r.ok();
     assert!(r.stdout.starts_with("from host"), "{}", r.stdout);
     assert_eq!(std::fs::read_to_string(host_dir.join("g")).unwrap(), "x\n");
-    assert!(!outside.join("evil").exists(), "mount destination escaped the rootfs");
+    assert!(
+        !outside.join("evil").exists(),
+        "mount destination escaped the rootfs"
+    );
     env.assert_clean(&id, &b.cgroup());
 }
 
 #[test]
 fn user_namespace_maps_ids() {
     let env = Env::new();
-    let (r, id, cg) = run_sh(&env, "userns", "id -u; cat /proc/self/uid_map; touch /tmp/owned", |s| {
-        s["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
-        s["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
-        s["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
-    });
+    let (r, id, cg) = run_sh(
+        &env,
+        "userns",
+        "id -u; cat /proc/self/uid_map; touch /tmp/owned",
+        |s| {
+            s["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"type": "user"}));
+            s["linux"]["uidMappings"] =
+                json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+            s["linux"]["gidMappings"] =
+                json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        },
+    );
     r.ok();
     let mut lines = r.stdout.lines();
     assert_eq!(lines.next(), Some("0"));
@@ -299,7 +399,8 @@ fn joins_namespaces_by_path() {
     let a = env.bundle("a", &["sleep", "60"]);
     a.write();
     let ida = env.id("a");
-    env.amphi(&["run", "--detach", "--bundle", a.path(), &ida]).ok();
+    env.amphi(&["run", "--detach", "--bundle", a.path(), &ida])
+        .ok();
     let pid = env.state(&ida)["pid"].as_i64().unwrap();
     let mut b = env.bundle("b", &["sh", "-c", "for n in net uts pid; do readlink /proc/self/ns/$n; done; hostname; ps -o comm | grep -c sleep"]);
     let mut nss = Vec::new();
@@ -315,12 +416,23 @@ fn joins_namespaces_by_path() {
     r.ok();
     let want: Vec<String> = ["net", "uts", "pid"]
         .iter()
-        .map(|f| std::fs::read_link(format!("/proc/{pid}/ns/{f}")).unwrap().to_string_lossy().into_owned())
+        .map(|f| {
+            std::fs::read_link(format!("/proc/{pid}/ns/{f}"))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     let got: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(&got[..3], &want.iter().map(String::as_str).collect::<Vec<_>>()[..]);
+    assert_eq!(
+        &got[..3],
+        &want.iter().map(String::as_str).collect::<Vec<_>>()[..]
+    );
     assert_eq!(got[3], "amphi-test");
-    assert_eq!(got[4], "1", "container a's sleep not visible in the joined pid namespace");
+    assert_eq!(
+        got[4], "1",
+        "container a's sleep not visible in the joined pid namespace"
+    );
     env.amphi(&["delete", "--force", &ida]).ok();
     env.assert_clean(&ida, &a.cgroup());
     env.assert_clean(&idb, &b.cgroup());
@@ -340,13 +452,17 @@ fn same_bundle_same_view_as_runc() {
     ours.ok();
     let runc_root = env.tmp.path().join("runc-root");
     let theirs = std::process::Command::new(runc)
-        .arg("--root").arg(&runc_root)
+        .arg("--root")
+        .arg(&runc_root)
         .args(["run", "--bundle", b.path(), &format!("{id}-runc")])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     let theirs = String::from_utf8_lossy(&theirs.stdout);
-    assert_eq!(ours.stdout, theirs, "amphi and runc disagree on the same bundle");
+    assert_eq!(
+        ours.stdout, theirs,
+        "amphi and runc disagree on the same bundle"
+    );
     env.assert_clean(&id, &b.cgroup());
 }
 

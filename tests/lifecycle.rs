@@ -8,17 +8,35 @@ use serde_json::json;
 #[test]
 fn create_start_kill_delete_transitions() {
     let env = Env::new();
-    let b = env.bundle("life", &["sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"]);
+    let b = env.bundle(
+        "life",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; while :; do sleep 0.05; done",
+        ],
+    );
     b.write();
     let id = env.id("life");
     let pid_file = env.tmp.path().join("pid");
-    env.amphi(&["create", "--bundle", b.path(), "--pid-file", pid_file.to_str().unwrap(), &id]).ok();
+    env.amphi(&[
+        "create",
+        "--bundle",
+        b.path(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+    ])
+    .ok();
     let s = env.state(&id);
     assert_eq!(s["status"], "created");
     assert_eq!(s["id"], id.as_str());
     assert_eq!(s["ociVersion"], "1.2.0");
     assert_eq!(s["annotations"]["amphi.executor"], "native");
-    assert_eq!(std::fs::canonicalize(s["bundle"].as_str().unwrap()).unwrap(), std::fs::canonicalize(&b.dir).unwrap());
+    assert_eq!(
+        std::fs::canonicalize(s["bundle"].as_str().unwrap()).unwrap(),
+        std::fs::canonicalize(&b.dir).unwrap()
+    );
     let pid = s["pid"].as_i64().unwrap();
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid.to_string());
     // The workload has not run: the init still waits on the exec fifo.
@@ -27,12 +45,14 @@ fn create_start_kill_delete_transitions() {
 
     env.amphi(&["start", &id]).ok();
     assert_eq!(env.status(&id).as_deref(), Some("running"));
-    env.amphi(&["start", &id]).fails_with("only a created container can be started");
+    env.amphi(&["start", &id])
+        .fails_with("only a created container can be started");
     env.amphi(&["delete", &id]).fails_with("is running");
 
     env.amphi(&["kill", &id, "TERM"]).ok();
     assert!(wait_for(10, || env.status(&id).as_deref() == Some("stopped")));
-    env.amphi(&["kill", &id, "KILL"]).fails_with("no process to signal");
+    env.amphi(&["kill", &id, "KILL"])
+        .fails_with("no process to signal");
     let s = env.state(&id);
     assert!(s.get("pid").is_none(), "a stopped container reports no pid");
     env.amphi(&["delete", &id]).ok();
@@ -60,7 +80,10 @@ fn run_reports_death_by_signal_as_128_plus_n() {
     let b = env.bundle("sig", &["sleep", "60"]);
     b.write();
     let id = env.id("sig");
-    let mut child = env.command(&["run", "--bundle", b.path(), &id]).spawn().unwrap();
+    let mut child = env
+        .command(&["run", "--bundle", b.path(), &id])
+        .spawn()
+        .unwrap();
     assert!(wait_for(10, || env.status(&id).as_deref() == Some("running")));
     env.amphi(&["kill", &id, "9"]).ok();
     let status = child.wait().unwrap();
@@ -71,7 +94,14 @@ fn run_reports_death_by_signal_as_128_plus_n() {
 #[test]
 fn run_forwards_signals_to_the_container() {
     let env = Env::new();
-    let b = env.bundle("fwd", &["sh", "-c", "trap 'exit 42' USR1; echo ready; while :; do sleep 0.05; done"]);
+    let b = env.bundle(
+        "fwd",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' USR1; echo ready; while :; do sleep 0.05; done",
+        ],
+    );
     b.write();
     let id = env.id("fwd");
     let mut child = env
@@ -83,7 +113,11 @@ fn run_forwards_signals_to_the_container() {
     let mut buf = [0u8; 6];
     std::io::Read::read_exact(&mut out, &mut buf).unwrap();
     assert_eq!(&buf, b"ready\n");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGUSR1).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(42));
     env.assert_clean(&id, &b.cgroup());
 }
@@ -104,11 +138,16 @@ fn instant_exits_are_never_missed() {
 #[test]
 fn kill_accepts_names_and_numbers_and_all() {
     let env = Env::new();
-    let b = env.bundle("kill", &["sh", "-c", "trap '' TERM; sleep 60 & sleep 60 & wait"]);
+    let b = env.bundle(
+        "kill",
+        &["sh", "-c", "trap '' TERM; sleep 60 & sleep 60 & wait"],
+    );
     b.write();
     let id = env.id("kill");
-    env.amphi(&["run", "--detach", "--bundle", b.path(), &id]).ok();
-    env.amphi(&["kill", &id, "NOPE"]).fails_with("unknown signal");
+    env.amphi(&["run", "--detach", "--bundle", b.path(), &id])
+        .ok();
+    env.amphi(&["kill", &id, "NOPE"])
+        .fails_with("unknown signal");
     env.amphi(&["kill", &id, "0"]).ok();
     env.amphi(&["kill", &id, "SIGCONT"]).ok();
     env.amphi(&["kill", "--all", &id, "KILL"]).ok();
@@ -127,7 +166,10 @@ fn delete_force_stops_a_running_container() {
     let pid = env.state(&id)["pid"].as_i64().unwrap();
     env.amphi(&["delete", "--force", &id]).ok();
     amphi_tests::reap_inits();
-    assert!(wait_for(5, || !std::path::Path::new(&format!("/proc/{pid}")).exists()));
+    assert!(wait_for(5, || !std::path::Path::new(&format!(
+        "/proc/{pid}"
+    ))
+    .exists()));
     env.assert_clean(&id, &b.cgroup());
     // delete --force of what does not exist is not an error (runc does the same).
     env.amphi(&["delete", "--force", &id]).ok();
@@ -162,10 +204,18 @@ fn list_shows_containers() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["id"].as_str().unwrap().into(), s["status"].as_str().unwrap().into()))
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().into(),
+                s["status"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     seen.sort();
-    assert_eq!(seen, vec![(a.clone(), "running".into()), (c.clone(), "created".into())]);
+    assert_eq!(
+        seen,
+        vec![(a.clone(), "running".into()), (c.clone(), "created".into())]
+    );
     let table = env.amphi(&["list"]);
     assert!(table.stdout.starts_with("ID"), "{}", table.stdout);
     assert_eq!(env.amphi(&["list", "-q"]).stdout, format!("{a}\n{c}\n"));
@@ -179,14 +229,13 @@ fn list_shows_containers() {
 fn hooks_run_in_order_with_the_state_on_stdin() {
     let env = Env::new();
     let log = env.tmp.path().join("hooks.log");
-    let mut b = env.bundle("hooks", &["sh", "-c", "echo workload >> /hooklog/hooks.log"]);
-    let hook = |name: &str| {
-        json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r s; echo {name} \"$s\" >> {}", log.display())]})
-    };
+    let mut b = env.bundle(
+        "hooks",
+        &["sh", "-c", "echo workload >> /hooklog/hooks.log"],
+    );
+    let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r s; echo {name} \"$s\" >> {}", log.display())]});
     // Hooks in the container's mount namespace see the log through a bind mount.
-    let in_container = |name: &str| {
-        json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r s; echo {name} \"$s\" >> /hooklog/hooks.log")]})
-    };
+    let in_container = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r s; echo {name} \"$s\" >> /hooklog/hooks.log")]});
     b.spec["mounts"].as_array_mut().unwrap().push(json!({
         "destination": "/hooklog", "type": "bind", "source": env.tmp.path(), "options": ["bind"]
     }));
@@ -205,14 +254,20 @@ fn hooks_run_in_order_with_the_state_on_stdin() {
     let order: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
     // poststart runs concurrently with the workload: only its place relative
     // to the others is fixed.
-    let pos = |n: &str| order.iter().position(|o| *o == n).unwrap_or_else(|| panic!("{n} missing: {text}"));
+    let pos = |n: &str| {
+        order
+            .iter()
+            .position(|o| *o == n)
+            .unwrap_or_else(|| panic!("{n} missing: {text}"))
+    };
     assert!(pos("prestart") < pos("createRuntime"));
     assert!(pos("createRuntime") < pos("createContainer"));
     assert!(pos("createContainer") < pos("startContainer"));
     assert!(pos("startContainer") < pos("workload"));
     assert!(pos("poststart") < pos("poststop") && pos("workload") < pos("poststop"));
     for line in text.lines().filter(|l| !l.starts_with("workload")) {
-        let state: serde_json::Value = serde_json::from_str(line.split_once(' ').unwrap().1).unwrap();
+        let state: serde_json::Value =
+            serde_json::from_str(line.split_once(' ').unwrap().1).unwrap();
         assert_eq!(state["id"], id.as_str(), "{line}");
         assert!(state["pid"].as_i64().unwrap_or(1) > 0);
     }
@@ -224,7 +279,10 @@ fn failing_or_slow_hooks_fail_create_and_leave_nothing() {
     let env = Env::new();
     for (name, hook) in [
         ("fail", json!({"path": "/bin/false"})),
-        ("slow", json!({"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1})),
+        (
+            "slow",
+            json!({"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}),
+        ),
     ] {
         let mut b = env.bundle(name, &["true"]);
         b.spec["hooks"] = json!({"createRuntime": [hook]});

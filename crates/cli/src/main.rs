@@ -116,7 +116,9 @@ fn parse_signal(s: &str) -> Result<Option<Signal>> {
         if n == 0 {
             return Ok(None);
         }
-        return Signal::try_from(n).map(Some).map_err(|_| anyhow!("unknown signal {s:?}"));
+        return Signal::try_from(n)
+            .map(Some)
+            .map_err(|_| anyhow!("unknown signal {s:?}"));
     }
     let upper = s.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
