@@ -117,7 +117,7 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
         }
     }
 
-    // Wait until the parent mapped our ids and put us in the cgroup.
+    // Wait until the parent mapped our ids.
     match t!(ch.recv()) {
         Some(Msg::Go) => {}
         _ => return Err((Error::Init("parent went away".into()), None)),
@@ -135,10 +135,6 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
                 j.path.display()
             ))
         );
-    }
-    // After the cgroup join, so the container's cgroup is its cgroup root.
-    if a.plan.creates(LinuxNamespaceType::Cgroup) {
-        t!(unshare(CloneFlags::CLONE_NEWCGROUP).sys(|| "unshare cgroup namespace".into()));
     }
     let userns = a.plan.has_userns();
     if userns {
@@ -170,6 +166,16 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
         userns,
         cgroup_paths: a.cgroup_paths,
     }));
+
+    // The parent moved us into the cgroup while we mounted. From here on
+    // everything is charged to it, and a new cgroup namespace is rooted at it.
+    match t!(ch.recv()) {
+        Some(Msg::Joined) => {}
+        _ => return Err((Error::Init("parent went away".into()), None)),
+    }
+    if a.plan.creates(LinuxNamespaceType::Cgroup) {
+        t!(unshare(CloneFlags::CLONE_NEWCGROUP).sys(|| "unshare cgroup namespace".into()));
+    }
 
     // prestart and createRuntime hooks run in the runtime's namespaces, by
     // the parent, once the mounts exist and before pivot_root.

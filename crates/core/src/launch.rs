@@ -113,7 +113,7 @@ pub fn launch(
                 match parent_ch.recv()? {
                     Some(Msg::MapIds) => {
                         write_id_maps(first, linux)?;
-                        parent_ch.send(&Msg::MapsDone)?;
+                        send(&parent_ch, &Msg::MapsDone)?;
                     }
                     Some(Msg::InitPid(p)) => {
                         init_pid = p;
@@ -127,13 +127,18 @@ pub fn launch(
         } else if plan.creates(LinuxNamespaceType::User) {
             write_id_maps(first, linux)?;
         }
+        // The first cgroup migration of a process waits for an RCU grace
+        // period on v1 (milliseconds): the init mounts its rootfs meanwhile
+        // and waits for `Joined` only before anything that must be charged
+        // to, or scoped by, its cgroup.
+        send(&parent_ch, &Msg::Go)?;
         cfg.cgroup.attach(init_pid)?;
-        parent_ch.send(&Msg::Go)?;
+        send(&parent_ch, &Msg::Joined)?;
         loop {
             match parent_ch.recv()? {
                 Some(Msg::RunHooks) => {
                     runtime_hooks(init_pid)?;
-                    parent_ch.send(&Msg::HooksDone)?;
+                    send(&parent_ch, &Msg::HooksDone)?;
                 }
                 Some(Msg::Ready) => return Ok(init_pid),
                 Some(Msg::Failed(e)) => return Err(Error::Init(e)),
@@ -148,6 +153,14 @@ pub fn launch(
         }
     }
     result
+}
+
+/// Send to the init; if it is gone, its last word (why it failed) is the error.
+fn send(ch: &Channel, msg: &Msg) -> Result<()> {
+    ch.send(msg).map_err(|e| match ch.recv() {
+        Ok(Some(Msg::Failed(why))) => Error::Init(why),
+        _ => e,
+    })
 }
 
 fn unexpected(m: Option<Msg>) -> Error {

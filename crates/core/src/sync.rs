@@ -9,8 +9,10 @@ use crate::{Error, Result};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Msg {
-    /// parent → init: ids are mapped and the cgroup is joined; go on.
+    /// parent → init: ids are mapped; go on.
     Go,
+    /// parent → init: you are in the container's cgroup.
+    Joined,
     /// stage 1 → parent: write the id maps of my new user namespace.
     MapIds,
     /// parent → stage 1: the maps are written.
@@ -58,6 +60,7 @@ impl Channel {
             Msg::RunHooks => buf.push(5),
             Msg::HooksDone => buf.push(6),
             Msg::Ready => buf.push(7),
+            Msg::Joined => buf.push(9),
             Msg::Failed(s) => {
                 buf.push(8);
                 buf.extend_from_slice(&s.as_bytes()[..s.len().min(60_000)]);
@@ -90,6 +93,7 @@ impl Channel {
             6 => Msg::HooksDone,
             7 => Msg::Ready,
             8 => Msg::Failed(String::from_utf8_lossy(body).into_owned()),
+            9 => Msg::Joined,
             t => return Err(Error::Init(format!("unknown sync message {t}"))),
         }))
     }
