@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 
 static SUBREAPER: Once = Once::new();
+static GUESTS: Once = Once::new();
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// Pids of container inits this process may have inherited as subreaper.
 static INITS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
@@ -30,6 +31,18 @@ pub fn amphi_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The wasm guest programs, built once per test process by bundles/wasm/build.sh.
+pub fn guests_dir() -> PathBuf {
+    GUESTS.call_once(|| {
+        let st = Command::new("bash")
+            .arg(repo_root().join("bundles/wasm/build.sh"))
+            .status()
+            .expect("bundles/wasm/build.sh");
+        assert!(st.success(), "building the wasm guests failed");
+    });
+    repo_root().join("bundles/out/wasm")
 }
 
 pub fn repo_root() -> PathBuf {
@@ -143,11 +156,17 @@ impl Env {
     /// Output goes to files, not pipes: a created container inherits
     /// amphi's stdio and would hold a pipe open long after amphi exits.
     pub fn amphi(&self, args: &[&str]) -> Run {
+        self.amphi_env(&[], args)
+    }
+
+    /// `amphi` with environment variables set (e.g. AMPHI_WASM_CACHE_REPORT).
+    pub fn amphi_env(&self, env: &[(&str, &str)], args: &[&str]) -> Run {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let out_path = self.tmp.path().join(format!("out.{n}"));
         let err_path = self.tmp.path().join(format!("err.{n}"));
         let status = self
             .command(args)
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(&out_path).unwrap())
             .stderr(std::fs::File::create(&err_path).unwrap())
             .status()
@@ -182,6 +201,18 @@ impl Env {
         assert!(st.success(), "busybox-rootfs.sh failed");
         let spec = default_spec(args, &format!("{}-{name}", self.tag));
         Bundle { dir, spec }
+    }
+
+    /// A bundle whose rootfs also holds the wasm guest programs under /app,
+    /// running `args` (args[0] e.g. "/app/hello.wasm").
+    pub fn wasm_bundle(&self, name: &str, args: &[&str]) -> Bundle {
+        let b = self.bundle(name, args);
+        let app = b.rootfs().join("app");
+        std::fs::create_dir_all(&app).unwrap();
+        for e in std::fs::read_dir(guests_dir()).unwrap().flatten() {
+            std::fs::copy(e.path(), app.join(e.file_name())).unwrap();
+        }
+        b
     }
 
     /// The status field of `state`, or None when the container is gone.

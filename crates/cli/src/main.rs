@@ -29,6 +29,9 @@ struct Cli {
     log_format: log::Format,
     #[arg(long, global = true)]
     debug: bool,
+    /// Directory of compiled WebAssembly modules (default: ROOT/wasm-cache).
+    #[arg(long, global = true)]
+    wasm_cache: Option<PathBuf>,
     /// Manage cgroups through systemd (not supported: amphi uses cgroupfs).
     #[arg(long, global = true)]
     systemd_cgroup: bool,
@@ -146,8 +149,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
     if cli.systemd_cgroup {
         bail!("--systemd-cgroup is not supported: amphi manages cgroups through cgroupfs; drop the flag (and use a path, not slice:prefix:name, as linux.cgroupsPath)");
     }
-    let runtime =
-        || Runtime::new(&cli.root).with_context(|| format!("runtime root {}", cli.root.display()));
+    let runtime = || {
+        Runtime::new(&cli.root, cli.wasm_cache.as_deref())
+            .with_context(|| format!("runtime root {}", cli.root.display()))
+    };
     match &cli.command {
         Command::Spec { bundle, rootless } => spec_cmd::write(bundle, *rootless)?,
         Command::Create(a) => {

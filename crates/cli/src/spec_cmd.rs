@@ -56,7 +56,7 @@ pub fn features() -> serde_json::Value {
             "selinux": {"enabled": false}
         },
         "annotations": {
-            "io.github.amphi.executors": "native",
+            "io.github.amphi.executors": "native,wasm",
             "io.github.amphi.executor-annotations": "module.wasm.image/variant, run.oci.handler"
         }
     })

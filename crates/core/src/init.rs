@@ -81,6 +81,11 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     let process = spec.process().as_ref().expect("validated: process present");
     let linux = spec.linux().as_ref();
 
+    // Default dispositions and nothing blocked (`run` blocks everything;
+    // Rust ignores SIGPIPE), set first so that what an executor installs
+    // while preparing (wasmtime's trap handlers) stays.
+    reset_signals();
+
     // Nothing of the caller's (a lock, a shim's socket) may reach the
     // container beyond --preserve-fds (CVE-2024-21626 class).
     let mut keep = keep_fds(&[&ch.raw(), &a.state_dir]);
@@ -252,12 +257,10 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     )
     .map_err(|e| (e, None))?;
 
-    // The workload starts with the umask it asks for, default signal
-    // handling (Rust ignores SIGPIPE) and nothing blocked.
+    // The workload starts with the umask it asks for.
     umask(Mode::from_bits_truncate(
         process.user().umask().unwrap_or(0o022),
     ));
-    reset_signals();
     Err((executor.exec(process), None))
 }
 

@@ -40,6 +40,7 @@ pub struct CreateOptions<'a> {
 
 pub struct Runtime {
     store: Store,
+    wasm_cache: PathBuf,
 }
 
 /// Undo a half-made container unless disarmed.
@@ -59,19 +60,42 @@ impl Drop for CreateGuard<'_> {
     }
 }
 
-fn executor_for(kind: Kind) -> Result<Box<dyn Executor>> {
+fn executor_for(
+    kind: Kind,
+    spec: &oci_spec::runtime::Spec,
+    wasm_cache: &Path,
+) -> Box<dyn Executor> {
     match kind {
-        Kind::Native => Ok(Box::new(amphi_native::Native::new())),
-        Kind::Wasm => Err(Error::Unsupported(
-            "the bundle is a WebAssembly workload, and this amphi has no wasm executor yet".into(),
-        )),
+        Kind::Native => Box::new(amphi_native::Native::new()),
+        Kind::Wasm => {
+            let memory_limit = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().as_ref())
+                .and_then(|r| r.memory().as_ref())
+                .and_then(|m| m.limit())
+                .and_then(|l| u64::try_from(l).ok().filter(|l| *l > 0));
+            let readonly = spec
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false);
+            Box::new(amphi_wasm::Wasm::new(
+                amphi_wasm::Cache::new(wasm_cache),
+                memory_limit,
+                readonly,
+            ))
+        }
     }
 }
 
 impl Runtime {
-    pub fn new(root: &Path) -> Result<Runtime> {
+    /// A runtime keeping state in `root`, and compiled wasm modules in
+    /// `wasm_cache` (default: `root/wasm-cache`).
+    pub fn new(root: &Path, wasm_cache: Option<&Path>) -> Result<Runtime> {
         Ok(Runtime {
             store: Store::open(root)?,
+            wasm_cache: wasm_cache.map_or_else(|| root.join("wasm-cache"), Path::to_path_buf),
         })
     }
 
@@ -95,7 +119,11 @@ impl Runtime {
             ));
         }
         let kind = select::choose(spec, &bundle.rootfs);
-        let executor = executor_for(kind)?;
+        if kind == Kind::Wasm {
+            std::fs::create_dir_all(&self.wasm_cache)
+                .map_err(|e| Error::io("create wasm cache", &self.wasm_cache, e))?;
+        }
+        let executor = executor_for(kind, spec, &self.wasm_cache);
 
         let locked = self.store.create(o.id)?;
         let mut guard = CreateGuard {

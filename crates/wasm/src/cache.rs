@@ -1,0 +1,154 @@
+//! The compiled-artifact cache: one file per (module digest, engine
+//! compatibility hash), written atomically, with a SHA-256 of the artifact
+//! at its end. An entry that is missing, truncated, corrupt or stale is
+//! compiled anew and replaced; nothing from the cache runs unverified.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+
+const SUM: usize = 32;
+
+#[derive(Clone, Debug)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+/// What a load did, for tests and benchmarks (`AMPHI_WASM_CACHE_REPORT`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Compiled,
+    Recompiled,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Cache {
+    pub fn new(dir: impl Into<PathBuf>) -> Cache {
+        Cache { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    fn entry(&self, engine: &Engine, module: &[u8]) -> PathBuf {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let digest = Sha256::digest(module);
+        self.dir
+            .join(format!("{}-{:016x}.cwasm", hex(&digest), h.finish()))
+    }
+
+    /// The compiled form of `module`: from the cache when a verified entry
+    /// exists, else compiled (and stored, best effort: a read-only cache or
+    /// one the container's user may not write to only costs the next start).
+    pub fn load_or_compile<T>(
+        &self,
+        engine: &Engine,
+        module: &[u8],
+        compile: impl Fn(&[u8]) -> wasmtime::Result<T>,
+        serialize: impl Fn(&T) -> wasmtime::Result<Vec<u8>>,
+        deserialize: impl Fn(&[u8]) -> wasmtime::Result<T>,
+    ) -> wasmtime::Result<T> {
+        let path = self.entry(engine, module);
+        let mut outcome = Outcome::Compiled;
+        if let Ok(data) = std::fs::read(&path) {
+            if let Some(artifact) = verified(&data) {
+                if let Ok(t) = deserialize(artifact) {
+                    report(&Outcome::Hit);
+                    return Ok(t);
+                }
+            }
+            outcome = Outcome::Recompiled;
+        }
+        let t = compile(module)?;
+        if let Ok(artifact) = serialize(&t) {
+            let _ = self.store(&path, &artifact);
+        }
+        report(&outcome);
+        Ok(t)
+    }
+
+    fn store(&self, path: &std::path::Path, artifact: &[u8]) -> std::io::Result<()> {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let result = f
+            .write_all(artifact)
+            .and_then(|()| f.write_all(&Sha256::digest(artifact)))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+fn verified(data: &[u8]) -> Option<&[u8]> {
+    let (artifact, sum) = data.split_at(data.len().checked_sub(SUM)?);
+    (Sha256::digest(artifact).as_slice() == sum).then_some(artifact)
+}
+
+fn report(outcome: &Outcome) {
+    if std::env::var_os("AMPHI_WASM_CACHE_REPORT").is_some() {
+        eprintln!("amphi: wasm cache: {outcome:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_entries_are_recompiled_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let engine = Engine::default();
+        let wat = b"(module (func (export \"f\") (result i32) i32.const 7))";
+        let load = || {
+            cache
+                .load_or_compile(
+                    &engine,
+                    wat,
+                    |b| wasmtime::Module::new(&engine, b),
+                    |m| m.serialize(),
+                    |a| unsafe { wasmtime::Module::deserialize(&engine, a) },
+                )
+                .unwrap()
+        };
+        load();
+        let entry = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        assert!(verified(&std::fs::read(&entry).unwrap()).is_some());
+        // Flip one byte of the artifact: the checksum catches it.
+        let mut data = std::fs::read(&entry).unwrap();
+        data[100] ^= 0xff;
+        std::fs::write(&entry, &data).unwrap();
+        assert!(verified(&data).is_none());
+        load();
+        assert!(
+            verified(&std::fs::read(&entry).unwrap()).is_some(),
+            "entry not rewritten"
+        );
+        // A truncated entry too.
+        std::fs::write(&entry, &data[..10]).unwrap();
+        load();
+        assert!(verified(&std::fs::read(&entry).unwrap()).is_some());
+    }
+}
