@@ -474,3 +474,156 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.exists())
         .ok_or(())
 }
+
+#[test]
+fn devices_dev_symlinks_and_process_knobs() {
+    let env = Env::new();
+    let (r, id, cg) = run_sh(
+        &env,
+        "knobs",
+        "ls -l /dev/null /dev/zero /dev/fuse-like | cut -c1; for l in fd stdin ptmx; do readlink /dev/$l; done; \
+         grep NoNewPrivs /proc/self/status; cat /proc/self/oom_score_adj; cat /proc/sys/kernel/domainname",
+        |s| {
+            s["linux"]["devices"] = json!([{"path": "/dev/fuse-like", "type": "c", "major": 1, "minor": 3, "fileMode": 438}]);
+            s["process"]["oomScoreAdj"] = json!(500);
+            s["domainname"] = json!("example.test");
+        },
+    );
+    r.ok();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(&lines[..3], ["c", "c", "c"], "{}", r.stdout);
+    assert_eq!(
+        &lines[3..6],
+        ["/proc/self/fd", "/proc/self/fd/0", "pts/ptmx"]
+    );
+    assert_eq!(lines[6], "NoNewPrivs:\t1");
+    assert_eq!(lines[7], "500");
+    assert_eq!(lines[8], "example.test");
+    env.assert_clean(&id, &cg);
+}
+
+#[test]
+fn no_pivot_and_preserved_fds() {
+    let env = Env::new();
+    let b = env.bundle(
+        "nopivot",
+        &[
+            "sh",
+            "-c",
+            "cat <&3; ls /proc/self/fd | sort -n | tr '\\n' ' '",
+        ],
+    );
+    b.write();
+    let id = env.id("nopivot");
+    let data = env.tmp.path().join("fd3");
+    std::fs::write(&data, "through fd 3\n").unwrap();
+    let file = std::fs::File::open(&data).unwrap();
+    // Hand the file to amphi as fd 3 (and an extra fd 4 that must not leak).
+    let extra = std::fs::File::open(&data).unwrap();
+    let mut cmd = env.command(&[
+        "run",
+        "--no-pivot",
+        "--preserve-fds",
+        "1",
+        "--bundle",
+        b.path(),
+        &id,
+    ]);
+    let (fd3, fd4) = (
+        std::os::fd::AsRawFd::as_raw_fd(&file),
+        std::os::fd::AsRawFd::as_raw_fd(&extra),
+    );
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            // dup2 onto itself would keep close-on-exec: clear it instead.
+            for (from, to) in [(fd3, 3), (fd4, 4)] {
+                let r = if from == to {
+                    libc::fcntl(to, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(from, to)
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("through fd 3\n"), "{stdout}");
+    // 0-2, the preserved 3, and the directory fd ls itself opens (the
+    // lowest free number: 4, since amphi's own fd 4 did not get through).
+    assert_eq!(
+        stdout.lines().nth(1).unwrap().trim(),
+        "0 1 2 3 4",
+        "{stdout}"
+    );
+    env.assert_clean(&id, &b.cgroup());
+}
+
+#[test]
+fn cgroup_mount_shows_the_containers_own_cgroup() {
+    let env = Env::new();
+    let (r, id, cg) = run_sh(
+        &env,
+        "cgmount",
+        "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max",
+        |s| {
+            s["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]
+        }));
+            s["linux"]["resources"] = json!({"pids": {"limit": 42}});
+        },
+    );
+    r.ok();
+    assert_eq!(r.stdout.trim(), "42");
+    env.assert_clean(&id, &cg);
+}
+
+#[test]
+fn joins_a_user_namespace_by_path() {
+    let env = Env::new();
+    let mut a = env.bundle("usera", &["sleep", "60"]);
+    a.spec["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    a.spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+    a.spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+    a.write();
+    let ida = env.id("usera");
+    env.amphi(&["run", "-d", "--bundle", a.path(), &ida]).ok();
+    let pid = env.state(&ida)["pid"].as_i64().unwrap();
+    let mut b = env.bundle(
+        "userb",
+        &[
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/user; cat /proc/self/uid_map; id -u",
+        ],
+    );
+    let mut nss = vec![json!({"type": "user", "path": format!("/proc/{pid}/ns/user")})];
+    nss.extend(["pid", "mount", "uts", "ipc", "network"].map(|t| json!({"type": t})));
+    b.spec["linux"]["namespaces"] = json!(nss);
+    b.write();
+    let idb = env.id("userb");
+    let r = env.amphi(&["run", "--bundle", b.path(), &idb]);
+    r.ok();
+    let want = std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0], want.to_str().unwrap());
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        ["0", "300000", "65536"]
+    );
+    assert_eq!(lines[2], "0");
+    env.amphi(&["delete", "--force", &ida]).ok();
+    env.assert_clean(&ida, &a.cgroup());
+    env.assert_clean(&idb, &b.cgroup());
+}

@@ -339,3 +339,18 @@ fn concurrent_commands_on_distinct_and_same_ids() {
         env.assert_clean(&id, &format!("{}-conc{i}", env.tag));
     }
 }
+
+#[test]
+fn preserve_fds_beyond_what_was_passed_does_not_hang() {
+    // amphi's own fds land at 3 and up; they must not be taken for the
+    // caller's (one of them is the lock `start` needs).
+    let env = Env::new();
+    let b = env.bundle("fds", &["sh", "-c", "ls /proc/self/fd | wc -l"]);
+    b.write();
+    let id = env.id("fds");
+    let r = env.amphi(&["run", "--preserve-fds", "5", "--bundle", b.path(), &id]);
+    r.ok();
+    // 0, 1, 2 and the directory ls reads: nothing of amphi's.
+    assert_eq!(r.stdout.trim(), "4");
+    env.assert_clean(&id, &b.cgroup());
+}

@@ -368,3 +368,51 @@ fn smart_annotation_runs_native_sidecars_natively() {
         env.assert_clean(&id, &b.cgroup());
     }
 }
+
+#[test]
+fn wasm_lifecycle_with_hooks() {
+    let env = Env::new();
+    let log = env.tmp.path().join("hooks.log");
+    let mut b = env.wasm_bundle("life", &["/app/spin.wasm"]);
+    let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r s; echo {name} >> {}", log.display())]});
+    b.spec["hooks"] = json!({"createRuntime": [hook("createRuntime")], "poststart": [hook("poststart")], "poststop": [hook("poststop")]});
+    b.write();
+    let id = env.id("life");
+    env.amphi(&["create", "--bundle", b.path(), &id]).ok();
+    assert_eq!(env.status(&id).as_deref(), Some("created"));
+    env.amphi(&["start", &id]).ok();
+    assert_eq!(env.status(&id).as_deref(), Some("running"));
+    env.amphi(&["delete", &id]).fails_with("is running");
+    env.amphi(&["kill", &id, "TERM"]).ok();
+    assert!(wait_for(5, || env.status(&id).as_deref() == Some("stopped")));
+    env.amphi(&["delete", &id]).ok();
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "createRuntime\npoststart\npoststop\n"
+    );
+    env.assert_clean(&id, &b.cgroup());
+}
+
+#[test]
+fn wat_text_modules_run() {
+    let env = Env::new();
+    let wat = r#"(module
+      (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 16) "hello from wat\n")
+      (func (export "_start")
+        (i32.store (i32.const 0) (i32.const 16))
+        (i32.store (i32.const 4) (i32.const 15))
+        (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (call $exit (i32.const 3))))"#;
+    let mut b = env.wasm_bundle("wat", &["/app/hello.wat"]);
+    std::fs::write(b.rootfs().join("app/hello.wat"), wat).unwrap();
+    b.spec["annotations"] = json!({"module.wasm.image/variant": "compat-smart"});
+    b.write();
+    let id = env.id("wat");
+    let r = env.amphi(&["run", "--bundle", b.path(), &id]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(r.stdout, "hello from wat\n");
+    env.assert_clean(&id, &b.cgroup());
+}

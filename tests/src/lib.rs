@@ -210,7 +210,9 @@ impl Env {
         let app = b.rootfs().join("app");
         std::fs::create_dir_all(&app).unwrap();
         for e in std::fs::read_dir(guests_dir()).unwrap().flatten() {
-            std::fs::copy(e.path(), app.join(e.file_name())).unwrap();
+            if e.path().extension().is_some_and(|x| x == "wasm") {
+                std::fs::copy(e.path(), app.join(e.file_name())).unwrap();
+            }
         }
         b
     }

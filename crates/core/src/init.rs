@@ -90,7 +90,7 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     // container beyond --preserve-fds (CVE-2024-21626 class).
     let mut keep = keep_fds(&[&ch.raw(), &a.state_dir]);
     keep.extend(a.plan.join.iter().map(|j| j.fd.as_raw_fd()));
-    t!(close_fds_from(3 + a.preserve_fds, &keep));
+    t!(close_fds(a.preserve_fds, &keep));
 
     if a.intermediate {
         // Stage 1: join the user and pid namespaces, create the rest, then
@@ -287,16 +287,24 @@ fn reset_signals() {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
-/// Close every fd from `first` up, except `keep`.
-fn close_fds_from(first: i32, keep: &[i32]) -> Result<()> {
+/// Close what the container must not inherit: every fd from 3 up, except
+/// `keep` and the caller's `preserve` fds. A caller's fd crossed the exec into
+/// amphi, so it cannot be close-on-exec; every fd amphi opened is, so one in
+/// the preserved range that is close-on-exec is amphi's own (the caller
+/// passed fewer fds than it said) and goes too.
+fn close_fds(preserve: i32, keep: &[i32]) -> Result<()> {
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .map_err(|e| Error::io("read", "/proc/self/fd", e))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     for fd in fds {
-        if fd >= first && !keep.contains(&fd) {
-            // SAFETY: closing an fd this process owns; the read_dir handle
-            // is already gone.
+        if fd < 3 || keep.contains(&fd) {
+            continue;
+        }
+        // SAFETY: fcntl and close on fds this process owns; the read_dir
+        // handle is already gone.
+        let cloexec = unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC != 0;
+        if fd >= 3 + preserve || cloexec {
             unsafe { libc::close(fd) };
         }
     }
