@@ -33,6 +33,8 @@ pub struct InitArgs<'a> {
     pub cgroup_paths: &'a [std::path::PathBuf],
     pub no_pivot: bool,
     pub preserve_fds: i32,
+    /// The connected console socket (the parent's fd, inherited).
+    pub console_socket: Option<std::os::fd::RawFd>,
     pub executor: Box<dyn Executor>,
 }
 
@@ -90,6 +92,7 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     // container beyond --preserve-fds (CVE-2024-21626 class).
     let mut keep = keep_fds(&[&ch.raw(), &a.state_dir]);
     keep.extend(a.plan.join.iter().map(|j| j.fd.as_raw_fd()));
+    keep.extend(a.console_socket);
     t!(close_fds(a.preserve_fds, &keep));
 
     if a.intermediate {
@@ -221,6 +224,14 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
         t!(rootfs::move_root(&a.bundle.rootfs));
     } else {
         t!(rootfs::pivot(&a.bundle.rootfs));
+    }
+    // The pty comes from the container's own devpts, so after pivot_root;
+    // and before the rootfs is finalised, which may make /dev read-only.
+    if let Some(fd) = a.console_socket {
+        // SAFETY: the fd is this process's copy of the parent's socket,
+        // owned by nobody else here.
+        let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        t!(crate::console::setup(socket, process));
     }
     // Masked and read-only paths after pivot_root: they name container paths.
     t!(rootfs::finalize(spec));

@@ -33,6 +33,8 @@ pub struct LaunchConfig<'a> {
     pub cgroup: &'a ContainerCgroup,
     pub no_pivot: bool,
     pub preserve_fds: i32,
+    /// Connected `--console-socket`, when `process.terminal` is set.
+    pub console_socket: Option<&'a OwnedFd>,
 }
 
 /// fork(2) with namespace flags. The caller must be single-threaded: the
@@ -100,6 +102,7 @@ pub fn launch(
             cgroup_paths: &cfg.cgroup.paths,
             no_pivot: cfg.no_pivot,
             preserve_fds: cfg.preserve_fds,
+            console_socket: cfg.console_socket.map(AsRawFd::as_raw_fd),
             executor,
         });
     }

@@ -4,6 +4,7 @@
 
 pub mod capabilities;
 pub mod cgroups;
+pub mod console;
 pub mod error;
 pub mod executor;
 pub mod hooks;

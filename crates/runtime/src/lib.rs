@@ -103,21 +103,25 @@ impl Runtime {
         amphi_core::id::validate(o.id)?;
         let bundle = Bundle::load(o.bundle)?;
         let spec = &bundle.spec;
-        if spec
+        let terminal = spec
             .process()
             .as_ref()
             .and_then(|p| p.terminal())
-            .unwrap_or(false)
-        {
-            if o.console_socket.is_none() {
-                return Err(Error::Unsupported(
-                    "process.terminal is true: give --console-socket to receive the pty".into(),
-                ));
-            }
-            return Err(Error::Unsupported(
-                "process.terminal (a pty over --console-socket) is not supported yet".into(),
-            ));
-        }
+            .unwrap_or(false);
+        let console_socket: Option<std::os::fd::OwnedFd> =
+            match (terminal, o.console_socket) {
+                (false, _) => None,
+                (true, None) => return Err(Error::Unsupported(
+                    "process.terminal is true: give --console-socket to receive the pty master \
+                     (or set process.terminal to false)"
+                        .into(),
+                )),
+                (true, Some(path)) => Some(
+                    std::os::unix::net::UnixStream::connect(path)
+                        .map_err(|e| Error::io("connect to --console-socket", path, e))?
+                        .into(),
+                ),
+            };
         let kind = select::choose(spec, &bundle.rootfs);
         if kind == Kind::Wasm {
             std::fs::create_dir_all(&self.wasm_cache)
@@ -186,6 +190,7 @@ impl Runtime {
                 cgroup: &cgroup,
                 no_pivot: o.no_pivot,
                 preserve_fds: o.preserve_fds,
+                console_socket: console_socket.as_ref(),
             },
             executor,
             &mut runtime_hooks,
