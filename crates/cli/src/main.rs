@@ -175,25 +175,17 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 .kill(id, sig, *all)
                 .with_context(|| format!("kill {id}"))?;
         }
-        Command::Delete { id, force } => {
-            let r = runtime()?.delete(id, *force);
-            match r {
-                Err(amphi_core::Error::NotFound(_)) if *force => {}
-                r => r.with_context(|| format!("delete {id}"))?,
-            }
-        }
+        Command::Delete { id, force } => runtime()?
+            .delete(id, *force)
+            .with_context(|| format!("delete {id}"))?,
         Command::Run { create, detach } => {
             let rt = runtime()?;
             let o = create_options(create);
+            let context = || format!("run {}", create.id);
             if *detach {
-                rt.create(&o)
-                    .with_context(|| format!("run {}", create.id))?;
-                if let Err(e) = rt.start(&create.id) {
-                    let _ = rt.delete(&create.id, true);
-                    return Err(anyhow::Error::new(e).context(format!("run {}", create.id)));
-                }
+                rt.run_detached(&o).with_context(context)?;
             } else {
-                let code = rt.run(&o).with_context(|| format!("run {}", create.id))?;
+                let code = rt.run(&o).with_context(context)?;
                 return Ok(ExitCode::from(code.clamp(0, 255) as u8));
             }
         }

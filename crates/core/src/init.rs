@@ -81,8 +81,6 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     }
     let spec = &a.bundle.spec;
     let process = spec.process().as_ref().expect("validated: process present");
-    let linux = spec.linux().as_ref();
-
     // Default dispositions and nothing blocked (`run` blocks everything;
     // Rust ignores SIGPIPE), set first so that what an executor installs
     // while preparing (wasmtime's trap handlers) stays.
@@ -240,7 +238,6 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     t!(process::set_rlimits(process));
     t!(process::become_user(process, !setgroups_denied()));
     t!(process::set_no_new_privs(process));
-    let _ = linux;
 
     // Created: tell the parent, then block until `start` opens the fifo.
     t!(ch.send(&Msg::Ready));

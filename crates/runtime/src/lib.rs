@@ -319,8 +319,13 @@ impl Runtime {
         })
     }
 
+    /// Remove a container. With `force`, a running one is killed first and
+    /// one that does not exist is no error (as with runc).
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
-        let locked = self.store.lock(id)?;
+        let locked = match self.store.lock(id) {
+            Err(Error::NotFound(_)) if force => return Ok(()),
+            r => r?,
+        };
         let state = match locked.load() {
             Ok(s) => s,
             // Nothing to go by: with --force, remove what is left.
@@ -359,6 +364,14 @@ impl Runtime {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// create + start; a container that fails to start is removed.
+    pub fn run_detached(&self, o: &CreateOptions) -> Result<()> {
+        self.create(o)?;
+        self.start(o.id).inspect_err(|_| {
+            let _ = self.delete(o.id, true);
+        })
     }
 
     /// create + start + wait + delete; the container's exit status, 128+N

@@ -4,8 +4,6 @@
 //! compiled anew and replaced; nothing from the cache runs unverified.
 
 use std::hash::{Hash, Hasher};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
@@ -77,22 +75,11 @@ impl Cache {
         Ok(t)
     }
 
-    fn store(&self, path: &std::path::Path, artifact: &[u8]) -> std::io::Result<()> {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        let result = f
-            .write_all(artifact)
-            .and_then(|()| f.write_all(&Sha256::digest(artifact)))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+    fn store(&self, path: &std::path::Path, artifact: &[u8]) -> amphi_core::Result<()> {
+        let mut data = Vec::with_capacity(artifact.len() + SUM);
+        data.extend_from_slice(artifact);
+        data.extend_from_slice(&Sha256::digest(artifact));
+        amphi_core::util::write_atomic(path, &data)
     }
 }
 
