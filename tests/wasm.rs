@@ -416,3 +416,37 @@ fn wat_text_modules_run() {
     assert_eq!(r.stdout, "hello from wat\n");
     env.assert_clean(&id, &b.cgroup());
 }
+
+#[test]
+fn guest_cannot_reach_the_runtime_binary_through_proc() {
+    // The guest runs inside the amphi process (CVE-2019-5736 class): its
+    // /proc/self/exe is amphi. WASI path resolution refuses magic links.
+    let env = Env::new();
+    let binary = std::fs::read(amphi_tests::amphi_bin()).unwrap();
+    for (i, args) in [
+        vec!["read", "/proc/self/exe"],
+        vec!["read", "/proc/1/exe"],
+        vec!["write", "/proc/self/exe", "overwritten"],
+        vec!["read", "/proc/self/root/etc/passwd"],
+        vec!["read", "/proc/self/cwd/etc/passwd"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut argv = vec!["/app/probe.wasm"];
+        argv.extend(&args);
+        let (r, id, cg) = run(&env, &format!("exe{i}"), &argv, |_| {});
+        assert_eq!(
+            r.code,
+            2,
+            "{args:?} succeeded: {}",
+            &r.stdout[..r.stdout.len().min(80)]
+        );
+        assert!(r.stdout.starts_with("error:"), "{args:?}: {}", r.stdout);
+        env.assert_clean(&id, &cg);
+    }
+    assert!(
+        std::fs::read(amphi_tests::amphi_bin()).unwrap() == binary,
+        "runtime binary changed"
+    );
+}
