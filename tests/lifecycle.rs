@@ -420,3 +420,53 @@ fn terminal_master_arrives_over_the_console_socket() {
         .fails_with("--console-socket");
     env.assert_clean(&id2, &b.cgroup());
 }
+
+#[test]
+fn ps_pause_and_resume_native_and_wasm() {
+    let env = Env::new();
+    for (name, wasm) in [("pnative", false), ("pwasm", true)] {
+        let args: &[&str] = if wasm {
+            &["/app/spin.wasm"]
+        } else {
+            &["sh", "-c", "sleep 60 & while :; do :; done"]
+        };
+        let b = if wasm {
+            env.wasm_bundle(name, args)
+        } else {
+            env.bundle(name, args)
+        };
+        b.write();
+        let id = env.id(name);
+        env.amphi(&["run", "-d", "--bundle", b.path(), &id]).ok();
+        let pid = env.state(&id)["pid"].as_i64().unwrap();
+        let r = env.amphi(&["ps", "--format", "json", &id]);
+        r.ok();
+        let pids: Vec<i64> = serde_json::from_str(&r.stdout).unwrap();
+        assert!(pids.contains(&pid), "{pids:?} lacks the init {pid}");
+        assert_eq!(pids.len(), if wasm { 1 } else { 2 }, "{pids:?}");
+        env.amphi(&["resume", &id])
+            .fails_with("only a paused container");
+        env.amphi(&["pause", &id]).ok();
+        assert_eq!(env.status(&id).as_deref(), Some("paused"));
+        // Frozen: the busy init burns no CPU.
+        let ticks = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let f: Vec<&str> = stat.rsplit(") ").next().unwrap().split(' ').collect();
+            f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+        };
+        let before = ticks();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(ticks() - before <= 1, "a paused container ran");
+        env.amphi(&["pause", &id])
+            .fails_with("only a running container");
+        env.amphi(&["resume", &id]).ok();
+        assert_eq!(env.status(&id).as_deref(), Some("running"));
+        let before = ticks();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(ticks() - before > 5, "a resumed container did not run");
+        // A paused container can be force-deleted (it is thawed to die).
+        env.amphi(&["pause", &id]).ok();
+        env.amphi(&["delete", "--force", &id]).ok();
+        env.assert_clean(&id, &b.cgroup());
+    }
+}

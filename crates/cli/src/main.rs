@@ -109,6 +109,16 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// List the processes of a container (host pids).
+    Ps {
+        id: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+    /// Freeze every process of a container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
     /// Print what this runtime supports, as runtime-spec features JSON.
     Features,
 }
@@ -189,6 +199,26 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(code.clamp(0, 255) as u8));
             }
         }
+        Command::Ps { id, format } => {
+            let pids = runtime()?.ps(id).with_context(|| format!("ps {id}"))?;
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string(&pids)?),
+                ListFormat::Table => {
+                    println!("PID   CMD");
+                    for pid in pids {
+                        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                        println!("{pid:<5} {}", cmd.trim_end());
+                    }
+                }
+            }
+        }
+        Command::Pause { id } => runtime()?
+            .pause(id)
+            .with_context(|| format!("pause {id}"))?,
+        Command::Resume { id } => runtime()?
+            .resume(id)
+            .with_context(|| format!("resume {id}"))?,
         Command::List { format, quiet } => list(&runtime()?, *format, *quiet)?,
         Command::Features => println!("{}", serde_json::to_string_pretty(&spec_cmd::features())?),
     }

@@ -333,6 +333,55 @@ pub fn procs(paths: &[PathBuf]) -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// Freeze or thaw every process of the container (v1 freezer, v2
+/// cgroup.freeze) and wait until the kernel reports it done.
+pub fn set_frozen(paths: &[PathBuf], frozen: bool) -> Result<()> {
+    let (v1, v2) = if frozen {
+        ("FROZEN", "1")
+    } else {
+        ("THAWED", "0")
+    };
+    let target = paths
+        .iter()
+        .find_map(|p| {
+            if p.join("freezer.state").exists() {
+                Some((p.join("freezer.state"), v1))
+            } else if p.join("cgroup.freeze").exists() {
+                Some((p.join("cgroup.freeze"), v2))
+            } else {
+                None
+            }
+        })
+        .ok_or_else(|| {
+            err(
+                "freezer",
+                "no freezer controller (v1) or cgroup.freeze (v2) for this container",
+            )
+        })?;
+    let (file, value) = target;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        std::fs::write(&file, value).map_err(|e| Error::io("write", &file, e))?;
+        let done = if file.ends_with("freezer.state") {
+            std::fs::read_to_string(&file).is_ok_and(|s| s.trim() == value)
+        } else {
+            let events = file.with_file_name("cgroup.events");
+            std::fs::read_to_string(&events)
+                .is_ok_and(|s| s.lines().any(|l| l == format!("frozen {value}")))
+        };
+        if done {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(err(
+                file.display(),
+                format!("did not reach {value} within 10s"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Whether the container's cgroup is frozen (v1 freezer or v2 cgroup.freeze).
 pub fn is_frozen(paths: &[PathBuf]) -> bool {
     paths.iter().any(|p| {

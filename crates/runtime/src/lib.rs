@@ -319,6 +319,41 @@ impl Runtime {
         })
     }
 
+    /// Host pids of every process in the container.
+    pub fn ps(&self, id: &str) -> Result<Vec<i32>> {
+        let (_locked, state, status) = self.load(id)?;
+        if status == Status::Stopped {
+            return Ok(Vec::new());
+        }
+        Ok(cgroups::procs(&state.cgroup_paths))
+    }
+
+    /// Freeze every process of a running container.
+    pub fn pause(&self, id: &str) -> Result<()> {
+        let (_locked, state, status) = self.load(id)?;
+        if status != Status::Running {
+            return Err(wrong_state(
+                id,
+                status,
+                "only a running container can be paused",
+            ));
+        }
+        cgroups::set_frozen(&state.cgroup_paths, true)
+    }
+
+    /// Thaw a paused container.
+    pub fn resume(&self, id: &str) -> Result<()> {
+        let (_locked, state, status) = self.load(id)?;
+        if status != Status::Paused {
+            return Err(wrong_state(
+                id,
+                status,
+                "only a paused container can be resumed",
+            ));
+        }
+        cgroups::set_frozen(&state.cgroup_paths, false)
+    }
+
     /// Remove a container. With `force`, a running one is killed first and
     /// one that does not exist is no error (as with runc).
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
