@@ -470,3 +470,85 @@ fn ps_pause_and_resume_native_and_wasm() {
         env.assert_clean(&id, &b.cgroup());
     }
 }
+
+#[test]
+fn exec_joins_a_running_container() {
+    let env = Env::new();
+    let b = env.wasm_bundle("exec", &["sleep", "60"]);
+    b.write();
+    let id = env.id("exec");
+    env.amphi(&["run", "-d", "--bundle", b.path(), &id]).ok();
+    let init = env.state(&id)["pid"].as_i64().unwrap();
+    let r = env.amphi(&[
+        "exec",
+        "--env",
+        "X=1",
+        "--cwd",
+        "/tmp",
+        &id,
+        "sh",
+        "-c",
+        "echo $$ $X $(pwd) $(hostname); ps -o comm | grep -c sleep",
+    ]);
+    r.ok();
+    assert_eq!(r.stdout, "2 1 /tmp amphi-test\n1\n", "{}", r.stderr);
+    assert_eq!(env.amphi(&["exec", &id, "sh", "-c", "exit 9"]).code, 9);
+    // A wasm program execs into a native container (and runs as wasm).
+    let r = env.amphi(&["exec", &id, "/app/hello.wasm"]);
+    r.ok();
+    assert_eq!(r.stdout, "hello from wasm\n");
+    // --user and --process.
+    assert_eq!(
+        env.amphi(&["exec", "--user", "1000:1001", &id, "id"])
+            .stdout,
+        "uid=1000 gid=1001\n"
+    );
+    let pj = env.tmp.path().join("process.json");
+    std::fs::write(&pj, serde_json::to_vec(&json!({"args": ["sh", "-c", "echo from json"], "cwd": "/", "user": {"uid": 0, "gid": 0}})).unwrap()).unwrap();
+    assert_eq!(
+        env.amphi(&["exec", "--process", pj.to_str().unwrap(), &id])
+            .stdout,
+        "from json\n"
+    );
+    // Bad input: a malformed process.json names the field; unknown caps and
+    // users are refused; nothing runs.
+    std::fs::write(
+        &pj,
+        br#"{"args": ["true"], "cwd": "/", "user": {"uid": "x"}}"#,
+    )
+    .unwrap();
+    env.amphi(&["exec", "--process", pj.to_str().unwrap(), &id])
+        .fails_with("user.uid");
+    env.amphi(&["exec", "--cap", "CAP_NOPE", &id, "true"])
+        .fails_with("unknown capability");
+    env.amphi(&["exec", "--user", "bob", &id, "true"])
+        .fails_with("--user");
+    // The exec'd process is in the container's cgroup: ps sees it.
+    let pid_file = env.tmp.path().join("exec.pid");
+    env.amphi(&[
+        "exec",
+        "-d",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+        "sleep",
+        "30",
+    ])
+    .ok();
+    amphi_tests::remember_init(std::fs::read_to_string(&pid_file).unwrap().parse().unwrap());
+    let r = env.amphi(&["ps", "--format", "json", &id]);
+    let pids: Vec<i64> = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    assert!(pids.contains(&init));
+    // Paused and stopped containers take no exec.
+    env.amphi(&["pause", &id]).ok();
+    env.amphi(&["exec", &id, "true"])
+        .fails_with("exec needs a running container");
+    env.amphi(&["resume", &id]).ok();
+    env.amphi(&["kill", "--all", &id, "KILL"]).ok();
+    assert!(wait_for(10, || env.status(&id).as_deref() == Some("stopped")));
+    env.amphi(&["exec", &id, "true"])
+        .fails_with("exec needs a running container");
+    env.amphi(&["delete", &id]).ok();
+    env.assert_clean(&id, &b.cgroup());
+}

@@ -450,3 +450,32 @@ fn guest_cannot_reach_the_runtime_binary_through_proc() {
         "runtime binary changed"
     );
 }
+
+#[test]
+fn native_exec_into_a_wasm_container() {
+    let env = Env::new();
+    let mut b = env.wasm_bundle("wexec", &["/app/spin.wasm"]);
+    b.spec["annotations"] = json!({"module.wasm.image/variant": "compat"});
+    b.write();
+    let id = env.id("wexec");
+    env.amphi(&["run", "-d", "--bundle", b.path(), &id]).ok();
+    // A shell from the rootfs runs natively beside the wasm guest (PID 1).
+    let r = env.amphi(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "echo $$; cat /proc/1/cmdline | tr '\\0' ' '",
+    ]);
+    r.ok();
+    // PID 1 is the wasm host (amphi's init, whose threads take pids too);
+    // the shell is another process of the same pid namespace.
+    let mut lines = r.stdout.lines();
+    assert_ne!(lines.next(), Some("1"), "{}", r.stdout);
+    assert!(lines.next().unwrap_or("").contains("amphi"), "{}", r.stdout);
+    let r = env.amphi(&["exec", &id, "/app/probe.wasm", "args", "x"]);
+    r.ok();
+    assert_eq!(r.stdout, "/app/probe.wasm|args|x\n");
+    env.amphi(&["delete", "--force", &id]).ok();
+    env.assert_clean(&id, &b.cgroup());
+}

@@ -71,7 +71,11 @@ pub fn reap_inits() {
     });
 }
 
-fn remember_init(pid: i32) {
+/// A process of a container this test started detached (e.g. `exec -d`),
+/// which this process inherits as subreaper and must reap: a pid
+/// namespace's init cannot finish exiting until every process in the
+/// namespace is reaped.
+pub fn remember_init(pid: i32) {
     if pid > 0 {
         INITS.lock().unwrap().push(pid);
     }
@@ -219,6 +223,7 @@ impl Env {
 
     /// The status field of `state`, or None when the container is gone.
     pub fn status(&self, id: &str) -> Option<String> {
+        reap_inits();
         let r = self.amphi(&["state", id]);
         if r.code != 0 {
             return None;

@@ -109,6 +109,38 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Run another process in a running container.
+    Exec {
+        id: String,
+        /// The process as runtime-spec JSON (instead of ARGS).
+        #[arg(short, long)]
+        process: Option<PathBuf>,
+        #[arg(short, long)]
+        tty: bool,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// KEY=VALUE, repeatable.
+        #[arg(short, long)]
+        env: Vec<String>,
+        /// UID[:GID]
+        #[arg(short, long)]
+        user: Option<String>,
+        /// Add a capability, repeatable.
+        #[arg(long)]
+        cap: Vec<String>,
+        #[arg(long)]
+        no_new_privs: bool,
+        #[arg(long, default_value_t = 0)]
+        preserve_fds: i32,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// List the processes of a container (host pids).
     Ps {
         id: String,
@@ -142,6 +174,19 @@ fn parse_signal(s: &str) -> Result<Option<Signal>> {
     Signal::from_str(&name)
         .map(Some)
         .map_err(|_| anyhow!("unknown signal {s:?}: use a name such as TERM or KILL, or a number"))
+}
+
+/// `UID[:GID]`
+fn parse_user(s: &str) -> Result<(u32, Option<u32>)> {
+    let bad = || anyhow!("--user {s:?}: use UID or UID:GID (numbers)");
+    let (uid, gid) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    Ok((
+        uid.parse().map_err(|_| bad())?,
+        gid.map(|g| g.parse().map_err(|_| bad())).transpose()?,
+    ))
 }
 
 fn create_options(a: &CreateArgs) -> CreateOptions<'_> {
@@ -198,6 +243,62 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 let code = rt.run(&o).with_context(context)?;
                 return Ok(ExitCode::from(code.clamp(0, 255) as u8));
             }
+        }
+        Command::Exec {
+            id,
+            process,
+            tty,
+            console_socket,
+            pid_file,
+            detach,
+            cwd,
+            env,
+            user,
+            cap,
+            no_new_privs,
+            preserve_fds,
+            args,
+        } => {
+            let rt = runtime()?;
+            let context = || format!("exec {id}");
+            let process = match process {
+                Some(file) => {
+                    let data =
+                        std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+                    amphi_core::spec::parse(file, &data).with_context(context)?
+                }
+                None => {
+                    let user = user
+                        .as_deref()
+                        .map(parse_user)
+                        .transpose()
+                        .with_context(context)?;
+                    rt.exec_process(
+                        id,
+                        amphi_runtime::ExecOverrides {
+                            args: args.clone(),
+                            env: env.clone(),
+                            cwd: cwd.clone(),
+                            user,
+                            caps: cap.clone(),
+                            no_new_privs: *no_new_privs,
+                            tty: *tty,
+                        },
+                    )
+                    .with_context(context)?
+                }
+            };
+            let code = rt
+                .exec(amphi_runtime::ExecOptions {
+                    id,
+                    process,
+                    detach: *detach,
+                    pid_file: pid_file.as_deref(),
+                    console_socket: console_socket.as_deref(),
+                    preserve_fds: *preserve_fds,
+                })
+                .with_context(context)?;
+            return Ok(ExitCode::from(code.clamp(0, 255) as u8));
         }
         Command::Ps { id, format } => {
             let pids = runtime()?.ps(id).with_context(|| format!("ps {id}"))?;

@@ -323,6 +323,15 @@ pub fn remove(created: &[PathBuf], paths: &[PathBuf]) -> Vec<Error> {
     errors
 }
 
+/// Move a process into an existing container's cgroup (for `exec`).
+pub fn join(paths: &[PathBuf], pid: i32) -> Result<()> {
+    for p in paths {
+        let procs = p.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string()).map_err(|e| Error::io("join cgroup", &procs, e))?;
+    }
+    Ok(())
+}
+
 /// Pids in the container's cgroup (taken from the first hierarchy: every
 /// hierarchy holds the same processes).
 pub fn procs(paths: &[PathBuf]) -> Vec<i32> {

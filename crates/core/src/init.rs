@@ -31,6 +31,9 @@ pub struct InitArgs<'a> {
     /// The state directory (O_PATH), to open the exec fifo from after pivot_root.
     pub state_dir: OwnedFd,
     pub cgroup_paths: &'a [std::path::PathBuf],
+    /// Joining a running container (`exec`): its mount namespace already
+    /// has the rootfs as `/`.
+    pub exec: bool,
     pub no_pivot: bool,
     pub preserve_fds: i32,
     /// The connected console socket (the parent's fd, inherited).
@@ -157,13 +160,51 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     // Device nodes and mount points get exactly the modes the spec gives.
     umask(Mode::empty());
 
+    t!(process::set_oom_score_adj(process));
+
+    if a.exec {
+        // Joining a running container: its mount namespace has the rootfs
+        // as `/` already, and its hooks ran when it was created.
+        match t!(ch.recv()) {
+            Some(Msg::Joined) => {}
+            _ => return Err((Error::Init("parent went away".into()), None)),
+        }
+        let root_fd = t!(nix::fcntl::open(
+            "/",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty()
+        )
+        .sys(|| "open the container's root".into()));
+        let mut executor = a.executor;
+        t!(executor.prepare(&PrepareContext {
+            spec,
+            process,
+            rootfs: std::path::Path::new("/"),
+            root_fd: root_fd.as_fd(),
+        }));
+        drop(root_fd);
+        if let Some(fd) = a.console_socket {
+            // SAFETY: as below.
+            let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            t!(crate::console::setup(socket, process));
+        }
+        t!(enter_process(process));
+        t!(ch.send(&Msg::Ready));
+        *reported = true;
+        drop(ch);
+        drop(a.state_dir);
+        umask(Mode::from_bits_truncate(
+            process.user().umask().unwrap_or(0o022),
+        ));
+        return Err((executor.exec(process), None));
+    }
+
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         t!(sethostname(h).sys(|| format!("hostname {h:?}")));
     }
     if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
         t!(set_domainname(d));
     }
-    t!(process::set_oom_score_adj(process));
 
     let root_fd = t!(rootfs::setup(&RootfsContext {
         spec,
@@ -233,11 +274,7 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     }
     // Masked and read-only paths after pivot_root: they name container paths.
     t!(rootfs::finalize(spec));
-    t!(chdir(process.cwd().as_path()).sys(|| format!("process.cwd {}", process.cwd().display())));
-
-    t!(process::set_rlimits(process));
-    t!(process::become_user(process, !setgroups_denied()));
-    t!(process::set_no_new_privs(process));
+    t!(enter_process(process));
 
     // Created: tell the parent, then block until `start` opens the fifo.
     t!(ch.send(&Msg::Ready));
@@ -270,6 +307,15 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
         process.user().umask().unwrap_or(0o022),
     ));
     Err((executor.exec(process), None))
+}
+
+/// The process's own place and credentials, last before the workload:
+/// cwd, rlimits, user and capabilities, no_new_privs.
+fn enter_process(process: &oci_spec::runtime::Process) -> Result<()> {
+    chdir(process.cwd().as_path()).sys(|| format!("process.cwd {}", process.cwd().display()))?;
+    process::set_rlimits(process)?;
+    process::become_user(process, !setgroups_denied())?;
+    process::set_no_new_privs(process)
 }
 
 fn set_domainname(d: &str) -> Result<()> {

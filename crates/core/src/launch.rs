@@ -26,11 +26,36 @@ use crate::spec::Bundle;
 use crate::sync::{Channel, Msg};
 use crate::{Error, Result};
 
+/// The cgroup the init goes into: made by `create`, or a running container's.
+pub enum Cgroup<'a> {
+    New(&'a ContainerCgroup),
+    Existing(&'a [std::path::PathBuf]),
+}
+
+impl Cgroup<'_> {
+    fn paths(&self) -> &[std::path::PathBuf] {
+        match self {
+            Cgroup::New(c) => &c.paths,
+            Cgroup::Existing(p) => p,
+        }
+    }
+
+    fn attach(&self, pid: i32) -> Result<()> {
+        match self {
+            Cgroup::New(c) => c.attach(pid),
+            Cgroup::Existing(p) => crate::cgroups::join(p, pid),
+        }
+    }
+}
+
 pub struct LaunchConfig<'a> {
     pub id: &'a str,
     pub bundle: &'a Bundle,
     pub state_dir: &'a Path,
-    pub cgroup: &'a ContainerCgroup,
+    pub cgroup: Cgroup<'a>,
+    /// `exec`: join a running container (its namespaces given as paths in
+    /// the spec) instead of setting one up; no rootfs work, no exec fifo.
+    pub exec: bool,
     pub no_pivot: bool,
     pub preserve_fds: i32,
     /// Connected `--console-socket`, when `process.terminal` is set.
@@ -99,7 +124,8 @@ pub fn launch(
             intermediate,
             channel: child_ch,
             state_dir,
-            cgroup_paths: &cfg.cgroup.paths,
+            cgroup_paths: cfg.cgroup.paths(),
+            exec: cfg.exec,
             no_pivot: cfg.no_pivot,
             preserve_fds: cfg.preserve_fds,
             console_socket: cfg.console_socket.map(AsRawFd::as_raw_fd),

@@ -24,14 +24,15 @@ impl Bundle {
         let dir = std::fs::canonicalize(dir).map_err(|e| Error::io("open bundle", dir, e))?;
         let file = dir.join(CONFIG);
         let data = std::fs::read(&file).map_err(|e| Error::io("read", &file, e))?;
-        let spec = parse(&file, &data)?;
+        let spec: Spec = parse(&file, &data)?;
         let rootfs = validate(&file, &dir, &spec)?;
         Ok(Bundle { dir, spec, rootfs })
     }
 }
 
-/// Parse a config, naming the JSON path of the first field that does not fit.
-pub fn parse(file: &Path, data: &[u8]) -> Result<Spec> {
+/// Parse a config (or any part of one, such as `exec`'s process.json),
+/// naming the JSON path of the first field that does not fit.
+pub fn parse<T: serde::de::DeserializeOwned>(file: &Path, data: &[u8]) -> Result<T> {
     let de = &mut serde_json::Deserializer::from_slice(data);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
@@ -253,7 +254,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("rootfs")).unwrap();
         let file = dir.path().join(CONFIG);
-        let spec = parse(&file, &spec_json(patch))?;
+        let spec: Spec = parse(&file, &spec_json(patch))?;
         validate(&file, dir.path(), &spec)
     }
 

@@ -22,15 +22,18 @@ impl Native {
     }
 }
 
+/// The search path when `process.env` has no PATH (as crun does).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Where `arg0` is found inside the rootfs, as a container path: names with
 /// a slash are taken as they are (relative to the cwd), others searched in
-/// the container's PATH (as runc does, nothing of the host's PATH).
+/// the container's PATH (nothing of the host's).
 pub fn lookup(ctx: &PrepareContext, arg0: &str) -> Result<PathBuf> {
     let candidates: Vec<PathBuf> = if arg0.contains('/') {
         vec![ctx.process.cwd().join(arg0)]
     } else {
         process::path_var(ctx.process)
-            .unwrap_or("")
+            .unwrap_or(DEFAULT_PATH)
             .split(':')
             .filter(|d| !d.is_empty())
             .map(|d| Path::new("/").join(d).join(arg0))

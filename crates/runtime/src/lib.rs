@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use amphi_core::cgroups;
 use amphi_core::executor::Executor;
 use amphi_core::hooks;
-use amphi_core::launch::{launch, LaunchConfig};
+use amphi_core::launch::{launch, Cgroup, LaunchConfig};
 use amphi_core::spec::Bundle;
 use amphi_core::state::{proc_stat, ContainerState, Locked, Status, Store};
 use amphi_core::{util, Error, Result};
@@ -22,6 +22,7 @@ use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use oci_spec::runtime::{Capability, LinuxNamespaceBuilder, LinuxNamespaceType, Process};
 
 pub use amphi_core::state::Status as ContainerStatus;
 pub use select::Kind;
@@ -36,6 +37,28 @@ pub struct CreateOptions<'a> {
     pub console_socket: Option<&'a Path>,
     pub no_pivot: bool,
     pub preserve_fds: i32,
+}
+
+pub struct ExecOptions<'a> {
+    pub id: &'a str,
+    pub process: Process,
+    pub detach: bool,
+    pub pid_file: Option<&'a Path>,
+    pub console_socket: Option<&'a Path>,
+    pub preserve_fds: i32,
+}
+
+/// What `exec ID ARGS...` may change of the container's own process.
+#[derive(Default)]
+pub struct ExecOverrides {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// uid and optional gid.
+    pub user: Option<(u32, Option<u32>)>,
+    pub caps: Vec<String>,
+    pub no_new_privs: bool,
+    pub tty: bool,
 }
 
 pub struct Runtime {
@@ -187,7 +210,8 @@ impl Runtime {
                 id: o.id,
                 bundle: &bundle,
                 state_dir: &locked.dir,
-                cgroup: &cgroup,
+                cgroup: Cgroup::New(&cgroup),
+                exec: false,
                 no_pivot: o.no_pivot,
                 preserve_fds: o.preserve_fds,
                 console_socket: console_socket.as_ref(),
@@ -319,6 +343,177 @@ impl Runtime {
         })
     }
 
+    /// The process `exec ID ARGS...` runs: the container's own process with
+    /// the given overrides (as runc builds it).
+    pub fn exec_process(&self, id: &str, o: ExecOverrides) -> Result<Process> {
+        let (_locked, state, _status) = self.load(id)?;
+        let mut p = state.spec.process().clone().expect("validated at create");
+        if o.args.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "exec {id}: give the command to run, or --process FILE"
+            )));
+        }
+        p.set_args(Some(o.args));
+        let mut env = p.env().clone().unwrap_or_default();
+        for kv in o.env {
+            let key = kv.split('=').next().unwrap_or("").to_owned();
+            env.retain(|e| e.split('=').next() != Some(key.as_str()));
+            env.push(kv);
+        }
+        p.set_env(Some(env));
+        if let Some(cwd) = o.cwd {
+            p.set_cwd(cwd);
+        }
+        if let Some((uid, gid)) = o.user {
+            let mut u = p.user().clone();
+            u.set_uid(uid);
+            u.set_gid(gid.unwrap_or(0));
+            u.set_additional_gids(None);
+            p.set_user(u);
+        }
+        if !o.caps.is_empty() {
+            let mut caps = p.capabilities().clone().unwrap_or_default();
+            let parsed: Vec<Capability> = o
+                .caps
+                .iter()
+                .map(|c| {
+                    serde_json::from_value(serde_json::Value::String(c.clone())).map_err(|_| {
+                        Error::Unsupported(format!("exec --cap {c:?}: unknown capability"))
+                    })
+                })
+                .collect::<Result<_>>()?;
+            let add = |set: &Option<oci_spec::runtime::Capabilities>| {
+                let mut set = set.clone().unwrap_or_default();
+                set.extend(parsed.iter().copied());
+                Some(set)
+            };
+            let (b, e, pm) = (
+                add(caps.bounding()),
+                add(caps.effective()),
+                add(caps.permitted()),
+            );
+            caps.set_bounding(b).set_effective(e).set_permitted(pm);
+            p.set_capabilities(Some(caps));
+        }
+        if o.no_new_privs {
+            p.set_no_new_privileges(Some(true));
+        }
+        p.set_terminal(Some(o.tty));
+        Ok(p)
+    }
+
+    /// Run another process in a running container: in all its namespaces
+    /// and its cgroup, with its own user, capabilities and rlimits. Native,
+    /// or wasm when the program is a module, whatever the container runs.
+    /// Returns the process's exit status (0 at once with `detach`).
+    pub fn exec(&self, o: ExecOptions) -> Result<i32> {
+        let (locked, state, status) = self.load(o.id)?;
+        if status != Status::Running {
+            return Err(wrong_state(o.id, status, "exec needs a running container"));
+        }
+        match o.process.args() {
+            Some(a) if !a.is_empty() && !a[0].is_empty() => {}
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "exec {}: process.args is empty",
+                    o.id
+                )))
+            }
+        }
+        if !o.process.cwd().is_absolute() {
+            return Err(Error::Unsupported(format!(
+                "exec {}: process.cwd must be absolute",
+                o.id
+            )));
+        }
+        let mut spec = state.spec.clone();
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        let joined: Vec<_> = linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .map(|ns| {
+                let name = match ns.typ() {
+                    LinuxNamespaceType::Mount => "mnt",
+                    LinuxNamespaceType::Cgroup => "cgroup",
+                    LinuxNamespaceType::Uts => "uts",
+                    LinuxNamespaceType::Ipc => "ipc",
+                    LinuxNamespaceType::User => "user",
+                    LinuxNamespaceType::Pid => "pid",
+                    LinuxNamespaceType::Network => "net",
+                    LinuxNamespaceType::Time => "time",
+                };
+                LinuxNamespaceBuilder::default()
+                    .typ(ns.typ())
+                    .path(format!("/proc/{}/ns/{name}", state.pid))
+                    .build()
+                    .expect("namespace")
+            })
+            .collect();
+        linux.set_namespaces(Some(joined));
+        spec.set_linux(Some(linux));
+        spec.set_hooks(None);
+        // The executor follows the program, not the container's annotations:
+        // a shell execs natively into a wasm container.
+        spec.set_annotations(None);
+        spec.set_process(Some(o.process));
+        let kind = select::choose(&spec, &state.rootfs);
+        let executor = executor_for(kind, &spec, &self.wasm_cache);
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let console_socket: Option<std::os::fd::OwnedFd> = match (terminal, o.console_socket) {
+            (false, _) => None,
+            (true, None) => {
+                return Err(Error::Unsupported(
+                    "exec --tty needs --console-socket".into(),
+                ))
+            }
+            (true, Some(path)) => Some(
+                std::os::unix::net::UnixStream::connect(path)
+                    .map_err(|e| Error::io("connect to --console-socket", path, e))?
+                    .into(),
+            ),
+        };
+        let bundle = Bundle {
+            dir: state.bundle.clone(),
+            rootfs: state.rootfs.clone(),
+            spec,
+        };
+        let blocked = if o.detach {
+            SigSet::empty()
+        } else {
+            waited_signals()
+        };
+        with_blocked(&blocked, || {
+            let pid = launch(
+                &LaunchConfig {
+                    id: o.id,
+                    bundle: &bundle,
+                    state_dir: &locked.dir,
+                    cgroup: Cgroup::Existing(&state.cgroup_paths),
+                    exec: true,
+                    no_pivot: false,
+                    preserve_fds: o.preserve_fds,
+                    console_socket: console_socket.as_ref(),
+                },
+                executor,
+                &mut |_| Ok(()),
+            )?;
+            if let Some(f) = o.pid_file {
+                util::write_atomic(f, pid.to_string().as_bytes())?;
+            }
+            // Other commands on the container must not wait for this process.
+            drop(locked);
+            if o.detach {
+                return Ok(0);
+            }
+            wait_forwarding(Pid::from_raw(pid), &blocked)
+        })
+    }
+
     /// Host pids of every process in the container.
     pub fn ps(&self, id: &str) -> Result<Vec<i32>> {
         let (_locked, state, status) = self.load(id)?;
@@ -414,15 +609,8 @@ impl Runtime {
     pub fn run(&self, o: &CreateOptions) -> Result<i32> {
         // Blocked before the container exists, so neither its exit nor a
         // signal meant for it can slip by before we wait.
-        let mut blocked = SigSet::all();
-        blocked.remove(Signal::SIGKILL);
-        blocked.remove(Signal::SIGSTOP);
-        let mut old = SigSet::empty();
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut old))
-            .map_err(|e| Error::sys("sigprocmask", e))?;
-        let result = self.run_blocked(o, &blocked);
-        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
-        result
+        let blocked = waited_signals();
+        with_blocked(&blocked, || self.run_blocked(o, &blocked))
     }
 
     fn run_blocked(&self, o: &CreateOptions, blocked: &SigSet) -> Result<i32> {
@@ -432,22 +620,46 @@ impl Runtime {
             let _ = waitpid(pid, None);
             return Err(e);
         }
-        let code = loop {
-            let sig = blocked.wait().map_err(|e| Error::sys("sigwait", e))?;
-            if sig == Signal::SIGCHLD {
-                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(_, code)) => break code,
-                    Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
-                    _ => continue,
-                }
-            }
-            if sig != Signal::SIGWINCH {
-                let _ = kill(pid, sig);
-            }
-        };
+        let code = wait_forwarding(pid, blocked)?;
         self.delete(o.id, true)?;
         Ok(code)
     }
+}
+
+/// Wait for `pid` (our child) to exit, passing on every other signal to it.
+/// The caller blocked `blocked` before `pid` existed.
+fn wait_forwarding(pid: Pid, blocked: &SigSet) -> Result<i32> {
+    loop {
+        let sig = blocked.wait().map_err(|e| Error::sys("sigwait", e))?;
+        if sig == Signal::SIGCHLD {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+                _ => continue,
+            }
+        }
+        if sig != Signal::SIGWINCH {
+            let _ = kill(pid, sig);
+        }
+    }
+}
+
+/// Signals a waiting caller handles itself: all but KILL and STOP.
+fn waited_signals() -> SigSet {
+    let mut set = SigSet::all();
+    set.remove(Signal::SIGKILL);
+    set.remove(Signal::SIGSTOP);
+    set
+}
+
+/// Block `set` for the duration of `f`.
+fn with_blocked<T>(set: &SigSet, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let mut old = SigSet::empty();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(set), Some(&mut old))
+        .map_err(|e| Error::sys("sigprocmask", e))?;
+    let result = f();
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    result
 }
 
 fn wrong_state(id: &str, status: Status, why: &str) -> Error {
