@@ -131,20 +131,7 @@ impl Runtime {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
-        let console_socket: Option<std::os::fd::OwnedFd> =
-            match (terminal, o.console_socket) {
-                (false, _) => None,
-                (true, None) => return Err(Error::Unsupported(
-                    "process.terminal is true: give --console-socket to receive the pty master \
-                     (or set process.terminal to false)"
-                        .into(),
-                )),
-                (true, Some(path)) => Some(
-                    std::os::unix::net::UnixStream::connect(path)
-                        .map_err(|e| Error::io("connect to --console-socket", path, e))?
-                        .into(),
-                ),
-            };
+        let console_socket = connect_console(terminal, o.console_socket)?;
         let kind = select::choose(spec, &bundle.rootfs);
         if kind == Kind::Wasm {
             std::fs::create_dir_all(&self.wasm_cache)
@@ -464,19 +451,7 @@ impl Runtime {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
-        let console_socket: Option<std::os::fd::OwnedFd> = match (terminal, o.console_socket) {
-            (false, _) => None,
-            (true, None) => {
-                return Err(Error::Unsupported(
-                    "exec --tty needs --console-socket".into(),
-                ))
-            }
-            (true, Some(path)) => Some(
-                std::os::unix::net::UnixStream::connect(path)
-                    .map_err(|e| Error::io("connect to --console-socket", path, e))?
-                    .into(),
-            ),
-        };
+        let console_socket = connect_console(terminal, o.console_socket)?;
         let bundle = Bundle {
             dir: state.bundle.clone(),
             rootfs: state.rootfs.clone(),
@@ -623,6 +598,24 @@ impl Runtime {
         let code = wait_forwarding(pid, blocked)?;
         self.delete(o.id, true)?;
         Ok(code)
+    }
+}
+
+/// With `process.terminal`, the pty master goes to the console socket: connect
+/// it while host paths are reachable.
+fn connect_console(terminal: bool, socket: Option<&Path>) -> Result<Option<std::os::fd::OwnedFd>> {
+    match (terminal, socket) {
+        (false, _) => Ok(None),
+        (true, None) => Err(Error::Unsupported(
+            "process.terminal is true: give --console-socket to receive the pty master \
+             (or set process.terminal to false)"
+                .into(),
+        )),
+        (true, Some(path)) => Ok(Some(
+            std::os::unix::net::UnixStream::connect(path)
+                .map_err(|e| Error::io("connect to --console-socket", path, e))?
+                .into(),
+        )),
     }
 }
 
