@@ -627,3 +627,27 @@ fn joins_a_user_namespace_by_path() {
     env.assert_clean(&ida, &a.cgroup());
     env.assert_clean(&idb, &b.cgroup());
 }
+
+#[test]
+fn namespaced_sysctls_are_set_and_host_ones_refused() {
+    let env = Env::new();
+    let (r, id, cg) = run_sh(
+        &env,
+        "sysctl",
+        "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shmmni",
+        |s| {
+            s["linux"]["sysctl"] =
+                json!({"net.ipv4.ip_unprivileged_port_start": "80", "kernel.shmmni": "1234"});
+        },
+    );
+    r.ok();
+    assert_eq!(r.stdout, "80\n1234\n");
+    env.assert_clean(&id, &cg);
+    let mut b = env.bundle("hostsysctl", &["true"]);
+    b.spec["linux"]["sysctl"] = json!({"vm.swappiness": "1"});
+    b.write();
+    let id = env.id("hostsysctl");
+    env.amphi(&["create", "--bundle", b.path(), &id])
+        .fails_with("linux.sysctl.vm.swappiness");
+    env.assert_clean(&id, &b.cgroup());
+}

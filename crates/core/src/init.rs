@@ -272,6 +272,19 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
         let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         t!(crate::console::setup(socket, process));
     }
+    // sysctls through the container's own /proc, before /proc/sys is made
+    // read-only; validation let through only namespaced ones.
+    for (key, value) in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        t!(std::fs::write(&path, value)
+            .map_err(|e| Error::Init(format!("linux.sysctl.{key}={value:?}: write {path}: {e}"))));
+    }
     // Masked and read-only paths after pivot_root: they name container paths.
     t!(rootfs::finalize(spec));
     t!(enter_process(process));

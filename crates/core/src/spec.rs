@@ -218,6 +218,29 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
             }
         }
     }
+    if let Some(sysctl) = linux.and_then(|l| l.sysctl().as_ref()) {
+        for key in sysctl.keys() {
+            let needs = sysctl_namespace(key);
+            let field = format!("linux.sysctl.{key}");
+            match needs {
+                None => {
+                    return Err(invalid(
+                        file,
+                        &field,
+                        "not a namespaced sysctl: it would change the host",
+                    ))
+                }
+                Some(t) if !has_ns(t) => {
+                    return Err(invalid(
+                        file,
+                        &field,
+                        format!("needs a {t} namespace of the container's own"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
     if has_ns(LinuxNamespaceType::Time) {
         return Err(Error::Unsupported(format!(
             "{}: linux.namespaces: the time namespace is not supported yet",
@@ -234,9 +257,50 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
     Ok(rootfs)
 }
 
+/// The namespace a sysctl belongs to, for the ones a container may set
+/// (the same list as runc's).
+pub fn sysctl_namespace(key: &str) -> Option<LinuxNamespaceType> {
+    let ipc = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    if ipc.contains(&key) || key.starts_with("fs.mqueue.") {
+        Some(LinuxNamespaceType::Ipc)
+    } else if key.starts_with("net.") {
+        Some(LinuxNamespaceType::Network)
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        Some(LinuxNamespaceType::Uts)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sysctls_must_be_namespaced() {
+        assert_eq!(
+            field_of(check(
+                |v| v["linux"]["sysctl"] = serde_json::json!({"vm.swappiness": "1"})
+            )),
+            "linux.sysctl.vm.swappiness"
+        );
+        assert_eq!(
+            field_of(check(
+                |v| v["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"})
+            )),
+            "linux.sysctl.net.ipv4.ip_forward"
+        );
+        check(|v| v["linux"]["sysctl"] = serde_json::json!({"kernel.domainname": "x"})).unwrap();
+    }
 
     fn spec_json(patch: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
         let mut v = serde_json::json!({
