@@ -63,24 +63,27 @@ pub struct ContainerState {
 }
 
 impl ContainerState {
+    /// Whether the init process recorded at create still lives (a zombie or
+    /// a reused pid does not count).
+    pub fn init_alive(&self) -> bool {
+        self.pid > 0
+            && proc_stat(self.pid).is_some_and(|s| {
+                s.start_time == self.start_time && s.state != 'Z' && s.state != 'X'
+            })
+    }
+
     /// Status as the kernel sees it now, not as last recorded.
     pub fn status(&self, dir: &Path) -> Status {
         if self.pid == 0 {
-            return Status::Creating;
-        }
-        match proc_stat(self.pid) {
-            Some(stat)
-                if stat.start_time == self.start_time && stat.state != 'Z' && stat.state != 'X' =>
-            {
-                if dir.join(EXEC_FIFO).exists() {
-                    Status::Created
-                } else if crate::cgroups::is_frozen(&self.cgroup_paths) {
-                    Status::Paused
-                } else {
-                    Status::Running
-                }
-            }
-            _ => Status::Stopped,
+            Status::Creating
+        } else if !self.init_alive() {
+            Status::Stopped
+        } else if dir.join(EXEC_FIFO).exists() {
+            Status::Created
+        } else if crate::cgroups::is_frozen(&self.cgroup_paths) {
+            Status::Paused
+        } else {
+            Status::Running
         }
     }
 

@@ -500,28 +500,25 @@ impl Runtime {
 
     /// Freeze every process of a running container.
     pub fn pause(&self, id: &str) -> Result<()> {
-        let (_locked, state, status) = self.load(id)?;
-        if status != Status::Running {
-            return Err(wrong_state(
-                id,
-                status,
-                "only a running container can be paused",
-            ));
-        }
-        cgroups::set_frozen(&state.cgroup_paths, true)
+        self.set_paused(id, true)
     }
 
     /// Thaw a paused container.
     pub fn resume(&self, id: &str) -> Result<()> {
+        self.set_paused(id, false)
+    }
+
+    fn set_paused(&self, id: &str, paused: bool) -> Result<()> {
         let (_locked, state, status) = self.load(id)?;
-        if status != Status::Paused {
-            return Err(wrong_state(
-                id,
-                status,
-                "only a paused container can be resumed",
-            ));
+        let (from, why) = if paused {
+            (Status::Running, "only a running container can be paused")
+        } else {
+            (Status::Paused, "only a paused container can be resumed")
+        };
+        if status != from {
+            return Err(wrong_state(id, status, why));
         }
-        cgroups::set_frozen(&state.cgroup_paths, false)
+        cgroups::set_frozen(&state.cgroup_paths, paused)
     }
 
     /// Remove a container. With `force`, a running one is killed first and
@@ -663,21 +660,15 @@ fn wrong_state(id: &str, status: Status, why: &str) -> Error {
     }
 }
 
-fn alive(state: &ContainerState) -> bool {
-    proc_stat(state.pid)
-        .is_some_and(|s| s.start_time == state.start_time && s.state != 'Z' && s.state != 'X')
-}
-
 /// SIGKILL the init and everything in the container's cgroup (a container
 /// without a pid namespace does not die with its init).
 fn kill_all(state: &ContainerState) {
-    if state.pid > 0 && alive(state) {
+    if state.init_alive() {
         let _ = kill(Pid::from_raw(state.pid), Signal::SIGKILL);
     }
     // A frozen cgroup's processes die only once thawed.
-    for p in &state.cgroup_paths {
-        let _ = std::fs::write(p.join("freezer.state"), "THAWED");
-        let _ = std::fs::write(p.join("cgroup.freeze"), "0");
+    if cgroups::is_frozen(&state.cgroup_paths) {
+        let _ = cgroups::set_frozen(&state.cgroup_paths, false);
     }
     for pid in cgroups::procs(&state.cgroup_paths) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -689,7 +680,7 @@ fn wait_gone(state: &ContainerState) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut pause = Duration::from_micros(100);
     while Instant::now() < deadline
-        && ((state.pid > 0 && alive(state)) || !cgroups::procs(&state.cgroup_paths).is_empty())
+        && (state.init_alive() || !cgroups::procs(&state.cgroup_paths).is_empty())
     {
         for pid in cgroups::procs(&state.cgroup_paths) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
