@@ -16,7 +16,7 @@ use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::{Cgroup, Controller, MaxValue};
 use cgroups_rs::CgroupPid;
-use oci_spec::runtime::LinuxResources;
+use oci_spec::runtime::{Linux, LinuxDeviceType, LinuxResources};
 
 use crate::{Error, Result};
 
@@ -27,6 +27,24 @@ pub struct ContainerCgroup {
     pub paths: Vec<PathBuf>,
     /// Directories this call made (deepest last), for `delete` to remove.
     pub created: Vec<PathBuf>,
+    /// `linux.devices` (type, major, minor): the device cgroup allows them.
+    device_nodes: Vec<(char, i64, i64)>,
+}
+
+fn device_nodes(linux: Option<&Linux>) -> Vec<(char, i64, i64)> {
+    linux
+        .and_then(|l| l.devices().as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|d| {
+            let typ = match d.typ() {
+                LinuxDeviceType::B => 'b',
+                LinuxDeviceType::C | LinuxDeviceType::U => 'c',
+                _ => return None,
+            };
+            Some((typ, d.major(), d.minor()))
+        })
+        .collect()
 }
 
 fn err(path: impl std::fmt::Display, why: impl std::fmt::Display) -> Error {
@@ -48,11 +66,9 @@ fn own_v2_path() -> Result<String> {
 
 /// Create the cgroup named by `cgroups_path` (or the container id, relative,
 /// when the spec gives none) and apply `resources`. On error nothing is left.
-pub fn create(
-    id: &str,
-    cgroups_path: Option<&Path>,
-    resources: Option<&LinuxResources>,
-) -> Result<ContainerCgroup> {
+pub fn create(id: &str, linux: Option<&Linux>) -> Result<ContainerCgroup> {
+    let cgroups_path = linux.and_then(|l| l.cgroups_path().as_deref());
+    let resources = linux.and_then(|l| l.resources().as_ref());
     let hier = hierarchies::auto();
     let requested = cgroups_path
         .map(Path::to_path_buf)
@@ -115,6 +131,7 @@ pub fn create(
         cgroup,
         paths,
         created,
+        device_nodes: device_nodes(linux),
     };
     if let Err(e) = cg.cgroup.create() {
         let e = err(requested.display(), format!("create: {e}"));
@@ -135,9 +152,140 @@ impl ContainerCgroup {
         self.cgroup.v2()
     }
 
+    /// Reopen the cgroup of an existing container from its directories.
+    pub fn open(paths: &[PathBuf], linux: Option<&Linux>) -> Result<ContainerCgroup> {
+        let hier = hierarchies::auto();
+        let cgroup = if hier.v2() {
+            let dir = paths
+                .first()
+                .ok_or_else(|| err("cgroup", "the container has no cgroup"))?;
+            let rel = dir
+                .strip_prefix(hier.root())
+                .map_err(|_| err(dir.display(), "not below the cgroup2 mount"))?;
+            Cgroup::load(hier, rel)
+        } else {
+            // v1: each hierarchy has its own path; name it relative to the
+            // hierarchy's mount point.
+            let mut relative = HashMap::new();
+            for sub in hier.subsystems() {
+                let name = sub.controller_name();
+                let mount = sub.to_controller().path().to_path_buf();
+                if let Some(rel) = paths.iter().find_map(|p| p.strip_prefix(&mount).ok()) {
+                    relative.insert(name, rel.display().to_string());
+                }
+            }
+            Cgroup::load_with_relative_paths(hier, ".", relative)
+        };
+        Ok(ContainerCgroup {
+            cgroup,
+            paths: paths.to_vec(),
+            created: Vec::new(),
+            device_nodes: device_nodes(linux),
+        })
+    }
+
+    /// The directory of one controller (v2: the one directory).
+    fn dir(&self, controller: &str) -> Option<PathBuf> {
+        if self.v2() {
+            let dir = self.paths.first()?;
+            let enabled = std::fs::read_to_string(dir.join("cgroup.controllers")).ok()?;
+            return enabled
+                .split_whitespace()
+                .any(|c| c == controller)
+                .then(|| dir.clone());
+        }
+        self.cgroup
+            .subsystems()
+            .iter()
+            .find(|s| s.controller_name() == controller)
+            .map(|s| s.to_controller().path().to_path_buf())
+    }
+
+    fn write(&self, controller: &str, file: &str, value: &str, field: &str) -> Result<()> {
+        let dir = self.dir(controller).ok_or_else(|| {
+            err(
+                controller,
+                format!("{field}: no {controller} controller for this container on this host"),
+            )
+        })?;
+        let path = dir.join(file);
+        std::fs::write(&path, value)
+            .map_err(|e| err(path.display(), format!("{field}={value:?}: {e}")))
+    }
+
+    /// Refuse what this cgroup version cannot express, before anything is
+    /// written, so that a refused `create` or `update` changes nothing.
+    pub fn check_expressible(&self, r: &LinuxResources) -> Result<()> {
+        let v2 = self.v2();
+        let refuse = |field: &str, why: &str| Err(Error::Unsupported(format!("{field}: {why}")));
+        let v1_only = "cgroup v1 only; this host's cgroups are v2";
+        if v2 {
+            if let Some(m) = r.memory() {
+                if m.swappiness().is_some() {
+                    return refuse("linux.resources.memory.swappiness", v1_only);
+                }
+                if m.disable_oom_killer() == Some(true) {
+                    return refuse("linux.resources.memory.disableOOMKiller", v1_only);
+                }
+            }
+            if let Some(c) = r.cpu() {
+                if c.realtime_runtime().is_some() || c.realtime_period().is_some() {
+                    return refuse(
+                        "linux.resources.cpu.realtimeRuntime/realtimePeriod",
+                        v1_only,
+                    );
+                }
+            }
+            if let Some(b) = r.block_io() {
+                if b.leaf_weight().is_some()
+                    || b.weight_device()
+                        .iter()
+                        .flatten()
+                        .any(|d| d.leaf_weight().is_some())
+                {
+                    return refuse("linux.resources.blockIO.leafWeight", v1_only);
+                }
+            }
+            if r.network().is_some() {
+                return refuse(
+                    "linux.resources.network",
+                    "net_cls/net_prio are cgroup v1 only; this host's cgroups are v2",
+                );
+            }
+        } else if r.unified().as_ref().is_some_and(|u| !u.is_empty()) {
+            return refuse(
+                "linux.resources.unified",
+                "needs a cgroup v2 host; this host's controllers are v1",
+            );
+        }
+        if let Some(u) = r.unified() {
+            for key in u.keys() {
+                if key.contains('/') || key.starts_with('.') || !key.contains('.') {
+                    return refuse(
+                        &format!("linux.resources.unified.{key}"),
+                        "not a cgroup interface file name",
+                    );
+                }
+            }
+        }
+        if let Some(b) = r.block_io() {
+            if let Some(w) = b.weight() {
+                if !(10..=1000).contains(&w) {
+                    return refuse(
+                        "linux.resources.blockIO.weight",
+                        "must be between 10 and 1000",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Write the resources the spec asks for; every write that fails is an
     /// error naming the file, never a silent pass.
     pub fn apply(&self, r: &LinuxResources) -> Result<()> {
+        self.check_expressible(r)?;
+        self.apply_more(r)?;
         let v2 = self.v2();
         let path = |c: &dyn Controller, f: &str| c.path().join(f).display().to_string();
         if let Some(m) = r.memory() {
@@ -179,14 +327,12 @@ impl ContainerCgroup {
                 })?;
             }
             if let Some(s) = m.swappiness() {
-                if !v2 {
-                    mem.set_swappiness(s).map_err(|e| {
-                        err(
-                            path(mem, "memory.swappiness"),
-                            format!("linux.resources.memory.swappiness={s}: {e}"),
-                        )
-                    })?;
-                }
+                mem.set_swappiness(s).map_err(|e| {
+                    err(
+                        path(mem, "memory.swappiness"),
+                        format!("linux.resources.memory.swappiness={s}: {e}"),
+                    )
+                })?;
             }
         }
         if let Some(c) = r.cpu() {
@@ -277,6 +423,210 @@ impl ContainerCgroup {
             })?;
         }
         Ok(())
+    }
+
+    /// Block I/O, huge pages, devices, network classes, the OOM killer and
+    /// raw v2 files: the resources written file by file.
+    fn apply_more(&self, r: &LinuxResources) -> Result<()> {
+        let v2 = self.v2();
+        if let Some(b) = r.block_io() {
+            // v2 takes io.bfq.weight (the v1 range) when BFQ is there, else
+            // io.weight, scaled as runc does.
+            let bfq = v2
+                && self
+                    .dir("io")
+                    .is_some_and(|d| d.join("io.bfq.weight").exists());
+            let (ctl, weight_file) = match (v2, bfq) {
+                (false, _) => ("blkio", "blkio.weight"),
+                (true, true) => ("io", "io.bfq.weight"),
+                (true, false) => ("io", "io.weight"),
+            };
+            let scale = |w: u16| -> u64 {
+                if v2 && !bfq {
+                    1 + (u64::from(w).saturating_sub(10)) * 9999 / 990
+                } else {
+                    u64::from(w)
+                }
+            };
+            if let Some(w) = b.weight() {
+                let value = if v2 && !bfq {
+                    format!("default {}", scale(w))
+                } else {
+                    scale(w).to_string()
+                };
+                self.write(ctl, weight_file, &value, "linux.resources.blockIO.weight")?;
+            }
+            if let Some(w) = b.leaf_weight() {
+                self.write(
+                    "blkio",
+                    "blkio.leaf_weight",
+                    &w.to_string(),
+                    "linux.resources.blockIO.leafWeight",
+                )?;
+            }
+            for d in b.weight_device().iter().flatten() {
+                if let Some(w) = d.weight() {
+                    let value = format!("{}:{} {}", d.major(), d.minor(), scale(w));
+                    self.write(
+                        ctl,
+                        weight_file,
+                        &value,
+                        "linux.resources.blockIO.weightDevice",
+                    )?;
+                }
+                if let Some(w) = d.leaf_weight() {
+                    let value = format!("{}:{} {w}", d.major(), d.minor());
+                    self.write(
+                        "blkio",
+                        "blkio.leaf_weight_device",
+                        &value,
+                        "linux.resources.blockIO.weightDevice.leafWeight",
+                    )?;
+                }
+            }
+            for (list, v1_file, v2_key, field) in [
+                (
+                    b.throttle_read_bps_device(),
+                    "blkio.throttle.read_bps_device",
+                    "rbps",
+                    "throttleReadBpsDevice",
+                ),
+                (
+                    b.throttle_write_bps_device(),
+                    "blkio.throttle.write_bps_device",
+                    "wbps",
+                    "throttleWriteBpsDevice",
+                ),
+                (
+                    b.throttle_read_iops_device(),
+                    "blkio.throttle.read_iops_device",
+                    "riops",
+                    "throttleReadIOPSDevice",
+                ),
+                (
+                    b.throttle_write_iops_device(),
+                    "blkio.throttle.write_iops_device",
+                    "wiops",
+                    "throttleWriteIOPSDevice",
+                ),
+            ] {
+                for d in list.iter().flatten() {
+                    let field = format!("linux.resources.blockIO.{field}");
+                    if v2 {
+                        let rate = if d.rate() == 0 {
+                            "max".to_string()
+                        } else {
+                            d.rate().to_string()
+                        };
+                        let value = format!("{}:{} {v2_key}={rate}", d.major(), d.minor());
+                        self.write("io", "io.max", &value, &field)?;
+                    } else {
+                        let value = format!("{}:{} {}", d.major(), d.minor(), d.rate());
+                        self.write("blkio", v1_file, &value, &field)?;
+                    }
+                }
+            }
+        }
+        for h in r.hugepage_limits().iter().flatten() {
+            let file = if v2 {
+                format!("hugetlb.{}.max", h.page_size())
+            } else {
+                format!("hugetlb.{}.limit_in_bytes", h.page_size())
+            };
+            let field = format!("linux.resources.hugepageLimits[{}]", h.page_size());
+            if self.dir("hugetlb").is_some_and(|d| !d.join(&file).exists()) {
+                return Err(err(
+                    file,
+                    format!("{field}: page size not supported by this kernel"),
+                ));
+            }
+            self.write("hugetlb", &file, &h.limit().to_string(), &field)?;
+        }
+        if let Some(m) = r.memory() {
+            if m.disable_oom_killer() == Some(true) {
+                self.write(
+                    "memory",
+                    "memory.oom_control",
+                    "1",
+                    "linux.resources.memory.disableOOMKiller",
+                )?;
+            }
+        }
+        if let Some(c) = r.cpu() {
+            if let Some(p) = c.realtime_period() {
+                self.write(
+                    "cpu",
+                    "cpu.rt_period_us",
+                    &p.to_string(),
+                    "linux.resources.cpu.realtimePeriod",
+                )?;
+            }
+            if let Some(rt) = c.realtime_runtime() {
+                self.write(
+                    "cpu",
+                    "cpu.rt_runtime_us",
+                    &rt.to_string(),
+                    "linux.resources.cpu.realtimeRuntime",
+                )?;
+            }
+        }
+        if let Some(n) = r.network() {
+            if let Some(id) = n.class_id() {
+                self.write(
+                    "net_cls",
+                    "net_cls.classid",
+                    &id.to_string(),
+                    "linux.resources.network.classID",
+                )?;
+            }
+            for p in n.priorities().iter().flatten() {
+                let value = format!("{} {}", p.name(), p.priority());
+                self.write(
+                    "net_prio",
+                    "net_prio.ifpriomap",
+                    &value,
+                    "linux.resources.network.priorities",
+                )?;
+            }
+        }
+        if let Some(u) = r.unified() {
+            let dir = self
+                .paths
+                .first()
+                .ok_or_else(|| err("cgroup", "no cgroup"))?;
+            for (key, value) in u {
+                let path = dir.join(key);
+                std::fs::write(&path, value).map_err(|e| {
+                    err(
+                        path.display(),
+                        format!("linux.resources.unified.{key}={value:?}: {e}"),
+                    )
+                })?;
+            }
+        }
+        if let Some(devices) = r.devices() {
+            self.apply_devices(devices)?;
+        }
+        Ok(())
+    }
+
+    fn apply_devices(&self, spec_rules: &[oci_spec::runtime::LinuxDeviceCgroup]) -> Result<()> {
+        let rules = crate::devices::rules(spec_rules, &self.device_nodes)?;
+        if self.v2() {
+            let dir = self
+                .paths
+                .first()
+                .ok_or_else(|| err("cgroup", "no cgroup"))?;
+            crate::devices::apply_v2(dir, &rules)
+        } else {
+            let dir = self.dir("devices").ok_or_else(|| {
+                err(
+                    "devices",
+                    "linux.resources.devices: no devices controller on this host",
+                )
+            })?;
+            crate::devices::apply_v1(&dir, &rules)
+        }
     }
 
     /// Move a process (all its threads) into the container's cgroup.
@@ -396,6 +746,117 @@ pub fn is_frozen(paths: &[PathBuf]) -> bool {
     paths.iter().any(|p| {
         std::fs::read_to_string(p.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
             || std::fs::read_to_string(p.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
+    })
+}
+
+/// The first of the container's cgroup directories holding `file` (v1
+/// keeps each controller's files in its own hierarchy, v2 in one).
+fn read(paths: &[PathBuf], file: &str) -> Option<String> {
+    paths
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p.join(file)).ok())
+}
+
+fn read_u64(paths: &[PathBuf], file: &str) -> Option<u64> {
+    let s = read(paths, file)?;
+    let s = s.trim();
+    if s == "max" {
+        return Some(u64::MAX);
+    }
+    s.parse().ok()
+}
+
+/// "key value" lines (memory.stat, cpu.stat, cpuacct.stat, memory.events).
+fn read_keyed(paths: &[PathBuf], file: &str) -> serde_json::Map<String, serde_json::Value> {
+    read(paths, file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_owned(), v.trim().parse::<u64>().ok()?.into()))
+        })
+        .collect()
+}
+
+/// Kernel OOM kills in the container's cgroup so far (v1 memory.oom_control,
+/// v2 memory.events).
+pub fn oom_kills(paths: &[PathBuf]) -> u64 {
+    for file in ["memory.events", "memory.oom_control"] {
+        if let Some(n) = read_keyed(paths, file)
+            .get("oom_kill")
+            .and_then(|v| v.as_u64())
+        {
+            return n;
+        }
+    }
+    0
+}
+
+/// Cgroup statistics in the shape of runc's `events --stats` (its
+/// libcontainer `types.Stats`): cpu, memory, pids.
+pub fn stats(paths: &[PathBuf]) -> serde_json::Value {
+    use serde_json::json;
+    let v2 = paths.iter().any(|p| p.join("cgroup.controllers").exists());
+    let n = |v: Option<u64>| v.unwrap_or(0);
+    let (cpu, memory) = if v2 {
+        let cpu = read_keyed(paths, "cpu.stat");
+        let us = |k: &str| cpu.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let mem_raw = read_keyed(paths, "memory.stat");
+        let events = read_keyed(paths, "memory.events");
+        (
+            json!({
+                "usage": {"total": us("usage_usec") * 1000, "percpu": [],
+                          "kernel": us("system_usec") * 1000, "user": us("user_usec") * 1000},
+                "throttling": {"periods": us("nr_periods"), "throttledPeriods": us("nr_throttled"),
+                               "throttledTime": us("throttled_usec") * 1000},
+            }),
+            json!({
+                "cache": mem_raw.get("file").cloned().unwrap_or(0.into()),
+                "usage": {"usage": n(read_u64(paths, "memory.current")),
+                          "limit": n(read_u64(paths, "memory.max")),
+                          "max": n(read_u64(paths, "memory.peak")),
+                          "failcnt": events.get("max").cloned().unwrap_or(0.into())},
+                "swap": {"usage": n(read_u64(paths, "memory.swap.current")),
+                         "limit": n(read_u64(paths, "memory.swap.max"))},
+                "raw": mem_raw,
+            }),
+        )
+    } else {
+        let ticks = read_keyed(paths, "cpuacct.stat");
+        // cpuacct.stat counts USER_HZ (100 Hz) ticks.
+        let ns = |k: &str| ticks.get(k).and_then(|v| v.as_u64()).unwrap_or(0) * 10_000_000;
+        let percpu: Vec<u64> = read(paths, "cpuacct.usage_percpu")
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let thr = read_keyed(paths, "cpu.stat");
+        let t = |k: &str| thr.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let mem_raw = read_keyed(paths, "memory.stat");
+        (
+            json!({
+                "usage": {"total": n(read_u64(paths, "cpuacct.usage")), "percpu": percpu,
+                          "kernel": ns("system"), "user": ns("user")},
+                "throttling": {"periods": t("nr_periods"), "throttledPeriods": t("nr_throttled"),
+                               "throttledTime": t("throttled_time")},
+            }),
+            json!({
+                "cache": mem_raw.get("cache").cloned().unwrap_or(0.into()),
+                "usage": {"usage": n(read_u64(paths, "memory.usage_in_bytes")),
+                          "limit": n(read_u64(paths, "memory.limit_in_bytes")),
+                          "max": n(read_u64(paths, "memory.max_usage_in_bytes")),
+                          "failcnt": n(read_u64(paths, "memory.failcnt"))},
+                "swap": {"usage": n(read_u64(paths, "memory.memsw.usage_in_bytes")),
+                         "limit": n(read_u64(paths, "memory.memsw.limit_in_bytes"))},
+                "raw": mem_raw,
+            }),
+        )
+    };
+    json!({
+        "cpu": cpu,
+        "memory": memory,
+        "pids": {"current": n(read_u64(paths, "pids.current")),
+                 "limit": n(read_u64(paths, "pids.max").filter(|&l| l != u64::MAX))},
     })
 }
 

@@ -17,6 +17,7 @@ use crate::executor::{Executor, PrepareContext};
 use crate::launch::{clone, keep_fds};
 use crate::namespaces::Plan;
 use crate::rootfs::{self, RootfsContext};
+use crate::seccomp::Program;
 use crate::spec::Bundle;
 use crate::state::EXEC_FIFO;
 use crate::sync::{Channel, Msg};
@@ -110,8 +111,7 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
                 );
             }
         }
-        t!(unshare(a.plan.new - CloneFlags::CLONE_NEWCGROUP)
-            .sys(|| format!("unshare {:?}", a.plan.new)));
+        t!(unshare(a.plan.clone_flags()).sys(|| format!("unshare {:?}", a.plan.new)));
         if a.plan.creates(LinuxNamespaceType::User) {
             t!(ch.send(&Msg::MapIds));
             if t!(ch.recv()) != Some(Msg::MapsDone) {
@@ -159,6 +159,9 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     }
     // Device nodes and mount points get exactly the modes the spec gives.
     umask(Mode::empty());
+    if a.plan.creates(LinuxNamespaceType::Time) {
+        t!(enter_new_time_namespace(spec.linux().as_ref()));
+    }
 
     t!(process::set_oom_score_adj(process));
 
@@ -188,7 +191,12 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
             let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
             t!(crate::console::setup(socket, process));
         }
-        t!(enter_process(process));
+        t!(enter_process(
+            process,
+            spec.linux().as_ref(),
+            a.bundle.seccomp.as_ref()
+        ));
+        t!(before_exec(process, a.bundle.seccomp.as_ref()));
         t!(ch.send(&Msg::Ready));
         *reported = true;
         drop(ch);
@@ -287,7 +295,11 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     }
     // Masked and read-only paths after pivot_root: they name container paths.
     t!(rootfs::finalize(spec));
-    t!(enter_process(process));
+    t!(enter_process(
+        process,
+        spec.linux().as_ref(),
+        a.bundle.seccomp.as_ref()
+    ));
 
     // Created: tell the parent, then block until `start` opens the fifo.
     t!(ch.send(&Msg::Ready));
@@ -314,6 +326,7 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
         &state_json("running"),
     )
     .map_err(|e| (e, None))?;
+    before_exec(process, a.bundle.seccomp.as_ref()).map_err(|e| (e, None))?;
 
     // The workload starts with the umask it asks for.
     umask(Mode::from_bits_truncate(
@@ -324,11 +337,76 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
 
 /// The process's own place and credentials, last before the workload:
 /// cwd, rlimits, user and capabilities, no_new_privs.
-fn enter_process(process: &oci_spec::runtime::Process) -> Result<()> {
+fn enter_process(
+    process: &oci_spec::runtime::Process,
+    linux: Option<&oci_spec::runtime::Linux>,
+    seccomp: Option<&Program>,
+) -> Result<()> {
     chdir(process.cwd().as_path()).sys(|| format!("process.cwd {}", process.cwd().display()))?;
     process::set_rlimits(process)?;
+    process::set_scheduling(process)?;
+    process::set_personality(linux)?;
+    if !no_new_privs(process) {
+        // Without no_new_privs only CAP_SYS_ADMIN may install a filter, so
+        // it goes in before the capabilities are dropped (as runc does);
+        // the profile then also governs the few syscalls left until exec.
+        if let Some(p) = seccomp {
+            p.install()?;
+        }
+    }
     process::become_user(process, !setgroups_denied())?;
     process::set_no_new_privs(process)
+}
+
+/// The LSM labels for the coming exec, then, with no_new_privs, the
+/// filter: as late as possible, so that the
+/// runtime's own last steps (the exec fifo, startContainer hooks) are not
+/// subject to the container's profile.
+fn before_exec(process: &oci_spec::runtime::Process, seccomp: Option<&Program>) -> Result<()> {
+    crate::lsm::apply_on_exec(process)?;
+    match seccomp {
+        Some(p) if no_new_privs(process) => p.install(),
+        _ => Ok(()),
+    }
+}
+
+fn no_new_privs(process: &oci_spec::runtime::Process) -> bool {
+    process.no_new_privileges().unwrap_or(false)
+}
+
+/// A time namespace applies to the children of the process that made it,
+/// and its offsets can be set only until a process enters it: make it,
+/// write `linux.timeOffsets`, then enter it ourselves.
+fn enter_new_time_namespace(linux: Option<&oci_spec::runtime::Linux>) -> Result<()> {
+    unshare(crate::namespaces::flag(LinuxNamespaceType::Time))
+        .sys(|| "unshare time namespace".into())?;
+    let offsets: String = linux
+        .and_then(|l| l.time_offsets().as_ref())
+        .into_iter()
+        .flatten()
+        .map(|(clock, o)| {
+            format!(
+                "{clock} {} {}\n",
+                o.secs().unwrap_or(0),
+                o.nanosecs().unwrap_or(0)
+            )
+        })
+        .collect();
+    if !offsets.is_empty() {
+        std::fs::write("/proc/self/timens_offsets", &offsets).map_err(|e| {
+            Error::Init(format!(
+                "linux.timeOffsets: write /proc/self/timens_offsets {offsets:?}: {e}"
+            ))
+        })?;
+    }
+    let ns = nix::fcntl::open(
+        "/proc/self/ns/time_for_children",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .sys(|| "open /proc/self/ns/time_for_children".into())?;
+    setns(ns, crate::namespaces::flag(LinuxNamespaceType::Time))
+        .sys(|| "enter the new time namespace".into())
 }
 
 fn set_domainname(d: &str) -> Result<()> {

@@ -30,6 +30,8 @@ use crate::{Error, Result};
 pub enum Cgroup<'a> {
     New(&'a ContainerCgroup),
     Existing(&'a [std::path::PathBuf]),
+    /// Rootless without a delegated cgroup.
+    None,
 }
 
 impl Cgroup<'_> {
@@ -37,6 +39,7 @@ impl Cgroup<'_> {
         match self {
             Cgroup::New(c) => &c.paths,
             Cgroup::Existing(p) => p,
+            Cgroup::None => &[],
         }
     }
 
@@ -44,6 +47,7 @@ impl Cgroup<'_> {
         match self {
             Cgroup::New(c) => c.attach(pid),
             Cgroup::Existing(p) => crate::cgroups::join(p, pid),
+            Cgroup::None => Ok(()),
         }
     }
 }
@@ -111,7 +115,7 @@ pub fn launch(
     let clone_flags = if intermediate {
         CloneFlags::empty()
     } else {
-        plan.new - CloneFlags::CLONE_NEWCGROUP
+        plan.clone_flags()
     };
 
     let first = clone(clone_flags)?;
@@ -200,6 +204,13 @@ fn unexpected(m: Option<Msg>) -> Error {
 }
 
 fn write_id_maps(pid: i32, linux: Option<&oci_spec::runtime::Linux>) -> Result<()> {
+    // Unprivileged, the kernel takes a gid map only once setgroups(2) is
+    // denied in the new namespace (else a user could drop groups that
+    // deny it access).
+    if !nix::unistd::geteuid().is_root() {
+        let path = format!("/proc/{pid}/setgroups");
+        std::fs::write(&path, "deny").map_err(|e| Error::io("write", &path, e))?;
+    }
     let fmt = |m: Option<&Vec<LinuxIdMapping>>| -> String {
         m.into_iter()
             .flatten()

@@ -74,6 +74,14 @@ impl Plan {
         Ok(plan)
     }
 
+    /// The namespaces created at clone (or unshare) time. A cgroup
+    /// namespace is made later, once the init is in its cgroup; a time
+    /// namespace too, since its offsets must be written before any process
+    /// enters it (and clone(2) has no bit for it).
+    pub fn clone_flags(&self) -> CloneFlags {
+        self.new - CloneFlags::CLONE_NEWCGROUP - flag(LinuxNamespaceType::Time)
+    }
+
     pub fn creates(&self, t: LinuxNamespaceType) -> bool {
         self.new.contains(flag(t))
     }

@@ -131,3 +131,120 @@ pub fn path_var(p: &Process) -> Option<&str> {
         .flatten()
         .find_map(|e| e.strip_prefix("PATH="))
 }
+
+/// `process.scheduler` (sched_setattr) and `process.ioPriority` (ioprio_set).
+pub fn set_scheduling(p: &Process) -> Result<()> {
+    if let Some(s) = p.scheduler() {
+        use oci_spec::runtime::{LinuxSchedulerFlag as F, LinuxSchedulerPolicy as P};
+        let policy = match s.policy() {
+            P::SchedOther => libc::SCHED_OTHER,
+            P::SchedFifo => libc::SCHED_FIFO,
+            P::SchedRr => libc::SCHED_RR,
+            P::SchedBatch => libc::SCHED_BATCH,
+            P::SchedIdle => libc::SCHED_IDLE,
+            P::SchedDeadline => 6,
+            P::SchedIso => {
+                return Err(Error::Unsupported(
+                    "process.scheduler.policy SCHED_ISO: Linux has no such policy".into(),
+                ))
+            }
+        };
+        let mut flags = 0u64;
+        for f in s.flags().iter().flatten() {
+            flags |= match f {
+                F::SchedResetOnFork => 0x01,
+                F::SchedFlagReclaim => 0x02,
+                F::SchedFlagDLOverrun => 0x04,
+                F::SchedFlagKeepPolicy => 0x08,
+                F::SchedFlagKeepParams => 0x10,
+                F::SchedFlagUtilClampMin => 0x20,
+                F::SchedFlagUtilClampMax => 0x40,
+            };
+        }
+        let attr = SchedAttr {
+            size: std::mem::size_of::<SchedAttr>() as u32,
+            policy: policy as u32,
+            flags,
+            nice: s.nice().unwrap_or(0),
+            priority: s.priority().unwrap_or(0) as u32,
+            runtime: s.runtime().unwrap_or(0),
+            deadline: s.deadline().unwrap_or(0),
+            period: s.period().unwrap_or(0),
+        };
+        // SAFETY: a valid sched_attr of the size it declares.
+        if unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) } != 0 {
+            return Err(Error::sys(
+                format!("process.scheduler (policy {:?})", s.policy()),
+                nix::Error::last(),
+            ));
+        }
+    }
+    if let Some(io) = p.io_priority() {
+        use oci_spec::runtime::IOPriorityClass as C;
+        let class: i64 = match io.class() {
+            C::IoprioClassRt => 1,
+            C::IoprioClassBe => 2,
+            C::IoprioClassIdle => 3,
+        };
+        if !(0..8).contains(&io.priority()) {
+            return Err(Error::Init(format!(
+                "process.ioPriority.priority {}: must be 0 to 7",
+                io.priority()
+            )));
+        }
+        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+        // SAFETY: plain syscall on the calling process.
+        if unsafe {
+            libc::syscall(
+                libc::SYS_ioprio_set,
+                IOPRIO_WHO_PROCESS,
+                0,
+                (class << 13) | io.priority(),
+            )
+        } != 0
+        {
+            return Err(Error::sys(
+                format!("process.ioPriority {:?}", io.class()),
+                nix::Error::last(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+/// `linux.personality`: the execution domain (`uname -m` reads i686 under LINUX32).
+pub fn set_personality(linux: Option<&oci_spec::runtime::Linux>) -> Result<()> {
+    use oci_spec::runtime::LinuxPersonalityDomain as D;
+    let Some(p) = linux.and_then(|l| l.personality().as_ref()) else {
+        return Ok(());
+    };
+    if let Some(f) = p.flags().as_ref().filter(|f| !f.is_empty()) {
+        return Err(Error::Unsupported(format!(
+            "linux.personality.flags {f:?}: the runtime spec defines no flags yet"
+        )));
+    }
+    let persona = match p.domain() {
+        D::PerLinux => 0x0000,
+        D::PerLinux32 => 0x0008,
+    };
+    // SAFETY: plain syscall.
+    if unsafe { libc::personality(persona) } == -1 {
+        return Err(Error::sys(
+            format!("linux.personality.domain {:?}", p.domain()),
+            nix::Error::last(),
+        ));
+    }
+    Ok(())
+}

@@ -17,6 +17,8 @@ pub struct Bundle {
     pub spec: Spec,
     /// Absolute, canonical root filesystem directory.
     pub rootfs: PathBuf,
+    /// `linux.seccomp`, compiled: a bad profile fails before any process exists.
+    pub seccomp: Option<crate::seccomp::Program>,
 }
 
 impl Bundle {
@@ -26,7 +28,24 @@ impl Bundle {
         let data = std::fs::read(&file).map_err(|e| Error::io("read", &file, e))?;
         let spec: Spec = parse(&file, &data)?;
         let rootfs = validate(&file, &dir, &spec)?;
-        Ok(Bundle { dir, spec, rootfs })
+        Bundle::new(dir, rootfs, spec)
+    }
+
+    /// A bundle from parts already validated (e.g. `exec`'s spec derived
+    /// from a running container's).
+    pub fn new(dir: PathBuf, rootfs: PathBuf, spec: Spec) -> Result<Bundle> {
+        let seccomp = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .map(crate::seccomp::compile)
+            .transpose()?;
+        Ok(Bundle {
+            dir,
+            spec,
+            rootfs,
+            seccomp,
+        })
     }
 }
 
@@ -241,9 +260,31 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
             }
         }
     }
-    if has_ns(LinuxNamespaceType::Time) {
+    if let Some(offsets) = linux.and_then(|l| l.time_offsets().as_ref()) {
+        for clock in offsets.keys() {
+            if clock != "monotonic" && clock != "boottime" {
+                return Err(invalid(
+                    file,
+                    &format!("linux.timeOffsets.{clock}"),
+                    "only the monotonic and boottime clocks have offsets",
+                ));
+            }
+        }
+        let joined = namespaces
+            .into_iter()
+            .flatten()
+            .any(|n| n.typ() == LinuxNamespaceType::Time && n.path().is_some());
+        if !offsets.is_empty() && (!has_ns(LinuxNamespaceType::Time) || joined) {
+            return Err(invalid(
+                file,
+                "linux.timeOffsets",
+                "offsets need a new time namespace in linux.namespaces (one without a path)",
+            ));
+        }
+    }
+    if linux.is_some_and(|l| l.intel_rdt().is_some()) {
         return Err(Error::Unsupported(format!(
-            "{}: linux.namespaces: the time namespace is not supported yet",
+            "{}: linux.intelRdt: Intel RDT (resctrl) is not supported by amphi; remove the field",
             file.display()
         )));
     }

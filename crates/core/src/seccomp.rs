@@ -1,0 +1,500 @@
+//! `linux.seccomp` compiled to a classic BPF program, without libseccomp.
+//!
+//! The program dispatches on the architecture the kernel reports for each
+//! syscall, then tests the syscall number and argument conditions of each
+//! rule in the profile's order; the first rule that matches decides, and the
+//! default action covers the rest. Only the architectures this kernel can
+//! run get code (the native one, always, and its compat ABIs when the
+//! profile lists them); a syscall from any other ABI gets the kill action,
+//! as with libseccomp's default "bad arch" action.
+//!
+//! Semantics follow runc's use of libseccomp: conditions of one rule are
+//! ANDed, except that a rule naming one argument index twice becomes one
+//! rule per condition (ORed); a syscall name unknown on this architecture is
+//! skipped (profiles are shared across architectures) but a name unknown on
+//! every architecture is an error (a typo must not silently allow).
+
+use std::str::FromStr;
+
+use oci_spec::runtime::{
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompFilterFlag,
+    LinuxSeccompOperator,
+};
+
+use crate::{Error, Result};
+
+const RET_KILL_THREAD: u32 = 0x0000_0000;
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
+const RET_TRAP: u32 = 0x0003_0000;
+const RET_ERRNO: u32 = 0x0005_0000;
+const RET_TRACE: u32 = 0x7ff0_0000;
+const RET_LOG: u32 = 0x7ffc_0000;
+const RET_ALLOW: u32 = 0x7fff_0000;
+
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
+const AUDIT_ARCH_ARM: u32 = 0x4000_0028;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+const BPF_MAXINSNS: usize = 4096;
+
+// seccomp_data: nr, arch, instruction_pointer, args[6].
+const OFF_NR: u32 = 0;
+const OFF_ARCH: u32 = 4;
+const OFF_ARGS: u32 = 16;
+
+const LD_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const ALU_AND: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
+const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
+const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
+const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+/// A compiled filter, ready to install.
+#[derive(Debug, Clone)]
+pub struct Program {
+    insns: Vec<libc::sock_filter>,
+    flags: libc::c_ulong,
+}
+
+/// A conditional jump whose target is "after this rule" until the rule's
+/// length is known.
+#[derive(Clone, Copy)]
+enum Target {
+    Next(u8),
+    Fail,
+}
+
+struct Insn {
+    code: u16,
+    jt: Target,
+    jf: Target,
+    k: u32,
+}
+
+fn stmt(code: u16, k: u32) -> Insn {
+    Insn {
+        code,
+        jt: Target::Next(0),
+        jf: Target::Next(0),
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: Target, jf: Target) -> Insn {
+    Insn { code, jt, jf, k }
+}
+
+fn raw(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+fn invalid(field: String, why: impl Into<String>) -> Error {
+    Error::InvalidSpec {
+        file: "config.json".into(),
+        field,
+        why: why.into(),
+    }
+}
+
+/// The syscall tables of one ABI the kernel can run.
+#[derive(Clone, Copy, PartialEq)]
+enum Abi {
+    X86_64,
+    X32,
+    I386,
+    Aarch64,
+    Arm,
+}
+
+impl Abi {
+    fn audit_arch(self) -> u32 {
+        match self {
+            Abi::X86_64 | Abi::X32 => AUDIT_ARCH_X86_64,
+            Abi::I386 => AUDIT_ARCH_I386,
+            Abi::Aarch64 => AUDIT_ARCH_AARCH64,
+            Abi::Arm => AUDIT_ARCH_ARM,
+        }
+    }
+
+    fn number(self, name: &str) -> Option<u32> {
+        use syscalls::{aarch64, arm, x86, x86_64};
+        match self {
+            Abi::X86_64 => x86_64::Sysno::from_str(name).ok().map(|s| s.id() as u32),
+            // x32 shares x86_64's numbers, marked with the x32 bit.
+            Abi::X32 => x86_64::Sysno::from_str(name)
+                .ok()
+                .map(|s| s.id() as u32 | X32_SYSCALL_BIT),
+            Abi::I386 => x86::Sysno::from_str(name).ok().map(|s| s.id() as u32),
+            Abi::Aarch64 => aarch64::Sysno::from_str(name).ok().map(|s| s.id() as u32),
+            Abi::Arm => arm::Sysno::from_str(name).ok().map(|s| s.id() as u32),
+        }
+    }
+}
+
+/// Whether any architecture knows the name (typos are errors, foreign
+/// syscalls are not).
+fn known_anywhere(name: &str) -> bool {
+    use syscalls::{aarch64, arm, mips64, powerpc64, riscv64, s390x, x86, x86_64};
+    x86_64::Sysno::from_str(name).is_ok()
+        || x86::Sysno::from_str(name).is_ok()
+        || aarch64::Sysno::from_str(name).is_ok()
+        || arm::Sysno::from_str(name).is_ok()
+        || riscv64::Sysno::from_str(name).is_ok()
+        || powerpc64::Sysno::from_str(name).is_ok()
+        || s390x::Sysno::from_str(name).is_ok()
+        || mips64::Sysno::from_str(name).is_ok()
+}
+
+/// The native ABI and the compat ABIs this kernel may run, with the spec's
+/// name for each.
+fn host_abis() -> (Abi, Vec<(Arch, Abi)>) {
+    if cfg!(target_arch = "x86_64") {
+        (
+            Abi::X86_64,
+            vec![
+                (Arch::ScmpArchX86, Abi::I386),
+                (Arch::ScmpArchX32, Abi::X32),
+            ],
+        )
+    } else if cfg!(target_arch = "aarch64") {
+        (Abi::Aarch64, vec![(Arch::ScmpArchArm, Abi::Arm)])
+    } else {
+        panic!("amphi's seccomp support covers x86_64 and aarch64 hosts")
+    }
+}
+
+fn action(field: &str, action: LinuxSeccompAction, errno: Option<u32>) -> Result<u32> {
+    let data = errno.unwrap_or(libc::EPERM as u32);
+    if data > 0xffff {
+        return Err(invalid(
+            field.into(),
+            format!("errno {data} does not fit the 16 bits seccomp returns"),
+        ));
+    }
+    Ok(match action {
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => RET_KILL_THREAD,
+        LinuxSeccompAction::ScmpActKillProcess => RET_KILL_PROCESS,
+        LinuxSeccompAction::ScmpActTrap => RET_TRAP,
+        LinuxSeccompAction::ScmpActErrno => RET_ERRNO | data,
+        LinuxSeccompAction::ScmpActTrace => RET_TRACE | data,
+        LinuxSeccompAction::ScmpActLog => RET_LOG,
+        LinuxSeccompAction::ScmpActAllow => RET_ALLOW,
+        LinuxSeccompAction::ScmpActNotify => {
+            return Err(Error::Unsupported(format!(
+                "{field}: SCMP_ACT_NOTIFY (seccomp user notification) is not supported by amphi; use another action"
+            )))
+        }
+    })
+}
+
+/// Compile the profile, rejecting what cannot be honoured.
+pub fn compile(s: &LinuxSeccomp) -> Result<Program> {
+    if s.listener_path().is_some() {
+        return Err(Error::Unsupported(
+            "linux.seccomp.listenerPath: seccomp user notification is not supported by amphi"
+                .into(),
+        ));
+    }
+    let default = action(
+        "linux.seccomp.defaultAction",
+        s.default_action(),
+        s.default_errno_ret(),
+    )?;
+    let syscalls = s.syscalls().as_deref().unwrap_or_default();
+    for (i, sc) in syscalls.iter().enumerate() {
+        for name in sc.names() {
+            if !known_anywhere(name) {
+                return Err(invalid(
+                    format!("linux.seccomp.syscalls[{i}].names"),
+                    format!("unknown syscall {name:?} (on every architecture amphi knows)"),
+                ));
+            }
+        }
+        for (j, a) in sc.args().iter().flatten().enumerate() {
+            if a.index() > 5 {
+                return Err(invalid(
+                    format!("linux.seccomp.syscalls[{i}].args[{j}].index"),
+                    format!(
+                        "{} is out of range: syscalls take arguments 0 to 5",
+                        a.index()
+                    ),
+                ));
+            }
+        }
+    }
+
+    let (native, compat) = host_abis();
+    let listed = s.architectures().as_deref().unwrap_or_default();
+    let mut sections: Vec<(u32, Vec<libc::sock_filter>)> = Vec::new();
+    let native_code = if native == Abi::X86_64 {
+        // x32 syscalls arrive with x86_64's audit arch and the x32 bit set.
+        let x32 = if listed.contains(&Arch::ScmpArchX32) {
+            abi_rules(Abi::X32, syscalls, default)?
+        } else {
+            vec![raw(RET, RET_KILL_PROCESS, 0, 0)]
+        };
+        let mut code = vec![
+            raw(LD_ABS, OFF_NR, 0, 0),
+            raw(JGE, X32_SYSCALL_BIT, 1, 0),
+            raw(JA, x32.len() as u32, 0, 0),
+        ];
+        code.extend(x32);
+        code.extend(abi_rules(Abi::X86_64, syscalls, default)?);
+        code
+    } else {
+        abi_rules(native, syscalls, default)?
+    };
+    sections.push((native.audit_arch(), native_code));
+    for (arch, abi) in compat {
+        if abi != Abi::X32 && listed.contains(&arch) {
+            sections.push((abi.audit_arch(), abi_rules(abi, syscalls, default)?));
+        }
+    }
+
+    // Dispatch: for each section `jeq arch; ja section`, then kill.
+    let header_len = 1 + 2 * sections.len() + 1;
+    let mut insns = vec![raw(LD_ABS, OFF_ARCH, 0, 0)];
+    let mut before = 0;
+    for (i, (arch, code)) in sections.iter().enumerate() {
+        let ja_at = 1 + 2 * i + 1;
+        insns.push(raw(JEQ, *arch, 0, 1));
+        insns.push(raw(JA, (header_len - ja_at - 1 + before) as u32, 0, 0));
+        before += code.len();
+    }
+    insns.push(raw(RET, RET_KILL_PROCESS, 0, 0));
+    for (_, code) in sections {
+        insns.extend(code);
+    }
+    if insns.len() > BPF_MAXINSNS {
+        return Err(invalid(
+            "linux.seccomp".into(),
+            format!(
+                "the profile compiles to {} BPF instructions, more than the kernel's {BPF_MAXINSNS}",
+                insns.len()
+            ),
+        ));
+    }
+
+    let mut flags = 0;
+    for f in s.flags().iter().flatten() {
+        flags |= match f {
+            LinuxSeccompFilterFlag::SeccompFilterFlagLog => libc::SECCOMP_FILTER_FLAG_LOG,
+            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => libc::SECCOMP_FILTER_FLAG_TSYNC,
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
+                libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
+            }
+        };
+    }
+    Ok(Program { insns, flags })
+}
+
+/// The rules of one ABI, in profile order, ending with the default action.
+fn abi_rules(
+    abi: Abi,
+    syscalls: &[oci_spec::runtime::LinuxSyscall],
+    default: u32,
+) -> Result<Vec<libc::sock_filter>> {
+    let mut out = Vec::new();
+    for (i, sc) in syscalls.iter().enumerate() {
+        let act = action(
+            &format!("linux.seccomp.syscalls[{i}].action"),
+            sc.action(),
+            sc.errno_ret(),
+        )?;
+        let args = sc.args().as_deref().unwrap_or_default();
+        for name in sc.names() {
+            let Some(nr) = abi.number(name) else { continue };
+            for conds in rule_groups(args) {
+                out.extend(rule(nr, &conds, act));
+            }
+        }
+    }
+    out.push(raw(RET, default, 0, 0));
+    Ok(out)
+}
+
+/// runc's grouping: all conditions in one rule, unless an argument index
+/// repeats, in which case each condition is a rule of its own.
+fn rule_groups(args: &[LinuxSeccompArg]) -> Vec<Vec<LinuxSeccompArg>> {
+    let mut seen = [0u8; 6];
+    for a in args {
+        seen[a.index()] += 1;
+    }
+    if seen.iter().any(|&n| n > 1) {
+        args.iter().map(|a| vec![*a]).collect()
+    } else {
+        vec![args.to_vec()]
+    }
+}
+
+/// `nr` with its conditions: falls through to the next rule when the
+/// syscall or any condition does not match.
+fn rule(nr: u32, conds: &[LinuxSeccompArg], act: u32) -> Vec<libc::sock_filter> {
+    let mut body: Vec<Insn> = Vec::new();
+    for c in conds {
+        body.extend(condition(c));
+    }
+    body.push(stmt(RET, act));
+    let len = body.len();
+    let resolve = |t: Target, at: usize| match t {
+        Target::Next(n) => n,
+        Target::Fail => u8::try_from(len - at - 1).expect("a rule is shorter than 256"),
+    };
+    let mut out = vec![
+        raw(LD_ABS, OFF_NR, 0, 0),
+        raw(
+            JEQ,
+            nr,
+            0,
+            u8::try_from(len).expect("a rule is shorter than 256"),
+        ),
+    ];
+    out.extend(
+        body.iter()
+            .enumerate()
+            .map(|(at, i)| raw(i.code, i.k, resolve(i.jt, at), resolve(i.jf, at))),
+    );
+    out
+}
+
+/// One 64-bit comparison on 32-bit BPF: the high word decides unless equal.
+fn condition(c: &LinuxSeccompArg) -> Vec<Insn> {
+    let off = OFF_ARGS + 8 * c.index() as u32;
+    let (lo_off, hi_off) = if cfg!(target_endian = "little") {
+        (off, off + 4)
+    } else {
+        (off + 4, off)
+    };
+    let split = |v: u64| ((v >> 32) as u32, v as u32);
+    let (hi, lo) = split(c.value());
+    let ld_hi = stmt(LD_ABS, hi_off);
+    let ld_lo = stmt(LD_ABS, lo_off);
+    let ok = Target::Next(0);
+    let fail = Target::Fail;
+    use LinuxSeccompOperator::*;
+    match c.op() {
+        ScmpCmpEq => vec![
+            ld_hi,
+            jump(JEQ, hi, ok, fail),
+            ld_lo,
+            jump(JEQ, lo, ok, fail),
+        ],
+        ScmpCmpNe => vec![
+            ld_hi,
+            jump(JEQ, hi, ok, Target::Next(2)),
+            ld_lo,
+            jump(JEQ, lo, fail, ok),
+        ],
+        ScmpCmpMaskedEq => {
+            let (mhi, mlo) = (hi, lo);
+            let (vhi, vlo) = split(c.value_two().unwrap_or(0));
+            vec![
+                ld_hi,
+                stmt(ALU_AND, mhi),
+                jump(JEQ, vhi, ok, fail),
+                ld_lo,
+                stmt(ALU_AND, mlo),
+                jump(JEQ, vlo, ok, fail),
+            ]
+        }
+        ScmpCmpGt | ScmpCmpGe => vec![
+            ld_hi,
+            jump(JGT, hi, Target::Next(3), ok),
+            jump(JEQ, hi, ok, fail),
+            ld_lo,
+            jump(if c.op() == ScmpCmpGt { JGT } else { JGE }, lo, ok, fail),
+        ],
+        ScmpCmpLt | ScmpCmpLe => vec![
+            ld_hi,
+            jump(JGE, hi, ok, Target::Next(3)),
+            jump(JEQ, hi, ok, fail),
+            ld_lo,
+            jump(if c.op() == ScmpCmpLt { JGE } else { JGT }, lo, fail, ok),
+        ],
+    }
+}
+
+impl Program {
+    /// Install the filter on the calling thread (all threads with TSYNC).
+    /// Needs no_new_privs or CAP_SYS_ADMIN.
+    pub fn install(&self) -> Result<()> {
+        let prog = libc::sock_fprog {
+            len: self.insns.len() as u16,
+            filter: self.insns.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `prog` points at instructions that outlive the call; the
+        // kernel copies them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                self.flags,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::sys(
+                "linux.seccomp: install filter",
+                nix::Error::last(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.insns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.insns.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(json: &str) -> LinuxSeccomp {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn typo_is_an_error_and_foreign_syscall_is_skipped() {
+        let e = compile(&profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdirr"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("syscalls[0].names") && e.contains("mkdirr"),
+            "{e}"
+        );
+        compile(&profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["arm_fadvise64_64","mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn notify_is_refused() {
+        let e = compile(&profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("SCMP_ACT_NOTIFY"), "{e}");
+    }
+
+    #[test]
+    fn argument_index_is_checked() {
+        let e = compile(&profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO","args":[{"index":6,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("args[0].index"), "{e}");
+    }
+}
