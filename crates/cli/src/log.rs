@@ -28,15 +28,23 @@ impl Logger {
     }
 
     pub fn error(&self, msg: &str) {
+        self.write("error", msg);
+    }
+
+    pub fn warn(&self, msg: &str) {
+        self.write("warning", msg);
+    }
+
+    fn write(&self, level: &str, msg: &str) {
         let Some(mut f) = self.file.as_ref() else {
             return;
         };
         let time = amphi_core::util::rfc3339_now();
         let line = match self.format {
             Format::Json => {
-                serde_json::json!({"level": "error", "msg": msg, "time": time}).to_string()
+                serde_json::json!({"level": level, "msg": msg, "time": time}).to_string()
             }
-            Format::Text => format!("time={time:?} level=error msg={msg:?}"),
+            Format::Text => format!("time={time:?} level={level} msg={msg:?}"),
         };
         let _ = writeln!(f, "{line}");
     }

@@ -19,9 +19,10 @@ use nix::sys::signal::Signal;
     about = "OCI runtime for native and WebAssembly containers"
 )]
 struct Cli {
-    /// Directory for container state.
-    #[arg(long, global = true, default_value = "/run/amphi")]
-    root: PathBuf,
+    /// Directory for container state (default /run/amphi; for other users
+    /// $XDG_RUNTIME_DIR/amphi).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
     /// Also write errors (and with --debug, progress) to this file.
     #[arg(long, global = true)]
     log: Option<PathBuf>,
@@ -64,6 +65,43 @@ struct CreateArgs {
     preserve_fds: i32,
 }
 
+#[derive(clap::Args)]
+struct UpdateArgs {
+    id: String,
+    /// linux.resources as JSON ("-" for stdin); the flags below add to it.
+    #[arg(short, long)]
+    resources: Option<PathBuf>,
+    #[arg(long)]
+    blkio_weight: Option<u16>,
+    #[arg(long)]
+    cpu_period: Option<u64>,
+    #[arg(long)]
+    cpu_quota: Option<i64>,
+    #[arg(long, alias = "cpu-share")]
+    cpu_shares: Option<u64>,
+    #[arg(long)]
+    cpu_rt_period: Option<u64>,
+    #[arg(long)]
+    cpu_rt_runtime: Option<i64>,
+    #[arg(long)]
+    cpuset_cpus: Option<String>,
+    #[arg(long)]
+    cpuset_mems: Option<String>,
+    /// Bytes, or with a k, m or g suffix.
+    #[arg(long)]
+    memory: Option<String>,
+    #[arg(long)]
+    memory_reservation: Option<String>,
+    /// Memory plus swap; -1 for unlimited.
+    #[arg(long)]
+    memory_swap: Option<String>,
+    #[arg(long)]
+    pids_limit: Option<i64>,
+    /// Intel RDT (not supported).
+    #[arg(long)]
+    l3_cache_schema: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Write a default config.json into the bundle directory.
@@ -100,6 +138,18 @@ enum Command {
         /// Return once the container is started.
         #[arg(short, long)]
         detach: bool,
+    },
+    /// Change a running container's cgroup limits.
+    Update(UpdateArgs),
+    /// Print cgroup statistics and OOM events as JSON lines.
+    Events {
+        id: String,
+        /// Print one set of statistics and exit.
+        #[arg(long)]
+        stats: bool,
+        /// Time between statistics (Go duration: 500ms, 5s, 1m).
+        #[arg(long, default_value = "5s")]
+        interval: String,
     },
     /// List containers.
     #[command(alias = "ls")]
@@ -200,13 +250,32 @@ fn create_options(a: &CreateArgs) -> CreateOptions<'_> {
     }
 }
 
+/// runc's choice: /run for root, the user's runtime directory otherwise.
+fn default_root() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return "/run/amphi".into();
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("amphi"),
+        None => std::env::temp_dir().join(format!("amphi-{}", nix::unistd::geteuid())),
+    }
+}
+
 fn run(cli: &Cli) -> Result<ExitCode> {
     if cli.systemd_cgroup {
         bail!("--systemd-cgroup is not supported: amphi manages cgroups through cgroupfs; drop the flag (and use a path, not slice:prefix:name, as linux.cgroupsPath)");
     }
+    let root = cli.root.clone().unwrap_or_else(default_root);
     let runtime = || {
-        Runtime::new(&cli.root, cli.wasm_cache.as_deref())
-            .with_context(|| format!("runtime root {}", cli.root.display()))
+        let (log, format) = (cli.log.clone(), cli.log_format);
+        Runtime::new(&root, cli.wasm_cache.as_deref())
+            .map(|rt| {
+                rt.on_warning(move |msg| {
+                    log::Logger::new(log.as_deref(), format).warn(msg);
+                    eprintln!("amphi: warning: {msg}");
+                })
+            })
+            .with_context(|| format!("runtime root {}", root.display()))
     };
     match &cli.command {
         Command::Spec { bundle, rootless } => spec_cmd::write(bundle, *rootless)?,
@@ -320,10 +389,177 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Resume { id } => runtime()?
             .resume(id)
             .with_context(|| format!("resume {id}"))?,
+        Command::Update(a) => {
+            let resources = update_resources(a).with_context(|| format!("update {}", a.id))?;
+            runtime()?
+                .update(&a.id, &resources)
+                .with_context(|| format!("update {}", a.id))?;
+        }
+        Command::Events {
+            id,
+            stats,
+            interval,
+        } => {
+            let interval = parse_duration(interval).with_context(|| format!("events {id}"))?;
+            events(&runtime()?, id, *stats, interval).with_context(|| format!("events {id}"))?;
+        }
         Command::List { format, quiet } => list(&runtime()?, *format, *quiet)?,
         Command::Features => println!("{}", serde_json::to_string_pretty(&spec_cmd::features())?),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--resources` and the flags, as one linux.resources (flags win).
+fn update_resources(a: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources> {
+    use serde_json::{json, Value};
+    if a.l3_cache_schema.is_some() {
+        bail!("--l3-cache-schema: Intel RDT is not supported by amphi");
+    }
+    let mut r: Value = match &a.resources {
+        Some(path) => {
+            let data = if path.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                buf
+            } else {
+                std::fs::read(path).with_context(|| format!("read {}", path.display()))?
+            };
+            let parsed: oci_spec::runtime::LinuxResources = amphi_core::spec::parse(path, &data)?;
+            serde_json::to_value(parsed)?
+        }
+        None => json!({}),
+    };
+    let mut set = |section: &str, key: &str, v: Value| {
+        r.as_object_mut()
+            .expect("object")
+            .entry(section)
+            .or_insert_with(|| json!({}))[key] = v;
+    };
+    if let Some(v) = a.blkio_weight {
+        set("blockIO", "weight", v.into());
+    }
+    for (key, v) in [
+        ("period", a.cpu_period.map(Value::from)),
+        ("quota", a.cpu_quota.map(Value::from)),
+        ("shares", a.cpu_shares.map(Value::from)),
+        ("realtimePeriod", a.cpu_rt_period.map(Value::from)),
+        ("realtimeRuntime", a.cpu_rt_runtime.map(Value::from)),
+        ("cpus", a.cpuset_cpus.clone().map(Value::from)),
+        ("mems", a.cpuset_mems.clone().map(Value::from)),
+    ] {
+        if let Some(v) = v {
+            set("cpu", key, v);
+        }
+    }
+    for (key, flag, v) in [
+        ("limit", "--memory", &a.memory),
+        ("reservation", "--memory-reservation", &a.memory_reservation),
+        ("swap", "--memory-swap", &a.memory_swap),
+    ] {
+        if let Some(v) = v {
+            set("memory", key, parse_bytes(v).with_context(|| flag)?.into());
+        }
+    }
+    if let Some(v) = a.pids_limit {
+        set("pids", "limit", v.into());
+    }
+    if r.as_object().is_some_and(|o| o.is_empty()) {
+        bail!("nothing to update: give --resources FILE or a flag such as --memory");
+    }
+    serde_json::from_value(r).context("linux.resources")
+}
+
+/// "-1" (unlimited), a byte count, or one with a k/m/g/t suffix (binary units).
+fn parse_bytes(s: &str) -> Result<i64> {
+    if s == "-1" {
+        return Ok(-1);
+    }
+    let lower = s.to_ascii_lowercase();
+    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &lower[digits.len()..];
+    let mult: i64 = match unit.trim_end_matches('b').trim_end_matches('i') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => bail!("{s:?}: not a size (use bytes or a k, m, g or t suffix)"),
+    };
+    let n: f64 = digits
+        .parse()
+        .map_err(|_| anyhow!("{s:?}: not a size (use bytes or a k, m, g or t suffix)"))?;
+    Ok((n * mult as f64) as i64)
+}
+
+/// A Go duration as runc takes it: 100ms, 5s, 1m, 1h, 1m30s.
+fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let bad = || anyhow!("--interval {s:?}: not a duration (e.g. 500ms, 5s, 1m)");
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += n * secs;
+        rest = &rest[unit_len..];
+    }
+    if total <= 0.0 {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
+}
+
+/// runc's `events`: statistics every interval and an event per OOM kill,
+/// as JSON lines, until the container stops.
+fn events(rt: &Runtime, id: &str, once: bool, interval: std::time::Duration) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let Some((data, mut ooms)) = rt.stats(id)? else {
+        bail!("container {id} is stopped");
+    };
+    writeln!(
+        out,
+        "{}",
+        serde_json::json!({"type": "stats", "id": id, "data": data})
+    )?;
+    if once {
+        return Ok(());
+    }
+    let tick = interval.min(std::time::Duration::from_millis(100));
+    let mut next_stats = std::time::Instant::now() + interval;
+    loop {
+        std::thread::sleep(tick);
+        let Some((data, oom_now)) = rt.stats(id)? else {
+            return Ok(());
+        };
+        for _ in ooms..oom_now {
+            writeln!(out, "{}", serde_json::json!({"type": "oom", "id": id}))?;
+        }
+        ooms = oom_now;
+        if std::time::Instant::now() >= next_stats {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"type": "stats", "id": id, "data": data})
+            )?;
+            next_stats += interval;
+        }
+        out.flush()?;
+    }
 }
 
 fn list(rt: &Runtime, format: ListFormat, quiet: bool) -> Result<()> {

@@ -22,7 +22,9 @@ use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use oci_spec::runtime::{Capability, LinuxNamespaceBuilder, LinuxNamespaceType, Process};
+use oci_spec::runtime::{
+    Capability, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, Process,
+};
 
 pub use amphi_core::state::Status as ContainerStatus;
 pub use select::Kind;
@@ -64,6 +66,7 @@ pub struct ExecOverrides {
 pub struct Runtime {
     store: Store,
     wasm_cache: PathBuf,
+    warn: Box<dyn Fn(&str)>,
 }
 
 /// Undo a half-made container unless disarmed.
@@ -119,13 +122,24 @@ impl Runtime {
         Ok(Runtime {
             store: Store::open(root)?,
             wasm_cache: wasm_cache.map_or_else(|| root.join("wasm-cache"), Path::to_path_buf),
+            warn: Box::new(|m| eprintln!("amphi: warning: {m}")),
         })
+    }
+
+    /// Where warnings go (what the spec asks for and this host cannot do,
+    /// where the spec allows going on): stderr unless set.
+    pub fn on_warning(mut self, f: impl Fn(&str) + 'static) -> Runtime {
+        self.warn = Box::new(f);
+        self
     }
 
     pub fn create(&self, o: &CreateOptions) -> Result<i32> {
         amphi_core::id::validate(o.id)?;
         let bundle = Bundle::load(o.bundle)?;
         let spec = &bundle.spec;
+        for w in amphi_core::lsm::warnings(spec.process().as_ref()) {
+            (self.warn)(&w);
+        }
         let terminal = spec
             .process()
             .as_ref()
@@ -155,13 +169,16 @@ impl Runtime {
             .map_err(|e| Error::io("chmod", &fifo, e))?;
 
         let linux = spec.linux().as_ref();
-        let cgroup = cgroups::create(
-            o.id,
-            linux.and_then(|l| l.cgroups_path().as_deref()),
-            linux.and_then(|l| l.resources().as_ref()),
-        )?;
-        guard.cgroup_created = cgroup.created.clone();
-        guard.cgroup_paths = cgroup.paths.clone();
+        let cgroup = match cgroups::create(o.id, linux) {
+            Err(e) if rootless_without_cgroup(&e, linux) => None,
+            other => Some(other?),
+        };
+        let (cgroup_paths, cgroup_created) = cgroup
+            .as_ref()
+            .map(|c| (c.paths.clone(), c.created.clone()))
+            .unwrap_or_default();
+        guard.cgroup_created = cgroup_created.clone();
+        guard.cgroup_paths = cgroup_paths.clone();
 
         let mut annotations = spec.annotations().clone().unwrap_or_default();
         annotations.insert(EXECUTOR_ANNOTATION.into(), kind.name().into());
@@ -174,8 +191,8 @@ impl Runtime {
             created: util::rfc3339_now(),
             executor: kind.name().into(),
             annotations,
-            cgroup_paths: cgroup.paths.clone(),
-            cgroup_created: cgroup.created.clone(),
+            cgroup_paths,
+            cgroup_created,
             spec: spec.clone(),
         };
         locked.save(&state)?;
@@ -197,7 +214,7 @@ impl Runtime {
                 id: o.id,
                 bundle: &bundle,
                 state_dir: &locked.dir,
-                cgroup: Cgroup::New(&cgroup),
+                cgroup: cgroup.as_ref().map_or(Cgroup::None, Cgroup::New),
                 exec: false,
                 no_pivot: o.no_pivot,
                 preserve_fds: o.preserve_fds,
@@ -452,11 +469,7 @@ impl Runtime {
             .and_then(|p| p.terminal())
             .unwrap_or(false);
         let console_socket = connect_console(terminal, o.console_socket)?;
-        let bundle = Bundle {
-            dir: state.bundle.clone(),
-            rootfs: state.rootfs.clone(),
-            spec,
-        };
+        let bundle = Bundle::new(state.bundle.clone(), state.rootfs.clone(), spec)?;
         let blocked = if o.detach {
             SigSet::empty()
         } else {
@@ -487,6 +500,47 @@ impl Runtime {
             }
             wait_forwarding(Pid::from_raw(pid), &blocked)
         })
+    }
+
+    /// Change a live container's cgroup limits. Only the fields given
+    /// change; the container's recorded spec is updated to match.
+    pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        let (locked, mut state, status) = self.load(id)?;
+        if status == Status::Stopped {
+            return Err(wrong_state(
+                id,
+                status,
+                "a stopped container has no cgroup to update",
+            ));
+        }
+        let mut linux = state.spec.linux().clone().unwrap_or_default();
+        let cgroup = cgroups::ContainerCgroup::open(&state.cgroup_paths, Some(&linux))?;
+        if cgroup.v2() && resources.devices().is_some() {
+            return Err(Error::Unsupported(
+                "linux.resources.devices: amphi sets the v2 device filter at create only; recreate the container to change it".into(),
+            ));
+        }
+        cgroup.apply(resources)?;
+        let merged = merge_json(
+            serde_json::to_value(linux.resources()).expect("json"),
+            serde_json::to_value(resources).expect("json"),
+        );
+        linux.set_resources(serde_json::from_value(merged).ok());
+        state.spec.set_linux(Some(linux));
+        locked.save(&state)
+    }
+
+    /// Cgroup statistics (runc's `events --stats` data) and the number of
+    /// OOM kills so far; `None` once the container stopped.
+    pub fn stats(&self, id: &str) -> Result<Option<(serde_json::Value, u64)>> {
+        let (_locked, state, status) = self.load(id)?;
+        if status == Status::Stopped {
+            return Ok(None);
+        }
+        Ok(Some((
+            cgroups::stats(&state.cgroup_paths),
+            cgroups::oom_kills(&state.cgroup_paths),
+        )))
     }
 
     /// Host pids of every process in the container.
@@ -650,6 +704,35 @@ fn with_blocked<T>(set: &SigSet, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let result = f();
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     result
+}
+
+/// An unprivileged user without a delegated cgroup runs without one, as
+/// with runc, unless the spec asks for limits that need it.
+fn rootless_without_cgroup(e: &Error, linux: Option<&oci_spec::runtime::Linux>) -> bool {
+    let denied = e.to_string().contains("ermission denied");
+    let wants_limits = linux.and_then(|l| l.resources().as_ref()).is_some_and(|r| {
+        serde_json::to_value(r).is_ok_and(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+    });
+    !nix::unistd::geteuid().is_root() && denied && !wants_limits
+}
+
+/// `update` on top of `base`: objects merge key by key, anything else is replaced.
+fn merge_json(base: serde_json::Value, update: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (base, update) {
+        (Value::Object(mut b), Value::Object(u)) => {
+            for (k, v) in u {
+                let merged = match b.remove(&k) {
+                    Some(old) => merge_json(old, v),
+                    None => v,
+                };
+                b.insert(k, merged);
+            }
+            Value::Object(b)
+        }
+        (b, Value::Null) => b,
+        (_, u) => u,
+    }
 }
 
 fn wrong_state(id: &str, status: Status, why: &str) -> Error {
