@@ -226,3 +226,215 @@ fn json_log_for_containerd() {
     assert!(v["msg"].as_str().unwrap().contains("nope"));
     assert!(v["time"].as_str().unwrap().ends_with('Z'));
 }
+
+#[test]
+fn bad_seccomp_profiles_fail_create() {
+    let env = Env::new();
+    let profile = |syscalls: serde_json::Value| json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"], "syscalls": syscalls});
+    create_fails(
+        &env,
+        "sysname",
+        |b| {
+            b.spec["linux"]["seccomp"] =
+                profile(json!([{"names": ["mkdir", "not_a_syscall"], "action": "SCMP_ACT_ERRNO"}]));
+            b.write();
+        },
+        "linux.seccomp.syscalls[0].names",
+    );
+    create_fails(
+        &env,
+        "arch",
+        |b| {
+            b.spec["linux"]["seccomp"] = profile(json!([]));
+            b.spec["linux"]["seccomp"]["architectures"] = json!(["SCMP_ARCH_Z80"]);
+            b.write();
+        },
+        "linux.seccomp.architectures[0]",
+    );
+    create_fails(
+        &env,
+        "notify",
+        |b| {
+            b.spec["linux"]["seccomp"] =
+                profile(json!([{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]));
+            b.write();
+        },
+        "SCMP_ACT_NOTIFY",
+    );
+    create_fails(
+        &env,
+        "argidx",
+        |b| {
+            b.spec["linux"]["seccomp"] =
+                profile(json!([{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
+                "args": [{"index": 7, "value": 0, "op": "SCMP_CMP_EQ"}]}]));
+            b.write();
+        },
+        "args[0].index",
+    );
+}
+
+#[test]
+fn unsupported_or_inconsistent_fields_fail_create() {
+    let env = Env::new();
+    create_fails(
+        &env,
+        "rdt",
+        |b| {
+            b.spec["linux"]["intelRdt"] = json!({"closID": "x"});
+            b.write();
+        },
+        "linux.intelRdt",
+    );
+    create_fails(
+        &env,
+        "offsets",
+        |b| {
+            b.spec["linux"]["timeOffsets"] = json!({"boottime": {"secs": 10}});
+            b.write();
+        },
+        "linux.timeOffsets",
+    );
+    create_fails(
+        &env,
+        "devaccess",
+        |b| {
+            b.spec["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwx"}]});
+            b.write();
+        },
+        "linux.resources.devices[0].access",
+    );
+    create_fails(
+        &env,
+        "iso",
+        |b| {
+            b.spec["process"]["scheduler"] = json!({"policy": "SCHED_ISO"});
+            b.write();
+        },
+        "SCHED_ISO",
+    );
+    let unified_on_v1 = !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if unified_on_v1 {
+        create_fails(
+            &env,
+            "unified",
+            |b| {
+                b.spec["linux"]["resources"] = json!({"unified": {"memory.high": "1G"}});
+                b.write();
+            },
+            "linux.resources.unified",
+        );
+    } else {
+        create_fails(
+            &env,
+            "swappiness",
+            |b| {
+                b.spec["linux"]["resources"] = json!({"memory": {"swappiness": 10}});
+                b.write();
+            },
+            "linux.resources.memory.swappiness",
+        );
+    }
+}
+
+#[test]
+fn apparmor_or_selinux_without_the_lsm_warns() {
+    let env = Env::new();
+    if std::path::Path::new("/sys/module/apparmor").exists() {
+        eprintln!("skipped: AppArmor is enabled here, so the profile would be applied");
+        return;
+    }
+    let mut b = env.bundle("lsm", &["true"]);
+    b.spec["process"]["apparmorProfile"] = json!("amphi-test-profile");
+    b.write();
+    let id = env.id("lsm");
+    let log = env.tmp.path().join("log.json");
+    let r = env.amphi(&[
+        "--log",
+        log.to_str().unwrap(),
+        "--log-format",
+        "json",
+        "run",
+        "--bundle",
+        b.path(),
+        &id,
+    ]);
+    r.ok();
+    assert!(
+        r.stderr.contains("warning") && r.stderr.contains("process.apparmorProfile"),
+        "{}",
+        r.stderr
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("\"level\":\"warning\""), "{logged}");
+    env.assert_clean(&id, &b.cgroup());
+}
+
+#[test]
+fn bad_exec_and_update_change_nothing() {
+    let env = Env::new();
+    let b = env.bundle("live", &["sleep", "600"]);
+    b.write();
+    let id = env.id("live");
+    env.amphi(&["run", "-d", "--bundle", b.path(), &id]).ok();
+    // A malformed process.json names the field.
+    let p = env.tmp.path().join("process.json");
+    std::fs::write(
+        &p,
+        r#"{"args": ["true"], "cwd": "/", "user": {"uid": "x"}}"#,
+    )
+    .unwrap();
+    env.amphi(&["exec", "--process", p.to_str().unwrap(), &id])
+        .fails_with("user.uid");
+    env.amphi(&["exec", "--cap", "CAP_NOPE", &id, "true"])
+        .fails_with("CAP_NOPE");
+    // Exec into a paused container fails and leaves it paused.
+    env.amphi(&["pause", &id]).ok();
+    env.amphi(&["exec", &id, "true"]).fails_with("paused");
+    assert_eq!(env.status(&id).as_deref(), Some("paused"));
+    env.amphi(&["resume", &id]).ok();
+    // Update: nothing to update, a bad size, a field this host cannot express.
+    env.amphi(&["update", &id]).fails_with("nothing to update");
+    env.amphi(&["update", "--memory", "lots", &id])
+        .fails_with("--memory");
+    // The refused field comes with a valid one: neither is written.
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let (field, needle, limit_file) = if v2 {
+        (
+            r#""memory": {"limit": 67108864, "swappiness": 10}"#,
+            "swappiness",
+            "memory.max",
+        )
+    } else {
+        (
+            r#""memory": {"limit": 67108864}, "unified": {"memory.high": "1G"}"#,
+            "linux.resources.unified",
+            "memory.limit_in_bytes",
+        )
+    };
+    let limit = || {
+        amphi_tests::cgroup_dirs(&b.cgroup())
+            .iter()
+            .find_map(|d| std::fs::read_to_string(d.join(limit_file)).ok())
+    };
+    let before = limit();
+    let res = env.tmp.path().join("res.json");
+    std::fs::write(&res, format!("{{{field}}}")).unwrap();
+    env.amphi(&["update", "--resources", res.to_str().unwrap(), &id])
+        .fails_with(needle);
+    assert_eq!(limit(), before, "a refused update wrote the memory limit");
+    env.amphi(&["delete", "--force", &id]).ok();
+    // Exec into and update of a stopped container fail.
+    let b2 = env.bundle("gone", &["true"]);
+    b2.write();
+    let id2 = env.id("gone");
+    env.amphi(&["create", "--bundle", b2.path(), &id2]).ok();
+    env.amphi(&["start", &id2]).ok();
+    assert!(amphi_tests::wait_for(10, || env.status(&id2).as_deref() == Some("stopped")));
+    env.amphi(&["exec", &id2, "true"]).fails_with("stopped");
+    env.amphi(&["update", "--memory", "64m", &id2])
+        .fails_with("stopped");
+    env.amphi(&["delete", &id2]).ok();
+    env.assert_clean(&id, &b.cgroup());
+    env.assert_clean(&id2, &b2.cgroup());
+}

@@ -124,6 +124,9 @@ impl Run {
 
 /// One test's world: a temp dir with a runtime root and bundles.
 pub struct Env {
+    /// The runtime binary under test (amphi unless the conformance suite
+    /// says otherwise).
+    pub runtime: PathBuf,
     pub tmp: tempfile::TempDir,
     pub root: PathBuf,
     /// Unique prefix of this test's container ids and cgroups.
@@ -138,6 +141,11 @@ impl Default for Env {
 
 impl Env {
     pub fn new() -> Env {
+        Env::for_runtime(amphi_bin())
+    }
+
+    /// An Env driving another runc-compatible runtime binary.
+    pub fn for_runtime(runtime: PathBuf) -> Env {
         become_subreaper();
         let tmp = tempfile::Builder::new()
             .prefix("amphi-test")
@@ -149,7 +157,12 @@ impl Env {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        Env { tmp, root, tag }
+        Env {
+            runtime,
+            tmp,
+            root,
+            tag,
+        }
     }
 
     pub fn id(&self, name: &str) -> String {
@@ -186,7 +199,7 @@ impl Env {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(amphi_bin());
+        let mut c = Command::new(&self.runtime);
         c.arg("--root")
             .arg(&self.root)
             .args(args)
