@@ -23,7 +23,7 @@ struct Cli {
     /// $XDG_RUNTIME_DIR/amphi).
     #[arg(long, global = true)]
     root: Option<PathBuf>,
-    /// Also write errors (and with --debug, progress) to this file.
+    /// Also write errors and warnings to this file.
     #[arg(long, global = true)]
     log: Option<PathBuf>,
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -602,6 +602,9 @@ fn list(rt: &Runtime, format: ListFormat, quiet: bool) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.debug {
+        amphi_core::util::trace::enable();
+    }
     let logger = log::Logger::new(cli.log.as_deref(), cli.log_format);
     match run(&cli) {
         Ok(code) => code,

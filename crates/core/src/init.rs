@@ -214,6 +214,7 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
         t!(set_domainname(d));
     }
 
+    crate::util::trace::phase("init: rootfs");
     let root_fd = t!(rootfs::setup(&RootfsContext {
         spec,
         bundle: &a.bundle.dir,
@@ -224,6 +225,7 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
 
     // The parent moved us into the cgroup while we mounted. From here on
     // everything is charged to it, and a new cgroup namespace is rooted at it.
+    crate::util::trace::phase("init: rootfs mounted, waiting for cgroup");
     match t!(ch.recv()) {
         Some(Msg::Joined) => {}
         _ => return Err((Error::Init("parent went away".into()), None)),
@@ -259,6 +261,7 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     // The executor prepares while host paths are reachable (e.g. a compiled
     // module cache), but already inside the cgroup and namespaces.
     let mut executor = a.executor;
+    crate::util::trace::phase("init: executor prepare");
     t!(executor.prepare(&PrepareContext {
         spec,
         process,
@@ -267,6 +270,7 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     }));
     drop(root_fd);
 
+    crate::util::trace::phase("init: pivot_root");
     if a.no_pivot {
         t!(rootfs::move_root(&a.bundle.rootfs));
     } else {
@@ -294,6 +298,7 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
             .map_err(|e| Error::Init(format!("linux.sysctl.{key}={value:?}: write {path}: {e}"))));
     }
     // Masked and read-only paths after pivot_root: they name container paths.
+    crate::util::trace::phase("init: masked and read-only paths");
     t!(rootfs::finalize(spec));
     t!(enter_process(
         process,
@@ -328,6 +333,7 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     .map_err(|e| (e, None))?;
     before_exec(process, a.bundle.seccomp.as_ref()).map_err(|e| (e, None))?;
 
+    crate::util::trace::phase("init: exec");
     // The workload starts with the umask it asks for.
     umask(Mode::from_bits_truncate(
         process.user().umask().unwrap_or(0o022),

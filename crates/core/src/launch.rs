@@ -118,6 +118,7 @@ pub fn launch(
         plan.clone_flags()
     };
 
+    crate::util::trace::phase("clone");
     let first = clone(clone_flags)?;
     if first == 0 {
         drop(parent_ch);
@@ -165,7 +166,9 @@ pub fn launch(
         // and waits for `Joined` only before anything that must be charged
         // to, or scoped by, its cgroup.
         send(&parent_ch, &Msg::Go)?;
+        crate::util::trace::phase("cgroup attach");
         cfg.cgroup.attach(init_pid)?;
+        crate::util::trace::phase("cgroup attached");
         send(&parent_ch, &Msg::Joined)?;
         loop {
             match parent_ch.recv()? {
@@ -173,7 +176,10 @@ pub fn launch(
                     runtime_hooks(init_pid)?;
                     send(&parent_ch, &Msg::HooksDone)?;
                 }
-                Some(Msg::Ready) => return Ok(init_pid),
+                Some(Msg::Ready) => {
+                    crate::util::trace::phase("init ready");
+                    return Ok(init_pid);
+                }
                 Some(Msg::Failed(e)) => return Err(Error::Init(e)),
                 other => return Err(unexpected(other)),
             }

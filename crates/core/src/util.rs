@@ -60,3 +60,31 @@ mod tests {
         );
     }
 }
+
+/// `--debug`: the start path's phases with their time since the command
+/// began, on stderr (from the runtime and from the container's init, which
+/// shares the clock). Off unless enabled: the checks cost nothing else.
+pub mod trace {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    static START: OnceLock<Instant> = OnceLock::new();
+
+    pub fn enable() {
+        START.get_or_init(Instant::now);
+        ON.store(true, Ordering::Relaxed);
+    }
+
+    pub fn phase(what: &str) {
+        if ON.load(Ordering::Relaxed) {
+            let t = START.get_or_init(Instant::now).elapsed();
+            eprintln!(
+                "amphi: debug: {:8.3} ms [{}] {what}",
+                t.as_secs_f64() * 1e3,
+                std::process::id()
+            );
+        }
+    }
+}

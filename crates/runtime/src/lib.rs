@@ -135,6 +135,7 @@ impl Runtime {
 
     pub fn create(&self, o: &CreateOptions) -> Result<i32> {
         amphi_core::id::validate(o.id)?;
+        util::trace::phase("create: load bundle");
         let bundle = Bundle::load(o.bundle)?;
         let spec = &bundle.spec;
         for w in amphi_core::lsm::warnings(spec.process().as_ref()) {
@@ -169,6 +170,7 @@ impl Runtime {
             .map_err(|e| Error::io("chmod", &fifo, e))?;
 
         let linux = spec.linux().as_ref();
+        util::trace::phase("create: cgroup");
         let cgroup = match cgroups::create(o.id, linux) {
             Err(e) if rootless_without_cgroup(&e, linux) => None,
             other => Some(other?),
@@ -646,8 +648,11 @@ impl Runtime {
             let _ = waitpid(pid, None);
             return Err(e);
         }
+        util::trace::phase("run: started, waiting");
         let code = wait_forwarding(pid, blocked)?;
+        util::trace::phase("run: exited, deleting");
         self.delete(o.id, true)?;
+        util::trace::phase("run: deleted");
         Ok(code)
     }
 }

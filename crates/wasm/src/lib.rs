@@ -178,9 +178,11 @@ impl Wasm {
     }
 
     fn run(self, p: &Process) -> Result<i32> {
+        amphi_core::util::trace::phase("wasm: WASI context");
         let limits = self.limits();
         let wasi = self.wasi(p)?;
         let engine = engine();
+        amphi_core::util::trace::phase("wasm: instantiate and run");
         let status = match self.linked.expect("prepare ran") {
             Linked::Module(pre) => {
                 let mut wasi = wasi;
@@ -273,7 +275,9 @@ impl Executor for Wasm {
                  drop the wasm annotation to run it natively"
             ))
         })?;
+        amphi_core::util::trace::phase("wasm: engine");
         let engine = engine();
+        amphi_core::util::trace::phase("wasm: load module");
         self.cwd = ctx.process.cwd().clone();
         self.linked = Some(match flavor {
             Flavor::Module => {
@@ -292,6 +296,7 @@ impl Executor for Wasm {
                         },
                     )
                     .map_err(|e| fail(format!("{what}: {e:#}")))?;
+                amphi_core::util::trace::phase("wasm: link");
                 let mut linker: Linker<P1State> = Linker::new(engine);
                 wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)
                     .map_err(|e| fail(format!("link WASI: {e:#}")))?;

@@ -1,0 +1,318 @@
+//! amphi's benchmark harness: what a user choosing between native and wasm
+//! (and between amphi and runc) wants to know, measured side by side.
+//!
+//! ```sh
+//! cargo run --release -p amphi-bench -- all          # full run, updates README and benchmarks/results
+//! cargo run --release -p amphi-bench -- start        # one group: start | memory | compute
+//! cargo run -p amphi-bench -- all --smoke --out DIR  # tiny run (the test suite's)
+//! ```
+//!
+//! Method: the machine is shared and noisy, so compared commands are
+//! interleaved (A B A B ...) after a warm-up, each is run many times, and
+//! the report gives medians, p95s and ratios taken pair by pair.
+
+mod floor;
+mod plot;
+mod report;
+mod world;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use world::{Kind, World};
+
+pub struct Opts {
+    pub runs: usize,
+    pub warmup: usize,
+    pub compute_runs: usize,
+    pub mib: usize,
+    pub density: Vec<usize>,
+    pub idle: usize,
+    pub out: PathBuf,
+    pub smoke: bool,
+}
+
+impl Opts {
+    fn parse() -> Result<(String, Opts)> {
+        let mut args = std::env::args().skip(1);
+        let group = args.next().unwrap_or_else(|| "all".into());
+        let mut o = Opts {
+            runs: 30,
+            warmup: 3,
+            compute_runs: 9,
+            mib: 64,
+            density: vec![10, 100],
+            idle: 5,
+            out: report::default_out(),
+            smoke: false,
+        };
+        while let Some(a) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{a} needs a value"));
+            match a.as_str() {
+                "--runs" => o.runs = value()?.parse()?,
+                "--compute-runs" => o.compute_runs = value()?.parse()?,
+                "--mib" => o.mib = value()?.parse()?,
+                "--density" => {
+                    o.density = value()?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<std::result::Result<_, _>>()?
+                }
+                "--out" => o.out = value()?.into(),
+                "--smoke" => {
+                    o.smoke = true;
+                    o.runs = 3;
+                    o.warmup = 1;
+                    o.compute_runs = 1;
+                    o.mib = 1;
+                    o.density = vec![2];
+                    o.idle = 1;
+                }
+                other => bail!("unknown argument {other:?} (see benchmarks/src/main.rs)"),
+            }
+        }
+        if !["all", "start", "memory", "compute"].contains(&group.as_str()) {
+            bail!("unknown group {group:?}: use all, start, memory or compute");
+        }
+        Ok((group, o))
+    }
+}
+
+/// Median and 95th percentile (nearest rank) of a sample.
+pub fn median_p95(v: &[f64]) -> (f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let rank = |q: f64| s[((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1];
+    let median = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    (median, rank(0.95))
+}
+
+/// Median of the pairwise ratios a[i]/b[i] (runs were interleaved).
+pub fn pair_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    median_p95(&r).0
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Runs the trivial workload once (round number given) and times it.
+type StartOnce = Box<dyn FnMut(&World, usize) -> Result<Duration>>;
+
+/// One start variant: a name, and a way to run the trivial workload once.
+struct Variant {
+    name: String,
+    note: String,
+    run: StartOnce,
+}
+
+fn start_group(w: &World, o: &Opts) -> Result<Value> {
+    let mut variants: Vec<Variant> = vec![
+        Variant {
+            name: "amphi native".into(),
+            note: "amphi run, busybox /bin/true".into(),
+            run: Box::new(|w, i| w.run_time(&w.amphi, &w.native_true, &format!("n{i}"), &[])),
+        },
+        Variant {
+            name: "runc native".into(),
+            note: format!("{} run, same bundle", w.runc_version),
+            run: Box::new(|w, i| w.run_time(&w.runc, &w.native_true, &format!("r{i}"), &[])),
+        },
+        Variant {
+            name: "amphi wasm (cached)".into(),
+            note: "amphi run, hello.wasm, compiled module in the cache".into(),
+            run: Box::new(|w, i| w.run_time(&w.amphi, &w.wasm_hello, &format!("w{i}"), &[])),
+        },
+        Variant {
+            name: "amphi wasm (first start)".into(),
+            note: "amphi run, hello.wasm, empty module cache (compiles)".into(),
+            run: Box::new(|w, i| {
+                let cache = w.tmp().join(format!("cache-{i}"));
+                let c = cache.to_str().unwrap().to_owned();
+                let t = w.run_time(
+                    &w.amphi,
+                    &w.wasm_hello,
+                    &format!("f{i}"),
+                    &["--wasm-cache", &c],
+                );
+                let _ = std::fs::remove_dir_all(&cache);
+                t
+            }),
+        },
+    ];
+    if let Some(crun) = w.crun.clone() {
+        variants.push(Variant {
+            name: "crun native (lower bound)".into(),
+            note: "crun 1.8 in a private mount namespace with a fresh cgroup2 at /sys/fs/cgroup, --cgroup-manager=disabled: no cgroup work".into(),
+            run: Box::new(move |w, i| w.crun_time(&crun, &format!("c{i}"))),
+        });
+    }
+    if let Some(youki) = w.youki.clone() {
+        variants.push(Variant {
+            name: "youki native".into(),
+            note: "youki run, same bundle".into(),
+            run: Box::new(move |w, i| w.run_time(&youki, &w.native_true, &format!("y{i}"), &[])),
+        });
+    }
+    variants.push(Variant {
+        name: "kernel floor".into(),
+        note: "clone into the namespaces, cgroup attach, pivot_root, exec /bin/true, in-process"
+            .into(),
+        run: Box::new(|w, _| floor::once(&w.rootfs, &w.floor_cgroup)),
+    });
+
+    let total = o.warmup + o.runs;
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 0..total {
+        for (v, s) in variants.iter_mut().zip(samples.iter_mut()) {
+            let d = (v.run)(w, round).with_context(|| v.name.clone())?;
+            if round >= o.warmup {
+                s.push(ms(d));
+            }
+        }
+    }
+    let base = samples[0].clone();
+    let rows: Vec<Value> = variants
+        .iter()
+        .zip(&samples)
+        .map(|(v, s)| {
+            let (median, p95) = median_p95(s);
+            json!({"variant": v.name, "note": v.note, "median_ms": median, "p95_ms": p95,
+                   "ratio_to_amphi_native": pair_ratio(s, &base), "samples_ms": s})
+        })
+        .collect();
+    let mut skipped = Vec::new();
+    if w.crun.is_none() {
+        skipped.push("crun: not installed (apt-get install crun)".to_string());
+    }
+    if w.youki.is_none() {
+        skipped.push("youki: not installed (cargo install youki --features \"v1 v2 seccomp\"; about 11 minutes here)".to_string());
+    }
+
+    // The split, amphi against runc, interleaved.
+    let mut split: Vec<(String, Vec<[f64; 4]>)> =
+        vec![("amphi".into(), Vec::new()), ("runc".into(), Vec::new())];
+    for round in 0..total {
+        for (name, s) in split.iter_mut() {
+            let bin = if name == "amphi" { &w.amphi } else { &w.runc };
+            let phases = w.split_time(bin, &w.native_true, &format!("s{name}{round}"))?;
+            if round >= o.warmup {
+                s.push(phases.map(ms));
+            }
+        }
+    }
+    let split_rows: Vec<Value> = split
+        .iter()
+        .map(|(name, s)| {
+            let phase = |i: usize| median_p95(&s.iter().map(|p| p[i]).collect::<Vec<_>>()).0;
+            json!({"runtime": name, "create_ms": phase(0), "start_ms": phase(1), "wait_ms": phase(2), "delete_ms": phase(3)})
+        })
+        .collect();
+    Ok(json!({"variants": rows, "skipped": skipped, "split": split_rows}))
+}
+
+fn memory_group(w: &World, o: &Opts) -> Result<Value> {
+    // Peak RSS of the runtime process during create.
+    let mut peak: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..(o.warmup + o.runs) {
+        for (i, bin) in [&w.amphi, &w.runc].into_iter().enumerate() {
+            let kib = w.create_peak_rss(bin, &w.native_sleep, &format!("p{i}-{round}"))?;
+            if round >= o.warmup {
+                peak[i].push(kib as f64 / 1024.0);
+            }
+        }
+    }
+    let peak_rows = json!([
+        {"runtime": "amphi", "median_mib": median_p95(&peak[0]).0, "p95_mib": median_p95(&peak[0]).1},
+        {"runtime": "runc", "median_mib": median_p95(&peak[1]).0, "p95_mib": median_p95(&peak[1]).1},
+    ]);
+
+    // An idle container's footprint, native sleep vs wasm sleep.
+    let mut idle = Vec::new();
+    for kind in [Kind::Native, Kind::Wasm] {
+        let (cg, pss): (Vec<f64>, Vec<f64>) = (0..o.idle)
+            .map(|i| w.idle_footprint(kind, &format!("i{}{i}", kind.tag())))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        idle.push(json!({"kind": kind.name(), "cgroup_mib": median_p95(&cg).0, "pss_mib": median_p95(&pss).0}));
+    }
+
+    // Density: N idle containers of each kind.
+    let mut density = Vec::new();
+    for &n in &o.density {
+        for kind in [Kind::Native, Kind::Wasm] {
+            let d = w.density(kind, n)?;
+            density.push(json!({"kind": kind.name(), "n": n, "start_all_s": d.0, "cgroup_total_mib": d.1, "pss_total_mib": d.2}));
+        }
+    }
+    Ok(json!({"create_peak_rss": peak_rows, "idle": idle, "density": density}))
+}
+
+fn compute_group(w: &World, o: &Opts) -> Result<Value> {
+    let mut per: std::collections::BTreeMap<String, [Vec<f64>; 2]> = Default::default();
+    let mut wall: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..(o.compute_runs + 1) {
+        for (k, kind) in [Kind::Native, Kind::Wasm].into_iter().enumerate() {
+            let t = Instant::now();
+            let lines = w.compute(kind, o.mib, &format!("c{k}{round}"))?;
+            let elapsed = ms(t.elapsed());
+            if round == 0 {
+                continue;
+            }
+            wall[k].push(elapsed);
+            for (name, value) in lines {
+                per.entry(name).or_default()[k].push(value);
+            }
+        }
+    }
+    let rows: Vec<Value> = per
+        .iter()
+        .map(|(name, [native, wasm])| {
+            json!({"workload": name, "native_ms": median_p95(native).0, "wasm_ms": median_p95(wasm).0,
+                   "wasm_over_native": pair_ratio(wasm, native)})
+        })
+        .collect();
+    Ok(json!({"mib": o.mib, "workloads": rows,
+              "container_wall_ms": {"native": median_p95(&wall[0]).0, "wasm": median_p95(&wall[1]).0}}))
+}
+
+fn main() -> Result<()> {
+    let (group, o) = Opts::parse()?;
+    // Containers whose runtime process exits are re-parented to us; we reap them.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let w = World::new(o.smoke)?;
+    let machine = w.machine();
+    eprintln!("amphi-bench: {}", machine["summary"].as_str().unwrap_or(""));
+    let mut results = json!({"machine": machine, "runs": o.runs, "smoke": o.smoke});
+    if group == "all" || group == "start" {
+        eprintln!(
+            "amphi-bench: start latency ({} runs each, interleaved)",
+            o.runs
+        );
+        results["start"] = start_group(&w, &o)?;
+    }
+    if group == "all" || group == "memory" {
+        eprintln!("amphi-bench: memory");
+        results["memory"] = memory_group(&w, &o)?;
+    }
+    if group == "all" || group == "compute" {
+        eprintln!("amphi-bench: compute and file I/O ({} MiB)", o.mib);
+        results["compute"] = compute_group(&w, &o)?;
+    }
+    drop(w);
+    report::write(&results, &o)?;
+    Ok(())
+}

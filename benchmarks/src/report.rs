@@ -1,0 +1,236 @@
+//! Results: JSON and CSV under the output directory, SVG plots, and the
+//! README's table (rewritten between its bench markers by a full run).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::plot::{bars, Bar};
+use crate::Opts;
+
+const BEGIN: &str = "<!-- bench:begin (written by amphi-bench) -->";
+const END: &str = "<!-- bench:end -->";
+
+pub fn default_out() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("results")
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+pub fn write(r: &Value, o: &Opts) -> Result<()> {
+    std::fs::create_dir_all(&o.out).with_context(|| format!("mkdir {}", o.out.display()))?;
+    std::fs::write(o.out.join("results.json"), serde_json::to_vec_pretty(r)?)?;
+    let mut md = String::new();
+    writeln!(
+        md,
+        "Machine: {}; {} runs per variant, interleaved, after a warm-up; medians (p95).\n",
+        r["machine"]["summary"].as_str().unwrap_or(""),
+        r["runs"]
+    )?;
+
+    if let Some(s) = r.get("start") {
+        let mut csv = String::from("variant,run,ms\n");
+        let mut plot = Vec::new();
+        writeln!(
+            md,
+            "**Start latency** (create to exit of a trivial workload):\n"
+        )?;
+        writeln!(
+            md,
+            "| variant | median | p95 | ratio to amphi native (pairwise) |\n|---|---|---|---|"
+        )?;
+        for v in s["variants"].as_array().into_iter().flatten() {
+            let name = v["variant"].as_str().unwrap_or("");
+            for (i, x) in v["samples_ms"].as_array().into_iter().flatten().enumerate() {
+                writeln!(csv, "{name},{i},{:.3}", f(x))?;
+            }
+            writeln!(
+                md,
+                "| {name} | {:.1} ms | {:.1} ms | {:.2} |",
+                f(&v["median_ms"]),
+                f(&v["p95_ms"]),
+                f(&v["ratio_to_amphi_native"])
+            )?;
+            plot.push(Bar {
+                label: name.to_owned(),
+                value: f(&v["median_ms"]),
+                whisker: Some(f(&v["p95_ms"])),
+            });
+        }
+        writeln!(md)?;
+        for v in s["variants"].as_array().into_iter().flatten() {
+            writeln!(
+                md,
+                "- {}: {}",
+                v["variant"].as_str().unwrap_or(""),
+                v["note"].as_str().unwrap_or("")
+            )?;
+        }
+        for skip in s["skipped"].as_array().into_iter().flatten() {
+            writeln!(md, "- skipped: {}", skip.as_str().unwrap_or(""))?;
+        }
+        std::fs::write(o.out.join("start.csv"), csv)?;
+        bars(
+            &o.out.join("start.svg"),
+            "Start latency, create to exit (median, p95 whisker)",
+            "ms",
+            &plot,
+        )?;
+
+        let mut csv = String::from("runtime,create_ms,start_ms,wait_ms,delete_ms\n");
+        writeln!(md, "\n**Where the time goes** (median per phase):\n\n| runtime | create | start | wait | delete |\n|---|---|---|---|---|")?;
+        let mut plot = Vec::new();
+        for p in s["split"].as_array().into_iter().flatten() {
+            let name = p["runtime"].as_str().unwrap_or("");
+            let ph = ["create_ms", "start_ms", "wait_ms", "delete_ms"].map(|k| f(&p[k]));
+            writeln!(
+                csv,
+                "{name},{:.3},{:.3},{:.3},{:.3}",
+                ph[0], ph[1], ph[2], ph[3]
+            )?;
+            writeln!(
+                md,
+                "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+                ph[0], ph[1], ph[2], ph[3]
+            )?;
+            for (k, label) in ["create", "start", "wait", "delete"].iter().enumerate() {
+                plot.push(Bar {
+                    label: format!("{name} {label}"),
+                    value: ph[k],
+                    whisker: None,
+                });
+            }
+        }
+        std::fs::write(o.out.join("split.csv"), csv)?;
+        bars(
+            &o.out.join("split.svg"),
+            "create / start / wait / delete (median)",
+            "ms",
+            &plot,
+        )?;
+    }
+
+    if let Some(m) = r.get("memory") {
+        let mut csv = String::from("measure,kind,value_mib\n");
+        writeln!(md, "\n**Memory**:\n\n| measure | value |\n|---|---|")?;
+        for p in m["create_peak_rss"].as_array().into_iter().flatten() {
+            let name = p["runtime"].as_str().unwrap_or("");
+            writeln!(
+                md,
+                "| peak RSS of `{name} create` | {:.1} MiB |",
+                f(&p["median_mib"])
+            )?;
+            writeln!(csv, "create_peak_rss,{name},{:.3}", f(&p["median_mib"]))?;
+        }
+        let mut plot = Vec::new();
+        for p in m["idle"].as_array().into_iter().flatten() {
+            let kind = p["kind"].as_str().unwrap_or("");
+            writeln!(
+                md,
+                "| idle {kind} container: cgroup memory / init PSS | {:.1} MiB / {:.1} MiB |",
+                f(&p["cgroup_mib"]),
+                f(&p["pss_mib"])
+            )?;
+            writeln!(
+                csv,
+                "idle_cgroup,{kind},{:.3}\nidle_pss,{kind},{:.3}",
+                f(&p["cgroup_mib"]),
+                f(&p["pss_mib"])
+            )?;
+            plot.push(Bar {
+                label: format!("{kind} cgroup"),
+                value: f(&p["cgroup_mib"]),
+                whisker: None,
+            });
+            plot.push(Bar {
+                label: format!("{kind} PSS"),
+                value: f(&p["pss_mib"]),
+                whisker: None,
+            });
+        }
+        for p in m["density"].as_array().into_iter().flatten() {
+            let kind = p["kind"].as_str().unwrap_or("");
+            let n = p["n"].as_u64().unwrap_or(0);
+            writeln!(md, "| {n} idle {kind} containers: started in / cgroup total / PSS total | {:.2} s / {:.1} MiB / {:.1} MiB |",
+                f(&p["start_all_s"]), f(&p["cgroup_total_mib"]), f(&p["pss_total_mib"]))?;
+            writeln!(
+                csv,
+                "density_{n}_cgroup,{kind},{:.3}\ndensity_{n}_pss,{kind},{:.3}",
+                f(&p["cgroup_total_mib"]),
+                f(&p["pss_total_mib"])
+            )?;
+        }
+        std::fs::write(o.out.join("memory.csv"), csv)?;
+        bars(
+            &o.out.join("memory.svg"),
+            "Idle container footprint (median)",
+            "MiB",
+            &plot,
+        )?;
+    }
+
+    if let Some(c) = r.get("compute") {
+        let mut csv = String::from("workload,native_ms,wasm_ms,wasm_over_native\n");
+        writeln!(md, "\n**Compute and file I/O** ({} MiB, timed inside the program; same Rust source for x86_64 and wasm32-wasip1):\n\n| workload | native | wasm | wasm / native (pairwise) |\n|---|---|---|---|", c["mib"])?;
+        let mut plot = Vec::new();
+        for w in c["workloads"].as_array().into_iter().flatten() {
+            let name = w["workload"].as_str().unwrap_or("");
+            writeln!(
+                md,
+                "| {name} | {:.1} ms | {:.1} ms | {:.2} |",
+                f(&w["native_ms"]),
+                f(&w["wasm_ms"]),
+                f(&w["wasm_over_native"])
+            )?;
+            writeln!(
+                csv,
+                "{name},{:.3},{:.3},{:.3}",
+                f(&w["native_ms"]),
+                f(&w["wasm_ms"]),
+                f(&w["wasm_over_native"])
+            )?;
+            plot.push(Bar {
+                label: name.to_owned(),
+                value: f(&w["wasm_over_native"]),
+                whisker: None,
+            });
+        }
+        std::fs::write(o.out.join("compute.csv"), csv)?;
+        bars(
+            &o.out.join("compute.svg"),
+            "wasm / native time per workload",
+            "ratio",
+            &plot,
+        )?;
+    }
+
+    for svg in ["start", "split", "memory", "compute"] {
+        if o.out.join(format!("{svg}.svg")).exists() {
+            writeln!(md, "\n![{svg}](benchmarks/results/{svg}.svg)")?;
+        }
+    }
+    std::fs::write(o.out.join("summary.md"), &md)?;
+    println!("{md}");
+    if !o.smoke && o.out == default_out() {
+        update_readme(&md)?;
+    }
+    Ok(())
+}
+
+/// Replace the README's results between the markers with this run's.
+fn update_readme(md: &str) -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let text = std::fs::read_to_string(&path)?;
+    let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
+        eprintln!("amphi-bench: README has no bench markers; results are in benchmarks/results/summary.md");
+        return Ok(());
+    };
+    let new = format!("{}{BEGIN}\n{md}\n{}", &text[..a], &text[b..]);
+    std::fs::write(&path, new)?;
+    eprintln!("amphi-bench: README results updated");
+    Ok(())
+}

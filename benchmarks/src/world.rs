@@ -1,0 +1,540 @@
+//! The benchmark's world: a temp dir with one rootfs (busybox, the wasm
+//! guests under /app, the native benchmark program as /bin/bench), bundles
+//! that share it, a runtime root per runtime, container cgroups below our
+//! own, and removal of everything on drop.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+#[derive(Clone, Copy)]
+pub enum Kind {
+    Native,
+    Wasm,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Native => "native",
+            Kind::Wasm => "wasm",
+        }
+    }
+
+    pub fn tag(self) -> &'static str {
+        &self.name()[..1]
+    }
+}
+
+pub struct World {
+    tmp: tempfile::TempDir,
+    tag: String,
+    pub rootfs: PathBuf,
+    pub amphi: PathBuf,
+    pub runc: PathBuf,
+    pub runc_version: String,
+    pub crun: Option<PathBuf>,
+    pub youki: Option<PathBuf>,
+    pub native_true: PathBuf,
+    pub native_sleep: PathBuf,
+    pub wasm_hello: PathBuf,
+    pub floor_cgroup: String,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo")
+        .to_path_buf()
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+}
+
+fn first_line(cmd: &Path, arg: &str) -> String {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+/// The amphi binary of this build profile, built if missing.
+fn amphi_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("AMPHI_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("exe dir")?;
+    let bin = dir.join("amphi");
+    if !bin.exists() {
+        let mut c = Command::new("cargo");
+        c.args(["build", "-p", "amphi"]).current_dir(repo_root());
+        if !cfg!(debug_assertions) {
+            c.arg("--release");
+        }
+        if !c.status()?.success() {
+            bail!("building amphi failed");
+        }
+    }
+    Ok(bin)
+}
+
+impl World {
+    pub fn new(smoke: bool) -> Result<World> {
+        let amphi = amphi_bin()?;
+        let runc =
+            on_path("runc").context("runc not found: run scripts/deps.sh (Debian's runc)")?;
+        let st = Command::new("bash")
+            .arg(repo_root().join("bundles/wasm/build.sh"))
+            .status()?;
+        if !st.success() {
+            bail!("bundles/wasm/build.sh failed");
+        }
+        let tmp = tempfile::Builder::new().prefix("amphi-bench").tempdir()?;
+        let rootfs = tmp.path().join("rootfs");
+        let st = Command::new(repo_root().join("bundles/busybox-rootfs.sh"))
+            .arg(&rootfs)
+            .status()?;
+        if !st.success() {
+            bail!("bundles/busybox-rootfs.sh failed");
+        }
+        let out = repo_root().join("bundles/out");
+        std::fs::create_dir_all(rootfs.join("app"))?;
+        for g in ["hello", "idle", "bench"] {
+            std::fs::copy(
+                out.join(format!("wasm/{g}.wasm")),
+                rootfs.join(format!("app/{g}.wasm")),
+            )?;
+        }
+        std::fs::copy(out.join("bin/bench"), rootfs.join("bin/bench"))?;
+        let tag = format!("amphi-bench-{}", std::process::id());
+        let mut w = World {
+            runc_version: first_line(&runc, "--version"),
+            crun: if smoke { None } else { on_path("crun") },
+            youki: if smoke { None } else { on_path("youki") },
+            floor_cgroup: format!("{tag}-floor"),
+            tag,
+            rootfs,
+            amphi,
+            runc,
+            native_true: PathBuf::new(),
+            native_sleep: PathBuf::new(),
+            wasm_hello: PathBuf::new(),
+            tmp,
+        };
+        w.native_true = w.bundle("true", &["/bin/true"])?;
+        w.native_sleep = w.bundle("sleep", &["/bin/sleep", "600"])?;
+        w.wasm_hello = w.bundle("hello", &["/app/hello.wasm"])?;
+        Ok(w)
+    }
+
+    pub fn tmp(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// A bundle on the shared rootfs, with a cgroup of its own below ours.
+    pub fn bundle(&self, name: &str, args: &[&str]) -> Result<PathBuf> {
+        let dir = self.tmp().join(format!("bundle-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let spec = json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "user": {"uid": 0, "gid": 0}, "args": args, "cwd": "/",
+                "env": ["PATH=/bin"], "noNewPrivileges": true,
+                "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]}
+            },
+            "root": {"path": self.rootfs},
+            "hostname": "bench",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755", "size=65536k"]},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
+            ],
+            "linux": {
+                "cgroupsPath": format!("{}-{name}", self.tag),
+                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}],
+                "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list"],
+                "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"]
+            }
+        });
+        std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&spec)?)?;
+        Ok(dir)
+    }
+
+    fn root(&self, bin: &Path) -> PathBuf {
+        let name = bin.file_name().unwrap_or_default().to_string_lossy();
+        self.tmp().join(format!("root-{name}"))
+    }
+
+    fn cmd(&self, bin: &Path, global: &[&str], args: &[&str]) -> Command {
+        let mut c = Command::new(bin);
+        c.arg("--root").arg(self.root(bin)).args(global).args(args);
+        c.stdin(Stdio::null()).stdout(Stdio::null());
+        c
+    }
+
+    fn id(&self, suffix: &str) -> String {
+        format!("b{}-{suffix}", std::process::id())
+    }
+
+    /// Run a command to completion; an error carries its stderr.
+    fn check(&self, mut c: Command, what: &str) -> Result<()> {
+        let err = self.tmp().join("stderr");
+        c.stderr(std::fs::File::create(&err)?);
+        let st = c.status().with_context(|| what.to_owned())?;
+        if !st.success() {
+            bail!(
+                "{what}: {st}: {}",
+                std::fs::read_to_string(&err).unwrap_or_default().trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// `RUNTIME run` of the bundle, create to exit (delete included).
+    pub fn run_time(
+        &self,
+        bin: &Path,
+        bundle: &Path,
+        suffix: &str,
+        global: &[&str],
+    ) -> Result<Duration> {
+        let id = self.id(suffix);
+        let c = self.cmd(
+            bin,
+            global,
+            &["run", "--bundle", bundle.to_str().unwrap(), &id],
+        );
+        let t = Instant::now();
+        self.check(c, &format!("{} run", bin.display()))?;
+        Ok(t.elapsed())
+    }
+
+    /// crun as a lower bound: in a private mount namespace with a fresh
+    /// cgroup2 at /sys/fs/cgroup (it refuses hybrid hosts) and no cgroup
+    /// manager. The namespace set-up is counted: about a millisecond.
+    pub fn crun_time(&self, crun: &Path, suffix: &str) -> Result<Duration> {
+        let id = self.id(suffix);
+        let mut c = self.cmd(
+            crun,
+            &["--cgroup-manager=disabled"],
+            &["run", "--bundle", self.native_true.to_str().unwrap(), &id],
+        );
+        // SAFETY: only async-signal-safe syscalls between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                let fail = || Err(std::io::Error::last_os_error());
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return fail();
+                }
+                if libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return fail();
+                }
+                if libc::mount(
+                    c"cgroup2".as_ptr(),
+                    c"/sys/fs/cgroup".as_ptr(),
+                    c"cgroup2".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return fail();
+                }
+                Ok(())
+            });
+        }
+        let t = Instant::now();
+        self.check(c, "crun run")?;
+        Ok(t.elapsed())
+    }
+
+    fn create(&self, bin: &Path, bundle: &Path, id: &str) -> Result<(i32, libc::rusage)> {
+        let pid_file = self.tmp().join(format!("{id}.pid"));
+        let mut c = self.cmd(
+            bin,
+            &[],
+            &[
+                "create",
+                "--pid-file",
+                pid_file.to_str().unwrap(),
+                "--bundle",
+                bundle.to_str().unwrap(),
+                id,
+            ],
+        );
+        let err = self.tmp().join("stderr");
+        c.stderr(std::fs::File::create(&err)?);
+        let child = c.spawn()?;
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is valid; wait4 fills it.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: waiting for our own child with valid pointers.
+        unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+        if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+            bail!(
+                "{} create: {}",
+                bin.display(),
+                std::fs::read_to_string(&err).unwrap_or_default().trim()
+            );
+        }
+        let pid = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+        Ok((pid, usage))
+    }
+
+    /// create, start, wait (for the init, re-parented to us), delete.
+    pub fn split_time(&self, bin: &Path, bundle: &Path, suffix: &str) -> Result<[Duration; 4]> {
+        let id = self.id(suffix);
+        let t0 = Instant::now();
+        let (pid, _) = self.create(bin, bundle, &id)?;
+        let t1 = Instant::now();
+        self.check(self.cmd(bin, &[], &["start", &id]), "start")?;
+        let t2 = Instant::now();
+        // SAFETY: waiting for a process we inherited as subreaper.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        let t3 = Instant::now();
+        self.check(self.cmd(bin, &[], &["delete", &id]), "delete")?;
+        let t4 = Instant::now();
+        Ok([t1 - t0, t2 - t1, t3 - t2, t4 - t3])
+    }
+
+    fn kill_delete(&self, bin: &Path, id: &str, pid: i32) {
+        let _ = self.cmd(bin, &[], &["delete", "--force", id]).status();
+        // SAFETY: reaping a process we inherited.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
+
+    /// Peak RSS (KiB) of the runtime process while it creates a container.
+    pub fn create_peak_rss(&self, bin: &Path, bundle: &Path, suffix: &str) -> Result<i64> {
+        let id = self.id(suffix);
+        let (pid, usage) = self.create(bin, bundle, &id)?;
+        self.kill_delete(bin, &id, pid);
+        Ok(usage.ru_maxrss)
+    }
+
+    fn start_idle(&self, kind: Kind, name: &str) -> Result<(String, i32, PathBuf)> {
+        let args: &[&str] = match kind {
+            Kind::Native => &["/bin/sleep", "600"],
+            Kind::Wasm => &["/app/idle.wasm", "600"],
+        };
+        let bundle = self.bundle(name, args)?;
+        let id = self.id(name);
+        let (pid, _) = self.create(&self.amphi, &bundle, &id)?;
+        self.check(self.cmd(&self.amphi, &[], &["start", &id]), "start")?;
+        Ok((id, pid, bundle))
+    }
+
+    fn footprint(&self, name: &str, pid: i32) -> (f64, f64) {
+        let rel = format!("{}-{name}", self.tag);
+        let cg = memory_usage(&rel).unwrap_or(0) as f64 / (1 << 20) as f64;
+        let pss = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Pss:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+            / 1024.0;
+        (cg, pss)
+    }
+
+    /// cgroup memory and init PSS (MiB) of one idle container.
+    pub fn idle_footprint(&self, kind: Kind, name: &str) -> Result<(f64, f64)> {
+        let (id, pid, _) = self.start_idle(kind, name)?;
+        std::thread::sleep(Duration::from_millis(700));
+        let f = self.footprint(name, pid);
+        self.kill_delete(&self.amphi, &id, pid);
+        Ok(f)
+    }
+
+    /// Start n idle containers; seconds to start them all, total cgroup
+    /// memory and total PSS (MiB).
+    pub fn density(&self, kind: Kind, n: usize) -> Result<(f64, f64, f64)> {
+        let t = Instant::now();
+        let mut started = Vec::new();
+        let result = (|| -> Result<(f64, f64, f64)> {
+            for i in 0..n {
+                let name = format!("d{}{n}-{i}", kind.tag());
+                let (id, pid, _) = self.start_idle(kind, &name)?;
+                started.push((name, id, pid));
+            }
+            let secs = t.elapsed().as_secs_f64();
+            std::thread::sleep(Duration::from_millis(1000));
+            let (cg, pss) = started
+                .iter()
+                .map(|(name, _, pid)| self.footprint(name, *pid))
+                .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+            Ok((secs, cg, pss))
+        })();
+        for (_, id, pid) in &started {
+            self.kill_delete(&self.amphi, id, *pid);
+        }
+        result
+    }
+
+    /// The benchmark program in a container: (workload, milliseconds) lines.
+    pub fn compute(&self, kind: Kind, mib: usize, suffix: &str) -> Result<Vec<(String, f64)>> {
+        let mib = mib.to_string();
+        let prog = match kind {
+            Kind::Native => "/bin/bench",
+            Kind::Wasm => "/app/bench.wasm",
+        };
+        let bundle = self.bundle(&format!("compute-{}", kind.name()), &[prog, &mib, "/tmp"])?;
+        let out = self.tmp().join("compute.out");
+        let mut c = self.cmd(
+            &self.amphi,
+            &[],
+            &[
+                "run",
+                "--bundle",
+                bundle.to_str().unwrap(),
+                &self.id(suffix),
+            ],
+        );
+        c.stdout(std::fs::File::create(&out)?);
+        self.check(c, &format!("{} benchmark program", kind.name()))?;
+        let text = std::fs::read_to_string(&out)?;
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?.to_owned(), f.next()?.parse().ok()?))
+            })
+            .collect())
+    }
+
+    pub fn machine(&self) -> Value {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|s| s.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_default();
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let uname = nix::sys::utsname::uname().ok();
+        let kernel = uname
+            .as_ref()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cgroup = if nix::sys::statfs::statfs("/sys/fs/cgroup")
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        {
+            "v2"
+        } else if Path::new("/sys/fs/cgroup/unified").exists() {
+            "hybrid (v1 controllers, cgroup2 at /sys/fs/cgroup/unified)"
+        } else {
+            "v1"
+        };
+        let lock = std::fs::read_to_string(repo_root().join("Cargo.lock")).unwrap_or_default();
+        let wasmtime = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"wasmtime\"\n"))
+            .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+            .unwrap_or("?")
+            .trim_matches('"')
+            .to_owned();
+        let amphi = first_line(&self.amphi, "--version");
+        let crun = self.crun.as_ref().map(|c| first_line(c, "--version"));
+        let summary = format!("{cpu}, {cores} cores, Linux {kernel}, cgroups {cgroup}; {amphi} (wasmtime {wasmtime}), {}{}",
+            self.runc_version,
+            crun.as_ref().map(|c| format!(", {c}")).unwrap_or_default());
+        json!({"cpu": cpu, "cores": cores, "kernel": kernel, "cgroups": cgroup, "amphi": amphi,
+               "wasmtime": wasmtime, "runc": self.runc_version, "crun": crun,
+               "youki": self.youki.as_ref().map(|y| first_line(y, "--version")), "summary": summary})
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let mut bins = vec![self.amphi.clone(), self.runc.clone()];
+        bins.extend(self.crun.clone());
+        bins.extend(self.youki.clone());
+        for bin in bins {
+            let root = self.root(&bin);
+            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                if e.path().is_dir() && e.file_name() != "wasm-cache" {
+                    let id = e.file_name().to_string_lossy().into_owned();
+                    let _ = self.cmd(&bin, &[], &["delete", "--force", &id]).status();
+                }
+            }
+        }
+        // Reap whatever we inherited.
+        // SAFETY: non-blocking waits on any child.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+    }
+}
+
+/// This process's cgroup directory in every mounted hierarchy, joined with
+/// `rel` (v1 puts each controller at its own path).
+pub fn cgroup_dirs(rel: &str) -> Vec<(String, PathBuf)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out = Vec::new();
+    for line in mounts.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut post = post.split(' ');
+        let fstype = post.next().unwrap_or("");
+        let opts = post.nth(1).unwrap_or("");
+        let mut pre = pre.split(' ');
+        let mount_root = pre.nth(3).unwrap_or("/");
+        let mount_point = pre.next().unwrap_or("");
+        for l in own.lines() {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+            let matches = match fstype {
+                "cgroup2" => ctrls.is_empty(),
+                "cgroup" => {
+                    !ctrls.is_empty() && ctrls.split(',').all(|c| opts.split(',').any(|o| o == c))
+                }
+                _ => false,
+            };
+            if matches {
+                let p = path
+                    .strip_prefix(mount_root)
+                    .unwrap_or(path)
+                    .trim_start_matches('/');
+                out.push((ctrls.to_owned(), Path::new(mount_point).join(p).join(rel)));
+            }
+        }
+    }
+    out
+}
+
+/// Memory charged to the cgroup `rel` (below ours), in bytes.
+fn memory_usage(rel: &str) -> Option<u64> {
+    cgroup_dirs(rel).iter().find_map(|(ctrls, dir)| {
+        let file = if ctrls.is_empty() {
+            dir.join("memory.current")
+        } else if ctrls.split(',').any(|c| c == "memory") {
+            dir.join("memory.usage_in_bytes")
+        } else {
+            return None;
+        };
+        std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    })
+}

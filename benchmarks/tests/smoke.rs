@@ -1,0 +1,48 @@
+//! A tiny pass of the whole harness, so that it cannot rot: every group
+//! runs, every output is written, and the numbers are plausible.
+
+#[test]
+fn harness_runs_end_to_end() {
+    let out = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_amphi-bench"))
+        .args(["all", "--smoke", "--out"])
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "amphi-bench all --smoke failed");
+    for f in [
+        "results.json",
+        "summary.md",
+        "start.csv",
+        "start.svg",
+        "split.csv",
+        "split.svg",
+        "memory.csv",
+        "memory.svg",
+        "compute.csv",
+        "compute.svg",
+    ] {
+        assert!(out.path().join(f).exists(), "{f} not written");
+    }
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    let variants = r["start"]["variants"].as_array().unwrap();
+    for name in [
+        "amphi native",
+        "runc native",
+        "amphi wasm (cached)",
+        "kernel floor",
+    ] {
+        let v = variants.iter().find(|v| v["variant"] == name).unwrap();
+        let median = v["median_ms"].as_f64().unwrap();
+        assert!(median > 0.0 && median < 10_000.0, "{name}: {median} ms");
+    }
+    let workloads = r["compute"]["workloads"].as_array().unwrap();
+    for w in ["sha256", "json_parse", "sort", "file_write", "file_read"] {
+        let row = workloads.iter().find(|x| x["workload"] == w).unwrap();
+        assert!(row["wasm_over_native"].as_f64().unwrap() > 0.0, "{w}");
+    }
+    assert!(r["memory"]["idle"][1]["pss_mib"].as_f64().unwrap() > 0.0);
+    let svg = std::fs::read_to_string(out.path().join("start.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("amphi native"));
+}
