@@ -6,6 +6,7 @@ set -euo pipefail
 packages=()
 [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || packages+=(busybox-static)
 command -v runc >/dev/null || packages+=(runc)
+command -v containerd >/dev/null || packages+=(containerd)
 command -v cc >/dev/null || packages+=(gcc)
 if [ ${#packages[@]} -gt 0 ]; then
     echo "deps.sh: installing ${packages[*]}" >&2

@@ -1,0 +1,106 @@
+//! containerd-shim-amphi-v2: containerd's runtime v2 shim for amphi, so that
+//! containerd (and Kubernetes through a RuntimeClass) runs native and wasm
+//! containers with one runtime type, `io.containerd.amphi.v2`. The executor
+//! is chosen per container by amphi itself (annotations, or the `\0asm`
+//! magic of the entrypoint when containerd passes no annotation).
+
+mod amphi;
+mod io;
+mod reaper;
+mod service;
+
+use std::sync::Arc;
+
+use containerd_shim::{api, publisher::RemotePublisher, Config, ExitSignal, Flags, StartOpts};
+
+struct Shim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+    id: String,
+}
+
+/// A pod's containers share one shim: CRI marks them with the sandbox id.
+fn grouping(id: &str) -> String {
+    let spec = std::fs::read("config.json")
+        .ok()
+        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok());
+    spec.as_ref()
+        .and_then(|s| s["annotations"]["io.kubernetes.cri.sandbox-id"].as_str())
+        .unwrap_or(id)
+        .to_owned()
+}
+
+impl containerd_shim::Shim for Shim {
+    type T = service::Service;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        Shim {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
+        let group = grouping(&opts.id);
+        let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &group);
+        // Another container of the pod started the shim already: share it.
+        let path = address.trim_start_matches("unix://");
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            containerd_shim::util::write_address(&address)?;
+            return Ok(address);
+        }
+        let (_pid, address) = containerd_shim::spawn(opts, &group, Vec::new())?;
+        containerd_shim::util::write_address(&address)?;
+        Ok(address)
+    }
+
+    /// containerd's clean-up after a shim died: remove the container, its
+    /// processes and rootfs mount (the bundle is the working directory).
+    fn delete_shim(&mut self) -> Result<api::DeleteResponse, containerd_shim::Error> {
+        let bundle = std::env::current_dir().unwrap_or_default();
+        let amphi = amphi::Amphi::new(&self.namespace, &bundle);
+        std::thread::spawn(|| reaper::REAPER.run());
+        let _ = amphi.run(&["delete", "--force", &self.id], Default::default(), None);
+        let rootfs = bundle.join("rootfs");
+        if let Ok(c) = std::ffi::CString::new(rootfs.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid C string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(api::DeleteResponse {
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: containerd_shim::protos::protobuf::MessageField::some(
+                containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp {
+                    seconds: now.as_secs() as i64,
+                    nanos: now.subsec_nanos() as i32,
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        std::thread::spawn(|| reaper::REAPER.run());
+        service::Service::new(self.exit.clone(), publisher, self.namespace.clone())
+    }
+}
+
+fn main() {
+    containerd_shim::run::<Shim>(
+        "io.containerd.amphi.v2",
+        Some(Config {
+            // The shim's own reaper hands exits to their waiters; the
+            // crate's would take them first.
+            no_reaper: true,
+            ..Default::default()
+        }),
+    );
+}

@@ -1,0 +1,493 @@
+//! containerd-shim-amphi-v2 against a real containerd (Debian's 1.6): a
+//! private daemon with its own config, root, state and socket in a temp
+//! dir, images built locally as OCI layouts and imported, then `ctr` with
+//! `--runtime io.containerd.amphi.v2` for native and wasm images. At the end
+//! no shim, cgroup, mount or state may be left.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use amphi_tests::{amphi_bin, cgroup_dirs, repo_root, wait_for};
+
+const RUNTIME: &str = "io.containerd.amphi.v2";
+const BUSYBOX: &str = "docker.io/amphi/busybox:test";
+const WASM: &str = "docker.io/amphi/wasm:test";
+const NS: &str = "amphi-test";
+
+struct Containerd {
+    tmp: tempfile::TempDir,
+    daemon: Child,
+    tag: String,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let tmp = tempfile::Builder::new()
+            .prefix("amphi-ctd")
+            .tempdir()
+            .unwrap();
+        let t = tmp.path();
+        // The shim and amphi, found by containerd on its PATH.
+        let bin = t.join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let amphi = amphi_bin();
+        let shim = amphi.with_file_name("containerd-shim-amphi-v2");
+        assert!(
+            shim.exists(),
+            "{} missing: cargo build first",
+            shim.display()
+        );
+        std::os::unix::fs::symlink(&shim, bin.join("containerd-shim-amphi-v2")).unwrap();
+        std::os::unix::fs::symlink(&amphi, bin.join("amphi")).unwrap();
+        let config = format!(
+            r#"version = 2
+root = "{t}/root"
+state = "{t}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.tracing"]
+[grpc]
+  address = "{t}/c.sock"
+[ttrpc]
+  address = "{t}/c.sock.ttrpc"
+"#,
+            t = t.display()
+        );
+        std::fs::write(t.join("config.toml"), config).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let daemon = Command::new("containerd")
+            .arg("--config")
+            .arg(t.join("config.toml"))
+            .env("PATH", path)
+            .env("AMPHI_ROOT", t.join("amphi"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(t.join("containerd.log")).unwrap())
+            .stderr(std::fs::File::create(t.join("containerd.err")).unwrap())
+            .spawn()
+            .expect("containerd (Debian's containerd package; scripts/deps.sh installs it)");
+        let c = Containerd {
+            tag: format!("amphi-ctd-{}", std::process::id()),
+            tmp,
+            daemon,
+        };
+        assert!(
+            wait_for(20, || c.ctr(&["version"]).code == 0),
+            "containerd did not come up: {}",
+            std::fs::read_to_string(c.tmp.path().join("containerd.err")).unwrap_or_default()
+        );
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> Out {
+        let out = Command::new("ctr")
+            .arg("-a")
+            .arg(self.tmp.path().join("c.sock"))
+            .args(["-n", NS])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.ctr(args);
+        assert_eq!(
+            o.code, 0,
+            "ctr {args:?}\nstdout: {}\nstderr: {}",
+            o.stdout, o.stderr
+        );
+        o.stdout
+    }
+
+    fn cgroup(&self, name: &str) -> String {
+        format!("{}-{name}", self.tag)
+    }
+
+    /// `ctr run` with amphi's shim and a cgroup below ours.
+    fn run(&self, opts: &[&str], image: &str, id: &str, args: &[&str]) -> Out {
+        let cg = self.cgroup(id);
+        let mut a = vec!["run", "--runtime", RUNTIME, "--cgroup", &cg];
+        a.extend(opts);
+        a.extend([image, id]);
+        a.extend(args);
+        self.ctr(&a)
+    }
+
+    fn task_pid(&self, id: &str) -> i32 {
+        self.ok(&["task", "ls"])
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.first() == Some(&id)).then(|| f[1].parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no task {id}"))
+    }
+
+    fn task_status(&self, id: &str) -> String {
+        self.ok(&["task", "ls"])
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.first() == Some(&id)).then(|| f[2].to_owned())
+            })
+            .unwrap_or_default()
+    }
+
+    fn remove(&self, id: &str) {
+        let _ = self.ctr(&["task", "kill", "-s", "KILL", id]);
+        wait_for(10, || self.task_status(id) != "RUNNING");
+        let _ = self.ctr(&["task", "delete", id]);
+        let _ = self.ctr(&["container", "delete", id]);
+    }
+
+    /// Shim processes serving this containerd.
+    fn shims(&self) -> Vec<i32> {
+        let needle = self.tmp.path().join("c.sock").display().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("containerd-shim") && c.contains(&needle)
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let tasks = self.ctr(&["task", "ls", "-q"]).stdout;
+        for id in tasks.lines() {
+            self.remove(id.trim());
+        }
+        for id in self.ctr(&["container", "ls", "-q"]).stdout.lines() {
+            let _ = self.ctr(&["container", "delete", id.trim()]);
+        }
+        // SAFETY: signalling the daemon we started.
+        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.daemon.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        // A shim that outlived its daemon (a failed test) is ours: stop it.
+        for pid in self.shims() {
+            // SAFETY: a shim started for this test's containerd.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn image(kind: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(format!("{kind}.tar"));
+    let st = Command::new("bash")
+        .arg(repo_root().join("bundles/oci-image.sh"))
+        .arg(kind)
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "oci-image.sh {kind}");
+    out
+}
+
+fn median_ms(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[test]
+fn containerd_runs_native_and_wasm_through_the_shim() {
+    let c = Containerd::start();
+    for kind in ["busybox", "wasm"] {
+        let tar = image(kind, c.tmp.path());
+        c.ok(&["images", "import", tar.to_str().unwrap()]);
+    }
+
+    // run --rm: output and exit codes, native and wasm.
+    let o = c.run(&["--rm"], BUSYBOX, "hello", &["echo", "hello from busybox"]);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "hello from busybox\n"),
+        "{}",
+        o.stderr
+    );
+    let o = c.run(&["--rm"], WASM, "wasm", &[]);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "hello from wasm\n"),
+        "{}",
+        o.stderr
+    );
+    let o = c.run(&["--rm"], BUSYBOX, "exit7", &["sh", "-c", "exit 7"]);
+    assert_eq!(o.code, 7, "{}", o.stderr);
+
+    // A long-running native task: exec, pause/resume, metrics, ps, kill.
+    let o = c.run(&["-d"], BUSYBOX, "long", &["sleep", "600"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(c.task_status("long"), "RUNNING");
+    let o = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "long",
+        "sh",
+        "-c",
+        "echo in exec; exit 3",
+    ]);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (3, "in exec\n"),
+        "{}",
+        o.stderr
+    );
+    c.ok(&["task", "pause", "long"]);
+    assert_eq!(c.task_status("long"), "PAUSED");
+    c.ok(&["task", "resume", "long"]);
+    assert_eq!(c.task_status("long"), "RUNNING");
+    let metrics = c.ok(&["task", "metrics", "long"]);
+    assert!(
+        metrics.contains("pids.current") && metrics.contains("memory.usage"),
+        "{metrics}"
+    );
+    let pid = c.task_pid("long");
+    assert!(c.ok(&["task", "ps", "long"]).contains(&pid.to_string()));
+    // The shim's footprint with one task, for the record.
+    if let Some(shim) = c.shims().first() {
+        let status = std::fs::read_to_string(format!("/proc/{shim}/status")).unwrap_or_default();
+        let rss = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS"))
+            .unwrap_or("");
+        eprintln!("shim {shim}: {rss}");
+    }
+    c.ok(&["task", "kill", "-s", "KILL", "long"]);
+    assert!(wait_for(10, || c.task_status("long") == "STOPPED"));
+    c.ok(&["task", "delete", "long"]);
+    c.ok(&["container", "delete", "long"]);
+
+    // A long-running wasm task joined to a native "sandbox" by path (as a
+    // pod's containers join its sandbox), then killed.
+    let o = c.run(&["-d"], BUSYBOX, "sandbox", &["sleep", "600"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let sandbox = c.task_pid("sandbox");
+    let netns = format!("network:/proc/{sandbox}/ns/net");
+    let o = c.run(
+        &["-d", "--with-ns", &netns],
+        WASM,
+        "guest",
+        &["/idle.wasm", "600"],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let guest = c.task_pid("guest");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{guest}/ns/net")).unwrap(),
+        std::fs::read_link(format!("/proc/{sandbox}/ns/net")).unwrap(),
+        "the wasm task joined the sandbox's network namespace"
+    );
+    c.ok(&["task", "kill", "guest"]);
+    assert!(
+        wait_for(10, || c.task_status("guest") == "STOPPED"),
+        "wasm guest ignores SIGTERM"
+    );
+    c.ok(&["task", "delete", "guest"]);
+    c.ok(&["container", "delete", "guest"]);
+    c.remove("sandbox");
+
+    // A pod's containers share one shim (CRI's sandbox-id annotation).
+    let pod = "io.kubernetes.cri.sandbox-id=pod1";
+    let o = c.run(
+        &["-d", "--annotation", pod],
+        BUSYBOX,
+        "pod1",
+        &["sleep", "600"],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let before = c.shims().len();
+    let o = c.run(
+        &["-d", "--annotation", pod],
+        WASM,
+        "pod1-wasm",
+        &["/idle.wasm", "600"],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        c.shims().len(),
+        before,
+        "the pod's second container got a shim of its own"
+    );
+    c.remove("pod1-wasm");
+    assert_eq!(
+        c.task_status("pod1"),
+        "RUNNING",
+        "the shared shim left with one container"
+    );
+    c.remove("pod1");
+
+    // An OOM kill is published as /tasks/oom.
+    let events_log = c.tmp.path().join("events.log");
+    let mut events = Command::new("ctr")
+        .arg("-a")
+        .arg(c.tmp.path().join("c.sock"))
+        .arg("events")
+        .stdout(std::fs::File::create(&events_log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let o = c.run(
+        &["--rm", "--memory-limit", "16777216"],
+        BUSYBOX,
+        "oom",
+        &["sh", "-c", "head -c 200000000 /dev/zero | tail"],
+    );
+    assert_eq!(o.code, 137, "the memory hog was OOM-killed: {}", o.stderr);
+    let oom = wait_for(5, || {
+        std::fs::read_to_string(&events_log).is_ok_and(|s| s.contains("/tasks/oom"))
+    });
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(
+        oom,
+        "no /tasks/oom event: {}",
+        std::fs::read_to_string(&events_log).unwrap_or_default()
+    );
+
+    // A terminal: ctr needs one of its own, which script(1) provides.
+    let cg = c.cgroup("tty");
+    let cmd = format!(
+        "ctr -a {} -n {NS} run --rm -t --runtime {RUNTIME} --cgroup {cg} {BUSYBOX} tty sh -c 'tty; echo done'",
+        c.tmp.path().join("c.sock").display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(
+        out.status.success() && text.contains("/dev/pts/0") && text.contains("done"),
+        "{text}"
+    );
+
+    // containerd's own runc shim drives the amphi binary for native containers.
+    let cg = c.cgroup("runc");
+    let bin = amphi_bin();
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.runc.v2",
+        "--runc-binary",
+        bin.to_str().unwrap(),
+        "--cgroup",
+        &cg,
+        BUSYBOX,
+        "viarunc",
+        "sh",
+        "-c",
+        "echo via runc shim; exit 4",
+    ]);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (4, "via runc shim\n"),
+        "{}",
+        o.stderr
+    );
+
+    // Start latency through containerd: amphi's shim vs the runc shim.
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for i in 0..5 {
+        for (k, (runtime, image, args)) in [
+            (RUNTIME, BUSYBOX, vec!["true"]),
+            ("io.containerd.runc.v2", BUSYBOX, vec!["true"]),
+            (RUNTIME, WASM, vec![]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let id = format!("t{k}-{i}");
+            let cg = c.cgroup(&id);
+            let mut a = vec![
+                "run",
+                "--rm",
+                "--runtime",
+                runtime,
+                "--cgroup",
+                &cg,
+                image,
+                &id,
+            ];
+            a.extend(args);
+            let t = Instant::now();
+            c.ok(&a);
+            times[k].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let [amphi, runc, wasm] = times;
+    eprintln!(
+        "ctr run --rm medians: amphi shim native {:.1} ms, runc shim {:.1} ms, amphi shim wasm {:.1} ms",
+        median_ms(amphi),
+        median_ms(runc),
+        median_ms(wasm)
+    );
+
+    // Nothing left: tasks, shims, cgroups, mounts, amphi state.
+    assert!(c.ctr(&["task", "ls", "-q"]).stdout.trim().is_empty());
+    assert!(
+        wait_for(10, || c.shims().is_empty()),
+        "shims left: {:?}",
+        c.shims()
+    );
+    for name in [
+        "hello",
+        "wasm",
+        "exit7",
+        "long",
+        "sandbox",
+        "guest",
+        "pod1",
+        "pod1-wasm",
+        "oom",
+        "tty",
+        "runc",
+    ] {
+        for d in cgroup_dirs(&c.cgroup(name)) {
+            assert!(!d.exists(), "cgroup {} left", d.display());
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&c.tmp.path().display().to_string()),
+        "mounts left:\n{mounts}"
+    );
+    let state: Vec<_> = std::fs::read_dir(c.tmp.path().join("amphi").join(NS))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != "wasm-cache")
+        .collect();
+    assert!(state.is_empty(), "amphi state left: {state:?}");
+}
