@@ -29,6 +29,10 @@ struct Out {
 
 impl Containerd {
     fn start() -> Containerd {
+        // The runc shim daemonizes; its orphans come to us, not to a PID 1
+        // that reaps late.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         let tmp = tempfile::Builder::new()
             .prefix("amphi-ctd")
             .tempdir()
@@ -96,6 +100,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             .stdin(Stdio::null())
             .output()
             .unwrap();
+        reap_zombies(self.daemon.id() as i32);
         Out {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -196,6 +201,33 @@ impl Drop for Containerd {
         for pid in self.shims() {
             // SAFETY: a shim started for this test's containerd.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        reap_zombies(0);
+    }
+}
+
+/// Reap our exited children (orphaned shims), never the daemon, and only
+/// zombies, so no `Command` waiting on its own child is robbed.
+fn reap_zombies(daemon: i32) {
+    let me = std::process::id().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_owned())
+        };
+        let zombie = field("State:").is_some_and(|s| s.starts_with('Z'));
+        if pid != daemon && zombie && field("PPid:").as_deref() == Some(me.as_str()) {
+            // SAFETY: reaping our own exited child.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
         }
     }
 }
@@ -345,6 +377,33 @@ fn containerd_runs_native_and_wasm_through_the_shim() {
         "the shared shim left with one container"
     );
     c.remove("pod1");
+
+    // A shim killed mid-flight: containerd's clean-up (`shim delete`)
+    // removes the container, its processes, cgroup and rootfs mount.
+    let before: Vec<i32> = c.shims();
+    let o = c.run(&["-d"], BUSYBOX, "victim", &["sleep", "600"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let victim = c.task_pid("victim");
+    let shim = *c
+        .shims()
+        .iter()
+        .find(|p| !before.contains(p))
+        .expect("the victim's shim");
+    // SAFETY: a shim this test's containerd started.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    assert!(
+        wait_for(10, || {
+            reap_zombies(c.daemon.id() as i32);
+            std::fs::metadata(format!("/proc/{victim}")).is_err()
+        }),
+        "the container outlived its shim's clean-up"
+    );
+    let _ = c.ctr(&["task", "delete", "victim"]);
+    c.ok(&["container", "delete", "victim"]);
+    assert!(
+        !c.tmp.path().join("amphi").join(NS).join("victim").exists(),
+        "amphi state left"
+    );
 
     // An OOM kill is published as /tasks/oom.
     let events_log = c.tmp.path().join("events.log");

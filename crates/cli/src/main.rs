@@ -528,14 +528,16 @@ fn parse_duration(s: &str) -> Result<std::time::Duration> {
 fn events(rt: &Runtime, id: &str, once: bool, interval: std::time::Duration) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let Some((data, mut ooms)) = rt.stats(id)? else {
+    let (data, mut ooms, stopped) = rt.stats(id)?;
+    if stopped {
         bail!("container {id} is stopped");
-    };
+    }
     writeln!(
         out,
         "{}",
         serde_json::json!({"type": "stats", "id": id, "data": data})
     )?;
+    out.flush()?;
     if once {
         return Ok(());
     }
@@ -543,13 +545,17 @@ fn events(rt: &Runtime, id: &str, once: bool, interval: std::time::Duration) -> 
     let mut next_stats = std::time::Instant::now() + interval;
     loop {
         std::thread::sleep(tick);
-        let Some((data, oom_now)) = rt.stats(id)? else {
+        let Ok((data, oom_now, stopped)) = rt.stats(id) else {
             return Ok(());
         };
         for _ in ooms..oom_now {
             writeln!(out, "{}", serde_json::json!({"type": "oom", "id": id}))?;
         }
         ooms = oom_now;
+        // A stopped container's last OOM kill was reported just above.
+        if stopped {
+            return Ok(());
+        }
         if std::time::Instant::now() >= next_stats {
             writeln!(
                 out,

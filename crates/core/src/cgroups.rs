@@ -29,6 +29,8 @@ pub struct ContainerCgroup {
     pub created: Vec<PathBuf>,
     /// `linux.devices` (type, major, minor): the device cgroup allows them.
     device_nodes: Vec<(char, i64, i64)>,
+    /// What `make` applies.
+    resources: Option<LinuxResources>,
 }
 
 fn device_nodes(linux: Option<&Linux>) -> Vec<(char, i64, i64)> {
@@ -64,9 +66,11 @@ fn own_v2_path() -> Result<String> {
         .ok_or_else(|| err("/proc/self/cgroup", "no cgroup2 entry"))
 }
 
-/// Create the cgroup named by `cgroups_path` (or the container id, relative,
-/// when the spec gives none) and apply `resources`. On error nothing is left.
-pub fn create(id: &str, linux: Option<&Linux>) -> Result<ContainerCgroup> {
+/// Plan the cgroup named by `cgroups_path` (or the container id, relative,
+/// when the spec gives none): its directories, and which of them are new.
+/// Nothing is created yet, so that the caller can record what `make` will
+/// create before it exists (a crash in between must leave a record).
+pub fn plan(id: &str, linux: Option<&Linux>) -> Result<ContainerCgroup> {
     let cgroups_path = linux.and_then(|l| l.cgroups_path().as_deref());
     let resources = linux.and_then(|l| l.resources().as_ref());
     let hier = hierarchies::auto();
@@ -127,27 +131,33 @@ pub fn create(id: &str, linux: Option<&Linux>) -> Result<ContainerCgroup> {
         missing.reverse();
         created.extend(missing);
     }
-    let cg = ContainerCgroup {
+    Ok(ContainerCgroup {
         cgroup,
         paths,
         created,
         device_nodes: device_nodes(linux),
-    };
-    if let Err(e) = cg.cgroup.create() {
-        let e = err(requested.display(), format!("create: {e}"));
-        remove(&cg.created, &cg.paths);
-        return Err(e);
-    }
-    if let Some(r) = resources {
-        if let Err(e) = cg.apply(r) {
-            remove(&cg.created, &cg.paths);
-            return Err(e);
-        }
-    }
-    Ok(cg)
+        resources: resources.cloned(),
+    })
 }
 
 impl ContainerCgroup {
+    /// Create the planned directories and apply the resources; on error
+    /// nothing is left.
+    pub fn make(&self) -> Result<()> {
+        if let Err(e) = self.cgroup.create() {
+            let e = err(self.cgroup.path(), format!("create: {e}"));
+            remove(&self.created, &self.paths);
+            return Err(e);
+        }
+        if let Some(r) = &self.resources {
+            if let Err(e) = self.apply(r) {
+                remove(&self.created, &self.paths);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     pub fn v2(&self) -> bool {
         self.cgroup.v2()
     }
@@ -181,6 +191,7 @@ impl ContainerCgroup {
             paths: paths.to_vec(),
             created: Vec::new(),
             device_nodes: device_nodes(linux),
+            resources: None,
         })
     }
 

@@ -85,6 +85,18 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     }
     let spec = &a.bundle.spec;
     let process = spec.process().as_ref().expect("validated: process present");
+    // Until exec this process *is* the amphi binary: /proc/PID/exe leads to
+    // it, and an O_PATH handle taken through it would let a container
+    // process rewrite the host's runtime once we are gone (CVE-2019-5736).
+    // Non-dumpable, no process without CAP_SYS_PTRACE over us may open it;
+    // execve of the workload makes the process dumpable again, while a wasm
+    // guest (which stays amphi) stays protected. In a user namespace the
+    // container's root cannot write the host's binary anyway, and a
+    // dumpable process keeps its /proc files owned by the namespace's root.
+    if !a.plan.has_userns() {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    }
     // Default dispositions and nothing blocked (`run` blocks everything;
     // Rust ignores SIGPIPE), set first so that what an executor installs
     // while preparing (wasmtime's trap handlers) stays.

@@ -139,6 +139,8 @@ pub fn launch(
     }
     drop(child_ch);
     drop(state_dir);
+    let stage = if cfg.exec { "exec" } else { "create" };
+    crate::util::failpoint(&format!("{stage}:clone"));
 
     let mut init_pid = first;
     let result = (|| -> Result<i32> {
@@ -169,6 +171,7 @@ pub fn launch(
         crate::util::trace::phase("cgroup attach");
         cfg.cgroup.attach(init_pid)?;
         crate::util::trace::phase("cgroup attached");
+        crate::util::failpoint(&format!("{stage}:attached"));
         send(&parent_ch, &Msg::Joined)?;
         loop {
             match parent_ch.recv()? {

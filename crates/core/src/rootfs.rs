@@ -94,6 +94,31 @@ pub fn open_in_root(root: BorrowedFd, path: &Path, create: Create) -> Result<Own
     Ok(parent)
 }
 
+/// procfs and sysfs go only on real directories: a symlink would move them
+/// somewhere the masked and read-only paths do not cover (CVE-2019-19921).
+fn refuse_symlink(root: BorrowedFd, dest: &Path, typ: &str) -> Result<()> {
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return Ok(());
+    };
+    let parent_fd;
+    let parent = if parent.components().all(|c| matches!(c, Component::RootDir)) {
+        root
+    } else {
+        parent_fd = match open_in_root(root, parent, Create::Nothing) {
+            Ok(fd) => fd,
+            Err(_) => return Ok(()),
+        };
+        parent_fd.as_fd()
+    };
+    match nix::sys::stat::fstatat(parent, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => Err(Error::Init(format!(
+            "mounts: {} is a symlink in the rootfs; {typ} is mounted only on a directory",
+            dest.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Mount flags and data of a mount's `options`.
 struct Options {
     flags: MsFlags,
@@ -306,6 +331,9 @@ fn mount_one(ctx: &RootfsContext, root: BorrowedFd, m: &Mount) -> Result<()> {
     } else {
         Create::Dir
     };
+    if typ == "proc" || typ == "sysfs" {
+        refuse_symlink(root, dest, typ)?;
+    }
     let target = open_in_root(root, dest, create)?;
     let target_path = fd_path(&target);
     let data = opts.data.join(",");

@@ -9,6 +9,13 @@ use crate::{Error, Result};
 
 pub const CONFIG: &str = "config.json";
 
+/// The largest config.json amphi reads (16 MiB).
+pub const MAX_CONFIG: u64 = 16 << 20;
+
+/// The most mounts a container may ask for (each is a syscall or more in
+/// the init, and the kernel's per-namespace limit is shared with the host's).
+pub const MAX_MOUNTS: usize = 4096;
+
 /// A bundle whose config parsed and validated.
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -25,6 +32,18 @@ impl Bundle {
     pub fn load(dir: &Path) -> Result<Bundle> {
         let dir = std::fs::canonicalize(dir).map_err(|e| Error::io("open bundle", dir, e))?;
         let file = dir.join(CONFIG);
+        // A config is kilobytes; a huge one is an attack on the runtime's
+        // memory (it is parsed as root), refused before it is read.
+        let len = std::fs::metadata(&file)
+            .map_err(|e| Error::io("read", &file, e))?
+            .len();
+        if len > MAX_CONFIG {
+            return Err(invalid(
+                &file,
+                "(document)",
+                format!("{len} bytes; amphi reads configs of at most {MAX_CONFIG} bytes"),
+            ));
+        }
         let data = std::fs::read(&file).map_err(|e| Error::io("read", &file, e))?;
         let spec: Spec = parse(&file, &data)?;
         let rootfs = validate(&file, &dir, &spec)?;
@@ -289,6 +308,16 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
         )));
     }
     if let Some(mounts) = spec.mounts() {
+        if mounts.len() > MAX_MOUNTS {
+            return Err(invalid(
+                file,
+                "mounts",
+                format!(
+                    "{} mounts; amphi sets up at most {MAX_MOUNTS} per container",
+                    mounts.len()
+                ),
+            ));
+        }
         for (i, m) in mounts.iter().enumerate() {
             if m.destination().as_os_str().is_empty() {
                 return Err(invalid(file, &format!("mounts[{i}].destination"), "empty"));

@@ -74,9 +74,14 @@ impl Channel {
     /// The next message, or `None` when the other side is gone.
     pub fn recv(&self) -> Result<Option<Msg>> {
         let mut buf = vec![0u8; 65_536];
+        let mut reset = false;
         let n = loop {
             match recv(self.raw(), &mut buf, MsgFlags::empty()) {
                 Err(nix::errno::Errno::EINTR) => continue,
+                // A peer that closes with our messages unread makes the
+                // kernel report ECONNRESET first; what it sent before
+                // leaving (why it failed) is still queued behind it.
+                Err(nix::errno::Errno::ECONNRESET) if !reset => reset = true,
                 r => break r.map_err(|e| Error::sys("receive from container init", e))?,
             }
         };

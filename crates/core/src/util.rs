@@ -88,3 +88,15 @@ pub mod trace {
         }
     }
 }
+
+/// Fault injection for the crash-recovery tests: with `AMPHI_FAILPOINT=NAME`
+/// in the environment, the process SIGKILLs itself on reaching point NAME,
+/// as a crash or an impatient caller would. Read once; free otherwise.
+pub fn failpoint(name: &str) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let point = POINT.get_or_init(|| std::env::var("AMPHI_FAILPOINT").ok());
+    if point.as_deref() == Some(name) {
+        // SAFETY: signalling ourselves.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}

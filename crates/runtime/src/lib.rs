@@ -155,6 +155,7 @@ impl Runtime {
         let executor = executor_for(kind, spec, &self.wasm_cache);
 
         let locked = self.store.create(o.id)?;
+        util::failpoint("create:dir");
         let mut guard = CreateGuard {
             locked: Some(locked),
             cgroup_created: Vec::new(),
@@ -171,17 +172,7 @@ impl Runtime {
 
         let linux = spec.linux().as_ref();
         util::trace::phase("create: cgroup");
-        let cgroup = match cgroups::create(o.id, linux) {
-            Err(e) if rootless_without_cgroup(&e, linux) => None,
-            other => Some(other?),
-        };
-        let (cgroup_paths, cgroup_created) = cgroup
-            .as_ref()
-            .map(|c| (c.paths.clone(), c.created.clone()))
-            .unwrap_or_default();
-        guard.cgroup_created = cgroup_created.clone();
-        guard.cgroup_paths = cgroup_paths.clone();
-
+        let planned = cgroups::plan(o.id, linux)?;
         let mut annotations = spec.annotations().clone().unwrap_or_default();
         annotations.insert(EXECUTOR_ANNOTATION.into(), kind.name().into());
         let mut state = ContainerState {
@@ -193,11 +184,27 @@ impl Runtime {
             created: util::rfc3339_now(),
             executor: kind.name().into(),
             annotations,
-            cgroup_paths,
-            cgroup_created,
+            cgroup_paths: planned.paths.clone(),
+            cgroup_created: planned.created.clone(),
             spec: spec.clone(),
         };
+        // Recorded before anything exists outside the state directory, so
+        // that `delete --force` after a crash knows what to remove.
         locked.save(&state)?;
+        util::failpoint("create:state");
+        let cgroup = match planned.make() {
+            Err(e) if rootless_without_cgroup(&e, linux) => {
+                state.cgroup_paths.clear();
+                state.cgroup_created.clear();
+                locked.save(&state)?;
+                None
+            }
+            Err(e) => return Err(e),
+            Ok(()) => Some(planned),
+        };
+        guard.cgroup_created = state.cgroup_created.clone();
+        guard.cgroup_paths = state.cgroup_paths.clone();
+        util::failpoint("create:cgroup");
 
         let hooks = spec.hooks().as_ref();
         let mut runtime_hooks = |pid: i32| -> Result<()> {
@@ -225,6 +232,7 @@ impl Runtime {
             executor,
             &mut runtime_hooks,
         )?;
+        util::failpoint("create:ready");
         state.pid = pid;
         state.start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
         let recorded = locked.save(&state).and_then(|()| match o.pid_file {
@@ -263,6 +271,7 @@ impl Runtime {
             Mode::empty(),
         )
         .map_err(|e| Error::sys(format!("open {}", fifo_path.display()), e))?;
+        util::failpoint("start:opened");
         loop {
             let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::from(100u16)) {
@@ -532,17 +541,16 @@ impl Runtime {
         locked.save(&state)
     }
 
-    /// Cgroup statistics (runc's `events --stats` data) and the number of
-    /// OOM kills so far; `None` once the container stopped.
-    pub fn stats(&self, id: &str) -> Result<Option<(serde_json::Value, u64)>> {
+    /// Cgroup statistics (runc's `events --stats` data), the number of OOM
+    /// kills so far, and whether the container has stopped (its cgroup is
+    /// still there until `delete`, so a last OOM kill can still be seen).
+    pub fn stats(&self, id: &str) -> Result<(serde_json::Value, u64, bool)> {
         let (_locked, state, status) = self.load(id)?;
-        if status == Status::Stopped {
-            return Ok(None);
-        }
-        Ok(Some((
+        Ok((
             cgroups::stats(&state.cgroup_paths),
             cgroups::oom_kills(&state.cgroup_paths),
-        )))
+            status == Status::Stopped,
+        ))
     }
 
     /// Host pids of every process in the container.
@@ -586,9 +594,9 @@ impl Runtime {
         };
         let state = match locked.load() {
             Ok(s) => s,
-            // Nothing to go by: with --force, remove what is left.
-            Err(e @ Error::State { .. }) if !force => return Err(e),
-            Err(Error::State { .. }) => return locked.remove(),
+            // A directory without a readable record (a create killed before
+            // its first save, or a corrupt file): with --force, remove it.
+            Err(Error::State { .. } | Error::NotFound(_)) if force => return locked.remove(),
             Err(e) => return Err(e),
         };
         let status = state.status(&locked.dir);
@@ -606,8 +614,10 @@ impl Runtime {
                 ))
             }
         }
+        util::failpoint("delete:killed");
         wait_gone(&state);
         let mut errors = cgroups::remove(&state.cgroup_created, &state.cgroup_paths);
+        util::failpoint("delete:cgroup");
         let json = serde_json::to_vec(&state.oci_state(Status::Stopped)).expect("json");
         let poststop = state
             .spec

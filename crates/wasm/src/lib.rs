@@ -143,7 +143,10 @@ impl Wasm {
     }
 
     fn limits(&self) -> StoreLimits {
-        let mut b = StoreLimitsBuilder::new();
+        // Tables live in the runtime's own memory (8 bytes an element): a
+        // guest that grows them without bound fails its table.grow, as one
+        // that grows memory past the cap fails its memory.grow.
+        let mut b = StoreLimitsBuilder::new().table_elements(MAX_TABLE_ELEMENTS);
         if let Some(limit) = self.memory_limit {
             b = b.memory_size(guest_memory_cap(limit, anon_rss()) as usize);
         }
@@ -225,6 +228,9 @@ impl Wasm {
 /// Room kept in the cgroup for the runtime around the guest: wasmtime's own
 /// allocations while running, WASI buffers, stacks and page tables.
 pub const RUNTIME_HEADROOM: u64 = 16 << 20;
+
+/// The most elements a guest's tables may hold together (8 MiB of them).
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// The guest shares the cgroup with the runtime that hosts it, so its
 /// memories get what the limit leaves after the runtime's own anonymous

@@ -47,6 +47,8 @@ struct Container {
     execs: HashMap<String, Proc>,
     rootfs_mounted: bool,
     monitor: Option<i32>,
+    /// The OOM reader; it ends once `amphi events` saw the container stop.
+    oom_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 #[derive(Clone)]
@@ -108,6 +110,21 @@ impl Service {
         let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
         std::thread::spawn(move || {
             let exit = REAPER.wait(pid);
+            if exec_id.is_empty() && exit.code == 128 + libc::SIGKILL as u32 {
+                // An OOM kill (a SIGKILL) is told before the exit it caused.
+                let reader = svc
+                    .containers
+                    .lock()
+                    .unwrap()
+                    .get_mut(&id)
+                    .and_then(|c| c.oom_reader.take());
+                if let Some(r) = reader {
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                    while !r.is_finished() && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            }
             {
                 let mut cs = svc.containers.lock().unwrap();
                 let Some(c) = cs.get_mut(&id) else { return };
@@ -138,11 +155,11 @@ impl Service {
     }
 
     /// TaskOOM for every kernel OOM kill in the container, from `amphi events`.
-    fn watch_oom(&self, id: &str, amphi: &Amphi) -> Option<i32> {
+    fn watch_oom(&self, id: &str, amphi: &Amphi) -> Option<(i32, std::thread::JoinHandle<()>)> {
         let (pid, stdout) = amphi.spawn_monitor(&["events", "--interval", "1h", id])?;
         let svc = self.clone();
         let id = id.to_owned();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout)
                 .lines()
@@ -159,7 +176,7 @@ impl Service {
                 }
             }
         });
-        Some(pid)
+        Some((pid, reader))
     }
 
     fn with<T>(
@@ -377,7 +394,7 @@ impl containerd_shim::Task for Service {
                 return Err(e);
             }
         };
-        let monitor = self.watch_oom(&req.id, &amphi);
+        let (monitor, oom_reader) = self.watch_oom(&req.id, &amphi).unzip();
         self.containers.lock().unwrap().insert(
             req.id.clone(),
             Container {
@@ -395,6 +412,7 @@ impl containerd_shim::Task for Service {
                 execs: HashMap::new(),
                 rootfs_mounted,
                 monitor,
+                oom_reader,
             },
         );
         self.watch(&req.id, "", pid);
