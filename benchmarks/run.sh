@@ -10,5 +10,5 @@ if ! command -v crun >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq crun >/dev/null
 fi
 cd "$here/.."
-cargo build --release -p amphi -p amphi-bench
+cargo build --release -p amphi -p amphi-bench -p containerd-shim-amphi-v2
 exec target/release/amphi-bench "${@:-all}"

@@ -643,3 +643,43 @@ fn parallel_streams_keep_state_consistent() {
     }
     eprintln!("load: {streams} streams x {per_stream} containers, readers alongside");
 }
+
+#[test]
+fn special_files_as_entrypoints_fail_fast() {
+    let env = Env::new();
+    for (name, wasm) in [
+        ("fifo-native", false),
+        ("fifo-wasm", true),
+        ("zero-wasm", true),
+    ] {
+        let entry = if name.starts_with("zero") {
+            "/dev/zero"
+        } else {
+            "/app/entry"
+        };
+        let mut b = env.bundle(name, &[entry]);
+        if wasm {
+            b.spec["annotations"] = json!({"run.oci.handler": "wasm"});
+        }
+        std::fs::create_dir_all(b.rootfs().join("app")).unwrap();
+        nix::unistd::mkfifo(&b.rootfs().join("app/entry"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        b.write();
+        let id = env.id(name);
+        let t = std::time::Instant::now();
+        let r = env.amphi(&["run", "--bundle", b.path(), &id]);
+        assert_ne!(r.code, 0, "{name}");
+        if wasm {
+            assert!(
+                r.stderr.contains("not a regular file"),
+                "{name}: {}",
+                r.stderr
+            );
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{name} took {:?}",
+            t.elapsed()
+        );
+        env.assert_clean(&id, &b.cgroup());
+    }
+}

@@ -15,3 +15,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # rather than test a stale one.
 cargo build --workspace --locked
 cargo test --workspace --locked
+# A short fuzzing pass of every cargo-fuzz target (nightly); longer
+# campaigns: SECONDS_PER_TARGET=600 bash fuzz/run.sh.
+SECONDS_PER_TARGET=${SECONDS_PER_TARGET:-15} bash fuzz/run.sh

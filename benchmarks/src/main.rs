@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release -p amphi-bench -- all          # full run, updates README and benchmarks/results
-//! cargo run --release -p amphi-bench -- start        # one group: start | memory | compute
+//! cargo run --release -p amphi-bench -- start        # one group: start | memory | compute | shim
 //! cargo run -p amphi-bench -- all --smoke --out DIR  # tiny run (the test suite's)
 //! ```
 //!
@@ -74,8 +74,8 @@ impl Opts {
                 other => bail!("unknown argument {other:?} (see benchmarks/src/main.rs)"),
             }
         }
-        if !["all", "start", "memory", "compute"].contains(&group.as_str()) {
-            bail!("unknown group {group:?}: use all, start, memory or compute");
+        if !["all", "start", "memory", "compute", "shim"].contains(&group.as_str()) {
+            bail!("unknown group {group:?}: use all, start, memory, compute or shim");
         }
         Ok((group, o))
     }
@@ -288,6 +288,82 @@ fn compute_group(w: &World, o: &Opts) -> Result<Value> {
               "container_wall_ms": {"native": median_p95(&wall[0]).0, "wasm": median_p95(&wall[1]).0}}))
 }
 
+/// `ctr run --rm` through containerd: amphi's shim (native and wasm)
+/// against containerd's runc shim, and the shim's resident memory.
+fn shim_group(w: &World, o: &Opts) -> Result<Value> {
+    use amphi_tests::containerd::{image, Containerd, BUSYBOX, RUNTIME, WASM};
+    let shim = w.amphi.with_file_name("containerd-shim-amphi-v2");
+    if !shim.exists() || world::on_path("containerd").is_none() {
+        return Ok(
+            json!({"skipped": "containerd or the shim is not installed (scripts/deps.sh; cargo build --release -p containerd-shim-amphi-v2)"}),
+        );
+    }
+    let c = Containerd::start(&w.amphi);
+    for kind in ["busybox", "wasm"] {
+        let tar = image(kind, c.tmp.path());
+        c.ok(&["images", "import", tar.to_str().unwrap()]);
+    }
+    let variants: [(&str, &str, &str, &[&str]); 3] = [
+        ("amphi shim, native", RUNTIME, BUSYBOX, &["true"]),
+        (
+            "runc shim, native",
+            "io.containerd.runc.v2",
+            BUSYBOX,
+            &["true"],
+        ),
+        ("amphi shim, wasm", RUNTIME, WASM, &[]),
+    ];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 0..(o.warmup + o.runs) {
+        for (k, (_, runtime, image, args)) in variants.iter().enumerate() {
+            let id = format!("b{k}-{round}");
+            let cg = c.cgroup(&id);
+            let mut a = vec![
+                "run",
+                "--rm",
+                "--runtime",
+                runtime,
+                "--cgroup",
+                &cg,
+                image,
+                &id,
+            ];
+            a.extend(args.iter());
+            let t = Instant::now();
+            c.ok(&a);
+            if round >= o.warmup {
+                samples[k].push(ms(t.elapsed()));
+            }
+        }
+    }
+    // The shim's footprint while it serves one task.
+    let o2 = c.run(&["-d"], BUSYBOX, "rss", &["sleep", "600"]);
+    let rss_mib = c
+        .shims()
+        .first()
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0);
+    if o2.code == 0 {
+        c.remove("rss");
+    }
+    let base = samples[0].clone();
+    let rows: Vec<Value> = variants
+        .iter()
+        .zip(&samples)
+        .map(|((name, ..), s)| {
+            let (median, p95) = median_p95(s);
+            json!({"variant": name, "median_ms": median, "p95_ms": p95,
+                   "ratio_to_amphi_shim_native": pair_ratio(s, &base), "samples_ms": s})
+        })
+        .collect();
+    Ok(json!({"variants": rows, "shim_rss_mib": rss_mib}))
+}
+
 fn main() -> Result<()> {
     let (group, o) = Opts::parse()?;
     // Containers whose runtime process exits are re-parented to us; we reap them.
@@ -307,6 +383,10 @@ fn main() -> Result<()> {
     if group == "all" || group == "memory" {
         eprintln!("amphi-bench: memory");
         results["memory"] = memory_group(&w, &o)?;
+    }
+    if group == "all" || group == "shim" {
+        eprintln!("amphi-bench: ctr run --rm through containerd");
+        results["shim"] = shim_group(&w, &o)?;
     }
     if group == "all" || group == "compute" {
         eprintln!("amphi-bench: compute and file I/O ({} MiB)", o.mib);

@@ -208,7 +208,47 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
         )?;
     }
 
-    for svg in ["start", "split", "memory", "compute"] {
+    if let Some(sh) = r.get("shim") {
+        if let Some(why) = sh["skipped"].as_str() {
+            writeln!(md, "\n**Through containerd**: skipped: {why}")?;
+        } else {
+            let mut csv = String::from("variant,run,ms\n");
+            let mut plot = Vec::new();
+            writeln!(md, "\n**Through containerd 1.6** (`ctr run --rm`, busybox `true` and wasm hello):\n\n| variant | median | p95 | ratio to amphi shim native |\n|---|---|---|---|")?;
+            for v in sh["variants"].as_array().into_iter().flatten() {
+                let name = v["variant"].as_str().unwrap_or("");
+                for (i, x) in v["samples_ms"].as_array().into_iter().flatten().enumerate() {
+                    writeln!(csv, "{name},{i},{:.3}", f(x))?;
+                }
+                writeln!(
+                    md,
+                    "| {name} | {:.1} ms | {:.1} ms | {:.2} |",
+                    f(&v["median_ms"]),
+                    f(&v["p95_ms"]),
+                    f(&v["ratio_to_amphi_shim_native"])
+                )?;
+                plot.push(Bar {
+                    label: name.to_owned(),
+                    value: f(&v["median_ms"]),
+                    whisker: Some(f(&v["p95_ms"])),
+                });
+            }
+            writeln!(
+                md,
+                "\nThe shim's resident memory while serving one task: {:.1} MiB.",
+                f(&sh["shim_rss_mib"])
+            )?;
+            std::fs::write(o.out.join("shim.csv"), csv)?;
+            bars(
+                &o.out.join("shim.svg"),
+                "ctr run --rm (median, p95 whisker)",
+                "ms",
+                &plot,
+            )?;
+        }
+    }
+
+    for svg in ["start", "split", "memory", "shim", "compute"] {
         if o.out.join(format!("{svg}.svg")).exists() {
             writeln!(md, "\n![{svg}](benchmarks/results/{svg}.svg)")?;
         }

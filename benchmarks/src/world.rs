@@ -52,7 +52,7 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn on_path(name: &str) -> Option<PathBuf> {
+pub fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')
@@ -74,7 +74,8 @@ fn first_line(cmd: &Path, arg: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The amphi binary of this build profile, built if missing.
+/// The amphi binary of this build profile (and the shim beside it), built
+/// if missing.
 fn amphi_bin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("AMPHI_BIN") {
         return Ok(p.into());
@@ -82,9 +83,10 @@ fn amphi_bin() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?;
     let bin = dir.join("amphi");
-    if !bin.exists() {
+    if !bin.exists() || !dir.join("containerd-shim-amphi-v2").exists() {
         let mut c = Command::new("cargo");
-        c.args(["build", "-p", "amphi"]).current_dir(repo_root());
+        c.args(["build", "-p", "amphi", "-p", "containerd-shim-amphi-v2"])
+            .current_dir(repo_root());
         if !cfg!(debug_assertions) {
             c.arg("--release");
         }

@@ -43,6 +43,12 @@ fn harness_runs_end_to_end() {
         assert!(row["wasm_over_native"].as_f64().unwrap() > 0.0, "{w}");
     }
     assert!(r["memory"]["idle"][1]["pss_mib"].as_f64().unwrap() > 0.0);
+    let shim = &r["shim"]["variants"][0]["median_ms"];
+    assert!(
+        shim.as_f64().is_some_and(|m| m > 0.0),
+        "shim group: {}",
+        r["shim"]
+    );
     let svg = std::fs::read_to_string(out.path().join("start.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("amphi native"));
 }

@@ -2,6 +2,8 @@
 //! in its own temp runtime root with cgroups below this process's cgroup,
 //! removed by a drop guard whatever happens.
 
+pub mod containerd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};

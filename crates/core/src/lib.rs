@@ -17,6 +17,7 @@ pub mod namespaces;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;
+pub mod select;
 pub mod spec;
 pub mod state;
 pub mod sync;

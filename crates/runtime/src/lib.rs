@@ -2,7 +2,7 @@
 //! delete, run, list) that every frontend drives. Frontends translate their
 //! protocol to these calls and hold no container logic of their own.
 
-pub mod select;
+pub use amphi_core::select;
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};

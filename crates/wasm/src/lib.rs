@@ -134,10 +134,24 @@ impl Wasm {
         let what = || format!("process.args[0] {arg0:?}");
         let fd = open_in_root(ctx.root_fd, &path, Create::Nothing)
             .map_err(|e| fail(format!("{}: {e}", what())))?;
-        let mut f = std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        // A regular file of bounded size: a FIFO would block create, a
+        // device like /dev/zero would never end.
+        let st = nix::sys::stat::fstat(&fd).map_err(|e| fail(format!("{}: {e}", what())))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(fail(format!("{}: not a regular file", what())));
+        }
+        if st.st_size as u64 > MAX_MODULE {
+            return Err(fail(format!(
+                "{}: {} bytes; modules of at most {MAX_MODULE} bytes are run",
+                what(),
+                st.st_size
+            )));
+        }
+        let f = std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .map_err(|e| fail(format!("{}: {e}", what())))?;
         let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes)
+        f.take(MAX_MODULE + 1)
+            .read_to_end(&mut bytes)
             .map_err(|e| fail(format!("{}: {e}", what())))?;
         Ok((path, bytes))
     }
@@ -228,6 +242,9 @@ impl Wasm {
 /// Room kept in the cgroup for the runtime around the guest: wasmtime's own
 /// allocations while running, WASI buffers, stacks and page tables.
 pub const RUNTIME_HEADROOM: u64 = 16 << 20;
+
+/// The largest module or component read (a compiled one is larger still).
+const MAX_MODULE: u64 = 256 << 20;
 
 /// The most elements a guest's tables may hold together (8 MiB of them).
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;

@@ -1,0 +1,13 @@
+//! A seccomp profile -> BPF: never a panic; a compiled program fits the
+//! kernel's limit.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(profile) = serde_json::from_slice::<oci_spec::runtime::LinuxSeccomp>(data) {
+        if let Ok(p) = amphi_core::seccomp::compile(&profile) {
+            assert!(p.len() <= 4096);
+        }
+    }
+});

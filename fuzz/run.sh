@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# A short fuzzing pass of every target (SECONDS_PER_TARGET each, default 20),
+# as CI runs it; longer campaigns: `cargo +nightly fuzz run TARGET`.
+# Needs the nightly toolchain and cargo-fuzz (installed when missing).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+secs=${SECONDS_PER_TARGET:-20}
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+cd "$here"
+for target in config executor_choice state_file seccomp; do
+    mkdir -p "corpus/$target"
+    cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$secs" -max_len=4096
+done
