@@ -5,15 +5,9 @@
 //! no shim, cgroup, mount or state may be left.
 
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use amphi_tests::containerd::{image, reap_zombies, Containerd, BUSYBOX, NS, RUNTIME, WASM};
 use amphi_tests::{amphi_bin, cgroup_dirs, wait_for};
-
-fn median_ms(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 #[test]
 fn containerd_runs_native_and_wasm_through_the_shim() {
@@ -239,43 +233,6 @@ fn containerd_runs_native_and_wasm_through_the_shim() {
         (4, "via runc shim\n"),
         "{}",
         o.stderr
-    );
-
-    // Start latency through containerd: amphi's shim vs the runc shim.
-    let mut times: [Vec<f64>; 3] = Default::default();
-    for i in 0..5 {
-        for (k, (runtime, image, args)) in [
-            (RUNTIME, BUSYBOX, vec!["true"]),
-            ("io.containerd.runc.v2", BUSYBOX, vec!["true"]),
-            (RUNTIME, WASM, vec![]),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let id = format!("t{k}-{i}");
-            let cg = c.cgroup(&id);
-            let mut a = vec![
-                "run",
-                "--rm",
-                "--runtime",
-                runtime,
-                "--cgroup",
-                &cg,
-                image,
-                &id,
-            ];
-            a.extend(args);
-            let t = Instant::now();
-            c.ok(&a);
-            times[k].push(t.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    let [amphi, runc, wasm] = times;
-    eprintln!(
-        "ctr run --rm medians: amphi shim native {:.1} ms, runc shim {:.1} ms, amphi shim wasm {:.1} ms",
-        median_ms(amphi),
-        median_ms(runc),
-        median_ms(wasm)
     );
 
     // Nothing left: tasks, shims, cgroups, mounts, amphi state.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::world::cgroup_dirs;
+use amphi_tests::cgroup_dirs_by_hierarchy;
 
 fn fail() -> ! {
     // SAFETY: leave the child without unwinding.
@@ -23,7 +23,7 @@ pub fn once(rootfs: &Path, rel: &str) -> Result<Duration> {
     let t0 = Instant::now();
     // The hierarchies a runtime uses: v1 controllers where there are any
     // (hybrid hosts included), else the unified one.
-    let all = cgroup_dirs(rel);
+    let all = cgroup_dirs_by_hierarchy(rel);
     let v1: Vec<_> = all
         .iter()
         .filter(|(c, _)| !c.is_empty() && !c.starts_with("name="))

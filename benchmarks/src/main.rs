@@ -189,7 +189,7 @@ fn start_group(w: &World, o: &Opts) -> Result<Value> {
         .map(|(v, s)| {
             let (median, p95) = median_p95(s);
             json!({"variant": v.name, "note": v.note, "median_ms": median, "p95_ms": p95,
-                   "ratio_to_amphi_native": pair_ratio(s, &base), "samples_ms": s})
+                   "pairwise_ratio": pair_ratio(s, &base), "samples_ms": s})
         })
         .collect();
     let mut skipped = Vec::new();
@@ -358,7 +358,7 @@ fn shim_group(w: &World, o: &Opts) -> Result<Value> {
         .map(|((name, ..), s)| {
             let (median, p95) = median_p95(s);
             json!({"variant": name, "median_ms": median, "p95_ms": p95,
-                   "ratio_to_amphi_shim_native": pair_ratio(s, &base), "samples_ms": s})
+                   "pairwise_ratio": pair_ratio(s, &base), "samples_ms": s})
         })
         .collect();
     Ok(json!({"variants": rows, "shim_rss_mib": rss_mib}))

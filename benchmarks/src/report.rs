@@ -33,34 +33,18 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
     )?;
 
     if let Some(s) = r.get("start") {
-        let mut csv = String::from("variant,run,ms\n");
-        let mut plot = Vec::new();
         writeln!(
             md,
             "**Start latency** (create to exit of a trivial workload):\n"
         )?;
-        writeln!(
-            md,
-            "| variant | median | p95 | ratio to amphi native (pairwise) |\n|---|---|---|---|"
+        latencies(
+            &mut md,
+            &s["variants"],
+            "amphi native",
+            &o.out.join("start.csv"),
+            &o.out.join("start.svg"),
+            "Start latency, create to exit (median, p95 whisker)",
         )?;
-        for v in s["variants"].as_array().into_iter().flatten() {
-            let name = v["variant"].as_str().unwrap_or("");
-            for (i, x) in v["samples_ms"].as_array().into_iter().flatten().enumerate() {
-                writeln!(csv, "{name},{i},{:.3}", f(x))?;
-            }
-            writeln!(
-                md,
-                "| {name} | {:.1} ms | {:.1} ms | {:.2} |",
-                f(&v["median_ms"]),
-                f(&v["p95_ms"]),
-                f(&v["ratio_to_amphi_native"])
-            )?;
-            plot.push(Bar {
-                label: name.to_owned(),
-                value: f(&v["median_ms"]),
-                whisker: Some(f(&v["p95_ms"])),
-            });
-        }
         writeln!(md)?;
         for v in s["variants"].as_array().into_iter().flatten() {
             writeln!(
@@ -73,13 +57,6 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
         for skip in s["skipped"].as_array().into_iter().flatten() {
             writeln!(md, "- skipped: {}", skip.as_str().unwrap_or(""))?;
         }
-        std::fs::write(o.out.join("start.csv"), csv)?;
-        bars(
-            &o.out.join("start.svg"),
-            "Start latency, create to exit (median, p95 whisker)",
-            "ms",
-            &plot,
-        )?;
 
         let mut csv = String::from("runtime,create_ms,start_ms,wait_ms,delete_ms\n");
         writeln!(md, "\n**Where the time goes** (median per phase):\n\n| runtime | create | start | wait | delete |\n|---|---|---|---|---|")?;
@@ -212,38 +189,22 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
         if let Some(why) = sh["skipped"].as_str() {
             writeln!(md, "\n**Through containerd**: skipped: {why}")?;
         } else {
-            let mut csv = String::from("variant,run,ms\n");
-            let mut plot = Vec::new();
-            writeln!(md, "\n**Through containerd 1.6** (`ctr run --rm`, busybox `true` and wasm hello):\n\n| variant | median | p95 | ratio to amphi shim native |\n|---|---|---|---|")?;
-            for v in sh["variants"].as_array().into_iter().flatten() {
-                let name = v["variant"].as_str().unwrap_or("");
-                for (i, x) in v["samples_ms"].as_array().into_iter().flatten().enumerate() {
-                    writeln!(csv, "{name},{i},{:.3}", f(x))?;
-                }
-                writeln!(
-                    md,
-                    "| {name} | {:.1} ms | {:.1} ms | {:.2} |",
-                    f(&v["median_ms"]),
-                    f(&v["p95_ms"]),
-                    f(&v["ratio_to_amphi_shim_native"])
-                )?;
-                plot.push(Bar {
-                    label: name.to_owned(),
-                    value: f(&v["median_ms"]),
-                    whisker: Some(f(&v["p95_ms"])),
-                });
-            }
+            writeln!(
+                md,
+                "\n**Through containerd 1.6** (`ctr run --rm`, busybox `true` and wasm hello):\n"
+            )?;
+            latencies(
+                &mut md,
+                &sh["variants"],
+                "amphi shim, native",
+                &o.out.join("shim.csv"),
+                &o.out.join("shim.svg"),
+                "ctr run --rm (median, p95 whisker)",
+            )?;
             writeln!(
                 md,
                 "\nThe shim's resident memory while serving one task: {:.1} MiB.",
                 f(&sh["shim_rss_mib"])
-            )?;
-            std::fs::write(o.out.join("shim.csv"), csv)?;
-            bars(
-                &o.out.join("shim.svg"),
-                "ctr run --rm (median, p95 whisker)",
-                "ms",
-                &plot,
             )?;
         }
     }
@@ -259,6 +220,44 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
         update_readme(&md)?;
     }
     Ok(())
+}
+
+/// A latency table (median, p95, pairwise ratio to `base`), its samples as
+/// CSV and its plot.
+fn latencies(
+    md: &mut String,
+    variants: &Value,
+    base: &str,
+    csv_path: &Path,
+    svg: &Path,
+    title: &str,
+) -> Result<()> {
+    let mut csv = String::from("variant,run,ms\n");
+    let mut plot = Vec::new();
+    writeln!(
+        md,
+        "| variant | median | p95 | ratio to {base} (pairwise) |\n|---|---|---|---|"
+    )?;
+    for v in variants.as_array().into_iter().flatten() {
+        let name = v["variant"].as_str().unwrap_or("");
+        for (i, x) in v["samples_ms"].as_array().into_iter().flatten().enumerate() {
+            writeln!(csv, "{name},{i},{:.3}", f(x))?;
+        }
+        writeln!(
+            md,
+            "| {name} | {:.1} ms | {:.1} ms | {:.2} |",
+            f(&v["median_ms"]),
+            f(&v["p95_ms"]),
+            f(&v["pairwise_ratio"])
+        )?;
+        plot.push(Bar {
+            label: name.to_owned(),
+            value: f(&v["median_ms"]),
+            whisker: Some(f(&v["p95_ms"])),
+        });
+    }
+    std::fs::write(csv_path, csv)?;
+    bars(svg, title, "ms", &plot)
 }
 
 /// Replace the README's results between the markers with this run's.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use amphi_tests::cgroup_dirs_by_hierarchy;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
@@ -489,54 +490,18 @@ impl Drop for World {
     }
 }
 
-/// This process's cgroup directory in every mounted hierarchy, joined with
-/// `rel` (v1 puts each controller at its own path).
-pub fn cgroup_dirs(rel: &str) -> Vec<(String, PathBuf)> {
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut out = Vec::new();
-    for line in mounts.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut post = post.split(' ');
-        let fstype = post.next().unwrap_or("");
-        let opts = post.nth(1).unwrap_or("");
-        let mut pre = pre.split(' ');
-        let mount_root = pre.nth(3).unwrap_or("/");
-        let mount_point = pre.next().unwrap_or("");
-        for l in own.lines() {
-            let mut f = l.splitn(3, ':');
-            let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
-            let matches = match fstype {
-                "cgroup2" => ctrls.is_empty(),
-                "cgroup" => {
-                    !ctrls.is_empty() && ctrls.split(',').all(|c| opts.split(',').any(|o| o == c))
-                }
-                _ => false,
-            };
-            if matches {
-                let p = path
-                    .strip_prefix(mount_root)
-                    .unwrap_or(path)
-                    .trim_start_matches('/');
-                out.push((ctrls.to_owned(), Path::new(mount_point).join(p).join(rel)));
-            }
-        }
-    }
-    out
-}
-
 /// Memory charged to the cgroup `rel` (below ours), in bytes.
 fn memory_usage(rel: &str) -> Option<u64> {
-    cgroup_dirs(rel).iter().find_map(|(ctrls, dir)| {
-        let file = if ctrls.is_empty() {
-            dir.join("memory.current")
-        } else if ctrls.split(',').any(|c| c == "memory") {
-            dir.join("memory.usage_in_bytes")
-        } else {
-            return None;
-        };
-        std::fs::read_to_string(file).ok()?.trim().parse().ok()
-    })
+    cgroup_dirs_by_hierarchy(rel)
+        .iter()
+        .find_map(|(ctrls, dir)| {
+            let file = if ctrls.is_empty() {
+                dir.join("memory.current")
+            } else if ctrls.split(',').any(|c| c == "memory") {
+                dir.join("memory.usage_in_bytes")
+            } else {
+                return None;
+            };
+            std::fs::read_to_string(file).ok()?.trim().parse().ok()
+        })
 }

@@ -296,8 +296,17 @@ impl Drop for Env {
 
 /// This test process's cgroup in each mounted hierarchy, joined with `rel`.
 pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    cgroup_dirs_by_hierarchy(rel)
+        .into_iter()
+        .map(|(_, dir)| dir)
+        .collect()
+}
+
+/// The same, with each hierarchy's controllers ("" for cgroup2): v1 puts
+/// each controller at its own path.
+pub fn cgroup_dirs_by_hierarchy(rel: &str) -> Vec<(String, PathBuf)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut out = Vec::new();
     for line in mounts.lines() {
         let Some((pre, post)) = line.split_once(" - ") else {
@@ -306,11 +315,12 @@ pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
         let mut post = post.split(' ');
         let fstype = post.next().unwrap_or("");
         let opts = post.nth(1).unwrap_or("");
-        let mount_root = pre.split(' ').nth(3).unwrap_or("/");
-        let mount_point = pre.split(' ').nth(4).unwrap_or("");
-        let own_path = own.lines().find_map(|l| {
+        let mut pre = pre.split(' ');
+        let mount_root = pre.nth(3).unwrap_or("/");
+        let mount_point = pre.next().unwrap_or("");
+        for l in own.lines() {
             let mut f = l.splitn(3, ':');
-            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
             let matches = match fstype {
                 "cgroup2" => ctrls.is_empty(),
                 "cgroup" => {
@@ -318,15 +328,13 @@ pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
                 }
                 _ => false,
             };
-            matches.then(|| path.to_owned())
-        });
-        if let Some(p) = own_path {
-            let p = p
-                .strip_prefix(mount_root)
-                .unwrap_or(&p)
-                .trim_start_matches('/')
-                .to_owned();
-            out.push(Path::new(mount_point).join(p).join(rel));
+            if matches {
+                let p = path
+                    .strip_prefix(mount_root)
+                    .unwrap_or(path)
+                    .trim_start_matches('/');
+                out.push((ctrls.to_owned(), Path::new(mount_point).join(p).join(rel)));
+            }
         }
     }
     out

@@ -189,6 +189,39 @@ impl Service {
         f(c)
     }
 
+    /// `amphi pause` / `resume`, then the status and the event.
+    fn freeze(&self, id: &str, frozen: bool) -> TtrpcResult<api::Empty> {
+        let amphi = self.amphi(id)?;
+        let (command, status) = if frozen {
+            ("pause", Status::PAUSED)
+        } else {
+            ("resume", Status::RUNNING)
+        };
+        amphi
+            .run(&[command, id], Stdio3::default(), None)
+            .map_err(failed)?;
+        self.set_status(id, status)?;
+        let container_id = id.to_owned();
+        if frozen {
+            self.publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id,
+                    ..Default::default()
+                }),
+            );
+        } else {
+            self.publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id,
+                    ..Default::default()
+                }),
+            );
+        }
+        Ok(api::Empty::default())
+    }
+
     fn set_status(&self, id: &str, status: Status) -> TtrpcResult<()> {
         self.with(id, |c| {
             if c.init.exit.is_none() {
@@ -668,35 +701,11 @@ impl containerd_shim::Task for Service {
     }
 
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        let amphi = self.amphi(&req.id)?;
-        amphi
-            .run(&["pause", &req.id], Stdio3::default(), None)
-            .map_err(failed)?;
-        self.set_status(&req.id, Status::PAUSED)?;
-        self.publish(
-            topics::TASK_PAUSED_EVENT_TOPIC,
-            Box::new(TaskPaused {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
-        );
-        Ok(api::Empty::default())
+        self.freeze(&req.id, true)
     }
 
     fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        let amphi = self.amphi(&req.id)?;
-        amphi
-            .run(&["resume", &req.id], Stdio3::default(), None)
-            .map_err(failed)?;
-        self.set_status(&req.id, Status::RUNNING)?;
-        self.publish(
-            topics::TASK_RESUMED_EVENT_TOPIC,
-            Box::new(TaskResumed {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
-        );
-        Ok(api::Empty::default())
+        self.freeze(&req.id, false)
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
