@@ -8,7 +8,13 @@ secs=${SECONDS_PER_TARGET:-20}
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cd "$here"
+# New inputs go to a scratch directory; the kept corpus (minimised with
+# `cargo +nightly fuzz cmin TARGET`) only seeds the run.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+export AMPHI_FUZZ_DIR=$scratch
 for target in config executor_choice state_file seccomp; do
-    mkdir -p "corpus/$target"
-    cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$secs" -max_len=4096
+    mkdir -p "$scratch/$target" "corpus/$target"
+    cargo +nightly fuzz run "$target" "$scratch/$target" "corpus/$target" -- \
+        -max_total_time="$secs" -max_len=4096
 done

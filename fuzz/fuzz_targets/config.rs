@@ -10,7 +10,9 @@ use libfuzzer_sys::fuzz_target;
 fn bundle() -> &'static std::path::Path {
     static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("amphi-fuzz-{}", std::process::id()));
+        // Under $AMPHI_FUZZ_DIR when run.sh sets it (and removes it).
+        let base = std::env::var_os("AMPHI_FUZZ_DIR").map_or_else(std::env::temp_dir, Into::into);
+        let dir = base.join(format!("amphi-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("rootfs")).unwrap();
         dir
     })
