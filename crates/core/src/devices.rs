@@ -152,6 +152,12 @@ const JNE_K: u8 = 0x55;
 const JNE_X: u8 = 0x5d;
 const EXIT: u8 = 0x95;
 
+/// One instruction of a rule, or a conditional jump to the next rule.
+enum Step {
+    Op(u64),
+    SkipRuleIf(u8, u8, u8, i32),
+}
+
 /// The program: the rules in reverse, first match returns (so the last
 /// rule in spec order wins), default deny. Registers: r2 type, r3 access,
 /// r4 major, r5 minor, r1 scratch.
@@ -165,62 +171,48 @@ pub fn program(rules: &[Rule]) -> Vec<u64> {
         insn(LDX_W, 5, 1, 8, 0),
     ];
     for r in rules.iter().rev() {
-        let mut checks: Vec<(u8, u8, u8, i32)> = Vec::new(); // (code, dst, src, imm)
+        let mut steps = Vec::new();
         match r.typ {
-            'c' => checks.push((JNE_K, 2, 0, 2)), // BPF_DEVCG_DEV_CHAR
-            'b' => checks.push((JNE_K, 2, 0, 1)), // BPF_DEVCG_DEV_BLOCK
+            'c' => steps.push(Step::SkipRuleIf(JNE_K, 2, 0, 2)), // BPF_DEVCG_DEV_CHAR
+            'b' => steps.push(Step::SkipRuleIf(JNE_K, 2, 0, 1)), // BPF_DEVCG_DEV_BLOCK
             _ => {}
         }
-        let mut access = 0;
-        for c in r.access.chars() {
-            access |= match c {
+        let access = r.access.chars().fold(0, |a, c| {
+            a | match c {
                 'm' => 1,
                 'r' => 2,
                 'w' => 4,
                 _ => 0,
-            };
-        }
-        let mut body: Vec<u64> = Vec::new();
+            }
+        });
         if access != 7 {
-            // Every bit asked for must be in the rule.
-            body.push(insn(MOV64_X, 1, 3, 0, 0));
-            body.push(insn(AND32_K, 1, 0, 0, access));
-            checks.push((JNE_X, 1, 3, 0));
+            // Every access bit asked for must be in the rule.
+            steps.push(Step::Op(insn(MOV64_X, 1, 3, 0, 0)));
+            steps.push(Step::Op(insn(AND32_K, 1, 0, 0, access)));
+            steps.push(Step::SkipRuleIf(JNE_X, 1, 3, 0));
         }
         if let Some(m) = r.major.filter(|_| r.typ != 'a') {
-            checks.push((JNE_K, 4, 0, m as i32));
+            steps.push(Step::SkipRuleIf(JNE_K, 4, 0, m as i32));
         }
         if let Some(m) = r.minor.filter(|_| r.typ != 'a') {
-            checks.push((JNE_K, 5, 0, m as i32));
+            steps.push(Step::SkipRuleIf(JNE_K, 5, 0, m as i32));
         }
-        // Layout: [type check] [access prep] [access check] [major] [minor] r0=.. exit
-        let mut code: Vec<Option<(u8, u8, u8, i32)>> = Vec::new();
-        let mut prep = body.into_iter();
-        for c in checks {
-            if c.0 == JNE_X {
-                for b in prep.by_ref() {
-                    code.push(None);
-                    p.push(b);
+        steps.push(Step::Op(insn(MOV64_K, 0, 0, 0, i32::from(r.allow))));
+        steps.push(Step::Op(insn(EXIT, 0, 0, 0, 0)));
+        let unconditional = !steps.iter().any(|s| matches!(s, Step::SkipRuleIf(..)));
+        let len = steps.len();
+        for (i, s) in steps.into_iter().enumerate() {
+            p.push(match s {
+                Step::Op(x) => x,
+                // A failed match jumps past this rule's exit.
+                Step::SkipRuleIf(op, dst, src, imm) => {
+                    insn(op, dst, src, (len - i - 1) as i16, imm)
                 }
-            }
-            code.push(Some(c));
-            p.push(0); // patched below
+            });
         }
-        p.push(insn(MOV64_K, 0, 0, 0, i32::from(r.allow)));
-        p.push(insn(EXIT, 0, 0, 0, 0));
-        // Patch jumps: a failed check goes to the instruction after EXIT.
-        let end = p.len();
-        let start = end - 2 - code.len();
-        for (i, c) in code.iter().enumerate() {
-            if let Some((op, dst, src, imm)) = *c {
-                let at = start + i;
-                let off = (end - at - 1) as i16;
-                p[at] = insn(op, dst, src, off, imm);
-            }
-        }
-        if code.is_empty() {
-            // Matches every device: what follows is unreachable, which the
-            // verifier rejects.
+        if unconditional {
+            // It matches every device: what would follow is unreachable,
+            // which the verifier rejects.
             return p;
         }
     }
