@@ -683,3 +683,97 @@ fn special_files_as_entrypoints_fail_fast() {
         env.assert_clean(&id, &b.cgroup());
     }
 }
+
+/// `amphi ARGS` in a mount namespace of its own where cgroup2 is mounted
+/// at /sys/fs/cgroup, so amphi sees a pure v2 host (the same unified
+/// hierarchy the host has at /sys/fs/cgroup/unified on hybrid machines).
+/// Output goes to `v2-{args[0]}.out`/`.err` in the test's temp dir.
+fn amphi_on_v2(env: &Env, args: &[&str]) -> amphi_tests::Run {
+    let mut c = env.command(args);
+    let out = env.tmp.path().join(format!("v2-{}.out", args[0]));
+    let err = env.tmp.path().join(format!("v2-{}.err", args[0]));
+    c.stdout(std::fs::File::create(&out).unwrap());
+    c.stderr(std::fs::File::create(&err).unwrap());
+    // SAFETY: only syscalls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            let null = std::ptr::null();
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    null,
+                    c"/".as_ptr(),
+                    null,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    null.cast(),
+                ) != 0
+                || libc::mount(
+                    c"cgroup2".as_ptr(),
+                    c"/sys/fs/cgroup".as_ptr(),
+                    c"cgroup2".as_ptr(),
+                    0,
+                    null.cast(),
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let st = c.status().unwrap();
+    amphi_tests::Run {
+        code: st.code().unwrap_or(-1),
+        stdout: std::fs::read_to_string(out).unwrap(),
+        stderr: std::fs::read_to_string(err).unwrap(),
+    }
+}
+
+#[test]
+fn a_pure_cgroup_v2_view_works_end_to_end() {
+    let env = Env::new();
+    let unified = amphi_tests::cgroup_dirs_by_hierarchy("")
+        .into_iter()
+        .find(|(ctrls, _)| ctrls.is_empty());
+    let Some((_, own_v2)) = unified else {
+        eprintln!("skipped: no cgroup2 hierarchy on this host");
+        return;
+    };
+    let mut b = env.bundle("v2", &["sh", "-c", "head -c 1 /dev/null && echo null-ok; mknod /tmp/mem c 1 1 && head -c 1 /tmp/mem; echo mem=$?; sleep 600"]);
+    b.spec["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    b.write();
+    let id = env.id("v2");
+    amphi_on_v2(&env, &["run", "-d", "--bundle", b.path(), &id]).ok();
+    // The container writes to the stdout it inherited from that first call.
+    let out = env.tmp.path().join("v2-run.out");
+    let dir = own_v2.join(b.cgroup());
+    assert!(
+        dir.join("cgroup.procs").exists(),
+        "the container's cgroup is in the unified hierarchy"
+    );
+    assert!(wait_for(5, || std::fs::read_to_string(
+        dir.join("cgroup.procs")
+    )
+    .is_ok_and(|p| !p.trim().is_empty())));
+    // The eBPF device filter: /dev/null allowed, a made /dev/mem not.
+    assert!(
+        wait_for(5, || std::fs::read_to_string(&out)
+            .is_ok_and(|s| s.contains("mem="))),
+        "{:?}",
+        std::fs::read_to_string(&out)
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("null-ok") && text.contains("mem=1"), "{text}");
+    amphi_on_v2(&env, &["pause", &id]).ok();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("cgroup.freeze"))
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    amphi_on_v2(&env, &["resume", &id]).ok();
+    let stats = amphi_on_v2(&env, &["events", "--stats", &id]);
+    stats.ok();
+    assert!(stats.stdout.contains("\"pids\""), "{}", stats.stdout);
+    amphi_on_v2(&env, &["delete", "--force", &id]).ok();
+    assert!(!dir.exists(), "cgroup {} left", dir.display());
+    env.assert_clean(&id, &b.cgroup());
+}
