@@ -473,9 +473,19 @@ fn native_exec_into_a_wasm_container() {
     let mut lines = r.stdout.lines();
     assert_ne!(lines.next(), Some("1"), "{}", r.stdout);
     assert!(lines.next().unwrap_or("").contains("amphi"), "{}", r.stdout);
-    let r = env.amphi(&["exec", &id, "/app/probe.wasm", "args", "x"]);
+    // A module exec'd into the container compiles once, from the host's
+    // cache, though it prepares inside the container's mount namespace.
+    let report = [("AMPHI_WASM_CACHE_REPORT", "1")];
+    let r = env.amphi_env(&report, &["exec", &id, "/app/probe.wasm", "args", "x"]);
     r.ok();
     assert_eq!(r.stdout, "/app/probe.wasm|args|x\n");
+    let r = env.amphi_env(&report, &["exec", &id, "/app/probe.wasm", "args", "x"]);
+    r.ok();
+    assert!(
+        r.stderr.contains("Hit"),
+        "the second exec compiled again: {}",
+        r.stderr
+    );
     env.amphi(&["delete", "--force", &id]).ok();
     env.assert_clean(&id, &b.cgroup());
 }

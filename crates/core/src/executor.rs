@@ -23,6 +23,12 @@ pub trait Executor {
     /// A short name recorded in the container's state ("native", "wasm").
     fn name(&self) -> &'static str;
 
+    /// Fds the executor opened in the runtime and needs in the init; every
+    /// other fd beyond the preserved ones is closed there first thing.
+    fn inherited_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
+
     /// Runs after namespaces, cgroup and mounts are set up and before
     /// pivot_root. Errors here fail `create`.
     fn prepare(&mut self, ctx: &PrepareContext) -> Result<()>;

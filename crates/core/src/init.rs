@@ -107,6 +107,7 @@ fn setup(a: InitArgs, reported: &mut bool) -> std::result::Result<Infallible, Fa
     let mut keep = keep_fds(&[&ch.raw(), &a.state_dir]);
     keep.extend(a.plan.join.iter().map(|j| j.fd.as_raw_fd()));
     keep.extend(a.console_socket);
+    keep.extend(a.executor.inherited_fds());
     t!(close_fds(a.preserve_fds, &keep));
 
     if a.intermediate {

@@ -473,6 +473,10 @@ impl Runtime {
         spec.set_annotations(None);
         spec.set_process(Some(o.process));
         let kind = select::choose(&spec, &state.rootfs);
+        if kind == Kind::Wasm {
+            std::fs::create_dir_all(&self.wasm_cache)
+                .map_err(|e| Error::io("create wasm cache", &self.wasm_cache, e))?;
+        }
         let executor = executor_for(kind, &spec, &self.wasm_cache);
         let terminal = spec
             .process()

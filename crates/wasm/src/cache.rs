@@ -14,6 +14,10 @@ const SUM: usize = 32;
 #[derive(Clone, Debug)]
 pub struct Cache {
     dir: PathBuf,
+    /// The directory, opened where the path still means the host's (the
+    /// runtime, before any namespace is joined): `exec` prepares inside
+    /// the container's mount namespace, where the path leads nowhere.
+    fd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// What a load did, for tests and benchmarks (`AMPHI_WASM_CACHE_REPORT`).
@@ -30,18 +34,48 @@ fn hex(bytes: &[u8]) -> String {
 
 impl Cache {
     pub fn new(dir: impl Into<PathBuf>) -> Cache {
-        Cache { dir: dir.into() }
+        let dir = dir.into();
+        let fd = nix::fcntl::open(
+            &dir,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+        .map(std::sync::Arc::new);
+        Cache { dir, fd }
     }
 
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
     }
 
+    /// The fd the container's init must keep open for the cache to work.
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.fd
+            .as_ref()
+            .map(|f| std::os::fd::AsRawFd::as_raw_fd(&**f))
+    }
+
+    /// Let go of the directory (before the guest runs).
+    pub fn close(&mut self) {
+        self.fd = None;
+    }
+
+    /// The directory as a path valid in any mount namespace.
+    fn root(&self) -> PathBuf {
+        match self.raw_fd() {
+            Some(fd) => PathBuf::from(format!("/proc/self/fd/{fd}")),
+            None => self.dir.clone(),
+        }
+    }
+
     fn entry(&self, engine: &Engine, module: &[u8]) -> PathBuf {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let digest = Sha256::digest(module);
-        self.dir
+        self.root()
             .join(format!("{}-{:016x}.cwasm", hex(&digest), h.finish()))
     }
 

@@ -288,6 +288,10 @@ impl Executor for Wasm {
         "wasm"
     }
 
+    fn inherited_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.cache.raw_fd().into_iter().collect()
+    }
+
     fn prepare(&mut self, ctx: &PrepareContext) -> Result<()> {
         let arg0 = &ctx.process.args().as_ref().expect("validated")[0];
         let (path, bytes) = Self::read_module(ctx, arg0)?;
@@ -358,6 +362,8 @@ impl Executor for Wasm {
                 Linked::Component(pre)
             }
         });
+        // The guest gets nothing of the host's, not even a handle it cannot name.
+        self.cache.close();
         Ok(())
     }
 
