@@ -40,6 +40,17 @@ struct Proc {
     spec: Vec<u8>,
 }
 
+impl Container {
+    /// The init (no exec id) or an exec'd process.
+    fn process(&self, exec_id: &str) -> TtrpcResult<&Proc> {
+        if exec_id.is_empty() {
+            Ok(&self.init)
+        } else {
+            self.execs.get(exec_id).ok_or_else(|| not_found(exec_id))
+        }
+    }
+}
+
 struct Container {
     bundle: PathBuf,
     amphi: Amphi,
@@ -564,13 +575,7 @@ impl containerd_shim::Task for Service {
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
         self.with(&req.id, |c| {
-            let p = if req.exec_id.is_empty() {
-                &c.init
-            } else {
-                c.execs
-                    .get(&req.exec_id)
-                    .ok_or_else(|| not_found(&req.exec_id))?
-            };
+            let p = c.process(&req.exec_id)?;
             Ok(api::StateResponse {
                 id: req.id.clone(),
                 exec_id: req.exec_id.clone(),
@@ -750,13 +755,7 @@ impl containerd_shim::Task for Service {
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
         self.with(&req.id, |c| {
-            let p = if req.exec_id.is_empty() {
-                &c.init
-            } else {
-                c.execs
-                    .get(&req.exec_id)
-                    .ok_or_else(|| not_found(&req.exec_id))?
-            };
+            let p = c.process(&req.exec_id)?;
             if let Some(m) = &p.master {
                 io::resize(m, req.width, req.height).map_err(failed)?;
             }
@@ -788,13 +787,7 @@ impl containerd_shim::Task for Service {
         let mut cs = self.containers.lock().unwrap();
         loop {
             let c = cs.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-            let p = if req.exec_id.is_empty() {
-                &c.init
-            } else {
-                c.execs
-                    .get(&req.exec_id)
-                    .ok_or_else(|| not_found(&req.exec_id))?
-            };
+            let p = c.process(&req.exec_id)?;
             if let Some(exit) = p.exit {
                 return Ok(api::WaitResponse {
                     exit_status: exit.code,
