@@ -126,6 +126,32 @@ impl Runtime {
         })
     }
 
+    /// The executor a process runs with (made in the runtime, where the
+    /// module cache's path is the host's) and its connected console socket.
+    fn executor_and_console(
+        &self,
+        spec: &oci_spec::runtime::Spec,
+        rootfs: &Path,
+        console_socket: Option<&Path>,
+    ) -> Result<(Kind, Box<dyn Executor>, Option<std::os::fd::OwnedFd>)> {
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let console_socket = connect_console(terminal, console_socket)?;
+        let kind = select::choose(spec, rootfs);
+        if kind == Kind::Wasm {
+            std::fs::create_dir_all(&self.wasm_cache)
+                .map_err(|e| Error::io("create wasm cache", &self.wasm_cache, e))?;
+        }
+        Ok((
+            kind,
+            executor_for(kind, spec, &self.wasm_cache),
+            console_socket,
+        ))
+    }
+
     /// Where warnings go (what the spec asks for and this host cannot do,
     /// where the spec allows going on): stderr unless set.
     pub fn on_warning(mut self, f: impl Fn(&str) + 'static) -> Runtime {
@@ -141,18 +167,8 @@ impl Runtime {
         for w in amphi_core::lsm::warnings(spec.process().as_ref()) {
             (self.warn)(&w);
         }
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        let console_socket = connect_console(terminal, o.console_socket)?;
-        let kind = select::choose(spec, &bundle.rootfs);
-        if kind == Kind::Wasm {
-            std::fs::create_dir_all(&self.wasm_cache)
-                .map_err(|e| Error::io("create wasm cache", &self.wasm_cache, e))?;
-        }
-        let executor = executor_for(kind, spec, &self.wasm_cache);
+        let (kind, executor, console_socket) =
+            self.executor_and_console(spec, &bundle.rootfs, o.console_socket)?;
 
         let locked = self.store.create(o.id)?;
         util::failpoint("create:dir");
@@ -472,18 +488,8 @@ impl Runtime {
         // a shell execs natively into a wasm container.
         spec.set_annotations(None);
         spec.set_process(Some(o.process));
-        let kind = select::choose(&spec, &state.rootfs);
-        if kind == Kind::Wasm {
-            std::fs::create_dir_all(&self.wasm_cache)
-                .map_err(|e| Error::io("create wasm cache", &self.wasm_cache, e))?;
-        }
-        let executor = executor_for(kind, &spec, &self.wasm_cache);
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        let console_socket = connect_console(terminal, o.console_socket)?;
+        let (_, executor, console_socket) =
+            self.executor_and_console(&spec, &state.rootfs, o.console_socket)?;
         let bundle = Bundle::new(state.bundle.clone(), state.rootfs.clone(), spec)?;
         let blocked = if o.detach {
             SigSet::empty()
