@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the guest programs: core modules (wasm32-wasip1) for every program
 # and a component (wasm32-wasip2) of hello, into bundles/out/wasm/; and the
-# benchmark program for the host too (static, to run in a busybox rootfs),
+# benchmark and CGI programs for the host too (static, to run in a busybox rootfs),
 # into bundles/out/bin/.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,12 +13,15 @@ export CARGO_TARGET_DIR=$here/../out/wasm-target
 cargo build --quiet --release --manifest-path "$here/Cargo.toml" --target wasm32-wasip1
 cargo build --quiet --release --manifest-path "$here/Cargo.toml" --target wasm32-wasip2 --bin hello
 mkdir -p "$out"
-for bin in hello probe trap spin alloc cpu bench idle; do
+for bin in hello probe trap spin alloc cpu bench idle cgi; do
     cp "$CARGO_TARGET_DIR/wasm32-wasip1/release/$bin.wasm" "$out/$bin.wasm"
 done
 host=$(rustc -vV | sed -n 's/^host: //p')
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release \
-    --manifest-path "$here/Cargo.toml" --target "$host" --bin bench
+    --manifest-path "$here/Cargo.toml" --target "$host" --bin bench --bin cgi
 mkdir -p "$here/../out/bin"
 cp "$CARGO_TARGET_DIR/$host/release/bench" "$here/../out/bin/bench"
+cp "$CARGO_TARGET_DIR/$host/release/cgi" "$here/../out/bin/cgi"
+cargo build --quiet --release --manifest-path "$here/http-hello/Cargo.toml" --target wasm32-wasip2
+cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/http_hello.wasm" "$out/http-hello.wasm"
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/hello.wasm" "$out/hello-component.wasm"

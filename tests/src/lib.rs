@@ -3,6 +3,7 @@
 //! removed by a drop guard whatever happens.
 
 pub mod containerd;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -340,7 +341,7 @@ pub fn cgroup_dirs_by_hierarchy(rel: &str) -> Vec<(String, PathBuf)> {
     out
 }
 
-fn processes_rooted_in(dir: &Path) -> Vec<i32> {
+pub(crate) fn processes_rooted_in(dir: &Path) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {

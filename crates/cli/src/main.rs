@@ -203,6 +203,22 @@ enum Command {
     Resume { id: String },
     /// Print what this runtime supports, as runtime-spec features JSON.
     Features,
+    /// Serve HTTP functions (wasm modules, wasi:http components, native
+    /// programs, OCI bundles), each invocation in the envelope.
+    Serve {
+        /// A function manifest (NAME.toml), or a directory of them.
+        #[arg(long)]
+        functions: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Where the functions' generated bundles go (default: a temporary
+        /// directory).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// How long SIGTERM waits for in-flight requests.
+        #[arg(long, default_value = "10s")]
+        shutdown_timeout: String,
+    },
 }
 
 /// A signal by name (with or without SIG) or number; 0 only checks.
@@ -404,6 +420,24 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             events(&runtime()?, id, *stats, interval).with_context(|| format!("events {id}"))?;
         }
         Command::List { format, quiet } => list(&runtime()?, *format, *quiet)?,
+        Command::Serve {
+            functions,
+            listen,
+            work_dir,
+            shutdown_timeout,
+        } => {
+            let shutdown_timeout =
+                parse_duration(shutdown_timeout).context("--shutdown-timeout")?;
+            amphi_serve::run(amphi_serve::Options {
+                functions: functions.clone(),
+                listen: *listen,
+                root: root.clone(),
+                wasm_cache: cli.wasm_cache.clone(),
+                work_dir: work_dir.clone(),
+                shutdown_timeout,
+            })
+            .context("serve")?;
+        }
         Command::Features => println!("{}", serde_json::to_string_pretty(&spec_cmd::features())?),
     }
     Ok(ExitCode::SUCCESS)

@@ -12,6 +12,12 @@ pub enum Error {
         field: String,
         why: String,
     },
+    #[error("function {function}: {field}: {why}")]
+    Function {
+        function: String,
+        field: String,
+        why: String,
+    },
     #[error("container {0:?} already exists")]
     Exists(String),
     #[error("container {0:?} does not exist")]

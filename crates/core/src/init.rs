@@ -389,6 +389,26 @@ fn before_exec(process: &oci_spec::runtime::Process, seccomp: Option<&Program>) 
     }
 }
 
+/// Everything of the spec's process that a forked child of the workload
+/// still has to take on, in the init's order: seccomp (early without
+/// no_new_privs), user and capabilities, no_new_privs, LSM label, seccomp
+/// (late with no_new_privs). For a long-lived container process that runs
+/// each task in a child which must end up as the spec's process would
+/// (`amphi serve`'s function worker).
+pub fn assume_process(
+    process: &oci_spec::runtime::Process,
+    seccomp: Option<&Program>,
+) -> Result<()> {
+    if !no_new_privs(process) {
+        if let Some(p) = seccomp {
+            p.install()?;
+        }
+    }
+    process::become_user(process, !setgroups_denied())?;
+    process::set_no_new_privs(process)?;
+    before_exec(process, seccomp)
+}
+
 fn no_new_privs(process: &oci_spec::runtime::Process) -> bool {
     process.no_new_privileges().unwrap_or(false)
 }

@@ -8,6 +8,7 @@ pub mod console;
 pub mod devices;
 pub mod error;
 pub mod executor;
+pub mod function;
 pub mod hooks;
 pub mod id;
 pub mod init;

@@ -453,6 +453,129 @@ impl Program {
     }
 }
 
+/// Syscalls the default profile refuses (EPERM), as the common container
+/// default does: kernel modules and keys, clocks, mounts and namespaces,
+/// tracing and cross-process memory, reboot, swap, BPF, perf, userfaultfd,
+/// handle-based opens, NUMA policy and obsolete calls. `clone` is allowed
+/// without namespace flags; `clone3` answers ENOSYS so libcs fall back to
+/// `clone`, whose flags the filter can see.
+const DENIED: &[&str] = &[
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "clone",
+    "clone3",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "get_mempolicy",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "personality",
+    "pidfd_getfd",
+    "pivot_root",
+    "process_madvise",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "query_module",
+    "quotactl",
+    "quotactl_fd",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "sysfs",
+    "syslog",
+    "_sysctl",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vhangup",
+    "afs_syscall",
+    "tuxcall",
+    "security",
+    "getpmsg",
+    "putpmsg",
+    "vserver",
+    "create_module",
+    "epoll_ctl_old",
+    "epoll_wait_old",
+    "set_thread_area",
+    "get_thread_area",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+];
+
+/// The default profile: deny by default, allow every syscall of this
+/// architecture but the ones above.
+pub fn default_profile_json() -> serde_json::Value {
+    use syscalls::{Sysno, SysnoSet};
+    let allowed: Vec<&str> = SysnoSet::all()
+        .iter()
+        .map(|s: Sysno| s.name())
+        .filter(|n| !DENIED.contains(n))
+        .collect();
+    const CLONE_NAMESPACES: u64 = 0x7E02_0000;
+    let archs = if cfg!(target_arch = "x86_64") {
+        serde_json::json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"])
+    } else {
+        serde_json::json!(["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"])
+    };
+    serde_json::json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": libc::EPERM,
+        "architectures": archs,
+        "syscalls": [
+            {"names": allowed, "action": "SCMP_ACT_ALLOW"},
+            {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+             "args": [{"index": 0, "value": CLONE_NAMESPACES, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]},
+            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS},
+            {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+             "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}]},
+            {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+             "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]},
+            {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+             "args": [{"index": 0, "value": 0xffff_ffffu64, "op": "SCMP_CMP_EQ"}]}
+        ]
+    })
+}
+
+/// [`default_profile_json`] as the spec type.
+pub fn default_profile() -> oci_spec::runtime::LinuxSeccomp {
+    serde_json::from_value(default_profile_json())
+        .expect("the default profile is a valid LinuxSeccomp")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,6 +152,11 @@ impl Runtime {
         ))
     }
 
+    /// Where compiled wasm modules are cached.
+    pub fn wasm_cache(&self) -> &Path {
+        &self.wasm_cache
+    }
+
     /// Where warnings go (what the spec asks for and this host cannot do,
     /// where the spec allows going on): stderr unless set.
     pub fn on_warning(mut self, f: impl Fn(&str) + 'static) -> Runtime {
@@ -160,6 +165,17 @@ impl Runtime {
     }
 
     pub fn create(&self, o: &CreateOptions) -> Result<i32> {
+        self.create_with(o, |_, executor| executor)
+    }
+
+    /// `create`, with the chosen executor handed to `wrap` first: a frontend
+    /// that runs something of its own around the workload in the envelope
+    /// (`amphi serve`'s function worker) wraps or replaces it here.
+    pub fn create_with(
+        &self,
+        o: &CreateOptions,
+        wrap: impl FnOnce(Kind, Box<dyn Executor>) -> Box<dyn Executor>,
+    ) -> Result<i32> {
         amphi_core::id::validate(o.id)?;
         util::trace::phase("create: load bundle");
         let bundle = Bundle::load(o.bundle)?;
@@ -169,6 +185,7 @@ impl Runtime {
         }
         let (kind, executor, console_socket) =
             self.executor_and_console(spec, &bundle.rootfs, o.console_socket)?;
+        let executor = wrap(kind, executor);
 
         let locked = self.store.create(o.id)?;
         util::failpoint("create:dir");

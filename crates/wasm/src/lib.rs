@@ -13,6 +13,7 @@
 //! once with 128+S, even in a loop that never calls the host.
 
 mod cache;
+pub mod http;
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -68,6 +69,8 @@ pub struct Wasm {
     memory_limit: Option<u64>,
     readonly_root: bool,
     cwd: PathBuf,
+    /// Writable mounts under a read-only root: preopened read-write.
+    writable: Vec<PathBuf>,
     linked: Option<Linked>,
 }
 
@@ -125,11 +128,12 @@ impl Wasm {
             memory_limit,
             readonly_root,
             cwd: PathBuf::from("/"),
+            writable: Vec::new(),
             linked: None,
         }
     }
 
-    fn read_module(ctx: &PrepareContext, arg0: &str) -> Result<(PathBuf, Vec<u8>)> {
+    pub(crate) fn read_module(ctx: &PrepareContext, arg0: &str) -> Result<(PathBuf, Vec<u8>)> {
         let path = ctx.process.cwd().join(arg0);
         let what = || format!("process.args[0] {arg0:?}");
         let fd = open_in_root(ctx.root_fd, &path, Create::Nothing)
@@ -156,17 +160,6 @@ impl Wasm {
         Ok((path, bytes))
     }
 
-    fn limits(&self) -> StoreLimits {
-        // Tables live in the runtime's own memory (8 bytes an element): a
-        // guest that grows them without bound fails its table.grow, as one
-        // that grows memory past the cap fails its memory.grow.
-        let mut b = StoreLimitsBuilder::new().table_elements(MAX_TABLE_ELEMENTS);
-        if let Some(limit) = self.memory_limit {
-            b = b.memory_size(guest_memory_cap(limit, anon_rss()) as usize);
-        }
-        b.build()
-    }
-
     fn wasi(&self, p: &Process) -> Result<WasiCtxBuilder> {
         let mut b = WasiCtxBuilder::new();
         b.inherit_stdio();
@@ -187,6 +180,13 @@ impl Wasm {
         // cannot leave a preopen, through `..` or symlinks alike.
         b.preopened_dir("/", "/", perms)
             .map_err(|e| fail(format!("preopen /: {e}")))?;
+        // A read-only root with a writable tmpfs or bind on it: the guest
+        // writes there as a native process would (wasi-libc resolves a path
+        // against the longest matching preopen).
+        for dir in self.writable.iter().filter(|d| d.is_dir()) {
+            b.preopened_dir(dir, dir.to_string_lossy(), FsPerms::ReadWrite)
+                .map_err(|e| fail(format!("preopen mount {}: {e}", dir.display())))?;
+        }
         if self.cwd != Path::new("/") {
             b.preopened_dir(&self.cwd, ".", perms)
                 .map_err(|e| fail(format!("process.cwd {}: {e}", self.cwd.display())))?;
@@ -196,7 +196,7 @@ impl Wasm {
 
     fn run(self, p: &Process) -> Result<i32> {
         amphi_core::util::trace::phase("wasm: WASI context");
-        let limits = self.limits();
+        let limits = store_limits(self.memory_limit);
         let wasi = self.wasi(p)?;
         let engine = engine();
         amphi_core::util::trace::phase("wasm: instantiate and run");
@@ -237,6 +237,35 @@ impl Wasm {
         };
         Ok(status)
     }
+}
+
+/// Destinations of the spec's mounts a guest may write to: not read-only,
+/// and not the kernel's or the runtime's own (/proc, /sys, /dev).
+fn writable_mounts(spec: &oci_spec::runtime::Spec) -> Vec<PathBuf> {
+    spec.mounts()
+        .iter()
+        .flatten()
+        .filter(|m| {
+            let d = m.destination();
+            !(d.starts_with("/proc") || d.starts_with("/sys") || d.starts_with("/dev"))
+                && d != Path::new("/")
+                && !m.options().iter().flatten().any(|o| o == "ro")
+        })
+        .map(|m| m.destination().clone())
+        .collect()
+}
+
+/// Limits of a guest's store, computed when it is instantiated (the cap
+/// depends on what the runtime holds by then). Tables live in the runtime's
+/// own memory (8 bytes an element): a guest that grows them without bound
+/// fails its table.grow, as one that grows memory past the cap fails its
+/// memory.grow.
+pub(crate) fn store_limits(memory_limit: Option<u64>) -> StoreLimits {
+    let mut b = StoreLimitsBuilder::new().table_elements(MAX_TABLE_ELEMENTS);
+    if let Some(limit) = memory_limit {
+        b = b.memory_size(guest_memory_cap(limit, anon_rss()) as usize);
+    }
+    b.build()
 }
 
 /// Room kept in the cgroup for the runtime around the guest: wasmtime's own
@@ -306,6 +335,9 @@ impl Executor for Wasm {
         let engine = engine();
         amphi_core::util::trace::phase("wasm: load module");
         self.cwd = ctx.process.cwd().clone();
+        if self.readonly_root {
+            self.writable = writable_mounts(ctx.spec);
+        }
         self.linked = Some(match flavor {
             Flavor::Module => {
                 let module: Module = self

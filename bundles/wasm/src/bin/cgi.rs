@@ -1,0 +1,76 @@
+//! A CGI function for `amphi serve`, built both for wasm32-wasip1 and as a
+//! static native program; what it does depends on PATH_INFO:
+//! `/` greets, `/echo` returns what it was given, `/tmp?ID` shows what an
+//! invocation sees of /tmp while it writes there, `/sleep?MS`, `/alloc?MIB`,
+//! `/crash`, `/status?CODE`, `/location` and `/garbage` exercise the host.
+use std::io::{Read, Write};
+
+fn var(k: &str) -> String {
+    std::env::var(k).unwrap_or_default()
+}
+
+fn list_tmp() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/tmp")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn main() {
+    let kind = if cfg!(target_family = "wasm") { "wasm" } else { "native" };
+    let query = var("QUERY_STRING");
+    let mut out = std::io::stdout().lock();
+    match var("PATH_INFO").as_str() {
+        "/echo" => {
+            let mut body = Vec::new();
+            std::io::stdin().read_to_end(&mut body).unwrap();
+            write!(out, "Status: 201 Created\r\nContent-Type: text/plain\r\nX-Echo: {kind}\r\n\r\n").unwrap();
+            writeln!(out, "method={}", var("REQUEST_METHOD")).unwrap();
+            writeln!(out, "script={}", var("SCRIPT_NAME")).unwrap();
+            writeln!(out, "query={query}").unwrap();
+            writeln!(out, "x-test={}", var("HTTP_X_TEST")).unwrap();
+            writeln!(out, "content-type={}", var("CONTENT_TYPE")).unwrap();
+            writeln!(out, "content-length={}", var("CONTENT_LENGTH")).unwrap();
+            writeln!(out, "greeting={}", var("GREETING")).unwrap();
+            write!(out, "body=").unwrap();
+            out.write_all(&body).unwrap();
+        }
+        "/tmp" => {
+            let before = list_tmp();
+            std::fs::write(format!("/tmp/{query}"), query.as_bytes()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            let after = list_tmp();
+            write!(out, "Content-Type: text/plain\n\nbefore={}\nafter={}\n", before.join(","), after.join(",")).unwrap();
+        }
+        "/sleep" => {
+            let ms: u64 = query.parse().unwrap_or(1000);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            write!(out, "Content-Type: text/plain\n\nslept {ms} ms\n").unwrap();
+        }
+        "/alloc" => {
+            let mib: usize = query.parse().unwrap_or(64);
+            let mut v: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..mib {
+                v.push(vec![1u8; 1 << 20]);
+            }
+            write!(out, "Content-Type: text/plain\n\nallocated {} MiB\n", v.len()).unwrap();
+        }
+        "/crash" => {
+            eprintln!("cgi: crashing on purpose");
+            std::process::abort();
+        }
+        "/status" => {
+            write!(out, "Status: {query} Custom\nContent-Type: text/plain\n\ncustom status\n").unwrap();
+        }
+        "/location" => {
+            write!(out, "Location: /elsewhere\n\n").unwrap();
+        }
+        "/garbage" => {
+            write!(out, "this is not a CGI response").unwrap();
+        }
+        _ => {
+            write!(out, "Content-Type: text/plain\n\nhello from {kind}\n").unwrap();
+        }
+    }
+}

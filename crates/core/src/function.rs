@@ -1,0 +1,722 @@
+//! Function manifests for `amphi serve`: a small TOML file that binds a
+//! route to a wasm module, a native program or an OCI bundle, with the
+//! envelope's limits. A manifest becomes an ordinary OCI spec here, so a
+//! function runs in the same envelope as any container.
+//!
+//! ```toml
+//! route = "/hello"          # default: /<file stem>
+//! module = "hello.wasm"     # or program = "bin/hello", or bundle = "dir"
+//! interface = "cgi"         # or "http": a wasi:http/proxy component
+//! memory = "64Mi"
+//! timeout = "5s"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+use serde::Deserialize;
+
+use crate::select::Kind;
+use crate::{Error, Result};
+
+/// The path `amphi serve` answers itself; no function may take it.
+pub const METRICS_ROUTE: &str = "/metrics";
+
+/// The largest manifest read: a manifest is a few lines.
+const MAX_MANIFEST: u64 = 64 << 10;
+
+/// Where a module or program given as a host file appears in the envelope.
+pub const MODULE_PATH: &str = "/function.wasm";
+pub const PROGRAM_PATH: &str = "/function";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interface {
+    /// CGI (RFC 3875, as WAGI runs modules): variables in the environment,
+    /// the body on stdin, headers and body on stdout.
+    Cgi,
+    /// A component exporting `wasi:http/incoming-handler`.
+    Http,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A module or program on the host, mounted read-only into an empty root.
+    File { path: PathBuf, kind: Kind },
+    /// A module or program inside a root filesystem used read-only.
+    InRoot {
+        rootfs: PathBuf,
+        path: PathBuf,
+        kind: Kind,
+    },
+    /// An OCI bundle: its config.json says what runs and how.
+    Bundle(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Function {
+    pub name: String,
+    pub route: String,
+    pub source: Source,
+    pub interface: Interface,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// cgroup memory limit of the envelope, bytes.
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<i64>,
+    pub timeout: Duration,
+    /// Invocations running at once; more wait in a queue of `queue`.
+    pub concurrency: usize,
+    pub queue: usize,
+    pub max_body: u64,
+    /// Size of the tmpfs each invocation gets at /tmp (0: none).
+    pub tmp: u64,
+    /// An envelope per invocation, from a warm pool of `pool`.
+    pub strict: bool,
+    pub pool: usize,
+    /// Envelopes idle this long are removed (scale to zero).
+    pub idle: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    route: Option<String>,
+    module: Option<PathBuf>,
+    program: Option<PathBuf>,
+    rootfs: Option<PathBuf>,
+    bundle: Option<PathBuf>,
+    interface: Option<String>,
+    args: Option<Vec<String>>,
+    env: Option<BTreeMap<String, String>>,
+    memory: Option<Quantity>,
+    cpus: Option<f64>,
+    pids: Option<i64>,
+    timeout: Option<Quantity>,
+    concurrency: Option<i64>,
+    queue: Option<i64>,
+    max_body: Option<Quantity>,
+    tmp: Option<Quantity>,
+    strict: Option<bool>,
+    pool: Option<i64>,
+    idle: Option<Quantity>,
+}
+
+/// A size or a duration: a bare number or a string with a unit.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Quantity {
+    Number(i64),
+    Text(String),
+}
+
+/// Every function of `path`: a manifest file, or each `*.toml` in a directory.
+/// All of them parse and validate, or none is returned.
+pub fn load(path: &Path) -> Result<Vec<Function>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("read --functions", path, e))?;
+    let files = if meta.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io("read --functions", path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "--functions {}: no *.toml manifest in this directory",
+                path.display()
+            )));
+        }
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut functions: Vec<Function> = Vec::new();
+    for file in files {
+        let f = load_file(&file)?;
+        if let Some(other) = functions.iter().find(|o| o.route == f.route) {
+            return Err(bad(
+                &f.name,
+                "route",
+                format!("{:?} is also the route of function {}", f.route, other.name),
+            ));
+        }
+        if let Some(other) = functions.iter().find(|o| o.name == f.name) {
+            return Err(bad(
+                &f.name,
+                "name",
+                format!("two manifests are named {}", other.name),
+            ));
+        }
+        functions.push(f);
+    }
+    Ok(functions)
+}
+
+fn load_file(file: &Path) -> Result<Function> {
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let len = std::fs::metadata(file)
+        .map_err(|e| Error::io("read manifest", file, e))?
+        .len();
+    if len > MAX_MANIFEST {
+        return Err(bad(
+            &name,
+            "(manifest)",
+            format!("{len} bytes; manifests of at most {MAX_MANIFEST} bytes are read"),
+        ));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| Error::io("read manifest", file, e))?;
+    let dir = std::fs::canonicalize(file)
+        .map_err(|e| Error::io("read manifest", file, e))?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let f = parse(&name, &text)?;
+    f.resolve(&dir)
+}
+
+fn bad(function: &str, field: &str, why: impl Into<String>) -> Error {
+    Error::Function {
+        function: function.into(),
+        field: field.into(),
+        why: why.into(),
+    }
+}
+
+/// A manifest's text, checked for everything but the files it names (their
+/// paths are still relative to the manifest's directory).
+pub fn parse(name: &str, text: &str) -> Result<Function> {
+    if name.is_empty()
+        || name.len() > 64
+        || name.starts_with(['.', '-'])
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(bad(
+            name,
+            "name",
+            "the manifest's file name (without .toml) names the function: 1 to 64 of \
+             A-Z a-z 0-9 . _ -, not starting with . or -",
+        ));
+    }
+    let raw: Raw = toml::from_str(text).map_err(|e| {
+        let field = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].lines().count().max(1);
+                format!("line {line}")
+            })
+            .unwrap_or_else(|| "(manifest)".into());
+        bad(name, &field, e.message().to_string())
+    })?;
+    let route = raw.route.unwrap_or_else(|| format!("/{name}"));
+    check_route(name, &route)?;
+    let interface = match raw.interface.as_deref() {
+        None | Some("cgi") => Interface::Cgi,
+        Some("http") => Interface::Http,
+        Some(other) => {
+            return Err(bad(
+                name,
+                "interface",
+                format!("{other:?}; give \"cgi\" or \"http\" (a wasi:http/proxy component)"),
+            ))
+        }
+    };
+    let source = match (raw.module, raw.program, raw.bundle, raw.rootfs) {
+        (Some(m), None, None, rootfs) => source(m, rootfs, Kind::Wasm),
+        (None, Some(p), None, rootfs) => source(p, rootfs, Kind::Native),
+        (None, None, Some(b), None) => Source::Bundle(b),
+        (None, None, Some(_), Some(_)) => {
+            return Err(bad(
+                name,
+                "rootfs",
+                "a bundle has its own root filesystem; drop rootfs",
+            ))
+        }
+        (None, None, None, _) => {
+            return Err(bad(
+                name,
+                "module",
+                "say what runs: module = FILE (wasm), program = FILE (native) or bundle = DIR",
+            ))
+        }
+        _ => {
+            return Err(bad(
+                name,
+                "module",
+                "give only one of module, program and bundle",
+            ))
+        }
+    };
+    if interface == Interface::Http
+        && matches!(
+            source,
+            Source::File {
+                kind: Kind::Native,
+                ..
+            } | Source::InRoot {
+                kind: Kind::Native,
+                ..
+            }
+        )
+    {
+        return Err(bad(
+            name,
+            "interface",
+            "\"http\" runs wasi:http/proxy components; give module = FILE, or use \"cgi\" for a native program",
+        ));
+    }
+    let env = raw.env.unwrap_or_default();
+    for k in env.keys() {
+        if k.is_empty() || k.contains(['=', '\0']) {
+            return Err(bad(
+                name,
+                &format!("env.{k}"),
+                "a variable name is non-empty, without = or NUL",
+            ));
+        }
+    }
+    let memory = raw.memory.map(|q| size(name, "memory", q)).transpose()?;
+    if let Some(m) = memory {
+        if m < 8 << 20 {
+            return Err(bad(name, "memory", format!("{m} bytes; give at least 8Mi")));
+        }
+    }
+    if let Some(c) = raw.cpus {
+        if !(c > 0.0 && c <= 1024.0) {
+            return Err(bad(
+                name,
+                "cpus",
+                format!("{c}; give a number of CPUs in (0, 1024]"),
+            ));
+        }
+    }
+    if let Some(p) = raw.pids {
+        if p < 1 {
+            return Err(bad(name, "pids", format!("{p}; give at least 1")));
+        }
+    }
+    let timeout = duration(name, "timeout", raw.timeout, Duration::from_secs(10))?;
+    if timeout.is_zero() || timeout > Duration::from_secs(3600) {
+        return Err(bad(name, "timeout", "give a duration in (0, 1h]"));
+    }
+    let idle = duration(name, "idle", raw.idle, Duration::from_secs(60))?;
+    let strict = raw.strict.unwrap_or(false);
+    Ok(Function {
+        name: name.into(),
+        route,
+        source,
+        interface,
+        args: raw.args.unwrap_or_default(),
+        env: env.into_iter().collect(),
+        memory,
+        cpus: raw.cpus,
+        pids: raw.pids,
+        timeout,
+        concurrency: count(name, "concurrency", raw.concurrency, 16, 1, 4096)?,
+        queue: count(name, "queue", raw.queue, 64, 0, 1 << 20)?,
+        max_body: match raw.max_body {
+            None => 1 << 20,
+            Some(q) => size(name, "max_body", q)?,
+        },
+        tmp: match raw.tmp {
+            None => 16 << 20,
+            Some(q) => size(name, "tmp", q)?,
+        },
+        strict,
+        pool: count(name, "pool", raw.pool, if strict { 2 } else { 0 }, 0, 256)?,
+        idle,
+    })
+}
+
+fn source(path: PathBuf, rootfs: Option<PathBuf>, kind: Kind) -> Source {
+    match rootfs {
+        None => Source::File { path, kind },
+        Some(rootfs) => Source::InRoot {
+            rootfs,
+            path: Path::new("/").join(path),
+            kind,
+        },
+    }
+}
+
+fn check_route(name: &str, route: &str) -> Result<()> {
+    let why = if !route.starts_with('/') {
+        "a route is a path starting with /"
+    } else if route.contains(['?', '#', '%', ' ', '\0']) || !route.is_ascii() {
+        "a route is a plain ASCII path: no ? # % or spaces"
+    } else if route.split('/').any(|s| s == "." || s == "..") {
+        "a route has no . or .. segments"
+    } else if route.len() > 1 && route.ends_with('/') {
+        "a route does not end with / (it also matches the paths below it)"
+    } else if route == METRICS_ROUTE || route.starts_with("/metrics/") {
+        "/metrics is amphi serve's own"
+    } else {
+        return Ok(());
+    };
+    Err(bad(name, "route", format!("{route:?}: {why}")))
+}
+
+fn count(
+    name: &str,
+    field: &str,
+    v: Option<i64>,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize> {
+    let Some(v) = v else { return Ok(default) };
+    usize::try_from(v)
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| bad(name, field, format!("{v}; give a number in [{min}, {max}]")))
+}
+
+/// Bytes from `1048576`, `"512Ki"`, `"64M"`, `"1Gi"` (K/M/G are powers of 1000,
+/// Ki/Mi/Gi of 1024, as Kubernetes writes them).
+fn size(name: &str, field: &str, q: Quantity) -> Result<u64> {
+    let text = match q {
+        Quantity::Number(n) => {
+            return u64::try_from(n)
+                .map_err(|_| bad(name, field, format!("{n}; sizes are not negative")))
+        }
+        Quantity::Text(t) => t,
+    };
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim() {
+        "" => 1,
+        "K" | "k" => 1000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => 0,
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|_| mult > 0)
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| {
+            bad(
+                name,
+                field,
+                format!("{text:?}; give bytes, or a number with K, M, G, Ki, Mi or Gi"),
+            )
+        })
+}
+
+/// A duration from seconds (`5`) or `"250ms"`, `"5s"`, `"2m"`.
+fn duration(name: &str, field: &str, q: Option<Quantity>, default: Duration) -> Result<Duration> {
+    let text = match q {
+        None => return Ok(default),
+        Some(Quantity::Number(n)) => {
+            return u64::try_from(n)
+                .map(Duration::from_secs)
+                .map_err(|_| bad(name, field, format!("{n}; durations are not negative")))
+        }
+        Some(Quantity::Text(t)) => t,
+    };
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n = digits.parse::<u64>().ok();
+    let d = match (n, unit.trim()) {
+        (Some(n), "ms") => Some(Duration::from_millis(n)),
+        (Some(n), "s" | "") => Some(Duration::from_secs(n)),
+        (Some(n), "m") => n.checked_mul(60).map(Duration::from_secs),
+        (Some(n), "h") => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    };
+    d.filter(|d| *d <= Duration::from_secs(365 * 24 * 3600))
+        .ok_or_else(|| {
+            bad(
+                name,
+                field,
+                format!("{text:?}; give a duration like 250ms, 5s, 2m or 1h"),
+            )
+        })
+}
+
+impl Function {
+    /// Paths made absolute against the manifest's directory and checked to exist.
+    fn resolve(mut self, dir: &Path) -> Result<Function> {
+        let abs = |p: &Path| dir.join(p);
+        let name = self.name.clone();
+        let exists = |field: &str, p: &Path, want_dir: bool| -> Result<PathBuf> {
+            let meta = std::fs::metadata(p)
+                .map_err(|e| bad(&name, field, format!("{}: {e}", p.display())))?;
+            if meta.is_dir() != want_dir {
+                let what = if want_dir {
+                    "a directory"
+                } else {
+                    "a regular file"
+                };
+                return Err(bad(&name, field, format!("{}: not {what}", p.display())));
+            }
+            std::fs::canonicalize(p).map_err(|e| bad(&name, field, format!("{}: {e}", p.display())))
+        };
+        let field = |kind: Kind| {
+            if kind == Kind::Wasm {
+                "module"
+            } else {
+                "program"
+            }
+        };
+        self.source = match self.source {
+            Source::File { path, kind } => Source::File {
+                path: exists(field(kind), &abs(&path), false)?,
+                kind,
+            },
+            Source::InRoot { rootfs, path, kind } => {
+                let rootfs = exists("rootfs", &abs(&rootfs), true)?;
+                if self.tmp > 0 && !rootfs.join("tmp").is_dir() {
+                    return Err(bad(
+                        &name,
+                        "tmp",
+                        format!(
+                            "{} has no /tmp directory for the invocation's tmpfs; create it or set tmp = 0",
+                            rootfs.display()
+                        ),
+                    ));
+                }
+                Source::InRoot { rootfs, path, kind }
+            }
+            Source::Bundle(b) => {
+                let b = exists("bundle", &abs(&b), true)?;
+                exists("bundle", &b.join(crate::spec::CONFIG), false)?;
+                Source::Bundle(b)
+            }
+        };
+        Ok(self)
+    }
+
+    /// The function's OCI spec: for a bundle, its config.json with the
+    /// manifest's limits; otherwise a spec made here, locked down like
+    /// `amphi spec`'s (no capabilities, no new privileges, the default
+    /// seccomp profile, masked paths, a read-only root, no network).
+    /// `rootfs` is where an empty root is made for a host file.
+    pub fn spec(&self, rootfs: &Path) -> Result<Spec> {
+        let mut spec = match &self.source {
+            Source::Bundle(dir) => {
+                crate::spec::Bundle::load(dir)
+                    .map_err(|e| bad(&self.name, "bundle", e.to_string()))?
+                    .spec
+            }
+            Source::File { path, kind } => {
+                for d in ["proc", "dev", "tmp", "sys"] {
+                    std::fs::create_dir_all(rootfs.join(d))
+                        .map_err(|e| Error::io("create", rootfs.join(d), e))?;
+                }
+                let inside = self.inside(*kind);
+                let mountpoint = rootfs.join(inside.trim_start_matches('/'));
+                std::fs::write(&mountpoint, b"")
+                    .map_err(|e| Error::io("create", &mountpoint, e))?;
+                let bind = MountBuilder::default()
+                    .destination(inside)
+                    .typ("bind")
+                    .source(path)
+                    .options(vec![
+                        "rbind".into(),
+                        "ro".into(),
+                        "nosuid".into(),
+                        "nodev".into(),
+                    ])
+                    .build()
+                    .expect("bind mount");
+                self.generated(rootfs, inside, *kind, vec![bind])
+            }
+            Source::InRoot { rootfs, path, kind } => {
+                self.generated(rootfs, &path.to_string_lossy(), *kind, Vec::new())
+            }
+        };
+        self.apply_limits(&mut spec);
+        if let Some(p) = spec.process().clone() {
+            let mut p = p;
+            let mut env = p.env().clone().unwrap_or_default();
+            env.extend(self.env.iter().map(|(k, v)| format!("{k}={v}")));
+            p.set_env(Some(env));
+            if !self.args.is_empty() {
+                let mut args = p.args().clone().unwrap_or_default();
+                args.extend(self.args.iter().cloned());
+                p.set_args(Some(args));
+            }
+            spec.set_process(Some(p));
+        }
+        Ok(spec)
+    }
+
+    fn inside(&self, kind: Kind) -> &'static str {
+        match kind {
+            Kind::Wasm => MODULE_PATH,
+            Kind::Native => PROGRAM_PATH,
+        }
+    }
+
+    fn generated(&self, rootfs: &Path, arg0: &str, kind: Kind, extra: Vec<Mount>) -> Spec {
+        let mut spec = Spec::default();
+        spec.set_hostname(Some(self.name.chars().take(64).collect()));
+        spec.set_root(Some(
+            RootBuilder::default()
+                .path(rootfs)
+                .readonly(true)
+                .build()
+                .expect("root"),
+        ));
+        let process = ProcessBuilder::default()
+            .terminal(false)
+            .user(
+                UserBuilder::default()
+                    .uid(0u32)
+                    .gid(0u32)
+                    .build()
+                    .expect("user"),
+            )
+            .args(vec![arg0.to_string()])
+            .env(vec![
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ])
+            .cwd("/")
+            .capabilities(
+                oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+                    .bounding(oci_spec::runtime::Capabilities::new())
+                    .effective(oci_spec::runtime::Capabilities::new())
+                    .permitted(oci_spec::runtime::Capabilities::new())
+                    .inheritable(oci_spec::runtime::Capabilities::new())
+                    .ambient(oci_spec::runtime::Capabilities::new())
+                    .build()
+                    .expect("capabilities"),
+            )
+            .no_new_privileges(true)
+            .rlimits(vec![PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .hard(1024u64)
+                .soft(1024u64)
+                .build()
+                .expect("rlimit")])
+            .build()
+            .expect("process");
+        spec.set_process(Some(process));
+        let mut mounts: Vec<Mount> = spec
+            .mounts()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            // No /sys/fs/cgroup: a function has no business with cgroups.
+            .filter(|m| m.destination() != Path::new("/sys/fs/cgroup"))
+            .collect();
+        mounts.extend(extra);
+        spec.set_mounts(Some(mounts));
+        let default_linux = spec.linux().clone().unwrap_or_default();
+        let linux = LinuxBuilder::default()
+            .namespaces(default_linux.namespaces().clone().unwrap_or_default())
+            .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
+            .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
+            .seccomp(crate::seccomp::default_profile())
+            .build()
+            .expect("linux");
+        spec.set_linux(Some(linux));
+        if kind == Kind::Wasm {
+            let mut a = std::collections::HashMap::new();
+            a.insert("run.oci.handler".to_string(), "wasm".to_string());
+            spec.set_annotations(Some(a));
+        }
+        spec
+    }
+
+    fn apply_limits(&self, spec: &mut Spec) {
+        if self.memory.is_none() && self.cpus.is_none() && self.pids.is_none() {
+            return;
+        }
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        let mut r: LinuxResources = linux
+            .resources()
+            .clone()
+            .unwrap_or_else(|| LinuxResourcesBuilder::default().build().expect("resources"));
+        if let Some(m) = self.memory {
+            r.set_memory(Some(
+                LinuxMemoryBuilder::default()
+                    .limit(m as i64)
+                    .build()
+                    .expect("memory"),
+            ));
+        }
+        if let Some(c) = self.cpus {
+            const PERIOD: u64 = 100_000;
+            r.set_cpu(Some(
+                LinuxCpuBuilder::default()
+                    .period(PERIOD)
+                    .quota((c * PERIOD as f64).round().max(1000.0) as i64)
+                    .build()
+                    .expect("cpu"),
+            ));
+        }
+        if let Some(p) = self.pids {
+            r.set_pids(Some(
+                LinuxPidsBuilder::default().limit(p).build().expect("pids"),
+            ));
+        }
+        linux.set_resources(Some(r));
+        spec.set_linux(Some(linux));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_manifest() {
+        let f = parse(
+            "hello",
+            r#"
+            route = "/hi"
+            module = "hello.wasm"
+            interface = "http"
+            memory = "64Mi"
+            cpus = 0.5
+            timeout = "250ms"
+            max_body = 1024
+            strict = true
+            env = { GREETING = "hey" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(f.route, "/hi");
+        assert_eq!(f.interface, Interface::Http);
+        assert_eq!(f.memory, Some(64 << 20));
+        assert_eq!(f.timeout, Duration::from_millis(250));
+        assert_eq!(f.max_body, 1024);
+        assert_eq!(f.pool, 2);
+        assert_eq!(f.env, vec![("GREETING".into(), "hey".into())]);
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        let err = |text: &str| parse("f", text).unwrap_err().to_string();
+        assert!(err("module = \"m\"\nmemroy = 1").contains("unknown field `memroy`"));
+        assert!(err("module = \"m\"\nmemory = \"lots\"").contains("memory"));
+        assert!(err("module = \"m\"\nroute = \"/metrics\"").contains("route"));
+        assert!(err("module = \"m\"\nroute = \"/a/../b\"").contains("route"));
+        assert!(err("program = \"p\"\ninterface = \"http\"").contains("interface"));
+        assert!(err("module = \"m\"\nprogram = \"p\"").contains("only one"));
+        assert!(err("route = \"/x\"").contains("say what runs"));
+        assert!(err("module = \"m\"\ntimeout = \"0s\"").contains("timeout"));
+        assert!(err("module = \"m\"\nconcurrency = 0").contains("concurrency"));
+        assert!(parse("../x", "module = \"m\"").is_err());
+    }
+}

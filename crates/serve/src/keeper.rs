@@ -1,0 +1,248 @@
+//! The envelope keeper: a single-threaded child of `amphi serve`, forked
+//! before the server starts its threads, that creates and deletes function
+//! envelopes through the runtime API. The runtime clones the container's
+//! init from the calling process, which must be single-threaded; the
+//! keeper is, and the multi-threaded server only talks to it.
+//!
+//! The keeper is the parent of every envelope's init and reaps them. When
+//! the server goes away (even by SIGKILL), its socket ends and the keeper
+//! deletes every envelope it made before it exits.
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use amphi_core::function::Interface;
+use amphi_core::seccomp::Program;
+use amphi_runtime::{CreateOptions, Kind, Runtime};
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use oci_spec::runtime::Process;
+use serde::{Deserialize, Serialize};
+
+use crate::worker::{recv, send, Worker, Workload, MAX_MESSAGE};
+
+/// What the keeper needs of a function to make its envelopes.
+pub struct Plan {
+    pub name: String,
+    /// The bundle directory written for the worker (config.json).
+    pub bundle: PathBuf,
+    pub process: Process,
+    pub seccomp: Option<Program>,
+    pub tmp: u64,
+    pub interface: Interface,
+    pub memory: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum Request {
+    /// Make and start envelope `id` of function `function`; fd: the
+    /// worker's end of its control socket.
+    Create {
+        id: String,
+        function: usize,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+enum Reply {
+    Ok,
+    Failed { error: String },
+}
+
+pub struct Keeper {
+    sock: Mutex<Option<OwnedFd>>,
+    pid: nix::unistd::Pid,
+}
+
+impl Keeper {
+    /// Fork the keeper. Call before any other thread exists.
+    pub fn spawn(
+        runtime_root: PathBuf,
+        wasm_cache: Option<PathBuf>,
+        plans: Vec<Plan>,
+    ) -> Result<Keeper> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .context("socketpair for the envelope keeper")?;
+        // SAFETY: the caller guarantees a single-threaded process.
+        match unsafe { nix::unistd::fork() }.context("fork the envelope keeper")? {
+            nix::unistd::ForkResult::Parent { child } => Ok(Keeper {
+                sock: Mutex::new(Some(ours)),
+                pid: child,
+            }),
+            nix::unistd::ForkResult::Child => {
+                drop(ours);
+                let code = match serve(theirs, &runtime_root, wasm_cache.as_deref(), &plans) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("amphi serve: envelope keeper: {e:#}");
+                        1
+                    }
+                };
+                // SAFETY: leave without the parent's destructors.
+                unsafe { libc::_exit(code) }
+            }
+        }
+    }
+
+    fn call(&self, req: &Request, fds: &[std::os::fd::RawFd]) -> Result<()> {
+        let sock = self.sock.lock().expect("keeper socket");
+        let sock = sock
+            .as_ref()
+            .ok_or_else(|| anyhow!("envelope keeper shut down"))?;
+        send(sock.as_fd(), req, fds).context("envelope keeper is gone")?;
+        let mut buf = vec![0u8; 64 << 10];
+        let (n, _) = recv(sock.as_fd(), &mut buf)
+            .context("envelope keeper")?
+            .ok_or_else(|| anyhow!("envelope keeper is gone"))?;
+        match serde_json::from_slice(&buf[..n])? {
+            Reply::Ok => Ok(()),
+            Reply::Failed { error } => bail!("{error}"),
+        }
+    }
+
+    /// Make and start an envelope; `control` is the worker's end of its socket.
+    pub fn create(&self, id: &str, function: usize, control: &OwnedFd) -> Result<()> {
+        self.call(
+            &Request::Create {
+                id: id.into(),
+                function,
+            },
+            &[control.as_raw_fd()],
+        )
+    }
+
+    pub fn delete(&self, id: &str) -> Result<()> {
+        self.call(&Request::Delete { id: id.into() }, &[])
+    }
+
+    /// Close the socket (the keeper deletes what is left) and wait for it.
+    pub fn shutdown(&self) {
+        drop(self.sock.lock().expect("keeper socket").take());
+        let _ = waitpid(self.pid, None);
+    }
+}
+
+fn serve(
+    sock: OwnedFd,
+    root: &std::path::Path,
+    wasm_cache: Option<&std::path::Path>,
+    plans: &[Plan],
+) -> Result<()> {
+    let _ = nix::sys::prctl::set_name(c"amphi-keeper");
+    let runtime = Runtime::new(root, wasm_cache)?;
+    let mut live: BTreeSet<String> = BTreeSet::new();
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let mut fds = [nix::poll::PollFd::new(
+            sock.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(500u16));
+        reap();
+        if !fds[0].any().unwrap_or(false) {
+            continue;
+        }
+        let (n, mut received) = match recv(sock.as_fd(), &mut buf) {
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
+            Ok(Some(m)) => m,
+            Ok(None) | Err(_) => break,
+        };
+        let reply = match serde_json::from_slice::<Request>(&buf[..n]) {
+            Ok(Request::Create { id, function }) => {
+                let control = received.pop();
+                match (plans.get(function), control) {
+                    (Some(plan), Some(control)) => {
+                        live.insert(id.clone());
+                        let r = create(&runtime, plan, &id, control);
+                        if r.is_err() {
+                            live.remove(&id);
+                        }
+                        r
+                    }
+                    _ => Err(anyhow!("bad create request")),
+                }
+            }
+            Ok(Request::Delete { id }) => {
+                live.remove(&id);
+                runtime.delete(&id, true).map_err(Into::into)
+            }
+            Err(e) => Err(anyhow!("bad request: {e}")),
+        };
+        let reply = match reply {
+            Ok(()) => Reply::Ok,
+            Err(e) => Reply::Failed {
+                error: format!("{e:#}"),
+            },
+        };
+        if send(sock.as_fd(), &reply, &[]).is_err() {
+            break;
+        }
+        reap();
+    }
+    for id in &live {
+        if let Err(e) = runtime.delete(id, true) {
+            eprintln!("amphi serve: delete envelope {id}: {e}");
+        }
+    }
+    reap();
+    Ok(())
+}
+
+fn create(runtime: &Runtime, plan: &Plan, id: &str, control: OwnedFd) -> Result<()> {
+    let mut control = Some(control);
+    let wasm_cache = runtime.wasm_cache().to_path_buf();
+    let options = CreateOptions {
+        id,
+        bundle: &plan.bundle,
+        pid_file: None,
+        console_socket: None,
+        no_pivot: false,
+        preserve_fds: 0,
+    };
+    runtime
+        .create_with(&options, |kind, executor| {
+            let workload = match (plan.interface, kind) {
+                (Interface::Http, _) => Workload::Http(amphi_wasm::http::Proxy::new(
+                    amphi_wasm::Cache::new(&wasm_cache),
+                    plan.memory,
+                )),
+                (Interface::Cgi, Kind::Native | Kind::Wasm) => Workload::Command(executor),
+            };
+            Box::new(Worker {
+                workload,
+                control: control.take().expect("one create"),
+                process: plan.process.clone(),
+                seccomp: plan.seccomp.clone(),
+                tmp: plan.tmp,
+            })
+        })
+        .with_context(|| format!("function {}", plan.name))?;
+    if let Err(e) = runtime.start(id) {
+        let _ = runtime.delete(id, true);
+        return Err(e).with_context(|| format!("function {}", plan.name));
+    }
+    Ok(())
+}
+
+/// Reap every exited child: envelope inits and hook processes are done
+/// with by the time the keeper looks.
+fn reap() {
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}

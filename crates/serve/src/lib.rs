@@ -1,0 +1,230 @@
+//! `amphi serve`: HTTP functions in the envelope.
+//!
+//! Each function gets envelopes (containers made through the runtime API,
+//! with the function's namespaces, cgroup limits and read-only root) whose
+//! process is a function worker ([`worker`]); every invocation is a fresh
+//! process (native) or a fresh instance (wasm) forked inside one. In the
+//! default tier a function's invocations share its warm envelope; with
+//! `strict` each invocation takes an envelope of its own from a warm pool.
+//! Envelopes idle for `idle` are removed: an idle function holds no process.
+//!
+//! Layout: [`keeper`] (a single-threaded child that creates and deletes
+//! envelopes), [`worker`] (inside the envelope), [`server`] (HTTP, limits,
+//! metrics), [`cgi`] (the CGI/1.1 mapping).
+
+pub mod cgi;
+pub mod keeper;
+pub mod metrics;
+pub mod server;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use amphi_core::function::{Function, Interface};
+use amphi_core::select::{self, Kind};
+use anyhow::{bail, Context, Result};
+use oci_spec::runtime::{Capability, MountBuilder, Spec};
+
+use keeper::{Keeper, Plan};
+
+pub struct Options {
+    pub functions: PathBuf,
+    pub listen: SocketAddr,
+    /// The runtime's state root (envelopes are containers there).
+    pub root: PathBuf,
+    pub wasm_cache: Option<PathBuf>,
+    /// Where the functions' generated bundles go (default: a temporary
+    /// directory, removed at exit).
+    pub work_dir: Option<PathBuf>,
+    pub shutdown_timeout: Duration,
+}
+
+/// Capabilities the worker keeps beyond the function's own, to give each
+/// invocation a private /tmp (SYS_ADMIN) and then become the function's
+/// process (SETPCAP for the bounding set, SETUID/SETGID for its user).
+/// The invocation drops them before any function code runs.
+const WORKER_CAPS: [Capability; 4] = [
+    Capability::SysAdmin,
+    Capability::Setpcap,
+    Capability::Setuid,
+    Capability::Setgid,
+];
+
+/// Run the server until SIGTERM. Must be called while the process is
+/// still single-threaded: it forks the envelope keeper first.
+pub fn run(o: Options) -> Result<()> {
+    let functions = amphi_core::function::load(&o.functions)?;
+    let work = match &o.work_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("--work-dir {}", d.display()))?;
+            tempfile::Builder::new()
+                .prefix("amphi-serve.")
+                .tempdir_in(d)
+        }
+        None => tempfile::Builder::new().prefix("amphi-serve.").tempdir(),
+    }
+    .context("make the work directory")?;
+    let mut plans = Vec::new();
+    let mut executors = Vec::new();
+    for f in &functions {
+        let (plan, executor) = plan(f, work.path())?;
+        plans.push(plan);
+        executors.push(executor);
+    }
+    let keeper = Keeper::spawn(o.root.clone(), o.wasm_cache.clone(), plans)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let server = server::Server::new(functions, &executors, keeper);
+    let result = runtime.block_on(server::serve(
+        server,
+        server::Settings {
+            listen: o.listen,
+            shutdown_timeout: o.shutdown_timeout,
+        },
+    ));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(work);
+    result
+}
+
+/// Write the function's worker bundle and say what the keeper needs.
+fn plan(f: &Function, work: &Path) -> Result<(Plan, &'static str)> {
+    let dir = work.join(&f.name);
+    std::fs::create_dir_all(dir.join("rootfs"))
+        .with_context(|| format!("create {}", dir.display()))?;
+    let spec = f.spec(&dir.join("rootfs"))?;
+    let bad = |field: &str, why: &str| amphi_core::Error::Function {
+        function: f.name.clone(),
+        field: field.into(),
+        why: why.into(),
+    };
+    let process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| bad("bundle", "config.json has no process"))?;
+    if process.terminal() == Some(true) {
+        return Err(bad(
+            "bundle",
+            "process.terminal is true; a function's stdio is its request and response",
+        )
+        .into());
+    }
+    let seccomp = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .map(amphi_core::seccomp::compile)
+        .transpose()
+        .map_err(|e| bad("linux.seccomp", &e.to_string()))?;
+    let rootfs = match &f.source {
+        amphi_core::function::Source::Bundle(b) => {
+            let root = spec
+                .root()
+                .as_ref()
+                .map(|r| r.path().clone())
+                .unwrap_or_default();
+            b.join(root)
+        }
+        _ => spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_default(),
+    };
+    let executor = match (f.interface, select::choose(&spec, &rootfs)) {
+        (Interface::Http, _) | (_, Kind::Wasm) => "wasm",
+        (_, Kind::Native) => "native",
+    };
+    let worker = worker_spec(&spec, &rootfs, f.tmp)?;
+    let json = serde_json::to_vec_pretty(&worker)?;
+    std::fs::write(dir.join("config.json"), json)
+        .with_context(|| format!("write {}", dir.join("config.json").display()))?;
+    let memory = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .and_then(|l| u64::try_from(l).ok());
+    if f.interface == Interface::Http && executor != "wasm" {
+        bail!(
+            "function {}: interface: \"http\" needs a wasm component",
+            f.name
+        );
+    }
+    Ok((
+        Plan {
+            name: f.name.clone(),
+            bundle: dir,
+            process,
+            seccomp,
+            tmp: f.tmp,
+            interface: f.interface,
+            memory,
+        },
+        executor,
+    ))
+}
+
+/// The envelope's own spec: the function's, but its process is the worker,
+/// which runs as root with [`WORKER_CAPS`] added, without seccomp, LSM
+/// label or no_new_privs (each invocation applies the function's), and
+/// with a /tmp mount each invocation replaces by a fresh one.
+fn worker_spec(spec: &Spec, rootfs: &Path, tmp: u64) -> Result<Spec> {
+    let mut spec = spec.clone();
+    let mut root = spec.root().clone().unwrap_or_default();
+    root.set_path(rootfs.to_path_buf());
+    spec.set_root(Some(root));
+    let mut p = spec.process().clone().expect("checked");
+    let mut user = p.user().clone();
+    user.set_uid(0);
+    user.set_gid(0);
+    user.set_additional_gids(None);
+    p.set_user(user);
+    let mut caps = p.capabilities().clone().unwrap_or_default();
+    let add = |set: Option<&std::collections::HashSet<Capability>>| {
+        let mut s = set.cloned().unwrap_or_default();
+        s.extend(WORKER_CAPS);
+        Some(s)
+    };
+    caps.set_bounding(add(caps.bounding().as_ref()));
+    caps.set_permitted(add(caps.permitted().as_ref()));
+    caps.set_effective(add(caps.effective().as_ref()));
+    caps.set_inheritable(None);
+    caps.set_ambient(None);
+    p.set_capabilities(Some(caps));
+    p.set_no_new_privileges(Some(false));
+    p.set_apparmor_profile(None);
+    p.set_selinux_label(None);
+    spec.set_process(Some(p));
+    if let Some(mut linux) = spec.linux().clone() {
+        linux.set_seccomp(None);
+        // Each envelope gets a cgroup named after it, below the server's.
+        linux.set_cgroups_path(None);
+        spec.set_linux(Some(linux));
+    }
+    if tmp > 0 {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        if !mounts.iter().any(|m| m.destination() == Path::new("/tmp")) {
+            mounts.push(
+                MountBuilder::default()
+                    .destination("/tmp")
+                    .typ("tmpfs")
+                    .source("tmpfs")
+                    .options(vec![
+                        "nosuid".into(),
+                        "nodev".into(),
+                        "size=64k".into(),
+                        "mode=1777".into(),
+                    ])
+                    .build()?,
+            );
+            spec.set_mounts(Some(mounts));
+        }
+    }
+    Ok(spec)
+}

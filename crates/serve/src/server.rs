@@ -1,0 +1,815 @@
+//! The HTTP side: routing, admission (concurrency, queue, body size),
+//! envelopes per function (warm, pooled, scaled to zero), invocations with
+//! their timeout, `/metrics`, the per-invocation log line and graceful
+//! shutdown.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use amphi_core::function::{Function, Interface, METRICS_ROUTE};
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::cgi;
+use crate::keeper::Keeper;
+use crate::metrics::{self, FunctionMetrics};
+use crate::worker::{recv, send, Done, Head, ToWorker};
+
+/// The most a function may answer (headers and body).
+const MAX_RESPONSE: usize = 16 << 20;
+/// The most of an invocation's stderr kept for the log.
+const MAX_STDERR_LOGGED: usize = 2048;
+
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub shutdown_timeout: Duration,
+}
+
+/// One envelope: a started container whose process is a function worker.
+struct Envelope {
+    id: String,
+    control: AsyncFd<OwnedFd>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Done>>>,
+    dead: AtomicBool,
+}
+
+impl Envelope {
+    fn alive(&self) -> bool {
+        !self.dead.load(Ordering::Acquire)
+    }
+
+    async fn send(&self, msg: &ToWorker, fds: &[std::os::fd::RawFd]) -> std::io::Result<()> {
+        self.control
+            .async_io(Interest::WRITABLE, |fd| {
+                send(fd.as_fd(), msg, fds).map_err(std::io::Error::from)
+            })
+            .await
+    }
+
+    /// Route each worker report to its invocation; at the end of the
+    /// stream the envelope is dead and every waiting invocation learns it.
+    async fn read_reports(self: Arc<Self>) {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let r = self
+                .control
+                .async_io(Interest::READABLE, |fd| {
+                    recv(fd.as_fd(), &mut buf).map_err(std::io::Error::from)
+                })
+                .await;
+            match r {
+                Ok(Some((n, _))) => {
+                    if let Ok(done) = serde_json::from_slice::<Done>(&buf[..n]) {
+                        if let Some(tx) = self.pending.lock().expect("pending").remove(&done.id) {
+                            let _ = tx.send(done);
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.dead.store(true, Ordering::Release);
+        self.pending.lock().expect("pending").clear();
+    }
+}
+
+impl Func {
+    fn pool_push(&self, e: Arc<Envelope>) {
+        let mut pool = self.pool.lock().expect("pool");
+        pool.push(e);
+        self.metrics.pooled.store(pool.len(), Ordering::Relaxed);
+    }
+
+    fn pool_pop(&self) -> Option<Arc<Envelope>> {
+        let mut pool = self.pool.lock().expect("pool");
+        let e = pool.pop();
+        self.metrics.pooled.store(pool.len(), Ordering::Relaxed);
+        e
+    }
+
+    fn pool_drain(&self) -> Vec<Arc<Envelope>> {
+        let mut pool = self.pool.lock().expect("pool");
+        self.metrics.pooled.store(0, Ordering::Relaxed);
+        pool.drain(..).collect()
+    }
+}
+
+struct Func {
+    index: usize,
+    f: Function,
+    executor: &'static str,
+    permits: Semaphore,
+    waiting: AtomicUsize,
+    warm: tokio::sync::Mutex<Option<Arc<Envelope>>>,
+    pool: Mutex<Vec<Arc<Envelope>>>,
+    filling: AtomicUsize,
+    last_used: Mutex<Instant>,
+    metrics: FunctionMetrics,
+}
+
+pub struct Server {
+    funcs: Vec<Arc<Func>>,
+    keeper: Arc<Keeper>,
+    prefix: String,
+    seq: AtomicU64,
+    invocations: AtomicU64,
+    local: Mutex<SocketAddr>,
+}
+
+/// What became of one invocation.
+enum Outcome {
+    Finished {
+        done: Option<Done>,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    TimedOut,
+    Unreachable(String),
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(body.into()))
+        .expect("response")
+}
+
+impl Server {
+    pub fn new(
+        functions: Vec<Function>,
+        executors: &[&'static str],
+        keeper: Keeper,
+    ) -> Arc<Server> {
+        let funcs = functions
+            .into_iter()
+            .enumerate()
+            .map(|(index, f)| {
+                Arc::new(Func {
+                    index,
+                    executor: executors[index],
+                    permits: Semaphore::new(f.concurrency),
+                    waiting: AtomicUsize::new(0),
+                    warm: tokio::sync::Mutex::new(None),
+                    pool: Mutex::new(Vec::new()),
+                    filling: AtomicUsize::new(0),
+                    last_used: Mutex::new(Instant::now()),
+                    metrics: FunctionMetrics::default(),
+                    f,
+                })
+            })
+            .collect();
+        Arc::new(Server {
+            funcs,
+            keeper: Arc::new(keeper),
+            prefix: format!("serve{}", std::process::id()),
+            seq: AtomicU64::new(0),
+            invocations: AtomicU64::new(0),
+            local: Mutex::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+        })
+    }
+
+    async fn make_envelope(self: &Arc<Self>, func: &Func) -> Result<Arc<Envelope>> {
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .context("socketpair")?;
+        let id = format!(
+            "{}-{}-{}",
+            self.prefix,
+            func.f.name,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let keeper = self.keeper.clone();
+        let (index, for_keeper) = (func.index, id.clone());
+        tokio::task::spawn_blocking(move || keeper.create(&for_keeper, index, &theirs))
+            .await
+            .expect("keeper call")?;
+        nix::fcntl::fcntl(
+            &ours,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .context("nonblocking control socket")?;
+        // SAFETY: the AsyncFd owns the socket; nothing else closes it.
+        let control = unsafe { AsyncFd::register(ours) }.context("register control socket")?;
+        let envelope = Arc::new(Envelope {
+            id,
+            control,
+            pending: Mutex::new(HashMap::new()),
+            dead: AtomicBool::new(false),
+        });
+        tokio::spawn(envelope.clone().read_reports());
+        func.metrics.envelopes.fetch_add(1, Ordering::Relaxed);
+        Ok(envelope)
+    }
+
+    /// Delete an envelope in the background.
+    fn retire(self: &Arc<Self>, func: &Arc<Func>, envelope: Arc<Envelope>) {
+        let keeper = self.keeper.clone();
+        let func = func.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = keeper.delete(&envelope.id) {
+                log_line(
+                    serde_json::json!({"msg": "delete envelope", "envelope": envelope.id, "error": format!("{e:#}")}),
+                );
+            }
+            func.metrics.envelopes.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// The function's warm envelope, made first if there is none.
+    async fn shared_envelope(self: &Arc<Self>, func: &Arc<Func>) -> Result<(Arc<Envelope>, bool)> {
+        let mut warm = func.warm.lock().await;
+        if let Some(e) = warm.as_ref().filter(|e| e.alive()) {
+            return Ok((e.clone(), false));
+        }
+        if let Some(dead) = warm.take() {
+            self.retire(func, dead);
+        }
+        let started = Instant::now();
+        let e = self.make_envelope(func).await?;
+        func.metrics.cold_start(started.elapsed());
+        *warm = Some(e.clone());
+        Ok((e, true))
+    }
+
+    /// An envelope of its own for one invocation: from the pool when one is
+    /// ready (and the pool refilled behind it), else made now.
+    async fn strict_envelope(self: &Arc<Self>, func: &Arc<Func>) -> Result<(Arc<Envelope>, bool)> {
+        let pooled = loop {
+            let e = func.pool_pop();
+            match e {
+                Some(e) if !e.alive() => self.retire(func, e),
+                other => break other,
+            }
+        };
+        self.refill(func);
+        if let Some(e) = pooled {
+            return Ok((e, false));
+        }
+        let started = Instant::now();
+        let e = self.make_envelope(func).await?;
+        func.metrics.cold_start(started.elapsed());
+        Ok((e, true))
+    }
+
+    fn refill(self: &Arc<Self>, func: &Arc<Func>) {
+        let want = func.f.pool;
+        let have = func.pool.lock().expect("pool").len() + func.filling.load(Ordering::Acquire);
+        for _ in have..want {
+            func.filling.fetch_add(1, Ordering::AcqRel);
+            let (server, func) = (self.clone(), func.clone());
+            tokio::spawn(async move {
+                match server.make_envelope(&func).await {
+                    Ok(e) => func.pool_push(e),
+                    Err(e) => log_line(
+                        serde_json::json!({"msg": "pool refill", "function": func.f.name, "error": format!("{e:#}")}),
+                    ),
+                }
+                func.filling.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+    }
+
+    /// Make each function's first envelopes: a function that cannot run
+    /// fails start-up, not its first request.
+    pub async fn warm_up(self: &Arc<Self>) -> Result<()> {
+        for func in &self.funcs {
+            let e = self.make_envelope(func).await?;
+            if func.f.strict {
+                if func.f.pool > 0 {
+                    func.pool_push(e);
+                    self.refill(func);
+                } else {
+                    self.retire(func, e);
+                }
+            } else {
+                *func.warm.lock().await = Some(e);
+            }
+            *func.last_used.lock().expect("last used") = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Remove the envelopes of functions idle for their `idle` time.
+    fn scale_to_zero(self: &Arc<Self>, func: &Arc<Func>) {
+        if func.metrics.in_flight.load(Ordering::Acquire) > 0
+            || func.last_used.lock().expect("last used").elapsed() < func.f.idle
+        {
+            return;
+        }
+        if let Ok(mut warm) = func.warm.try_lock() {
+            if func.metrics.in_flight.load(Ordering::Acquire) == 0 {
+                if let Some(e) = warm.take() {
+                    self.retire(func, e);
+                }
+            }
+        }
+        if func.filling.load(Ordering::Acquire) == 0 {
+            let drained = func.pool_drain();
+            for e in drained {
+                self.retire(func, e);
+            }
+        }
+    }
+
+    async fn idle_loop(self: Arc<Self>) {
+        let tick = self
+            .funcs
+            .iter()
+            .map(|f| f.f.idle / 4)
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_millis(20), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(tick).await;
+            for func in &self.funcs {
+                self.scale_to_zero(func);
+            }
+        }
+    }
+
+    /// Every envelope, removed; then the keeper, which removes what is left.
+    pub async fn teardown(self: &Arc<Self>) {
+        for func in &self.funcs {
+            if let Some(e) = func.warm.lock().await.take() {
+                self.retire(func, e);
+            }
+            let drained = func.pool_drain();
+            for e in drained {
+                self.retire(func, e);
+            }
+        }
+        let keeper = self.keeper.clone();
+        let _ = tokio::task::spawn_blocking(move || keeper.shutdown()).await;
+    }
+
+    fn route(&self, path: &str) -> Option<&Arc<Func>> {
+        self.funcs
+            .iter()
+            .filter(|f| {
+                let r = f.f.route.as_str();
+                r == "/"
+                    || path == r
+                    || path
+                        .strip_prefix(r)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+            .max_by_key(|f| f.f.route.len())
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_string();
+        if path == METRICS_ROUTE {
+            let body = metrics::render(self.funcs.iter().map(|f| (f.f.name.as_str(), &f.metrics)));
+            return Response::builder()
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(body)))
+                .expect("response");
+        }
+        let Some(func) = self.route(&path).cloned() else {
+            return text(StatusCode::NOT_FOUND, "no function at this path\n");
+        };
+        let started = Instant::now();
+        let method = req.method().to_string();
+        let (response, record) = self.invoke(&func, req, remote).await;
+        let took = started.elapsed();
+        func.metrics.response(response.status().as_u16(), took);
+        let mut line = serde_json::json!({
+            "function": func.f.name,
+            "method": method,
+            "path": path,
+            "status": response.status().as_u16(),
+            "duration_ms": (took.as_secs_f64() * 1e6).round() / 1e3,
+            "executor": func.executor,
+            "cold": record.cold,
+        });
+        if let Some(envelope) = record.envelope {
+            line["envelope"] = envelope.into();
+        }
+        if let Some(error) = record.error {
+            line["error"] = error.into();
+        }
+        if !record.stderr.is_empty() {
+            line["stderr"] = String::from_utf8_lossy(&record.stderr).into_owned().into();
+        }
+        log_line(line);
+        response
+    }
+
+    async fn invoke(
+        self: &Arc<Self>,
+        func: &Arc<Func>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> (Response<Full<Bytes>>, Record) {
+        let mut record = Record::default();
+        let f = &func.f;
+        let too_large = |record: &mut Record| {
+            func.metrics.error("too_large");
+            record.error = Some(format!("request body over max_body ({} bytes)", f.max_body));
+            text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {} bytes\n", f.max_body),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > f.max_body) {
+            return (too_large(&mut record), record);
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, f.max_body as usize).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return (too_large(&mut record), record)
+            }
+            Err(e) => {
+                record.error = Some(format!("reading the request body: {e}"));
+                return (text(StatusCode::BAD_REQUEST, "bad request body\n"), record);
+            }
+        };
+
+        // Admission: a slot now, or a place in the bounded queue.
+        let _permit = match func.permits.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                if func.waiting.fetch_add(1, Ordering::AcqRel) >= f.queue {
+                    func.waiting.fetch_sub(1, Ordering::AcqRel);
+                    func.metrics.error("overload");
+                    record.error = Some(format!(
+                        "{} invocations running and {} waiting",
+                        f.concurrency, f.queue
+                    ));
+                    let mut r = text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "function busy, retry later\n",
+                    );
+                    r.headers_mut()
+                        .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+                    return (r, record);
+                }
+                let p = func.permits.acquire().await.expect("semaphore open");
+                func.waiting.fetch_sub(1, Ordering::AcqRel);
+                p
+            }
+        };
+        func.metrics.in_flight.fetch_add(1, Ordering::AcqRel);
+        let result = self
+            .run_invocation(func, &parts, body, remote, &mut record)
+            .await;
+        *func.last_used.lock().expect("last used") = Instant::now();
+        func.metrics.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if f.idle.is_zero() && !f.strict {
+            self.scale_to_zero(func);
+        }
+        (result, record)
+    }
+
+    async fn run_invocation(
+        self: &Arc<Self>,
+        func: &Arc<Func>,
+        parts: &hyper::http::request::Parts,
+        body: Bytes,
+        remote: SocketAddr,
+        record: &mut Record,
+    ) -> Response<Full<Bytes>> {
+        let f = &func.f;
+        let acquired = if f.strict {
+            self.strict_envelope(func).await
+        } else {
+            self.shared_envelope(func).await
+        };
+        let envelope = match acquired {
+            Ok((e, cold)) => {
+                record.cold = cold;
+                e
+            }
+            Err(e) => {
+                func.metrics.error("envelope");
+                record.error = Some(format!("making an envelope: {e:#}"));
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("function {} could not be started\n", f.name),
+                );
+            }
+        };
+        record.envelope = Some(envelope.id.clone());
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let (env, head) = match f.interface {
+            Interface::Cgi => {
+                let local = *self.local.lock().expect("local");
+                let env = cgi::variables(&cgi::Request {
+                    method: parts.method.as_str(),
+                    route: &f.route,
+                    path: parts.uri.path(),
+                    query: parts.uri.query().unwrap_or(""),
+                    headers: &headers,
+                    content_length: body.len(),
+                    local,
+                    remote,
+                });
+                (env, None)
+            }
+            Interface::Http => {
+                let uri = parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_else(|| "/".into());
+                let mut headers = headers;
+                if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+                    headers.push(("host".into(), self.local.lock().expect("local").to_string()));
+                }
+                (
+                    Vec::new(),
+                    Some(Head {
+                        method: parts.method.to_string(),
+                        uri,
+                        headers,
+                    }),
+                )
+            }
+        };
+        let outcome = self.call(&envelope, env, head, body, f.timeout).await;
+        if f.strict {
+            self.retire(func, envelope);
+        }
+        match outcome {
+            Outcome::TimedOut => {
+                func.metrics.error("timeout");
+                record.error = Some(format!(
+                    "timed out after {:?}; invocation killed",
+                    f.timeout
+                ));
+                text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("function {} timed out\n", f.name),
+                )
+            }
+            Outcome::Unreachable(why) => {
+                func.metrics.error("envelope");
+                record.error = Some(why);
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("function {} failed\n", f.name),
+                )
+            }
+            Outcome::Finished {
+                done,
+                stdout,
+                stderr,
+            } => {
+                record.stderr = stderr;
+                self.respond(func, done, stdout, record)
+            }
+        }
+    }
+
+    fn respond(
+        &self,
+        func: &Func,
+        done: Option<Done>,
+        stdout: Vec<u8>,
+        record: &mut Record,
+    ) -> Response<Full<Bytes>> {
+        let name = &func.f.name;
+        let crashed = |record: &mut Record, why: String| {
+            func.metrics.error("crash");
+            record.error = Some(why);
+            text(StatusCode::BAD_GATEWAY, format!("function {name} failed\n"))
+        };
+        match done {
+            None => return crashed(record, "the envelope ended during the invocation".into()),
+            Some(Done { error: Some(e), .. }) => return crashed(record, e),
+            Some(Done {
+                signal: Some(s), ..
+            }) => {
+                let why = if s == libc::SIGKILL {
+                    "killed (SIGKILL: out of memory in the envelope?)".to_string()
+                } else {
+                    format!("killed by signal {s}")
+                };
+                return crashed(record, why);
+            }
+            Some(Done {
+                exit: Some(code), ..
+            }) if code != 0 => return crashed(record, format!("exited with status {code}")),
+            Some(_) => {}
+        }
+        if stdout.len() > MAX_RESPONSE {
+            return crashed(record, format!("response over {MAX_RESPONSE} bytes"));
+        }
+        match cgi::parse_response(&stdout) {
+            Err(e) => crashed(record, e),
+            Ok(r) => {
+                let mut b = Response::builder().status(r.status);
+                for (k, v) in &r.headers {
+                    b = b.header(k.as_str(), v.as_str());
+                }
+                match b.body(Full::new(Bytes::copy_from_slice(&stdout[r.body_offset..]))) {
+                    Ok(resp) => resp,
+                    Err(e) => crashed(record, format!("bad response header: {e}")),
+                }
+            }
+        }
+    }
+
+    async fn call(
+        &self,
+        envelope: &Envelope,
+        env: Vec<(String, String)>,
+        head: Option<Head>,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Outcome {
+        let id = self.invocations.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        envelope.pending.lock().expect("pending").insert(id, tx);
+        let prepared = (|| -> std::io::Result<_> {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+            let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            ours.set_nonblocking(true)?;
+            nix::fcntl::fcntl(
+                &err_r,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )?;
+            Ok((ours, theirs, err_r, err_w))
+        })();
+        let (ours, theirs, err_r, err_w) = match prepared {
+            Ok(x) => x,
+            Err(e) => {
+                envelope.pending.lock().expect("pending").remove(&id);
+                return Outcome::Unreachable(format!("invocation sockets: {e}"));
+            }
+        };
+        let msg = ToWorker::Invoke { id, env, head };
+        if let Err(e) = envelope
+            .send(&msg, &[theirs.as_raw_fd(), err_w.as_raw_fd()])
+            .await
+        {
+            envelope.pending.lock().expect("pending").remove(&id);
+            return Outcome::Unreachable(format!("envelope {} unreachable: {e}", envelope.id));
+        }
+        drop((theirs, err_w));
+        let work = async move {
+            let stream = tokio::net::UnixStream::from_std(ours)?;
+            let mut err = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)?;
+            let (mut rd, mut wr) = stream.into_split();
+            let write = async {
+                // A function may answer without reading its input.
+                let _ = wr.write_all(&body).await;
+                let _ = wr.shutdown().await;
+            };
+            let (_, stdout, stderr) = tokio::join!(
+                write,
+                read_capped(&mut rd, MAX_RESPONSE + 1),
+                read_capped(&mut err, MAX_STDERR_LOGGED)
+            );
+            let done = rx.await.ok();
+            std::io::Result::Ok(Outcome::Finished {
+                done,
+                stdout: stdout?,
+                stderr: stderr?,
+            })
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => {
+                let _ = envelope.send(&ToWorker::Cancel { id }, &[]).await;
+                envelope.pending.lock().expect("pending").remove(&id);
+                Outcome::Unreachable(format!("invocation I/O: {e}"))
+            }
+            Err(_) => {
+                let _ = envelope.send(&ToWorker::Cancel { id }, &[]).await;
+                envelope.pending.lock().expect("pending").remove(&id);
+                Outcome::TimedOut
+            }
+        }
+    }
+}
+
+/// Read to the end, keeping at most `cap` bytes (the rest is drained, so
+/// the writer never blocks on a full pipe).
+async fn read_capped(r: &mut (impl AsyncRead + Unpin), cap: usize) -> std::io::Result<Vec<u8>> {
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(kept);
+        }
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+}
+
+#[derive(Default)]
+struct Record {
+    cold: bool,
+    envelope: Option<String>,
+    error: Option<String>,
+    stderr: Vec<u8>,
+}
+
+/// One JSON line on stderr.
+pub fn log_line(mut v: serde_json::Value) {
+    v["time"] = amphi_core::util::rfc3339_now().into();
+    eprintln!("{v}");
+}
+
+/// Serve until SIGTERM or SIGINT, then finish in-flight requests (up to the
+/// shutdown timeout) and remove every envelope.
+pub async fn serve(server: Arc<Server>, settings: Settings) -> Result<()> {
+    if let Err(e) = server.warm_up().await {
+        server.teardown().await;
+        return Err(e);
+    }
+    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            server.teardown().await;
+            return Err(e).with_context(|| format!("--listen {}", settings.listen));
+        }
+    };
+    let local = listener.local_addr()?;
+    *server.local.lock().expect("local") = local;
+    log_line(serde_json::json!({
+        "msg": "listening",
+        "address": format!("http://{local}"),
+        "functions": server.funcs.iter().map(|f| serde_json::json!({"name": f.f.name, "route": f.f.route, "executor": f.executor})).collect::<Vec<_>>(),
+    }));
+    let idle = tokio::spawn(server.clone().idle_loop());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let http = hyper::server::conn::http1::Builder::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        let conn = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(server.handle(req, remote).await) }
+            }),
+        );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    log_line(
+        serde_json::json!({"msg": "shutting down", "deadline_s": settings.shutdown_timeout.as_secs_f64()}),
+    );
+    let finished = tokio::time::timeout(settings.shutdown_timeout, graceful.shutdown()).await;
+    if finished.is_err() {
+        log_line(serde_json::json!({"msg": "shutdown deadline passed; ending in-flight requests"}));
+    }
+    idle.abort();
+    server.teardown().await;
+    log_line(serde_json::json!({"msg": "stopped"}));
+    Ok(())
+}

@@ -1,0 +1,389 @@
+//! The function worker: what runs as a function envelope's process. It is
+//! the container's init with everything set up but the workload's last
+//! step; for each invocation it forks a child that takes a private /tmp,
+//! becomes the function's process (user, capabilities, no_new_privs,
+//! seccomp) and runs the workload once: a fresh process for native code, a
+//! fresh instance from the pre-linked module for wasm. Invocations thus
+//! share no mutable state, and a crash or a kill ends one invocation only.
+//!
+//! The host talks to the worker over a SOCK_SEQPACKET socket: one message
+//! per invocation carrying its stream socket (body in, CGI response out)
+//! and a pipe for its stderr; one message back with how it ended.
+
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use amphi_core::executor::{Executor, PrepareContext};
+use amphi_core::seccomp::Program;
+use amphi_core::{Error, Result};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::Process;
+use serde::{Deserialize, Serialize};
+
+/// The largest message either side sends (an invocation's head and CGI
+/// variables; the server caps request heads well below it).
+pub const MAX_MESSAGE: usize = 256 << 10;
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum ToWorker {
+    /// Run one invocation; fds: its stream socket, its stderr pipe.
+    Invoke {
+        id: u64,
+        /// CGI variables (and the function's own environment).
+        env: Vec<(String, String)>,
+        /// For wasi:http functions: the request head.
+        head: Option<Head>,
+    },
+    /// The host gave up on an invocation (timeout): kill it.
+    Cancel { id: u64 },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Head {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// How an invocation ended.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Done {
+    pub id: u64,
+    pub exit: Option<i32>,
+    pub signal: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// What the worker runs per invocation.
+pub enum Workload {
+    /// The container's own executor (native or wasm), run as a CGI program.
+    Command(Box<dyn Executor>),
+    /// A wasi:http/proxy component.
+    Http(amphi_wasm::http::Proxy),
+}
+
+pub struct Worker {
+    pub workload: Workload,
+    /// The host's end of the control socket, inherited by the init.
+    pub control: OwnedFd,
+    /// The function's process, as its spec says: what an invocation becomes.
+    pub process: Process,
+    pub seccomp: Option<Program>,
+    /// Bytes of the tmpfs each invocation gets at /tmp (0: none).
+    pub tmp: u64,
+}
+
+impl Executor for Worker {
+    fn name(&self) -> &'static str {
+        match &self.workload {
+            Workload::Command(e) => e.name(),
+            Workload::Http(_) => "wasm",
+        }
+    }
+
+    fn inherited_fds(&self) -> Vec<RawFd> {
+        let mut fds = match &self.workload {
+            Workload::Command(e) => e.inherited_fds(),
+            Workload::Http(p) => p.inherited_fds(),
+        };
+        fds.push(self.control.as_raw_fd());
+        fds
+    }
+
+    fn prepare(&mut self, ctx: &PrepareContext) -> Result<()> {
+        match &mut self.workload {
+            Workload::Command(e) => e.prepare(ctx),
+            Workload::Http(p) => p.prepare(ctx),
+        }
+    }
+
+    fn exec(self: Box<Self>, _worker_process: &Process) -> Error {
+        match self.serve() {
+            Ok(()) => unsafe { libc::_exit(0) },
+            Err(e) => e,
+        }
+    }
+}
+
+fn sys(op: &str, e: nix::Error) -> Error {
+    Error::sys(op.to_string(), e)
+}
+
+/// Send one JSON message, with fds.
+pub fn send<T: Serialize>(sock: BorrowedFd, msg: &T, fds: &[RawFd]) -> nix::Result<()> {
+    let data = serde_json::to_vec(msg).expect("json");
+    let iov = [std::io::IoSlice::new(&data)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None).map(|_| ())
+}
+
+/// Receive one message and its fds; None at end of stream.
+pub fn recv(sock: BorrowedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Vec<OwnedFd>)>> {
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: received fds are new and ours alone.
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let n = msg.bytes;
+    if n == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((n, fds)))
+}
+
+impl Worker {
+    fn serve(mut self) -> Result<()> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        mask.thread_block().map_err(|e| sys("block SIGCHLD", e))?;
+        let sigchld = SignalFd::with_flags(
+            &mask,
+            nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+        )
+        .map_err(|e| sys("signalfd", e))?;
+        // Invocation id by the pid of its process (group leader).
+        let mut running: HashMap<i32, u64> = HashMap::new();
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            let mut fds = [
+                nix::poll::PollFd::new(self.control.as_fd(), nix::poll::PollFlags::POLLIN),
+                nix::poll::PollFd::new(sigchld.as_fd(), nix::poll::PollFlags::POLLIN),
+            ];
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(sys("poll", e)),
+                Ok(_) => {}
+            }
+            let control_ready = fds[0].any().unwrap_or(false);
+            let child_ready = fds[1].any().unwrap_or(false);
+            if child_ready {
+                while sigchld.read_signal().ok().flatten().is_some() {}
+                self.reap(&mut running);
+            }
+            if !control_ready {
+                continue;
+            }
+            let (n, received) = match recv(self.control.as_fd(), &mut buf) {
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
+                // The host is gone: so is every invocation.
+                Ok(None) | Err(_) => {
+                    for pid in running.keys() {
+                        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+                    }
+                    return Ok(());
+                }
+                Ok(Some(m)) => m,
+            };
+            match serde_json::from_slice::<ToWorker>(&buf[..n]) {
+                Ok(ToWorker::Invoke { id, env, head }) => {
+                    let mut received = received.into_iter();
+                    let (Some(io), Some(err)) = (received.next(), received.next()) else {
+                        self.report(Done {
+                            id,
+                            exit: None,
+                            signal: None,
+                            error: Some("invocation without its sockets".into()),
+                        });
+                        continue;
+                    };
+                    match self.spawn(io, err, env, head) {
+                        Ok(pid) => {
+                            running.insert(pid, id);
+                        }
+                        Err(e) => self.report(Done {
+                            id,
+                            exit: None,
+                            signal: None,
+                            error: Some(format!("fork: {e}")),
+                        }),
+                    }
+                }
+                Ok(ToWorker::Cancel { id }) => {
+                    if let Some((pid, _)) = running.iter().find(|(_, i)| **i == id) {
+                        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+                    }
+                }
+                Err(e) => eprintln!("amphi: function worker: bad message: {e}"),
+            }
+        }
+    }
+
+    fn report(&self, done: Done) {
+        let _ = send(self.control.as_fd(), &done, &[]);
+    }
+
+    /// Collect every exited child (the worker may be its pid namespace's
+    /// init, so orphans of invocations come here too) and report ours.
+    fn reap(&self, running: &mut HashMap<i32, u64>) {
+        loop {
+            let (pid, exit, signal) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Some(code), None),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, None, Some(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            if let Some(id) = running.remove(&pid.as_raw()) {
+                // The invocation is over when its process is: what it left
+                // running in its group goes with it.
+                let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+                self.report(Done {
+                    id,
+                    exit,
+                    signal,
+                    error: None,
+                });
+            }
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        io: OwnedFd,
+        err: OwnedFd,
+        env: Vec<(String, String)>,
+        head: Option<Head>,
+    ) -> nix::Result<i32> {
+        // SAFETY: the worker is single-threaded; the child only calls into
+        // code that is fine after fork in a single-threaded process.
+        match unsafe { nix::unistd::fork() }? {
+            nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
+            nix::unistd::ForkResult::Child => {
+                let code = match self.invocation(io, err, env, head) {
+                    Ok(code) => code,
+                    Err(e) => {
+                        eprintln!("amphi: invocation: {e}");
+                        127
+                    }
+                };
+                unsafe { libc::_exit(code) }
+            }
+        }
+    }
+
+    /// In the invocation's own process: isolate, take on the function's
+    /// process, run. Returns only for an http function or on failure.
+    fn invocation(
+        &mut self,
+        io: OwnedFd,
+        err: OwnedFd,
+        env: Vec<(String, String)>,
+        head: Option<Head>,
+    ) -> Result<i32> {
+        // A group of its own, so that a timeout kills all it started.
+        nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| sys("setpgid", e))?;
+        SigSet::all()
+            .thread_unblock()
+            .map_err(|e| sys("unblock signals", e))?;
+        // Under memory pressure in the envelope, an invocation goes before
+        // the worker that serves the others.
+        let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+        if self.tmp > 0 {
+            private_tmp(self.tmp)?;
+        }
+        for (fd, target) in [
+            (io.as_raw_fd(), 0),
+            (io.as_raw_fd(), 1),
+            (err.as_raw_fd(), 2),
+        ] {
+            // SAFETY: plain dup2 onto the stdio numbers.
+            if unsafe { libc::dup2(fd, target) } < 0 {
+                return Err(sys("dup2", nix::Error::last()));
+            }
+        }
+        drop((io, err));
+        // Nothing of the worker's reaches the invocation: not the control
+        // socket, not another invocation's sockets.
+        // SAFETY: closes fds above stdio; none is used after this.
+        unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+        let mut process = self.process.clone();
+        let mut all_env = process.env().clone().unwrap_or_default();
+        all_env.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        process.set_env(Some(all_env));
+        amphi_core::init::assume_process(&process, self.seccomp.as_ref())?;
+        match std::mem::replace(&mut self.workload, Workload::Command(Box::new(Gone))) {
+            Workload::Command(executor) => Err(executor.exec(&process)),
+            Workload::Http(proxy) => {
+                let head =
+                    head.ok_or_else(|| Error::Init("http invocation without a head".into()))?;
+                Ok(proxy.handle(
+                    amphi_wasm::http::RequestHead {
+                        method: head.method,
+                        uri: head.uri,
+                        headers: head.headers,
+                    },
+                    &env_pairs(process.env().as_deref().unwrap_or_default(), &env),
+                ))
+            }
+        }
+    }
+}
+
+/// The function's own environment for a wasi:http guest (it gets no CGI
+/// variables: the request comes as a request).
+fn env_pairs(process_env: &[String], cgi: &[(String, String)]) -> Vec<(String, String)> {
+    process_env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| !cgi.iter().any(|(c, _)| c == k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A mount namespace of the invocation's own with a fresh tmpfs on /tmp:
+/// what one invocation writes, no other sees.
+fn private_tmp(size: u64) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| sys("unshare a mount namespace for /tmp", e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| sys("make / a slave mount", e))?;
+    mount(
+        Some("tmpfs"),
+        "/tmp",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(format!("size={size},mode=1777").as_str()),
+    )
+    .map_err(|e| sys("mount the invocation's tmpfs on /tmp", e))
+}
+
+/// Stands in for a workload moved out of the worker (in the child only).
+struct Gone;
+
+impl Executor for Gone {
+    fn name(&self) -> &'static str {
+        "gone"
+    }
+    fn prepare(&mut self, _: &PrepareContext) -> Result<()> {
+        Ok(())
+    }
+    fn exec(self: Box<Self>, _: &Process) -> Error {
+        Error::Init("workload already run".into())
+    }
+}

@@ -1,0 +1,574 @@
+//! `amphi serve` over real HTTP on loopback: CGI functions in wasm and
+//! native code, a wasi:http component, an OCI bundle; every failure mode
+//! with its status code; limits, isolation between invocations, metrics,
+//! scale to zero, the strict pool, start-up errors and shutdown, each
+//! followed by the check that nothing is left.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use amphi_tests::serve::{manifest, native_cgi, wasm_guest, Serve};
+use amphi_tests::{wait_for, Env};
+
+fn functions(env: &Env) -> PathBuf {
+    env.tmp.path().join("functions")
+}
+
+fn cgi_pair(env: &Env, extra: &str) -> PathBuf {
+    let dir = functions(env);
+    manifest(
+        &dir,
+        "wcgi",
+        &format!(
+            "route = \"/w\"\nmodule = {:?}\nmemory = \"96Mi\"\nenv = {{ GREETING = \"hi\" }}\n{extra}",
+            wasm_guest("cgi.wasm")
+        ),
+    );
+    manifest(
+        &dir,
+        "ncgi",
+        &format!(
+            "route = \"/n\"\nprogram = {:?}\nmemory = \"96Mi\"\nenv = {{ GREETING = \"hi\" }}\n{extra}",
+            native_cgi()
+        ),
+    );
+    dir
+}
+
+#[test]
+fn cgi_functions_in_wasm_and_native_round_trip() {
+    let env = Env::new();
+    let mut s = Serve::start(&env, &cgi_pair(&env, ""), &[]).unwrap();
+    assert_eq!(s.get("/w").text(), "hello from wasm\n");
+    assert_eq!(s.get("/n").text(), "hello from native\n");
+    for (route, kind) in [("/w", "wasm"), ("/n", "native")] {
+        let r = s.client().request(
+            "POST",
+            &format!("{route}/echo?a=1&b=two"),
+            &[
+                ("X-Test", "t-value"),
+                ("Content-Type", "application/octet-stream"),
+            ],
+            b"the body\0bytes",
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        assert_eq!(r.header("x-echo"), Some(kind));
+        let text = r.text();
+        for want in [
+            "method=POST\n",
+            &format!("script={route}\n"),
+            "query=a=1&b=two\n",
+            "x-test=t-value\n",
+            "content-type=application/octet-stream\n",
+            "content-length=14\n",
+            "greeting=hi\n",
+        ] {
+            assert!(text.contains(want), "{kind}: {want:?} missing in {text:?}");
+        }
+        assert!(
+            r.body.ends_with(b"body=the body\0bytes"),
+            "{kind}: {text:?}"
+        );
+        let r = s.get(&format!("{route}/status?418"));
+        assert_eq!((r.status, r.text().as_str()), (418, "custom status\n"));
+        let r = s.get(&format!("{route}/location"));
+        assert_eq!((r.status, r.header("location")), (302, Some("/elsewhere")));
+    }
+    assert_eq!(s.get("/nowhere").status, 404);
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
+#[test]
+fn wasi_http_component() {
+    let env = Env::new();
+    let dir = manifest(
+        &functions(&env),
+        "http",
+        &format!(
+            "module = {:?}\ninterface = \"http\"\n",
+            wasm_guest("http-hello.wasm")
+        ),
+    );
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    let r = s.get("/http/hi?x=1");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-amphi"), Some("wasi-http"));
+    assert_eq!(
+        r.text(),
+        "hello from wasi:http\nmethod=Method::Get\npath=/http/hi?x=1\nbody=0\n"
+    );
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let r = s.client().request("POST", "/http/echo", &[], &body);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, body, "the body came back changed");
+    let r = s.get("/http/trap");
+    assert_eq!(r.status, 502);
+    assert!(
+        s.log_text().contains("trapping on purpose"),
+        "the trap's message goes to the log"
+    );
+    assert_eq!(
+        s.get("/http/again").status,
+        200,
+        "a trap fails that request only"
+    );
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
+#[test]
+fn an_oci_bundle_is_a_function() {
+    let env = Env::new();
+    let b = env.bundle("shcgi", &["/bin/sh", "/cgi.sh"]);
+    b.write();
+    std::fs::write(
+        b.rootfs().join("cgi.sh"),
+        "echo 'Content-Type: text/plain'\necho\necho \"sh says $REQUEST_METHOD $QUERY_STRING on $(hostname)\"\n",
+    )
+    .unwrap();
+    let dir = manifest(
+        &functions(&env),
+        "sh",
+        &format!("bundle = {:?}\nmemory = \"64Mi\"\n", b.dir),
+    );
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    let r = s.get("/sh?q=1");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "sh says GET q=1 on amphi-test\n")
+    );
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
+#[test]
+fn failures_get_their_status_and_the_host_lives_on() {
+    let env = Env::new();
+    let dir = cgi_pair(&env, "timeout = \"1s\"\nmax_body = 1000\n");
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    for route in ["/w", "/n"] {
+        let t = Instant::now();
+        let r = s.get(&format!("{route}/sleep?20000"));
+        assert_eq!(r.status, 504, "{route}: {}", r.text());
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{route}: timeout took {:?}",
+            t.elapsed()
+        );
+
+        let r = s.get(&format!("{route}/crash"));
+        assert_eq!(r.status, 502);
+        assert!(
+            r.text().len() < 100,
+            "a short body, details in the log: {:?}",
+            r.text()
+        );
+
+        assert_eq!(s.get(&format!("{route}/garbage")).status, 502);
+        // Past the memory limit: wasm fails its allocation, native is
+        // OOM-killed; either way that request fails alone.
+        assert_eq!(s.get(&format!("{route}/alloc?200")).status, 502);
+
+        let r = s
+            .client()
+            .request("POST", &format!("{route}/echo"), &[], &[b'x'; 1001]);
+        assert_eq!(r.status, 413);
+        let r = s.client().request(
+            "POST",
+            &format!("{route}/echo"),
+            &[("Transfer-Encoding", "chunked")],
+            b"3e9\r\n"
+                .iter()
+                .chain([b'y'; 1001].iter())
+                .chain(b"\r\n0\r\n\r\n".iter())
+                .copied()
+                .collect::<Vec<_>>()
+                .as_slice(),
+        );
+        assert_eq!(r.status, 413, "a chunked body over max_body");
+
+        assert_eq!(s.get(route).status, 200, "{route} still serves");
+    }
+    // The timed-out invocations were killed: nothing runs in the envelopes
+    // but their workers.
+    for id in s.envelopes(&env) {
+        let pids = env.amphi(&["ps", "--format", "json", &id]);
+        pids.ok();
+        let pids: Vec<i64> = serde_json::from_str(&pids.stdout).unwrap();
+        assert_eq!(pids.len(), 1, "envelope {id} still runs {pids:?}");
+    }
+    let log = s.log();
+    let errors: Vec<&str> = log.iter().filter_map(|l| l["error"].as_str()).collect();
+    assert!(errors.iter().any(|e| e.contains("timed out")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("status 134")),
+        "{errors:?}"
+    );
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
+#[test]
+fn concurrency_beyond_the_limit_is_queued_then_refused() {
+    let env = Env::new();
+    let dir = manifest(
+        &functions(&env),
+        "slow",
+        &format!(
+            "module = {:?}\nconcurrency = 2\nqueue = 1\n",
+            wasm_guest("cgi.wasm")
+        ),
+    );
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    let addr = s.addr;
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            std::thread::spawn(move || {
+                amphi_tests::serve::Client::new(addr).request("GET", "/slow/sleep?700", &[], b"")
+            })
+        })
+        .collect();
+    let responses: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let ok = responses.iter().filter(|r| r.status == 200).count();
+    let busy: Vec<_> = responses.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(ok, 3, "2 running + 1 queued succeed: {responses:?}");
+    assert_eq!(busy.len(), 3);
+    assert!(busy.iter().all(|r| r.header("retry-after") == Some("1")));
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
+#[test]
+fn concurrent_invocations_do_not_share_a_filesystem_write() {
+    let env = Env::new();
+    let mut s = Serve::start(&env, &cgi_pair(&env, ""), &[]).unwrap();
+    let addr = s.addr;
+    for route in ["/w", "/n"] {
+        let runs: Vec<_> = ["first", "second"]
+            .into_iter()
+            .map(|tag| {
+                let path = format!("{route}/tmp?{tag}");
+                std::thread::spawn(move || {
+                    amphi_tests::serve::Client::new(addr)
+                        .request("GET", &path, &[], b"")
+                        .text()
+                })
+            })
+            .collect();
+        let outs: Vec<String> = runs.into_iter().map(|r| r.join().unwrap()).collect();
+        // Both ran at once in the same envelope, each wrote /tmp/<tag>, and
+        // each saw its own file only.
+        assert_eq!(outs[0], "before=\nafter=first\n", "{route}");
+        assert_eq!(outs[1], "before=\nafter=second\n", "{route}");
+    }
+    let envelopes: Vec<_> = s
+        .log()
+        .iter()
+        .filter(|l| l["path"] == "/w/tmp")
+        .map(|l| l["envelope"].clone())
+        .collect();
+    assert_eq!(
+        envelopes[0], envelopes[1],
+        "both invocations shared one envelope"
+    );
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
+#[test]
+fn metrics_and_one_log_line_per_invocation() {
+    let env = Env::new();
+    let mut s = Serve::start(&env, &cgi_pair(&env, ""), &[]).unwrap();
+    for _ in 0..3 {
+        assert_eq!(s.get("/w").status, 200);
+    }
+    assert_eq!(s.get("/n/crash").status, 502);
+    let m = s.get("/metrics");
+    assert_eq!(m.status, 200);
+    let text = m.text();
+    for want in [
+        "# TYPE amphi_requests_total counter",
+        "amphi_requests_total{function=\"wcgi\",code=\"200\"} 3",
+        "amphi_requests_total{function=\"ncgi\",code=\"502\"} 1",
+        "amphi_errors_total{function=\"ncgi\",kind=\"crash\"} 1",
+        "# TYPE amphi_request_duration_seconds histogram",
+        "amphi_request_duration_seconds_count{function=\"wcgi\"} 3",
+        "amphi_request_duration_seconds_bucket{function=\"wcgi\",le=\"+Inf\"} 3",
+        "amphi_cold_starts_total{function=\"wcgi\"} 0",
+        "amphi_envelopes{function=\"ncgi\"} 1",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in:\n{text}");
+    }
+    let lines: Vec<_> = s
+        .log()
+        .into_iter()
+        .filter(|l| l["function"].is_string())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for l in &lines {
+        assert!(
+            l["status"].is_u64() && l["duration_ms"].is_number() && l["time"].is_string(),
+            "{l}"
+        );
+    }
+    assert_eq!(lines[0]["executor"], "wasm");
+    assert_eq!(lines[3]["executor"], "native");
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
+#[test]
+fn idle_functions_scale_to_zero_and_start_cold() {
+    let env = Env::new();
+    let dir = cgi_pair(&env, "idle = \"300ms\"\n");
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    assert_eq!(s.get("/w").status, 200);
+    assert!(
+        wait_for(10, || s.envelopes(&env).is_empty()),
+        "idle envelopes still there: {:?}",
+        s.envelopes(&env)
+    );
+    // An idle function holds no process: no envelope, no worker.
+    assert!(s
+        .get("/metrics")
+        .text()
+        .contains("amphi_envelopes{function=\"wcgi\"} 0"));
+    for route in ["/w", "/n"] {
+        assert_eq!(s.get(route).status, 200);
+    }
+    let cold: Vec<_> = s.log().into_iter().filter(|l| l["cold"] == true).collect();
+    assert_eq!(
+        cold.len(),
+        2,
+        "the first request after idle is a cold start"
+    );
+    let m = s.get("/metrics").text();
+    assert!(
+        m.contains("amphi_cold_starts_total{function=\"wcgi\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("amphi_cold_start_duration_seconds_count{function=\"ncgi\"} 1"),
+        "{m}"
+    );
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
+#[test]
+fn strict_functions_take_an_envelope_per_invocation_from_a_warm_pool() {
+    let env = Env::new();
+    let dir = manifest(
+        &functions(&env),
+        "strict",
+        &format!(
+            "module = {:?}\nstrict = true\npool = 2\n",
+            wasm_guest("cgi.wasm")
+        ),
+    );
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    let pool_full = |s: &Serve| {
+        wait_for(20, || {
+            s.get("/metrics")
+                .text()
+                .contains("amphi_pool{function=\"strict\"} 2")
+        })
+    };
+    assert!(pool_full(&s), "pool not filled: {:?}", s.envelopes(&env));
+    for _ in 0..4 {
+        assert_eq!(s.get("/strict").status, 200);
+        assert!(pool_full(&s), "pool not refilled");
+    }
+    let served: Vec<_> = s
+        .log()
+        .into_iter()
+        .filter(|l| l["function"] == "strict")
+        .collect();
+    let mut ids: Vec<_> = served
+        .iter()
+        .map(|l| l["envelope"].as_str().unwrap().to_string())
+        .collect();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        4,
+        "each invocation in an envelope of its own: {ids:?}"
+    );
+    assert!(
+        served.iter().all(|l| l["cold"] == false),
+        "all came from the pool: {served:?}"
+    );
+    // Used envelopes are removed, the pool is refilled.
+    assert!(
+        wait_for(20, || {
+            let now = s.envelopes(&env);
+            now.len() == 2 && !now.iter().any(|e| ids.contains(e))
+        }),
+        "{:?}",
+        s.envelopes(&env)
+    );
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
+fn fails_to_start(env: &Env, dir: &Path, needles: &[&str]) {
+    let f = match Serve::start(env, dir, &[]) {
+        Ok(s) => panic!(
+            "a bad function must stop start-up; it listens at {}",
+            s.addr
+        ),
+        Err(f) => f,
+    };
+    assert_ne!(f.code, Some(0));
+    for n in needles {
+        assert!(f.stderr.contains(n), "stderr lacks {n:?}:\n{}", f.stderr);
+    }
+    amphi_tests::reap_inits();
+    let left: Vec<_> = std::fs::read_dir(&env.root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n != "wasm-cache")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "state left by a failed start: {left:?}");
+    let work: Vec<_> = std::fs::read_dir(env.tmp.path().join("work"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(work.is_empty(), "work dir left: {work:?}");
+    for dir in amphi_tests::cgroup_dirs("") {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let prefix = format!("serve{}-", f.pid);
+            assert!(
+                !e.file_name().to_string_lossy().starts_with(&prefix),
+                "cgroup {} left",
+                e.path().display()
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_manifests_and_bundles_stop_start_up_with_the_function_and_field_named() {
+    let env = Env::new();
+    let module = wasm_guest("cgi.wasm");
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "typo",
+            format!("module = {module:?}\nmemroy = \"1Mi\"\n"),
+            vec!["function typo", "unknown field `memroy`"],
+        ),
+        (
+            "nofile",
+            "module = \"missing.wasm\"\n".into(),
+            vec!["function nofile: module", "missing.wasm"],
+        ),
+        (
+            "badroute",
+            format!("route = \"metrics\"\nmodule = {module:?}\n"),
+            vec!["function badroute: route"],
+        ),
+        (
+            "badsize",
+            format!("module = {module:?}\nmemory = \"lots\"\n"),
+            vec!["function badsize: memory"],
+        ),
+        (
+            "notwasm",
+            format!("module = {:?}\n", native_cgi()),
+            vec!["function notwasm", "not a WebAssembly module"],
+        ),
+        (
+            "notproxy",
+            format!("module = {module:?}\ninterface = \"http\"\n"),
+            vec!["function notproxy", "wasi:http"],
+        ),
+        (
+            "noprogram",
+            "program = \"nothing-here\"\n".into(),
+            vec!["function noprogram: program"],
+        ),
+    ];
+    for (name, text, needles) in cases {
+        let dir = env.tmp.path().join(format!("fn-{name}"));
+        // A good function next to the bad one: it must not stay up alone.
+        manifest(&dir, "good", &format!("module = {module:?}\n"));
+        manifest(&dir, name, &text);
+        fails_to_start(&env, &dir, &needles);
+    }
+    let dir = env.tmp.path().join("fn-dup");
+    manifest(
+        &dir,
+        "a",
+        &format!("route = \"/same\"\nmodule = {module:?}\n"),
+    );
+    manifest(
+        &dir,
+        "b",
+        &format!("route = \"/same\"\nmodule = {module:?}\n"),
+    );
+    fails_to_start(
+        &env,
+        &dir,
+        &["function b: route", "also the route of function a"],
+    );
+    // A bundle whose program is not there fails at its envelope's create.
+    let b = env.bundle("broken", &["/no/such/program"]);
+    b.write();
+    let dir = env.tmp.path().join("fn-bundle");
+    manifest(&dir, "broken", &format!("bundle = {:?}\n", b.dir));
+    fails_to_start(&env, &dir, &["function broken", "/no/such/program"]);
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_then_removes_every_envelope() {
+    let env = Env::new();
+    let mut s = Serve::start(&env, &cgi_pair(&env, ""), &[]).unwrap();
+    let addr = s.addr;
+    let in_flight = std::thread::spawn(move || {
+        amphi_tests::serve::Client::new(addr).request("GET", "/n/sleep?800", &[], b"")
+    });
+    assert!(wait_for(10, || s
+        .get("/metrics")
+        .text()
+        .contains("amphi_in_flight{function=\"ncgi\"} 1")));
+    assert_eq!(s.envelopes(&env).len(), 2);
+    assert_eq!(s.stop(), Some(0));
+    let r = in_flight.join().unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "slept 800 ms\n"));
+    s.assert_clean(&env);
+}
+
+#[test]
+fn a_killed_server_leaves_nothing_behind() {
+    let env = Env::new();
+    let s = Serve::start(&env, &cgi_pair(&env, ""), &[]).unwrap();
+    assert_eq!(s.get("/w").status, 200);
+    // SIGKILL: no graceful shutdown; the keeper sees its socket end and
+    // deletes the envelopes itself.
+    let keeper: Vec<i32> =
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", s.pid, s.pid))
+            .unwrap()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+    assert_eq!(keeper.len(), 1, "one keeper child: {keeper:?}");
+    unsafe { libc::kill(s.pid, libc::SIGKILL) };
+    amphi_tests::remember_init(keeper[0]);
+    assert!(
+        wait_for(30, || s.envelopes(&env).is_empty()),
+        "{:?}",
+        s.envelopes(&env)
+    );
+    assert!(wait_for(10, || {
+        amphi_tests::reap_inits();
+        !Path::new(&format!("/proc/{}", keeper[0])).exists()
+    }));
+    // The work dir of a killed server stays (no one is left to remove it);
+    // everything else is gone.
+    let _ = std::fs::remove_dir_all(&s.work_dir);
+    std::fs::create_dir_all(&s.work_dir).unwrap();
+    s.assert_clean(&env);
+}
