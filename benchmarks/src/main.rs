@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release -p amphi-bench -- all          # full run, updates README and benchmarks/results
-//! cargo run --release -p amphi-bench -- start        # one group: start | memory | compute | shim
+//! cargo run --release -p amphi-bench -- start        # one group: start | memory | compute | shim | serve
 //! cargo run -p amphi-bench -- all --smoke --out DIR  # tiny run (the test suite's)
 //! ```
 //!
@@ -14,6 +14,7 @@
 mod floor;
 mod plot;
 mod report;
+mod serve;
 mod world;
 
 use std::path::PathBuf;
@@ -74,8 +75,8 @@ impl Opts {
                 other => bail!("unknown argument {other:?} (see benchmarks/src/main.rs)"),
             }
         }
-        if !["all", "start", "memory", "compute", "shim"].contains(&group.as_str()) {
-            bail!("unknown group {group:?}: use all, start, memory, compute or shim");
+        if !["all", "start", "memory", "compute", "shim", "serve"].contains(&group.as_str()) {
+            bail!("unknown group {group:?}: use all, start, memory, compute, shim or serve");
         }
         Ok((group, o))
     }
@@ -391,6 +392,10 @@ fn main() -> Result<()> {
     if group == "all" || group == "compute" {
         eprintln!("amphi-bench: compute and file I/O ({} MiB)", o.mib);
         results["compute"] = compute_group(&w, &o)?;
+    }
+    if group == "all" || group == "serve" {
+        eprintln!("amphi-bench: amphi serve under load on loopback");
+        results["serve"] = serve::group(&w, &o)?;
     }
     drop(w);
     report::write(&results, &o)?;

@@ -209,7 +209,11 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
         }
     }
 
-    for svg in ["start", "split", "memory", "shim", "compute"] {
+    if let Some(sv) = r.get("serve") {
+        serve_table(&mut md, sv, o)?;
+    }
+
+    for svg in ["start", "split", "memory", "shim", "compute", "serve"] {
         if o.out.join(format!("{svg}.svg")).exists() {
             writeln!(md, "\n![{svg}](benchmarks/results/{svg}.svg)")?;
         }
@@ -272,4 +276,73 @@ fn update_readme(md: &str) -> Result<()> {
     std::fs::write(&path, new)?;
     eprintln!("amphi-bench: README results updated");
     Ok(())
+}
+
+/// `amphi serve` under load: requests/s and latency per variant.
+fn serve_table(md: &mut String, sv: &Value, o: &Opts) -> Result<()> {
+    writeln!(
+        md,
+        "\n**Function host** (`amphi serve`, hello function, {} keep-alive clients on loopback, {} × {} s per variant):\n",
+        sv["clients"], sv["rounds"], sv["seconds_per_round"]
+    )?;
+    writeln!(
+        md,
+        "| variant | requests/s | p50 | p99 | errors |\n|---|---|---|---|---|"
+    )?;
+    let mut csv = String::from("variant,rps,p50_ms,p99_ms,requests,errors\n");
+    let mut plot = Vec::new();
+    let wasmtime = [sv["wasmtime_serve"].clone()];
+    for v in sv["variants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(wasmtime.iter().filter(|w| w.get("rps").is_some()))
+    {
+        let name = v["variant"].as_str().unwrap_or("");
+        writeln!(
+            md,
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+            f(&v["rps"]),
+            f(&v["p50_ms"]),
+            f(&v["p99_ms"]),
+            v["errors"]
+        )?;
+        writeln!(
+            csv,
+            "{name},{:.1},{:.3},{:.3},{},{}",
+            f(&v["rps"]),
+            f(&v["p50_ms"]),
+            f(&v["p99_ms"]),
+            v["requests"],
+            v["errors"]
+        )?;
+        plot.push(Bar {
+            label: name.trim_start_matches("amphi serve, ").to_owned(),
+            value: f(&v["p50_ms"]),
+            whisker: Some(f(&v["p99_ms"])),
+        });
+    }
+    if let Some(why) = sv["wasmtime_serve"]["skipped"].as_str() {
+        writeln!(md, "\n`wasmtime serve`: skipped: {why}")?;
+    }
+    let r = &sv["ratios"];
+    writeln!(
+        md,
+        "\nRatios: wasm/native requests/s (warm) {:.2}; wasm/native p50 (cold) {:.2}; strict with pool / without, requests/s {:.2}",
+        f(&r["wasm_over_native_rps_warm"]),
+        f(&r["wasm_over_native_p50_cold"]),
+        f(&r["strict_pool_over_nopool_rps"])
+    )?;
+    if let Some(x) = r["amphi_http_over_wasmtime_serve_rps"].as_f64() {
+        writeln!(md, "; amphi wasi:http / wasmtime serve, requests/s {x:.2}.")?;
+    } else {
+        writeln!(md, ".")?;
+    }
+    std::fs::write(o.out.join("serve.csv"), csv)?;
+    bars(
+        &o.out.join("serve.svg"),
+        "amphi serve: latency per request (p50, p99 whisker)",
+        "ms",
+        &plot,
+    )
 }

@@ -49,6 +49,11 @@ fn harness_runs_end_to_end() {
         "shim group: {}",
         r["shim"]
     );
+    for v in r["serve"]["variants"].as_array().unwrap() {
+        assert!(v["requests"].as_u64().unwrap() > 0, "serve: {v}");
+        assert_eq!(v["errors"], 0, "serve: {v}");
+    }
+    assert!(out.path().join("serve.svg").exists());
     let svg = std::fs::read_to_string(out.path().join("start.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("amphi native"));
 }

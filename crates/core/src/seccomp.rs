@@ -292,12 +292,18 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program> {
 }
 
 /// The rules of one ABI, in profile order, ending with the default action.
+/// Consecutive rules without conditions and with one action are a set of
+/// syscall numbers, compiled as ranges: the common allow-list profile is a
+/// few hundred instructions instead of thousands, which the kernel checks
+/// and runs on every syscall of the container.
 fn abi_rules(
     abi: Abi,
     syscalls: &[oci_spec::runtime::LinuxSyscall],
     default: u32,
 ) -> Result<Vec<libc::sock_filter>> {
     let mut out = Vec::new();
+    // The pending run of unconditional rules: their action and numbers.
+    let mut run: Option<(u32, Vec<u32>)> = None;
     for (i, sc) in syscalls.iter().enumerate() {
         let act = action(
             &format!("linux.seccomp.syscalls[{i}].action"),
@@ -307,13 +313,71 @@ fn abi_rules(
         let args = sc.args().as_deref().unwrap_or_default();
         for name in sc.names() {
             let Some(nr) = abi.number(name) else { continue };
+            if args.is_empty() {
+                match &mut run {
+                    Some((a, nrs)) if *a == act => nrs.push(nr),
+                    _ => {
+                        if let Some((a, nrs)) = run.take() {
+                            out.extend(set_rule(nrs, a));
+                        }
+                        run = Some((act, vec![nr]));
+                    }
+                }
+                continue;
+            }
+            if let Some((a, nrs)) = run.take() {
+                out.extend(set_rule(nrs, a));
+            }
             for conds in rule_groups(args) {
                 out.extend(rule(nr, &conds, act));
             }
         }
     }
+    if let Some((a, nrs)) = run.take() {
+        out.extend(set_rule(nrs, a));
+    }
     out.push(raw(RET, default, 0, 0));
     Ok(out)
+}
+
+/// `act` for any syscall in `nrs`, else fall through: the numbers as sorted
+/// ranges, in chunks whose jumps to their RET fit BPF's 8-bit offsets.
+fn set_rule(mut nrs: Vec<u32>, act: u32) -> Vec<libc::sock_filter> {
+    nrs.sort_unstable();
+    nrs.dedup();
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for nr in nrs {
+        match ranges.last_mut() {
+            Some((_, hi)) if *hi + 1 == nr => *hi = nr,
+            _ => ranges.push((nr, nr)),
+        }
+    }
+    let mut out = Vec::new();
+    // 2 instructions a range at most: 100 ranges keep every jump < 256.
+    for chunk in ranges.chunks(100) {
+        let checks: usize = chunk
+            .iter()
+            .map(|(lo, hi)| if lo == hi { 1 } else { 2 })
+            .sum();
+        out.push(raw(LD_ABS, OFF_NR, 0, 0));
+        let mut at = 0;
+        // Each check jumps to the RET after the final JA when it matches.
+        let to_ret = |at: usize| u8::try_from(checks - at).expect("chunk under 256");
+        for &(lo, hi) in chunk {
+            if lo == hi {
+                out.push(raw(JEQ, lo, to_ret(at), 0));
+                at += 1;
+            } else {
+                // Below lo: skip this range's second check.
+                out.push(raw(JGE, lo, 0, 1));
+                out.push(raw(JGT, hi, 0, to_ret(at + 1)));
+                at += 2;
+            }
+        }
+        out.push(raw(JA, 1, 0, 0));
+        out.push(raw(RET, act, 0, 0));
+    }
+    out
 }
 
 /// runc's grouping: all conditions in one rule, unless an argument index
@@ -599,6 +663,120 @@ mod tests {
             r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["arm_fadvise64_64","mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
         ))
         .unwrap();
+    }
+
+    /// Run a filter on (arch, nr, args) as the kernel would (the subset of
+    /// classic BPF the compiler emits).
+    fn eval(p: &Program, arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+        let word = |off: u32| -> u32 {
+            match off {
+                OFF_NR => nr,
+                OFF_ARCH => arch,
+                o => {
+                    let i = ((o - OFF_ARGS) / 8) as usize;
+                    let hi = (o - OFF_ARGS) % 8 == 4;
+                    if hi == cfg!(target_endian = "little") {
+                        (args[i] >> 32) as u32
+                    } else {
+                        args[i] as u32
+                    }
+                }
+            }
+        };
+        let (mut pc, mut a) = (0usize, 0u32);
+        loop {
+            let i = p.insns[pc];
+            let cond = |taken: bool| pc + 1 + if taken { i.jt as usize } else { i.jf as usize };
+            pc = match i.code {
+                LD_ABS => {
+                    a = word(i.k);
+                    pc + 1
+                }
+                ALU_AND => {
+                    a &= i.k;
+                    pc + 1
+                }
+                JA => pc + 1 + i.k as usize,
+                JEQ => cond(a == i.k),
+                JGT => cond(a > i.k),
+                JGE => cond(a >= i.k),
+                RET => return i.k,
+                c => panic!("unexpected opcode {c:#x}"),
+            };
+        }
+    }
+
+    #[test]
+    fn the_default_profile_is_compact_and_decides_as_written() {
+        let p = compile(&default_profile()).unwrap();
+        assert!(p.len() < 400, "{} instructions", p.len());
+        if !cfg!(target_arch = "x86_64") {
+            return;
+        }
+        let denied = |name: &str| DENIED.contains(&name);
+        for nr in 0..600u32 {
+            let Some(sysno) = syscalls::x86_64::Sysno::new(nr as usize) else {
+                continue;
+            };
+            let want = match sysno.name() {
+                "clone3" => RET_ERRNO | libc::ENOSYS as u32,
+                "clone" | "personality" => continue,
+                n if denied(n) => RET_ERRNO | libc::EPERM as u32,
+                _ => RET_ALLOW,
+            };
+            assert_eq!(
+                eval(&p, AUDIT_ARCH_X86_64, nr, [0; 6]),
+                want,
+                "{}",
+                sysno.name()
+            );
+        }
+        let clone = syscalls::x86_64::Sysno::clone as u32;
+        assert_eq!(
+            eval(
+                &p,
+                AUDIT_ARCH_X86_64,
+                clone,
+                [libc::SIGCHLD as u64, 0, 0, 0, 0, 0]
+            ),
+            RET_ALLOW
+        );
+        let newns = libc::CLONE_NEWNS as u64 | libc::SIGCHLD as u64;
+        assert_eq!(
+            eval(&p, AUDIT_ARCH_X86_64, clone, [newns, 0, 0, 0, 0, 0]),
+            RET_ERRNO | libc::EPERM as u32
+        );
+        let mkdir32 = syscalls::x86::Sysno::mkdir as u32;
+        assert_eq!(eval(&p, AUDIT_ARCH_I386, mkdir32, [0; 6]), RET_ALLOW);
+        assert_eq!(
+            eval(&p, 0xdead, 0, [0; 6]),
+            RET_KILL_PROCESS,
+            "an unknown arch is killed"
+        );
+    }
+
+    #[test]
+    fn rule_order_is_kept_around_sets() {
+        // mkdir: errno 1 (first rule wins over the later allow); rmdir allowed.
+        let p = compile(&profile(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":38,"architectures":["SCMP_ARCH_X86_64"],"syscalls":[
+                {"names":["mkdir"],"action":"SCMP_ACT_ERRNO","errnoRet":1},
+                {"names":["rmdir","mkdir","read","write"],"action":"SCMP_ACT_ALLOW"},
+                {"names":["close"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":3,"op":"SCMP_CMP_GE"}]}]}"#,
+        ))
+        .unwrap();
+        if !cfg!(target_arch = "x86_64") {
+            return;
+        }
+        use syscalls::x86_64::Sysno;
+        let run = |s: Sysno, a0: u64| eval(&p, AUDIT_ARCH_X86_64, s as u32, [a0, 0, 0, 0, 0, 0]);
+        assert_eq!(run(Sysno::mkdir, 0), RET_ERRNO | 1);
+        assert_eq!(run(Sysno::rmdir, 0), RET_ALLOW);
+        assert_eq!(run(Sysno::read, 0), RET_ALLOW);
+        assert_eq!(run(Sysno::write, 0), RET_ALLOW);
+        assert_eq!(run(Sysno::close, 2), RET_ERRNO | 38);
+        assert_eq!(run(Sysno::close, 3), RET_ALLOW);
+        assert_eq!(run(Sysno::open, 0), RET_ERRNO | 38);
     }
 
     #[test]

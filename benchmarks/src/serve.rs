@@ -1,0 +1,303 @@
+//! `amphi serve` under load on loopback: requests/s and latency of a hello
+//! function, wasm against native, warm and cold, the strict tier with and
+//! without its warm pool, and `wasmtime serve` running the same wasi:http
+//! component when it is installed.
+//!
+//! The load generator is a set of keep-alive client threads in this
+//! process (amphi_tests::serve::Client). Warm variants are measured in
+//! alternating rounds, so that a noisy moment hits all of them alike.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amphi_tests::serve::{manifest, native_cgi, wasm_guest, Client, Serve};
+use amphi_tests::Env;
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::{median_p95, world, Opts};
+
+/// What one load run measured.
+struct Load {
+    requests: usize,
+    errors: usize,
+    secs: f64,
+    latencies_ms: Vec<f64>,
+}
+
+/// `clients` keep-alive connections sending GET `path` back to back for `secs`.
+fn load(addr: SocketAddr, path: &str, clients: usize, secs: f64) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (stop, path) = (stop.clone(), path.to_string());
+            std::thread::spawn(move || {
+                let mut c = Client::new(addr);
+                let (mut lat, mut errors) = (Vec::new(), 0usize);
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    match c.try_request("GET", &path, &[], b"") {
+                        Ok(r) if r.status == 200 => lat.push(t.elapsed().as_secs_f64() * 1e3),
+                        _ => errors += 1,
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    let mut out = Load {
+        requests: 0,
+        errors: 0,
+        secs: 0.0,
+        latencies_ms: Vec::new(),
+    };
+    for t in threads {
+        let (lat, errors) = t.join().expect("client thread");
+        out.requests += lat.len();
+        out.errors += errors;
+        out.latencies_ms.extend(lat);
+    }
+    out.secs = started.elapsed().as_secs_f64();
+    out
+}
+
+/// Nearest-rank percentile.
+fn percentile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1]
+}
+
+fn row(name: &str, note: &str, loads: &[Load]) -> Value {
+    let requests: usize = loads.iter().map(|l| l.requests).sum();
+    let errors: usize = loads.iter().map(|l| l.errors).sum();
+    let secs: f64 = loads.iter().map(|l| l.secs).sum();
+    let lat: Vec<f64> = loads
+        .iter()
+        .flat_map(|l| l.latencies_ms.iter().copied())
+        .collect();
+    json!({
+        "variant": name, "note": note,
+        "requests": requests, "errors": errors,
+        "rps": requests as f64 / secs,
+        "p50_ms": percentile(&lat, 0.50), "p99_ms": percentile(&lat, 0.99),
+    })
+}
+
+/// `wasmtime serve` from PATH or $WASMTIME.
+fn wasmtime() -> Option<PathBuf> {
+    std::env::var_os("WASMTIME")
+        .map(PathBuf::from)
+        .or_else(|| world::on_path("wasmtime"))
+}
+
+struct WasmtimeServe {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for WasmtimeServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wasmtime_serve(bin: &Path, component: &Path) -> Result<WasmtimeServe> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let child = Command::new(bin)
+        .args(["serve", "--addr", &addr.to_string()])
+        .arg(component)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))?;
+    let w = WasmtimeServe { child, addr };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("wasmtime serve did not listen on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(w)
+}
+
+pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
+    let env = Env::for_runtime(w.amphi.clone());
+    let dir = env.tmp.path().join("functions");
+    let cgi_wasm = wasm_guest("cgi.wasm");
+    let http = wasm_guest("http-hello.wasm");
+    let cgi_native = native_cgi();
+    // One server, one function per variant; generous limits so that the
+    // load measures the host, not the admission control.
+    let common = "concurrency = 64\nqueue = 1024\nmemory = \"256Mi\"\n";
+    for (name, source, extra) in [
+        ("wasm", format!("module = {cgi_wasm:?}"), ""),
+        ("native", format!("program = {cgi_native:?}"), ""),
+        (
+            "http",
+            format!("module = {http:?}\ninterface = \"http\""),
+            "",
+        ),
+        (
+            "wasm-cold",
+            format!("module = {cgi_wasm:?}"),
+            "idle = \"0s\"\n",
+        ),
+        (
+            "native-cold",
+            format!("program = {cgi_native:?}"),
+            "idle = \"0s\"\n",
+        ),
+        (
+            "wasm-strict",
+            format!("module = {cgi_wasm:?}"),
+            "strict = true\npool = 8\n",
+        ),
+        (
+            "native-strict",
+            format!("program = {cgi_native:?}"),
+            "strict = true\npool = 8\n",
+        ),
+        (
+            "wasm-strict-nopool",
+            format!("module = {cgi_wasm:?}"),
+            "strict = true\npool = 0\n",
+        ),
+    ] {
+        manifest(&dir, name, &format!("{source}\n{common}{extra}"));
+    }
+    let serve =
+        Serve::start(&env, &dir, &[]).map_err(|f| anyhow::anyhow!("amphi serve: {}", f.stderr))?;
+    let clients = 4;
+    let (rounds, secs) = if o.smoke { (1, 0.3) } else { (3, 2.0) };
+
+    // Warm: a fresh instance (wasm) or process (native) per request in a
+    // warm envelope.
+    let warm = [("wasm", "/wasm"), ("native", "/native"), ("http", "/http")];
+    let mut warm_loads: Vec<Vec<Load>> = warm.iter().map(|_| Vec::new()).collect();
+    for (_, path) in &warm {
+        let _warm_up = load(serve.addr, path, clients, secs / 4.0);
+    }
+    for _ in 0..rounds {
+        for (i, (_, path)) in warm.iter().enumerate() {
+            warm_loads[i].push(load(serve.addr, path, clients, secs));
+        }
+    }
+    let mut rows = vec![
+        row(
+            "amphi serve, wasm CGI (warm)",
+            "module instance per request, envelope shared",
+            &warm_loads[0],
+        ),
+        row(
+            "amphi serve, native CGI (warm)",
+            "process per request, envelope shared",
+            &warm_loads[1],
+        ),
+        row(
+            "amphi serve, wasi:http (warm)",
+            "component instance per request, envelope shared",
+            &warm_loads[2],
+        ),
+    ];
+
+    // Strict: an envelope per request, from a warm pool or made on demand.
+    let strict = [
+        ("amphi serve, wasm CGI (strict, pool 8)", "/wasm-strict"),
+        ("amphi serve, native CGI (strict, pool 8)", "/native-strict"),
+        (
+            "amphi serve, wasm CGI (strict, no pool)",
+            "/wasm-strict-nopool",
+        ),
+    ];
+    for (name, path) in strict {
+        let l = load(serve.addr, path, clients, secs);
+        rows.push(row(name, "envelope made, used once, deleted", &[l]));
+    }
+
+    // Cold: every request after scale-to-zero makes the envelope first.
+    // One client, requests interleaved across the variants.
+    let cold_n = if o.smoke { 2 } else { 30 };
+    let cold = [
+        ("amphi serve, wasm CGI (cold)", "/wasm-cold"),
+        ("amphi serve, native CGI (cold)", "/native-cold"),
+    ];
+    let mut cold_lat: Vec<Vec<f64>> = vec![Vec::new(); cold.len()];
+    let mut c = Client::new(serve.addr);
+    for _ in 0..cold_n {
+        for (i, (_, path)) in cold.iter().enumerate() {
+            // Let the previous request's envelope go first.
+            std::thread::sleep(Duration::from_millis(30));
+            let t = Instant::now();
+            let r = c.request("GET", path, &[], b"");
+            if r.status == 200 {
+                cold_lat[i].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    for (i, (name, _)) in cold.iter().enumerate() {
+        let (median, _) = median_p95(&cold_lat[i]);
+        rows.push(json!({"variant": name, "note": "scale to zero after every request; one client",
+            "requests": cold_lat[i].len(), "errors": cold_n - cold_lat[i].len(), "rps": 1e3 / median,
+            "p50_ms": percentile(&cold_lat[i], 0.5), "p99_ms": percentile(&cold_lat[i], 0.99)}));
+    }
+    let log = serve.log();
+    let cold_starts = log.iter().filter(|l| l["cold"] == true).count();
+    drop(serve);
+
+    // wasmtime serve, same component, same load.
+    let wasmtime_row = match wasmtime() {
+        None => {
+            json!({"skipped": "wasmtime not installed (cargo install wasmtime-cli --version 48.0.8 --locked, or set WASMTIME)"})
+        }
+        Some(bin) => {
+            let ws = wasmtime_serve(&bin, &http)?;
+            let _warm_up = load(ws.addr, "/http", clients, secs / 4.0);
+            let loads: Vec<Load> = (0..rounds)
+                .map(|_| load(ws.addr, "/http", clients, secs))
+                .collect();
+            let version = Command::new(&bin)
+                .arg("--version")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            row(
+                &format!("wasmtime serve ({version})"),
+                "component instance per request, no envelope",
+                &loads,
+            )
+        }
+    };
+    let ratio = |a: usize, b: usize| {
+        rows[a]["rps"].as_f64().unwrap_or(f64::NAN) / rows[b]["rps"].as_f64().unwrap_or(f64::NAN)
+    };
+    let mut ratios = json!({
+        "wasm_over_native_rps_warm": ratio(0, 1),
+        "wasm_over_native_p50_cold": rows[6]["p50_ms"].as_f64().unwrap_or(f64::NAN) / rows[7]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+        "strict_pool_over_nopool_rps": ratio(3, 5),
+    });
+    if let Some(rps) = wasmtime_row["rps"].as_f64() {
+        ratios["amphi_http_over_wasmtime_serve_rps"] =
+            json!(rows[2]["rps"].as_f64().unwrap_or(f64::NAN) / rps);
+    }
+    Ok(
+        json!({"clients": clients, "seconds_per_round": secs, "rounds": rounds,
+              "variants": rows, "wasmtime_serve": wasmtime_row, "ratios": ratios,
+              "cold_starts_logged": cold_starts}),
+    )
+}
