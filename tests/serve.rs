@@ -80,6 +80,27 @@ fn cgi_functions_in_wasm_and_native_round_trip() {
 }
 
 #[test]
+fn an_invocation_is_the_functions_process_not_the_worker() {
+    let env = Env::new();
+    let mut s = Serve::start(&env, &cgi_pair(&env, ""), &[]).unwrap();
+    // The worker keeps CAP_SYS_ADMIN and friends to set each invocation up;
+    // the invocation itself has none of them, no_new_privs and the filter.
+    let me = s.get("/n/self").text();
+    for want in [
+        "Uid: 0 0 0 0",
+        "CapEff: 0000000000000000",
+        "CapPrm: 0000000000000000",
+        "CapBnd: 0000000000000000",
+        "NoNewPrivs: 1",
+        "Seccomp: 2",
+    ] {
+        assert!(me.contains(want), "{want:?} missing in:\n{me}");
+    }
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
+#[test]
 fn wasi_http_component() {
     let env = Env::new();
     let dir = manifest(
@@ -570,5 +591,104 @@ fn a_killed_server_leaves_nothing_behind() {
     // everything else is gone.
     let _ = std::fs::remove_dir_all(&s.work_dir);
     std::fs::create_dir_all(&s.work_dir).unwrap();
+    s.assert_clean(&env);
+}
+
+/// Resident memory (kB) of the server, its keeper and every envelope
+/// process (workers and the invocations running now).
+fn host_rss_kib(env: &Env, s: &Serve) -> u64 {
+    let mut total = amphi_tests::serve::rss_kib(s.pid);
+    for id in s.envelopes(env) {
+        let pid = std::fs::read_to_string(env.root.join(&id).join("state.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["pid"].as_i64());
+        if let Some(pid) = pid {
+            total += amphi_tests::serve::rss_kib(pid as i32);
+        }
+    }
+    total
+}
+
+/// At its concurrency limit for AMPHI_SOAK_SECS (15 s by default; minutes
+/// when asked), with crashes mixed in: every request answered as expected
+/// and the host's memory steady.
+#[test]
+fn soak_at_the_concurrency_limit_keeps_memory_steady() {
+    let secs: u64 = std::env::var("AMPHI_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let env = Env::new();
+    let dir = cgi_pair(&env, "concurrency = 4\nqueue = 0\n");
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    let addr = s.addr;
+    let run = |stop_at: Instant| {
+        let clients: Vec<_> = (0..8)
+            .map(|c| {
+                std::thread::spawn(move || {
+                    // 4 clients per function: exactly its concurrency.
+                    let route = if c % 2 == 0 { "/w" } else { "/n" };
+                    let mut client = amphi_tests::serve::Client::new(addr);
+                    let (mut n, mut bad) = (0u64, Vec::new());
+                    while Instant::now() < stop_at {
+                        let (path, body, want): (String, &[u8], u16) = match n % 50 {
+                            0 => (format!("{route}/crash"), b"", 502),
+                            1..=10 => (format!("{route}/echo"), b"soak body", 201),
+                            11 => (format!("{route}/tmp?{c}-{n}"), b"", 200),
+                            _ => (route.to_string(), b"", 200),
+                        };
+                        let r = client.request("POST", &path, &[], body);
+                        if r.status != want {
+                            bad.push((path, r.status, r.text()));
+                        }
+                        n += 1;
+                    }
+                    (n, bad)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for c in clients {
+            let (n, bad) = c.join().unwrap();
+            assert!(
+                bad.is_empty(),
+                "unexpected answers: {:?}",
+                &bad[..bad.len().min(5)]
+            );
+            total += n;
+        }
+        total
+    };
+    // Warm up, then measure the host's memory across the soak.
+    run(Instant::now() + Duration::from_secs(3));
+    let before = host_rss_kib(&env, &s);
+    let mut samples = Vec::new();
+    let soak_end = Instant::now() + Duration::from_secs(secs);
+    let sampler = {
+        let deadline = soak_end;
+        std::thread::scope(|scope| {
+            let h = scope.spawn(|| run(deadline));
+            while Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(500));
+                samples.push(host_rss_kib(&env, &s));
+            }
+            h.join().unwrap()
+        })
+    };
+    let after = host_rss_kib(&env, &s);
+    eprintln!(
+        "soak: {sampler} requests in {secs} s ({:.0}/s); host RSS {before} kB before, {after} kB after, max {} kB",
+        sampler as f64 / secs as f64,
+        samples.iter().max().unwrap_or(&0)
+    );
+    assert!(sampler > secs * 20, "only {sampler} requests in {secs} s");
+    // Steady: what the host holds after minutes of invocations is what it
+    // held after the warm-up, give or take allocator slack.
+    assert!(
+        after < before + 16 * 1024,
+        "host memory grew from {before} kB to {after} kB"
+    );
+    assert_eq!(s.stop(), Some(0));
     s.assert_clean(&env);
 }

@@ -119,7 +119,8 @@ fn wasmtime_serve(bin: &Path, component: &Path) -> Result<WasmtimeServe> {
         .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let child = Command::new(bin)
-        .args(["serve", "--addr", &addr.to_string()])
+        // -Scli: the component is built with std, which imports wasi:cli.
+        .args(["serve", "-Scli", "--addr", &addr.to_string()])
         .arg(component)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

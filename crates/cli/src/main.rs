@@ -416,7 +416,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             stats,
             interval,
         } => {
-            let interval = parse_duration(interval).with_context(|| format!("events {id}"))?;
+            let interval =
+                parse_duration(interval).with_context(|| format!("events {id}: --interval"))?;
             events(&runtime()?, id, *stats, interval).with_context(|| format!("events {id}"))?;
         }
         Command::List { format, quiet } => list(&runtime()?, *format, *quiet)?,
@@ -527,7 +528,7 @@ fn parse_bytes(s: &str) -> Result<i64> {
 
 /// A Go duration as runc takes it: 100ms, 5s, 1m, 1h, 1m30s.
 fn parse_duration(s: &str) -> Result<std::time::Duration> {
-    let bad = || anyhow!("--interval {s:?}: not a duration (e.g. 500ms, 5s, 1m)");
+    let bad = || anyhow!("{s:?} is not a duration (e.g. 500ms, 5s, 1m)");
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {

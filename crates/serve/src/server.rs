@@ -28,6 +28,9 @@ use crate::worker::{recv, send, Done, Head, ToWorker};
 
 /// The most a function may answer (headers and body).
 const MAX_RESPONSE: usize = 16 << 20;
+/// The largest request head read (hyper answers 431 beyond it); with its
+/// CGI variables it fits a worker message ([`crate::worker::MAX_MESSAGE`]).
+const MAX_REQUEST_HEAD: usize = 64 << 10;
 /// The most of an invocation's stderr kept for the log.
 const MAX_STDERR_LOGGED: usize = 2048;
 
@@ -776,7 +779,9 @@ pub async fn serve(server: Arc<Server>, settings: Settings) -> Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let http = hyper::server::conn::http1::Builder::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // A request head must fit the message that carries it to the worker.
+    http.max_buf_size(MAX_REQUEST_HEAD);
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {

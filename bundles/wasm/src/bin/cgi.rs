@@ -2,7 +2,8 @@
 //! static native program; what it does depends on PATH_INFO:
 //! `/` greets, `/echo` returns what it was given, `/tmp?ID` shows what an
 //! invocation sees of /tmp while it writes there, `/sleep?MS`, `/alloc?MIB`,
-//! `/crash`, `/status?CODE`, `/location` and `/garbage` exercise the host.
+//! `/crash`, `/status?CODE`, `/location` and `/garbage` exercise the host,
+//! `/self` shows the invocation's credentials (native only: /proc).
 use std::io::{Read, Write};
 
 fn var(k: &str) -> String {
@@ -65,6 +66,16 @@ fn main() {
         }
         "/location" => {
             write!(out, "Location: /elsewhere\n\n").unwrap();
+        }
+        "/self" => {
+            // What the invocation's process is: credentials and confinement.
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            write!(out, "Content-Type: text/plain\n\n").unwrap();
+            for l in status.lines().filter(|l| {
+                ["Uid:", "CapEff:", "CapPrm:", "CapBnd:", "NoNewPrivs:", "Seccomp:"].iter().any(|k| l.starts_with(k))
+            }) {
+                writeln!(out, "{}", l.split_whitespace().collect::<Vec<_>>().join(" ")).unwrap();
+            }
         }
         "/garbage" => {
             write!(out, "this is not a CGI response").unwrap();
