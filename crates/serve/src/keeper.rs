@@ -34,6 +34,7 @@ pub struct Plan {
     pub tmp: u64,
     pub interface: Interface,
     pub memory: Option<u64>,
+    pub readonly_root: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -214,12 +215,18 @@ fn create(runtime: &Runtime, plan: &Plan, id: &str, control: OwnedFd) -> Result<
     };
     runtime
         .create_with(&options, |kind, executor| {
-            let workload = match (plan.interface, kind) {
-                (Interface::Http, _) => Workload::Http(amphi_wasm::http::Proxy::new(
+            let wasm = |interface| {
+                Workload::Wasm(amphi_wasm::function::Function::new(
                     amphi_wasm::Cache::new(&wasm_cache),
+                    interface,
                     plan.memory,
-                )),
-                (Interface::Cgi, Kind::Native | Kind::Wasm) => Workload::Command(executor),
+                    plan.readonly_root,
+                ))
+            };
+            let workload = match (plan.interface, kind) {
+                (Interface::Http, _) => wasm(amphi_wasm::function::Interface::Http),
+                (Interface::Cgi, Kind::Wasm) => wasm(amphi_wasm::function::Interface::Cgi),
+                (Interface::Cgi, Kind::Native) => Workload::Command(executor),
             };
             Box::new(Worker {
                 workload,

@@ -139,7 +139,15 @@ fn plan(f: &Function, work: &Path) -> Result<(Plan, &'static str)> {
         (Interface::Http, _) | (_, Kind::Wasm) => "wasm",
         (_, Kind::Native) => "native",
     };
-    let worker = worker_spec(&spec, &rootfs, f.tmp)?;
+    // Wasm invocations take their /tmp as a directory of the envelope's
+    // /tmp, so it holds all that may run at once; native ones mount their
+    // own over it.
+    let worker_tmp = match (f.tmp, executor) {
+        (0, _) => 0,
+        (tmp, "wasm") => tmp.saturating_mul(f.concurrency as u64),
+        _ => 64 << 10,
+    };
+    let worker = worker_spec(&spec, &rootfs, worker_tmp)?;
     let json = serde_json::to_vec_pretty(&worker)?;
     std::fs::write(dir.join("config.json"), json)
         .with_context(|| format!("write {}", dir.join("config.json").display()))?;
@@ -165,6 +173,7 @@ fn plan(f: &Function, work: &Path) -> Result<(Plan, &'static str)> {
             tmp: f.tmp,
             interface: f.interface,
             memory,
+            readonly_root: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
         },
         executor,
     ))
@@ -172,8 +181,8 @@ fn plan(f: &Function, work: &Path) -> Result<(Plan, &'static str)> {
 
 /// The envelope's own spec: the function's, but its process is the worker,
 /// which runs as root with [`WORKER_CAPS`] added, without seccomp, LSM
-/// label or no_new_privs (each invocation applies the function's), and
-/// with a /tmp mount each invocation replaces by a fresh one.
+/// label or no_new_privs (each invocation, or for wasm the worker itself
+/// once, applies the function's), and with a tmpfs on /tmp of `tmp` bytes.
 fn worker_spec(spec: &Spec, rootfs: &Path, tmp: u64) -> Result<Spec> {
     let mut spec = spec.clone();
     let mut root = spec.root().clone().unwrap_or_default();
@@ -218,7 +227,7 @@ fn worker_spec(spec: &Spec, rootfs: &Path, tmp: u64) -> Result<Spec> {
                     .options(vec![
                         "nosuid".into(),
                         "nodev".into(),
-                        "size=64k".into(),
+                        format!("size={tmp}"),
                         "mode=1777".into(),
                     ])
                     .build()?,

@@ -62,10 +62,12 @@ pub struct Done {
 
 /// What the worker runs per invocation.
 pub enum Workload {
-    /// The container's own executor (native or wasm), run as a CGI program.
+    /// The container's own executor, run once per invocation in a forked
+    /// child as a CGI program (native code).
     Command(Box<dyn Executor>),
-    /// A wasi:http/proxy component.
-    Http(amphi_wasm::http::Proxy),
+    /// A wasm module or component: a fresh instance per invocation, in the
+    /// worker's own process.
+    Wasm(amphi_wasm::function::Function),
 }
 
 pub struct Worker {
@@ -83,14 +85,14 @@ impl Executor for Worker {
     fn name(&self) -> &'static str {
         match &self.workload {
             Workload::Command(e) => e.name(),
-            Workload::Http(_) => "wasm",
+            Workload::Wasm(_) => "wasm",
         }
     }
 
     fn inherited_fds(&self) -> Vec<RawFd> {
         let mut fds = match &self.workload {
             Workload::Command(e) => e.inherited_fds(),
-            Workload::Http(p) => p.inherited_fds(),
+            Workload::Wasm(f) => f.inherited_fds(),
         };
         fds.push(self.control.as_raw_fd());
         fds
@@ -99,12 +101,16 @@ impl Executor for Worker {
     fn prepare(&mut self, ctx: &PrepareContext) -> Result<()> {
         match &mut self.workload {
             Workload::Command(e) => e.prepare(ctx),
-            Workload::Http(p) => p.prepare(ctx),
+            Workload::Wasm(f) => f.prepare(ctx),
         }
     }
 
     fn exec(self: Box<Self>, _worker_process: &Process) -> Error {
-        match self.serve() {
+        let served = match self.workload {
+            Workload::Wasm(_) => self.serve_in_process(),
+            Workload::Command(_) => self.serve(),
+        };
+        match served {
             Ok(()) => unsafe { libc::_exit(0) },
             Err(e) => e,
         }
@@ -152,6 +158,85 @@ pub fn recv(sock: BorrowedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Vec<
 }
 
 impl Worker {
+    /// Wasm: the worker becomes the function's process once (it needs no
+    /// privilege for what follows) and runs each invocation as a task: a
+    /// fresh instance with in-memory stdio and a scratch directory of its
+    /// own as /tmp. A cancelled task is dropped, which ends its guest at the
+    /// next epoch tick or host call.
+    fn serve_in_process(self) -> Result<()> {
+        // Before any thread exists: credentials and the filter are per thread.
+        amphi_core::init::assume_process(&self.process, self.seccomp.as_ref())?;
+        let Workload::Wasm(function) = self.workload else {
+            unreachable!("in-process serving is for wasm")
+        };
+        amphi_wasm::function::start_epoch_ticker();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Init(format!("tokio runtime: {e}")))?;
+        let process_env: Vec<(String, String)> = self
+            .process
+            .env()
+            .iter()
+            .flatten()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let shared = std::sync::Arc::new(InProcess {
+            function,
+            args: self.process.args().clone().unwrap_or_default(),
+            env: process_env,
+            scratch: (self.tmp > 0).then(|| std::path::PathBuf::from("/tmp")),
+            cancels: std::sync::Mutex::new(HashMap::new()),
+        });
+        let control = self.control;
+        runtime.block_on(async move {
+            nix::fcntl::fcntl(&control, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+                .map_err(|e| sys("nonblocking control socket", e))?;
+            // SAFETY: the AsyncFd owns the socket; nothing else closes it.
+            let control = std::sync::Arc::new(
+                unsafe { tokio::io::unix::AsyncFd::register(control) }
+                    .map_err(|e| Error::Init(format!("register control socket: {e}")))?,
+            );
+            let mut buf = vec![0u8; MAX_MESSAGE];
+            loop {
+                let received = control
+                    .async_io(tokio::io::Interest::READABLE, |fd| {
+                        recv(fd.as_fd(), &mut buf).map_err(std::io::Error::from)
+                    })
+                    .await;
+                let (n, fds) = match received {
+                    Ok(Some(m)) => m,
+                    // The host is gone: so is every invocation.
+                    Ok(None) | Err(_) => return Ok(()),
+                };
+                match serde_json::from_slice::<ToWorker>(&buf[..n]) {
+                    Ok(ToWorker::Invoke { id, env, head }) => {
+                        let cancel = std::sync::Arc::new(tokio::sync::Notify::new());
+                        shared.cancels.lock().expect("cancels").insert(id, cancel.clone());
+                        let (shared, control) = (shared.clone(), control.clone());
+                        tokio::spawn(async move {
+                            let done = shared.invoke(id, env, head, fds, cancel).await;
+                            shared.cancels.lock().expect("cancels").remove(&id);
+                            let _ = control
+                                .async_io(tokio::io::Interest::WRITABLE, |fd| {
+                                    send(fd.as_fd(), &done, &[]).map_err(std::io::Error::from)
+                                })
+                                .await;
+                        });
+                    }
+                    Ok(ToWorker::Cancel { id }) => {
+                        if let Some(c) = shared.cancels.lock().expect("cancels").get(&id) {
+                            c.notify_one();
+                        }
+                    }
+                    Err(e) => eprintln!("amphi: function worker: bad message: {e}"),
+                }
+            }
+        })
+    }
+
     fn serve(mut self) -> Result<()> {
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
@@ -195,7 +280,7 @@ impl Worker {
                 Ok(Some(m)) => m,
             };
             match serde_json::from_slice::<ToWorker>(&buf[..n]) {
-                Ok(ToWorker::Invoke { id, env, head }) => {
+                Ok(ToWorker::Invoke { id, env, .. }) => {
                     let mut received = received.into_iter();
                     let (Some(io), Some(err)) = (received.next(), received.next()) else {
                         self.report(Done {
@@ -206,7 +291,7 @@ impl Worker {
                         });
                         continue;
                     };
-                    match self.spawn(io, err, env, head) {
+                    match self.spawn(io, err, env) {
                         Ok(pid) => {
                             running.insert(pid, id);
                         }
@@ -256,19 +341,13 @@ impl Worker {
         }
     }
 
-    fn spawn(
-        &mut self,
-        io: OwnedFd,
-        err: OwnedFd,
-        env: Vec<(String, String)>,
-        head: Option<Head>,
-    ) -> nix::Result<i32> {
+    fn spawn(&mut self, io: OwnedFd, err: OwnedFd, env: Vec<(String, String)>) -> nix::Result<i32> {
         // SAFETY: the worker is single-threaded; the child only calls into
         // code that is fine after fork in a single-threaded process.
         match unsafe { nix::unistd::fork() }? {
             nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
             nix::unistd::ForkResult::Child => {
-                let code = match self.invocation(io, err, env, head) {
+                let code = match self.invocation(io, err, env) {
                     Ok(code) => code,
                     Err(e) => {
                         eprintln!("amphi: invocation: {e}");
@@ -282,13 +361,7 @@ impl Worker {
 
     /// In the invocation's own process: isolate, take on the function's
     /// process, run. Returns only for an http function or on failure.
-    fn invocation(
-        &mut self,
-        io: OwnedFd,
-        err: OwnedFd,
-        env: Vec<(String, String)>,
-        head: Option<Head>,
-    ) -> Result<i32> {
+    fn invocation(&mut self, io: OwnedFd, err: OwnedFd, env: Vec<(String, String)>) -> Result<i32> {
         // A group of its own, so that a timeout kills all it started.
         nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|e| sys("setpgid", e))?;
         SigSet::all()
@@ -322,31 +395,95 @@ impl Worker {
         amphi_core::init::assume_process(&process, self.seccomp.as_ref())?;
         match std::mem::replace(&mut self.workload, Workload::Command(Box::new(Gone))) {
             Workload::Command(executor) => Err(executor.exec(&process)),
-            Workload::Http(proxy) => {
-                let head =
-                    head.ok_or_else(|| Error::Init("http invocation without a head".into()))?;
-                Ok(proxy.handle(
-                    amphi_wasm::http::RequestHead {
-                        method: head.method,
-                        uri: head.uri,
-                        headers: head.headers,
-                    },
-                    &env_pairs(process.env().as_deref().unwrap_or_default(), &env),
-                ))
-            }
+            Workload::Wasm(_) => Err(Error::Init("wasm invocations run in process".into())),
         }
     }
 }
 
-/// The function's own environment for a wasi:http guest (it gets no CGI
-/// variables: the request comes as a request).
-fn env_pairs(process_env: &[String], cgi: &[(String, String)]) -> Vec<(String, String)> {
-    process_env
-        .iter()
-        .filter_map(|kv| kv.split_once('='))
-        .filter(|(k, _)| !cgi.iter().any(|(c, _)| c == k))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+/// What the tasks of an in-process worker share.
+struct InProcess {
+    function: amphi_wasm::function::Function,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// Where invocations' scratch directories go (the envelope's /tmp).
+    scratch: Option<std::path::PathBuf>,
+    cancels: std::sync::Mutex<HashMap<u64, std::sync::Arc<tokio::sync::Notify>>>,
+}
+
+impl InProcess {
+    async fn invoke(
+        &self,
+        id: u64,
+        env: Vec<(String, String)>,
+        head: Option<Head>,
+        fds: Vec<OwnedFd>,
+        cancel: std::sync::Arc<tokio::sync::Notify>,
+    ) -> Done {
+        let report = |exit: Option<i32>, signal: Option<i32>, error: Option<String>| Done {
+            id,
+            exit,
+            signal,
+            error,
+        };
+        let mut fds = fds.into_iter();
+        let (Some(io), Some(err)) = (fds.next(), fds.next()) else {
+            return report(None, None, Some("invocation without its sockets".into()));
+        };
+        let streams = (|| -> std::io::Result<_> {
+            let io = std::os::unix::net::UnixStream::from(io);
+            io.set_nonblocking(true)?;
+            nix::fcntl::fcntl(&err, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
+            Ok((
+                tokio::net::UnixStream::from_std(io)?,
+                tokio::net::unix::pipe::Sender::from_owned_fd(err)?,
+            ))
+        })();
+        let (mut io, mut err) = match streams {
+            Ok(s) => s,
+            Err(e) => return report(None, None, Some(format!("invocation streams: {e}"))),
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut body = Vec::new();
+        if let Err(e) = io.read_to_end(&mut body).await {
+            return report(None, None, Some(format!("reading the request body: {e}")));
+        }
+        let scratch = self.scratch.as_ref().map(|base| amphi_wasm::function::scratch_dir(base, id));
+        if let Some(dir) = &scratch {
+            if let Err(e) = std::fs::create_dir(dir) {
+                return report(None, None, Some(format!("scratch directory {}: {e}", dir.display())));
+            }
+        }
+        let mut all_env = self.env.clone();
+        all_env.extend(env);
+        let invocation = amphi_wasm::function::Invocation {
+            args: self.args.clone(),
+            env: all_env,
+            body: body.into(),
+            head: head.map(|h| amphi_wasm::function::RequestHead {
+                method: h.method,
+                uri: h.uri,
+                headers: h.headers,
+            }),
+            scratch: scratch.clone(),
+        };
+        let outcome = tokio::select! {
+            o = self.function.invoke(invocation) => Some(o),
+            _ = cancel.notified() => None,
+        };
+        if let Some(dir) = &scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        match outcome {
+            // Cancelled: ended as if killed.
+            None => report(None, Some(libc::SIGKILL), None),
+            Some(o) => {
+                let _ = io.write_all(&o.stdout).await;
+                let _ = io.shutdown().await;
+                let _ = err.write_all(&o.stderr).await;
+                report(Some(o.exit), None, None)
+            }
+        }
+    }
 }
 
 /// A mount namespace of the invocation's own with a fresh tmpfs on /tmp:

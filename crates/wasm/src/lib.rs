@@ -13,7 +13,7 @@
 //! once with 128+S, even in a loop that never calls the host.
 
 mod cache;
-pub mod http;
+pub mod function;
 
 use std::io::Read;
 use std::os::fd::AsRawFd;

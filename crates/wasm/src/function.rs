@@ -1,0 +1,452 @@
+//! Function invocations for `amphi serve`: a module or component compiled
+//! and pre-instantiated once in the function's envelope, then a fresh
+//! instance per invocation, in the envelope's process.
+//!
+//! Three interfaces: a WASI preview 1 module or a `wasi:cli/command`
+//! component run as a CGI program (variables in the environment, the body
+//! on stdin, headers and body on stdout), and a `wasi:http/proxy`
+//! component, whose response is rendered in the same CGI form so the host
+//! reads every function's answer alike.
+//!
+//! Instances run on an engine with epoch interruption and async support:
+//! an invocation is a future that yields at every epoch tick and at every
+//! host call, so dropping it (a timeout) ends the guest at once, even in a
+//! loop or a sleep. Invocations share nothing: each has its own store,
+//! memory cap, in-memory stdio and, when the host gives one, a scratch
+//! directory of its own as `/tmp`.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use amphi_core::executor::PrepareContext;
+use amphi_core::Result;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, StoreLimits};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
+
+use crate::{fail, flavor, store_limits, Cache, Flavor, TRAP_EXIT};
+
+/// How often running guests yield (and notice that they were cancelled).
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The most an invocation may write to stdout (its response) and the most
+/// of its stderr kept.
+pub const MAX_STDOUT: usize = 16 << 20;
+pub const MAX_STDERR: usize = 64 << 10;
+
+/// The engine of function invocations: async, with epoch interruption.
+/// Separate from the command executor's (its compiled code differs), so
+/// containers run by `amphi run` pay for neither.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.parallel_compilation(false);
+        config.epoch_interruption(true);
+        Engine::new(&config).expect("function engine config is valid")
+    })
+}
+
+/// Guests running now; the epoch thread sleeps while there are none (an
+/// idle envelope wakes nothing).
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
+
+/// Start the thread that advances the engine's epoch every tick while
+/// guests run. Call once threads may exist (after the process's
+/// credentials are final).
+pub fn start_epoch_ticker() {
+    TICKER.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("epoch".into())
+            .spawn(|| loop {
+                if RUNNING.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    std::thread::park();
+                    continue;
+                }
+                std::thread::sleep(EPOCH_TICK);
+                engine().increment_epoch();
+            })
+            .expect("spawn the epoch thread")
+            .thread()
+            .clone()
+    });
+}
+
+/// Counts a running guest for the epoch thread, from creation to drop
+/// (a cancelled invocation's future is dropped too).
+struct Running;
+
+impl Running {
+    fn new() -> Running {
+        if RUNNING.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0 {
+            if let Some(t) = TICKER.get() {
+                t.unpark();
+            }
+        }
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The interface a function's module speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interface {
+    Cgi,
+    Http,
+}
+
+/// The request line and headers of one `wasi:http` invocation.
+pub struct RequestHead {
+    pub method: String,
+    /// Path and query, as the client sent them.
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+}
+
+pub struct Invocation {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub body: Bytes,
+    /// For `wasi:http` functions.
+    pub head: Option<RequestHead>,
+    /// A directory of this invocation's own, preopened as `/tmp`.
+    pub scratch: Option<PathBuf>,
+}
+
+pub struct Outcome {
+    /// The exit status, as for a command: `proc_exit(N)`, 0, or
+    /// [`TRAP_EXIT`] for a trap (or an `http` guest that answered nothing).
+    pub exit: i32,
+    pub stdout: Bytes,
+    pub stderr: Bytes,
+}
+
+struct P1State {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+struct P2State {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    hooks: NoNetwork,
+    limits: StoreLimits,
+}
+
+impl WasiView for P2State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for P2State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// A function's envelope has no network: outgoing requests are refused.
+struct NoNetwork;
+
+type Pending =
+    Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+
+impl WasiHttpHooks for NoNetwork {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _response_done: Pending,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, Pending)>,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+enum Linked {
+    Module(InstancePre<P1State>),
+    Command(CommandPre<P2State>),
+    Proxy(ProxyPre<P2State>),
+}
+
+pub struct Function {
+    cache: Cache,
+    interface: Interface,
+    memory_limit: Option<u64>,
+    readonly_root: bool,
+    linked: Option<Linked>,
+}
+
+impl Function {
+    pub fn new(cache: Cache, interface: Interface, memory_limit: Option<u64>, readonly_root: bool) -> Function {
+        Function {
+            cache,
+            interface,
+            memory_limit,
+            readonly_root,
+            linked: None,
+        }
+    }
+
+    pub fn inherited_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.cache.raw_fd().into_iter().collect()
+    }
+
+    /// Compile (or load from the cache) and link the module named by
+    /// `process.args[0]`, for the function's interface.
+    pub fn prepare(&mut self, ctx: &PrepareContext) -> Result<()> {
+        let arg0 = &ctx.process.args().as_ref().expect("validated")[0];
+        let (path, bytes) = crate::Wasm::read_module(ctx, arg0)?;
+        let what = format!("process.args[0] {}", path.display());
+        let flavor = flavor(&bytes).ok_or_else(|| {
+            fail(format!("{what}: not a WebAssembly module or component"))
+        })?;
+        let engine = engine();
+        let component = |cache: &Cache| {
+            cache
+                .load_or_compile(
+                    engine,
+                    &bytes,
+                    |b| Component::new(engine, b),
+                    |c| c.serialize(),
+                    // SAFETY: written by this cache for this engine's
+                    // compatibility hash, checksum verified.
+                    |a| unsafe { Component::deserialize(engine, a) },
+                )
+                .map_err(|e| fail(format!("{what}: {e:#}")))
+        };
+        let linked = match (self.interface, flavor) {
+            (Interface::Cgi, Flavor::Module) => {
+                let module = self
+                    .cache
+                    .load_or_compile(
+                        engine,
+                        &bytes,
+                        |b| Module::new(engine, b),
+                        |m| m.serialize(),
+                        // SAFETY: as for components.
+                        |a| unsafe { Module::deserialize(engine, a) },
+                    )
+                    .map_err(|e| fail(format!("{what}: {e:#}")))?;
+                let mut linker: Linker<P1State> = Linker::new(engine);
+                wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)
+                    .map_err(|e| fail(format!("link WASI: {e:#}")))?;
+                Linked::Module(linker.instantiate_pre(&module).map_err(|e| {
+                    fail(format!("{what}: {e:#}; amphi provides wasi_snapshot_preview1 only"))
+                })?)
+            }
+            (Interface::Cgi, Flavor::Component) => {
+                let c = component(&self.cache)?;
+                let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
+                wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+                    .map_err(|e| fail(format!("link WASI: {e:#}")))?;
+                Linked::Command(linker.instantiate_pre(&c).and_then(CommandPre::new).map_err(|e| {
+                    fail(format!("{what}: {e:#}; a CGI component is of the wasi:cli/command world"))
+                })?)
+            }
+            (Interface::Http, Flavor::Component) => {
+                let c = component(&self.cache)?;
+                let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
+                wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+                    .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+                    .map_err(|e| fail(format!("link wasi:http: {e:#}")))?;
+                Linked::Proxy(linker.instantiate_pre(&c).and_then(ProxyPre::new).map_err(|e| {
+                    fail(format!(
+                        "{what}: {e:#}; interface \"http\" runs components of the wasi:http/proxy world"
+                    ))
+                })?)
+            }
+            (Interface::Http, Flavor::Module) => {
+                return Err(fail(format!(
+                    "{what}: a core module; interface \"http\" runs components of the wasi:http/proxy world"
+                )))
+            }
+        };
+        self.linked = Some(linked);
+        // The envelope keeps nothing of the host's.
+        self.cache.close();
+        Ok(())
+    }
+
+    fn wasi(&self, inv: &Invocation, stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) -> Result<WasiCtxBuilder> {
+        let mut b = WasiCtxBuilder::new();
+        b.stdin(MemoryInputPipe::new(inv.body.clone()))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .args(&inv.args);
+        b.envs(&inv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>());
+        let root = if self.readonly_root {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        b.preopened_dir("/", "/", root)
+            .map_err(|e| fail(format!("preopen /: {e}")))?;
+        if let Some(scratch) = &inv.scratch {
+            b.preopened_dir(scratch, "/tmp", FsPerms::ReadWrite)
+                .map_err(|e| fail(format!("preopen {}: {e}", scratch.display())))?;
+        }
+        Ok(b)
+    }
+
+    /// Run one invocation to its end. Cancel it by dropping the future.
+    pub async fn invoke(&self, inv: Invocation) -> Outcome {
+        let _running = Running::new();
+        let stdout = MemoryOutputPipe::new(MAX_STDOUT);
+        let stderr = MemoryOutputPipe::new(MAX_STDERR);
+        let (exit, response) = match self.run(&inv, &stdout, &stderr).await {
+            Ok(r) => r,
+            Err(e) => match e.downcast_ref::<I32Exit>() {
+                Some(I32Exit(code)) => (*code, None),
+                None => {
+                    let note = format!("amphi: wasm guest failed: {e:?}\n");
+                    return Outcome {
+                        exit: TRAP_EXIT,
+                        stdout: stdout.contents(),
+                        stderr: [stderr.contents(), Bytes::from(note)].concat().into(),
+                    };
+                }
+            },
+        };
+        Outcome {
+            exit,
+            stdout: response.unwrap_or_else(|| stdout.contents()),
+            stderr: stderr.contents(),
+        }
+    }
+
+    /// The exit status, and for a proxy the response (in CGI form).
+    async fn run(
+        &self,
+        inv: &Invocation,
+        stdout: &MemoryOutputPipe,
+        stderr: &MemoryOutputPipe,
+    ) -> wasmtime::Result<(i32, Option<Bytes>)> {
+        let mut wasi = self.wasi(inv, stdout, stderr).map_err(wasmtime::Error::msg)?;
+        let limits = store_limits(self.memory_limit);
+        match self.linked.as_ref().expect("prepare ran") {
+            Linked::Module(pre) => {
+                let mut store = Store::new(engine(), P1State { wasi: wasi.build_p1(), limits });
+                store.limiter(|s| &mut s.limits);
+                store.epoch_deadline_async_yield_and_update(1);
+                let instance = pre.instantiate_async(&mut store).await?;
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                start.call_async(&mut store, ()).await?;
+                Ok((0, None))
+            }
+            Linked::Command(pre) => {
+                let mut store = self.p2_store(wasi.build(), limits);
+                let cmd = pre.instantiate_async(&mut store).await?;
+                let r = cmd.wasi_cli_run().call_run(&mut store).await?;
+                Ok((if r.is_ok() { 0 } else { 1 }, None))
+            }
+            Linked::Proxy(pre) => {
+                let head = inv
+                    .head
+                    .as_ref()
+                    .ok_or_else(|| wasmtime::Error::msg("http invocation without a request head"))?;
+                let store = self.p2_store(wasi.build(), limits);
+                let response = proxy(pre.clone(), store, head, inv.body.clone()).await?;
+                Ok((0, Some(response)))
+            }
+        }
+    }
+
+    fn p2_store(&self, ctx: WasiCtx, limits: StoreLimits) -> Store<P2State> {
+        let mut store = Store::new(
+            engine(),
+            P2State {
+                ctx,
+                table: ResourceTable::new(),
+                http: WasiHttpCtx::new(),
+                hooks: NoNetwork,
+                limits,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+}
+
+/// One request through a proxy component; the response as CGI output.
+async fn proxy(pre: ProxyPre<P2State>, mut store: Store<P2State>, head: &RequestHead, body: Bytes) -> wasmtime::Result<Bytes> {
+    let mut request = hyper::Request::builder()
+        .method(head.method.as_str())
+        .uri(head.uri.as_str());
+    for (k, v) in &head.headers {
+        request = request.header(k.as_str(), v.as_str());
+    }
+    let request = request.body(Full::new(body))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let req = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
+    let out = store.data_mut().http().new_response_outparam(tx)?;
+    let guest = async move {
+        let proxy = pre.instantiate_async(&mut store).await?;
+        proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+    };
+    // The guest writes the body after it set the response: run both.
+    let collect = async move {
+        let resp = match rx.await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(code)) => wasmtime::bail!("the guest answered with error {code:?}"),
+            Err(_) => wasmtime::bail!("the guest never set a response"),
+        };
+        let (parts, mut body) = resp.into_parts();
+        let mut out = format!("Status: {}\r\n", parts.status.as_u16()).into_bytes();
+        for (k, v) in &parts.headers {
+            out.extend_from_slice(k.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                if out.len() + data.len() > MAX_STDOUT {
+                    wasmtime::bail!("response over {MAX_STDOUT} bytes");
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(Bytes::from(out))
+    };
+    let (guest, response) = tokio::join!(guest, collect);
+    match (guest, response) {
+        (Err(e), _) => Err(e),
+        (Ok(()), r) => r,
+    }
+}
+
+/// A scratch directory's path for invocation `id` below `base`.
+pub fn scratch_dir(base: &Path, id: u64) -> PathBuf {
+    base.join(format!(".amphi-invocation-{id}"))
+}
