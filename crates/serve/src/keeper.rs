@@ -35,6 +35,8 @@ pub struct Plan {
     pub interface: Interface,
     pub memory: Option<u64>,
     pub readonly_root: bool,
+    /// Pooling allocator slots for a long-lived wasm envelope.
+    pub pool_slots: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -221,6 +223,7 @@ fn create(runtime: &Runtime, plan: &Plan, id: &str, control: OwnedFd) -> Result<
                     interface,
                     plan.memory,
                     plan.readonly_root,
+                    plan.pool_slots,
                 ))
             };
             let workload = match (plan.interface, kind) {

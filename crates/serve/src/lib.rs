@@ -173,7 +173,15 @@ fn plan(f: &Function, work: &Path) -> Result<(Plan, &'static str)> {
             tmp: f.tmp,
             interface: f.interface,
             memory,
-            readonly_root: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+            readonly_root: spec
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false),
+            // Twice the concurrency: a cancelled invocation may still hold
+            // its slot when the next one starts. Beyond 128 concurrent
+            // invocations the reservation grows past what it saves.
+            pool_slots: (!f.strict && f.concurrency <= 128).then(|| 2 * f.concurrency as u32),
         },
         executor,
     ))

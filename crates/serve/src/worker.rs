@@ -192,8 +192,11 @@ impl Worker {
         });
         let control = self.control;
         runtime.block_on(async move {
-            nix::fcntl::fcntl(&control, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
-                .map_err(|e| sys("nonblocking control socket", e))?;
+            nix::fcntl::fcntl(
+                &control,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )
+            .map_err(|e| sys("nonblocking control socket", e))?;
             // SAFETY: the AsyncFd owns the socket; nothing else closes it.
             let control = std::sync::Arc::new(
                 unsafe { tokio::io::unix::AsyncFd::register(control) }
@@ -214,7 +217,11 @@ impl Worker {
                 match serde_json::from_slice::<ToWorker>(&buf[..n]) {
                     Ok(ToWorker::Invoke { id, env, head }) => {
                         let cancel = std::sync::Arc::new(tokio::sync::Notify::new());
-                        shared.cancels.lock().expect("cancels").insert(id, cancel.clone());
+                        shared
+                            .cancels
+                            .lock()
+                            .expect("cancels")
+                            .insert(id, cancel.clone());
                         let (shared, control) = (shared.clone(), control.clone());
                         tokio::spawn(async move {
                             let done = shared.invoke(id, env, head, fds, cancel).await;
@@ -432,7 +439,10 @@ impl InProcess {
         let streams = (|| -> std::io::Result<_> {
             let io = std::os::unix::net::UnixStream::from(io);
             io.set_nonblocking(true)?;
-            nix::fcntl::fcntl(&err, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
+            nix::fcntl::fcntl(
+                &err,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            )?;
             Ok((
                 tokio::net::UnixStream::from_std(io)?,
                 tokio::net::unix::pipe::Sender::from_owned_fd(err)?,
@@ -447,10 +457,17 @@ impl InProcess {
         if let Err(e) = io.read_to_end(&mut body).await {
             return report(None, None, Some(format!("reading the request body: {e}")));
         }
-        let scratch = self.scratch.as_ref().map(|base| amphi_wasm::function::scratch_dir(base, id));
+        let scratch = self
+            .scratch
+            .as_ref()
+            .map(|base| amphi_wasm::function::scratch_dir(base, id));
         if let Some(dir) = &scratch {
             if let Err(e) = std::fs::create_dir(dir) {
-                return report(None, None, Some(format!("scratch directory {}: {e}", dir.display())));
+                return report(
+                    None,
+                    None,
+                    Some(format!("scratch directory {}: {e}", dir.display())),
+                );
             }
         }
         let mut all_env = self.env.clone();
