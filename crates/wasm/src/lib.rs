@@ -199,18 +199,6 @@ impl Wasm {
         let limits = store_limits(self.memory_limit);
         let wasi = self.wasi(p)?;
         let engine = engine();
-        // wasmtime-wasi drives its host calls on the ambient tokio runtime,
-        // else on a global one it makes with a worker per CPU, sized by a
-        // scan of the cgroup mounts. One worker does for a single-threaded
-        // guest, and it must be a worker thread (not current-thread): host
-        // calls block on the handle, which drives no timers itself.
-        let tokio = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| fail(format!("tokio runtime: {e}")))?;
-        let _ambient = tokio.enter();
         amphi_core::util::trace::phase("wasm: instantiate and run");
         let status = match self.linked.expect("prepare ran") {
             Linked::Module(pre) => {
