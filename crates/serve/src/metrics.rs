@@ -98,124 +98,122 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One metric family: its HELP and TYPE lines, then a sample line (or a
+/// histogram's lines) per function.
+struct Family<'a> {
+    out: String,
+    functions: Vec<(String, &'a FunctionMetrics)>,
+}
+
+impl<'a> Family<'a> {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// A counter or gauge with one value per function.
+    fn single(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        value: impl Fn(&FunctionMetrics) -> usize,
+    ) {
+        self.header(name, kind, help);
+        for (f, m) in &self.functions {
+            let _ = writeln!(self.out, "{name}{{function=\"{f}\"}} {}", value(m));
+        }
+    }
+
+    /// A counter with a value per function and label value.
+    fn labelled<K: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        label: &str,
+        help: &str,
+        values: impl Fn(&FunctionMetrics) -> Vec<(K, u64)>,
+    ) {
+        self.header(name, "counter", help);
+        for (f, m) in &self.functions {
+            for (k, n) in values(m) {
+                let _ = writeln!(self.out, "{name}{{function=\"{f}\",{label}=\"{k}\"}} {n}");
+            }
+        }
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, h: impl Fn(&FunctionMetrics) -> &Histogram) {
+        self.header(name, "histogram", help);
+        for (f, m) in &self.functions {
+            h(m).render(&mut self.out, name, &format!("function=\"{f}\""));
+        }
+    }
+}
+
 pub fn render<'a>(functions: impl Iterator<Item = (&'a str, &'a FunctionMetrics)>) -> String {
-    let functions: Vec<_> = functions.collect();
-    let mut out = String::new();
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
+    let mut fam = Family {
+        out: String::new(),
+        functions: functions.map(|(f, m)| (escape(f), m)).collect(),
     };
-    family(
-        &mut out,
+    let load = |a: &AtomicUsize| a.load(Ordering::Relaxed);
+    fam.labelled(
         "amphi_requests_total",
-        "counter",
+        "code",
         "Requests answered, by function and status code.",
+        |m| {
+            m.responses
+                .lock()
+                .expect("metrics")
+                .iter()
+                .map(|(k, n)| (*k, *n))
+                .collect()
+        },
     );
-    for (f, m) in &functions {
-        for (code, n) in m.responses.lock().expect("metrics").iter() {
-            let _ = writeln!(
-                out,
-                "amphi_requests_total{{function=\"{}\",code=\"{code}\"}} {n}",
-                escape(f)
-            );
-        }
-    }
-    family(
-        &mut out,
+    fam.labelled(
         "amphi_errors_total",
-        "counter",
+        "kind",
         "Failed requests, by function and kind (timeout, crash, overload, too_large, envelope).",
+        |m| {
+            m.errors
+                .lock()
+                .expect("metrics")
+                .iter()
+                .map(|(k, n)| (*k, *n))
+                .collect()
+        },
     );
-    for (f, m) in &functions {
-        for (kind, n) in m.errors.lock().expect("metrics").iter() {
-            let _ = writeln!(
-                out,
-                "amphi_errors_total{{function=\"{}\",kind=\"{kind}\"}} {n}",
-                escape(f)
-            );
-        }
-    }
-    family(
-        &mut out,
+    fam.histogram(
         "amphi_request_duration_seconds",
-        "histogram",
         "Time from request to response, by function.",
+        |m| &m.latency,
     );
-    for (f, m) in &functions {
-        m.latency.render(
-            &mut out,
-            "amphi_request_duration_seconds",
-            &format!("function=\"{}\"", escape(f)),
-        );
-    }
-    family(
-        &mut out,
+    fam.single(
         "amphi_cold_starts_total",
         "counter",
         "Requests that had to wait for a new envelope, by function.",
+        |m| m.cold_starts.load(Ordering::Relaxed) as usize,
     );
-    for (f, m) in &functions {
-        let _ = writeln!(
-            out,
-            "amphi_cold_starts_total{{function=\"{}\"}} {}",
-            escape(f),
-            m.cold_starts.load(Ordering::Relaxed)
-        );
-    }
-    family(
-        &mut out,
+    fam.histogram(
         "amphi_cold_start_duration_seconds",
-        "histogram",
         "Time to make and start an envelope on demand, by function.",
+        |m| &m.cold_start_latency,
     );
-    for (f, m) in &functions {
-        m.cold_start_latency.render(
-            &mut out,
-            "amphi_cold_start_duration_seconds",
-            &format!("function=\"{}\"", escape(f)),
-        );
-    }
-    family(
-        &mut out,
+    fam.single(
         "amphi_in_flight",
         "gauge",
         "Invocations running now, by function.",
+        |m| load(&m.in_flight),
     );
-    for (f, m) in &functions {
-        let _ = writeln!(
-            out,
-            "amphi_in_flight{{function=\"{}\"}} {}",
-            escape(f),
-            m.in_flight.load(Ordering::Relaxed)
-        );
-    }
-    family(
-        &mut out,
+    fam.single(
         "amphi_envelopes",
         "gauge",
         "Envelopes alive now (warm or pooled), by function.",
+        |m| load(&m.envelopes),
     );
-    for (f, m) in &functions {
-        let _ = writeln!(
-            out,
-            "amphi_envelopes{{function=\"{}\"}} {}",
-            escape(f),
-            m.envelopes.load(Ordering::Relaxed)
-        );
-    }
-    family(
-        &mut out,
+    fam.single(
         "amphi_pool",
         "gauge",
         "Envelopes ready in a strict function's warm pool, by function.",
+        |m| load(&m.pooled),
     );
-    for (f, m) in &functions {
-        let _ = writeln!(
-            out,
-            "amphi_pool{{function=\"{}\"}} {}",
-            escape(f),
-            m.pooled.load(Ordering::Relaxed)
-        );
-    }
-    out
+    fam.out
 }
