@@ -79,10 +79,39 @@ impl Cache {
             .join(format!("{}-{:016x}.cwasm", hex(&digest), h.finish()))
     }
 
+    /// A core module from the cache, or compiled and cached.
+    pub fn module(&self, engine: &Engine, bytes: &[u8]) -> wasmtime::Result<wasmtime::Module> {
+        self.load_or_compile(
+            engine,
+            bytes,
+            |b| wasmtime::Module::new(engine, b),
+            |m| m.serialize(),
+            // SAFETY: the artifact was written by this cache for this
+            // engine's compatibility hash, and its checksum verified.
+            |a| unsafe { wasmtime::Module::deserialize(engine, a) },
+        )
+    }
+
+    /// A component from the cache, or compiled and cached.
+    pub fn component(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+    ) -> wasmtime::Result<wasmtime::component::Component> {
+        self.load_or_compile(
+            engine,
+            bytes,
+            |b| wasmtime::component::Component::new(engine, b),
+            |c| c.serialize(),
+            // SAFETY: as for modules.
+            |a| unsafe { wasmtime::component::Component::deserialize(engine, a) },
+        )
+    }
+
     /// The compiled form of `module`: from the cache when a verified entry
     /// exists, else compiled (and stored, best effort: a read-only cache or
     /// one the container's user may not write to only costs the next start).
-    pub fn load_or_compile<T>(
+    fn load_or_compile<T>(
         &self,
         engine: &Engine,
         module: &[u8],
@@ -138,17 +167,7 @@ mod tests {
         let cache = Cache::new(dir.path());
         let engine = Engine::default();
         let wat = b"(module (func (export \"f\") (result i32) i32.const 7))";
-        let load = || {
-            cache
-                .load_or_compile(
-                    &engine,
-                    wat,
-                    |b| wasmtime::Module::new(&engine, b),
-                    |m| m.serialize(),
-                    |a| unsafe { wasmtime::Module::deserialize(&engine, a) },
-                )
-                .unwrap()
-        };
+        let load = || cache.module(&engine, wat).unwrap();
         load();
         let entry = std::fs::read_dir(dir.path())
             .unwrap()

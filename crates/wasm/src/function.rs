@@ -23,8 +23,8 @@ use amphi_core::executor::PrepareContext;
 use amphi_core::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, StoreLimits};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Config, Engine, InstancePre, Linker, Store, StoreLimits};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
@@ -262,29 +262,14 @@ impl Function {
         let engine = engine();
         let component = |cache: &Cache| {
             cache
-                .load_or_compile(
-                    engine,
-                    &bytes,
-                    |b| Component::new(engine, b),
-                    |c| c.serialize(),
-                    // SAFETY: written by this cache for this engine's
-                    // compatibility hash, checksum verified.
-                    |a| unsafe { Component::deserialize(engine, a) },
-                )
+                .component(engine, &bytes)
                 .map_err(|e| fail(format!("{what}: {e:#}")))
         };
         let linked = match (self.interface, flavor) {
             (Interface::Cgi, Flavor::Module) => {
                 let module = self
                     .cache
-                    .load_or_compile(
-                        engine,
-                        &bytes,
-                        |b| Module::new(engine, b),
-                        |m| m.serialize(),
-                        // SAFETY: as for components.
-                        |a| unsafe { Module::deserialize(engine, a) },
-                    )
+                    .module(engine, &bytes)
                     .map_err(|e| fail(format!("{what}: {e:#}")))?;
                 let mut linker: Linker<P1State> = Linker::new(engine);
                 wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)

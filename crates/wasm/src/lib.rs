@@ -24,10 +24,8 @@ use amphi_core::executor::{Executor, PrepareContext};
 use amphi_core::rootfs::{open_in_root, Create};
 use amphi_core::{Error, Result};
 use oci_spec::runtime::Process;
-use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{
-    Config, Engine, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder,
-};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Config, Engine, InstancePre, Linker, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -340,20 +338,9 @@ impl Executor for Wasm {
         }
         self.linked = Some(match flavor {
             Flavor::Module => {
-                let module: Module = self
+                let module = self
                     .cache
-                    .load_or_compile(
-                        engine,
-                        &bytes,
-                        |b| Module::new(engine, b),
-                        |m| m.serialize(),
-                        |a| {
-                            // SAFETY: the artifact was written by this cache for
-                            // this engine's compatibility hash and its checksum
-                            // verified before it gets here.
-                            unsafe { Module::deserialize(engine, a) }
-                        },
-                    )
+                    .module(engine, &bytes)
                     .map_err(|e| fail(format!("{what}: {e:#}")))?;
                 amphi_core::util::trace::phase("wasm: link");
                 let mut linker: Linker<P1State> = Linker::new(engine);
@@ -367,18 +354,9 @@ impl Executor for Wasm {
                 Linked::Module(pre)
             }
             Flavor::Component => {
-                let component: Component = self
+                let component = self
                     .cache
-                    .load_or_compile(
-                        engine,
-                        &bytes,
-                        |b| Component::new(engine, b),
-                        |c| c.serialize(),
-                        |a| {
-                            // SAFETY: as for modules above.
-                            unsafe { Component::deserialize(engine, a) }
-                        },
-                    )
+                    .component(engine, &bytes)
                     .map_err(|e| fail(format!("{what}: {e:#}")))?;
                 let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
                 wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
