@@ -1,4 +1,4 @@
-//! A spec and an entrypoint file -> the executor: never a panic.
+//! A spec and an entrypoint file -> wasm or not: never a panic.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -25,6 +25,6 @@ fuzz_target!(|data: &[u8]| {
     let (spec, file) = rest.split_at(rest.len() - cut);
     std::fs::write(rootfs().join("app/entry"), file).unwrap();
     if let Ok(spec) = serde_json::from_slice::<oci_spec::runtime::Spec>(spec) {
-        let _ = amphi_core::select::choose(&spec, rootfs());
+        let _ = amphi_wasm::detect::is_wasm(&spec, rootfs());
     }
 });

@@ -341,7 +341,7 @@ pub fn cgroup_dirs_by_hierarchy(rel: &str) -> Vec<(String, PathBuf)> {
     out
 }
 
-pub(crate) fn processes_rooted_in(dir: &Path) -> Vec<i32> {
+pub fn processes_rooted_in(dir: &Path) -> Vec<i32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {

@@ -15,10 +15,15 @@ use nix::sys::signal::Signal;
 #[derive(Parser)]
 #[command(
     name = "amphi",
-    version,
-    about = "OCI runtime for native and WebAssembly containers"
+    about = "OCI runtime for native and WebAssembly containers",
+    disable_version_flag = true,
+    subcommand_required = false
 )]
 struct Cli {
+    /// Print the version (as runc does: the runtime, then the spec and
+    /// the engines, one a line).
+    #[arg(short = 'v', long)]
+    version: bool,
     /// Directory for container state (default /run/amphi; for other users
     /// $XDG_RUNTIME_DIR/amphi).
     #[arg(long, global = true)]
@@ -28,6 +33,7 @@ struct Cli {
     log: Option<PathBuf>,
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: log::Format,
+    /// Print the phases of the start path with their times on stderr.
     #[arg(long, global = true)]
     debug: bool,
     /// Directory of compiled WebAssembly modules (default: ROOT/wasm-cache).
@@ -37,7 +43,7 @@ struct Cli {
     #[arg(long, global = true)]
     systemd_cgroup: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -63,6 +69,9 @@ struct CreateArgs {
     /// Pass this many fds beyond stdio (3, 4, ...) to the container.
     #[arg(long, default_value_t = 0)]
     preserve_fds: i32,
+    /// Keep the caller's session keyring instead of a fresh one.
+    #[arg(long)]
+    no_new_keyring: bool,
 }
 
 #[derive(clap::Args)]
@@ -263,12 +272,33 @@ fn create_options(a: &CreateArgs) -> CreateOptions<'_> {
         console_socket: a.console_socket.as_deref(),
         no_pivot: a.no_pivot,
         preserve_fds: a.preserve_fds,
+        no_new_keyring: a.no_new_keyring,
     }
 }
 
-/// runc's choice: /run for root, the user's runtime directory otherwise.
+/// runc's `--version` shape: tools parse the first line and `spec:`.
+fn version() -> String {
+    format!(
+        "amphi version {}\nspec: {}\nwasmtime: {}\n",
+        env!("CARGO_PKG_VERSION"),
+        amphi_core::state::OCI_VERSION,
+        amphi_wasm::WASMTIME_VERSION
+    )
+}
+
+/// The executors this command line runs, in the order they are asked.
+fn handlers(wasm_cache: PathBuf) -> Vec<Box<dyn amphi_core::executor::Handler>> {
+    vec![
+        Box::new(amphi_wasm::Handler::new(wasm_cache)),
+        Box::new(amphi_native::Handler),
+    ]
+}
+
+/// runc's choice: /run for root, the user's runtime directory for a
+/// rootless caller (another user, or root of a user namespace such as
+/// rootless podman's).
 fn default_root() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
+    if !amphi_core::util::rootless() {
         return "/run/amphi".into();
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
@@ -278,13 +308,26 @@ fn default_root() -> PathBuf {
 }
 
 fn run(cli: &Cli) -> Result<ExitCode> {
+    if cli.version {
+        print!("{}", version());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(command) = &cli.command else {
+        use clap::CommandFactory;
+        Cli::command().print_help()?;
+        return Ok(ExitCode::from(2));
+    };
     if cli.systemd_cgroup {
         bail!("--systemd-cgroup is not supported: amphi manages cgroups through cgroupfs; drop the flag (and use a path, not slice:prefix:name, as linux.cgroupsPath)");
     }
     let root = cli.root.clone().unwrap_or_else(default_root);
     let runtime = || {
         let (log, format) = (cli.log.clone(), cli.log_format);
-        Runtime::new(&root, cli.wasm_cache.as_deref())
+        let wasm_cache = cli
+            .wasm_cache
+            .clone()
+            .unwrap_or_else(|| root.join("wasm-cache"));
+        Runtime::new(&root, handlers(wasm_cache))
             .map(|rt| {
                 rt.on_warning(move |msg| {
                     log::Logger::new(log.as_deref(), format).warn(msg);
@@ -293,7 +336,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             })
             .with_context(|| format!("runtime root {}", root.display()))
     };
-    match &cli.command {
+    match command {
         Command::Spec { bundle, rootless } => spec_cmd::write(bundle, *rootless)?,
         Command::Create(a) => {
             runtime()?
@@ -433,7 +476,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 functions: functions.clone(),
                 listen: *listen,
                 root: root.clone(),
-                wasm_cache: cli.wasm_cache.clone(),
+                wasm_cache: cli
+                    .wasm_cache
+                    .clone()
+                    .unwrap_or_else(|| root.join("wasm-cache")),
                 work_dir: work_dir.clone(),
                 shutdown_timeout,
             })
@@ -504,58 +550,21 @@ fn update_resources(a: &UpdateArgs) -> Result<oci_spec::runtime::LinuxResources>
     serde_json::from_value(r).context("linux.resources")
 }
 
-/// "-1" (unlimited), a byte count, or one with a k/m/g/t suffix (binary units).
+/// "-1" (unlimited), or a size as runc takes it (bytes, k, m, g, t).
 fn parse_bytes(s: &str) -> Result<i64> {
     if s == "-1" {
         return Ok(-1);
     }
-    let lower = s.to_ascii_lowercase();
-    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &lower[digits.len()..];
-    let mult: i64 = match unit.trim_end_matches('b').trim_end_matches('i') {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        _ => bail!("{s:?}: not a size (use bytes or a k, m, g or t suffix)"),
-    };
-    let n: f64 = digits
-        .parse()
-        .map_err(|_| anyhow!("{s:?}: not a size (use bytes or a k, m, g or t suffix)"))?;
-    Ok((n * mult as f64) as i64)
+    amphi_core::util::parse_size(s)
+        .and_then(|n| i64::try_from(n).ok())
+        .ok_or_else(|| anyhow!("{s:?}: not a size (use bytes or a k, m, g or t suffix)"))
 }
 
 /// A Go duration as runc takes it: 100ms, 5s, 1m, 1h, 1m30s.
 fn parse_duration(s: &str) -> Result<std::time::Duration> {
-    let bad = || anyhow!("{s:?} is not a duration (e.g. 500ms, 5s, 1m)");
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let secs = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        total += n * secs;
-        rest = &rest[unit_len..];
-    }
-    if total <= 0.0 {
-        return Err(bad());
-    }
-    Ok(std::time::Duration::from_secs_f64(total))
+    amphi_core::util::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow!("{s:?} is not a duration (e.g. 500ms, 5s, 1m)"))
 }
 
 /// runc's `events`: statistics every interval and an event per OOM kill,

@@ -15,6 +15,35 @@ fn to_caps(set: Option<&Capabilities>, known: &CapsHashSet) -> CapsHashSet {
         .collect()
 }
 
+/// Warnings for capabilities the spec grants that this kernel does not
+/// have (left out when the sets are applied).
+pub fn unsupported(process: Option<&oci_spec::runtime::Process>) -> Vec<String> {
+    let Some(c) = process.and_then(|p| p.capabilities().as_ref()) else {
+        return Vec::new();
+    };
+    let known = caps::runtime::thread_all_supported();
+    let mut out = Vec::new();
+    for (name, set) in [
+        ("bounding", c.bounding()),
+        ("effective", c.effective()),
+        ("permitted", c.permitted()),
+        ("inheritable", c.inheritable()),
+        ("ambient", c.ambient()),
+    ] {
+        for cap in set.iter().flatten() {
+            let supported = format!("CAP_{cap}")
+                .parse::<Cap>()
+                .is_ok_and(|c| known.contains(&c));
+            if !supported {
+                out.push(format!(
+                    "process.capabilities.{name}: CAP_{cap} is not supported by this kernel; left out"
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn fail(set: &str, e: caps::errors::CapsError) -> Error {
     Error::Init(format!("process.capabilities.{set}: {e}"))
 }

@@ -1,6 +1,8 @@
 //! `process.terminal`: a pty made inside the container's devpts, its master
 //! sent over the console socket (SCM_RIGHTS), its slave the init's stdio
-//! and controlling terminal, as runc does (containerd and podman rely on it).
+//! and controlling terminal and, in a new container, bound at /dev/console
+//! (config-linux.md, Default Devices), as runc does (containerd and podman
+//! rely on it).
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -16,7 +18,9 @@ use crate::error::SysContext;
 use crate::Result;
 
 /// Runs after pivot_root: `/dev/ptmx` is the container's own devpts.
-pub fn setup(socket: OwnedFd, process: &Process) -> Result<()> {
+/// `bind_console`: also bind the pty at /dev/console (a new container, not
+/// a process joining one).
+pub fn setup(socket: OwnedFd, process: &Process, bind_console: bool) -> Result<()> {
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .sys(|| "process.terminal: open /dev/ptmx (is /dev/pts mounted?)".into())?;
     grantpt(&master).sys(|| "grantpt".into())?;
@@ -38,6 +42,9 @@ pub fn setup(socket: OwnedFd, process: &Process) -> Result<()> {
         Mode::empty(),
     )
     .sys(|| format!("open {name}"))?;
+    if bind_console {
+        bind_dev_console(&slave)?;
+    }
     let fds = [master.as_raw_fd()];
     let cmsg = [ControlMessage::ScmRights(&fds)];
     sendmsg::<()>(
@@ -62,4 +69,84 @@ pub fn setup(socket: OwnedFd, process: &Process) -> Result<()> {
     dup2_stdout(&slave).sys(|| "dup pty to stdout".into())?;
     dup2_stderr(&slave).sys(|| "dup pty to stderr".into())?;
     Ok(())
+}
+
+/// Bind the pty over /dev/console. The rootfs is the container's, and by
+/// now its /proc is mounted: a /dev or /dev/console that is a symlink (or
+/// a /dev on procfs) could turn the bind into one over a kernel file
+/// (CVE-2025-52565). So the target is opened without following anything
+/// and checked to be a plain file or a device node on an ordinary
+/// filesystem before the mount, which goes onto the checked fd itself.
+fn bind_dev_console(pty: &OwnedFd) -> Result<()> {
+    use nix::errno::Errno;
+    use nix::fcntl::{openat, openat2, OpenHow, ResolveFlag};
+    use nix::sys::stat::{fstat, SFlag};
+    use std::os::fd::AsFd;
+
+    let dev = open(
+        "/dev",
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .sys(|| "process.terminal: open /dev for /dev/console (is /dev a symlink?)".into())?;
+    let fs = nix::sys::statfs::fstatfs(&dev).sys(|| "statfs /dev".into())?;
+    let fs_type = fs.filesystem_type();
+    if fs_type == nix::sys::statfs::PROC_SUPER_MAGIC || fs_type == nix::sys::statfs::SYSFS_MAGIC {
+        return Err(crate::Error::Init(
+            "process.terminal: /dev is on procfs or sysfs; refusing to bind the console there"
+                .into(),
+        ));
+    }
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    let target = match openat2(dev.as_fd(), "console", how) {
+        Ok(fd) => fd,
+        Err(e) => {
+            if e == Errno::ELOOP {
+                // A symlink of the image's: replaced, never followed.
+                nix::unistd::unlinkat(
+                    dev.as_fd(),
+                    "console",
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                )
+                .sys(|| "process.terminal: remove the /dev/console symlink".into())?;
+            } else if e != Errno::ENOENT {
+                return Err(crate::Error::sys("process.terminal: open /dev/console", e));
+            }
+            openat(
+                dev.as_fd(),
+                "console",
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+            .sys(|| "process.terminal: create /dev/console".into())?;
+            openat2(dev.as_fd(), "console", how)
+                .sys(|| "process.terminal: open /dev/console".into())?
+        }
+    };
+    let kind =
+        SFlag::from_bits_truncate(fstat(&target).sys(|| "stat /dev/console".into())?.st_mode)
+            & SFlag::S_IFMT;
+    if kind != SFlag::S_IFREG && kind != SFlag::S_IFCHR {
+        return Err(crate::Error::Init(
+            "process.terminal: /dev/console is neither a file nor a device node".into(),
+        ));
+    }
+    nix::mount::mount(
+        Some(format!("/proc/self/fd/{}", pty.as_raw_fd()).as_str()),
+        format!("/proc/self/fd/{}", target.as_raw_fd()).as_str(),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .sys(|| "process.terminal: bind the pty at /dev/console".into())
 }

@@ -5,8 +5,8 @@
 //! Both follow v1's semantics: rules apply in order, the last one that
 //! matches decides; amphi then allows the devices every container gets
 //! (mknod of any node; null, zero, full, random, urandom, tty, console,
-//! ptmx, pts) and those in
-//! `linux.devices`, as runc does.
+//! ptmx, pts), as runc does. A node listed in `linux.devices` is created,
+//! but may be used only as far as these rules allow: least privilege.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -52,7 +52,7 @@ fn char_dev(major: i64, minor: Option<i64>) -> Rule {
 }
 
 /// The spec's rules, then the devices every container may use.
-pub fn rules(spec_rules: &[LinuxDeviceCgroup], devices: &[(char, i64, i64)]) -> Result<Vec<Rule>> {
+pub fn rules(spec_rules: &[LinuxDeviceCgroup]) -> Result<Vec<Rule>> {
     let mut out = Vec::new();
     for (i, d) in spec_rules.iter().enumerate() {
         let access = d.access().clone().unwrap_or_else(|| "rwm".into());
@@ -107,15 +107,6 @@ pub fn rules(spec_rules: &[LinuxDeviceCgroup], devices: &[(char, i64, i64)]) -> 
         out.push(char_dev(major, Some(minor)));
     }
     out.push(char_dev(136, None));
-    for &(typ, major, minor) in devices {
-        out.push(Rule {
-            allow: true,
-            typ,
-            major: Some(major),
-            minor: Some(minor),
-            access: "rwm".into(),
-        });
-    }
     Ok(out)
 }
 
@@ -130,6 +121,7 @@ pub fn apply_v1(dir: &Path, rules: &[Rule]) -> Result<()> {
         std::fs::write(&file, r.v1_line()).map_err(|e| Error::Cgroup {
             path: file.display().to_string(),
             why: format!("linux.resources.devices {:?}: {e}", r.v1_line()),
+            errno: e.raw_os_error(),
         })?;
     }
     Ok(())
@@ -303,6 +295,7 @@ pub fn apply_v2(dir: &Path, rules: &[Rule]) -> Result<()> {
                 "linux.resources.devices: load the eBPF device filter: {e}: {}",
                 verifier.trim_end_matches('\0').trim()
             ),
+            errno: Some(e as i32),
         }
     })?;
     // SAFETY: the kernel just returned this fd to us.
@@ -322,6 +315,7 @@ pub fn apply_v2(dir: &Path, rules: &[Rule]) -> Result<()> {
     bpf(BPF_PROG_ATTACH, &attach).map_err(|e| Error::Cgroup {
         path: dir.display().to_string(),
         why: format!("linux.resources.devices: attach the eBPF device filter: {e}"),
+        errno: Some(e as i32),
     })?;
     Ok(())
 }
@@ -372,7 +366,7 @@ mod tests {
             r#"{"allow": true, "type": "c", "major": 1, "minor": 11, "access": "r"}"#,
         )
         .unwrap();
-        let rules = rules(&[deny_all, kmsg_read_only], &[]).unwrap();
+        let rules = rules(&[deny_all, kmsg_read_only]).unwrap();
         apply_v2(&dir, &rules).unwrap();
 
         // SAFETY: the child only makes syscalls and _exits.

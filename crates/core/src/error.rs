@@ -12,12 +12,6 @@ pub enum Error {
         field: String,
         why: String,
     },
-    #[error("function {function}: {field}: {why}")]
-    Function {
-        function: String,
-        field: String,
-        why: String,
-    },
     #[error("container {0:?} already exists")]
     Exists(String),
     #[error("container {0:?} does not exist")]
@@ -28,16 +22,23 @@ pub enum Error {
         status: String,
         why: String,
     },
-    #[error("{op} {path}: {source}")]
+    // The cause is part of the message and not also a `source()`: a
+    // caller printing the whole chain would say it twice.
+    #[error("{op} {path}: {err}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        err: std::io::Error,
     },
-    #[error("{op}: {source}")]
-    Sys { op: String, source: nix::Error },
+    #[error("{op}: {errno}")]
+    Sys { op: String, errno: nix::Error },
     #[error("cgroup {path}: {why}")]
-    Cgroup { path: String, why: String },
+    Cgroup {
+        path: String,
+        why: String,
+        /// The kernel's answer, when a cgroup file or directory refused.
+        errno: Option<i32>,
+    },
     #[error("hook {path}: {why}")]
     Hook { path: PathBuf, why: String },
     #[error("state of container {id:?} ({path}): {why}")]
@@ -60,14 +61,26 @@ impl Error {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            err: source,
         }
     }
 
-    pub fn sys(op: impl Into<String>, source: nix::Error) -> Self {
+    pub fn sys(op: impl Into<String>, errno: nix::Error) -> Self {
         Error::Sys {
             op: op.into(),
-            source,
+            errno,
+        }
+    }
+
+    /// The kernel refused for lack of privilege (EPERM, EACCES, EROFS), as
+    /// it does to a rootless caller on a cgroup nobody delegated to it.
+    pub fn is_permission_denied(&self) -> bool {
+        let denied = |errno: i32| matches!(errno, libc::EPERM | libc::EACCES | libc::EROFS);
+        match self {
+            Error::Io { err, .. } => err.raw_os_error().is_some_and(denied),
+            Error::Sys { errno, .. } => denied(*errno as i32),
+            Error::Cgroup { errno, .. } => errno.is_some_and(denied),
+            _ => false,
         }
     }
 }

@@ -1,5 +1,11 @@
-//! The executor contract: what runs the workload once the envelope is set up.
-//! Both phases run inside the container's init process.
+//! The seam between the envelope and what runs inside it.
+//!
+//! A [`Handler`] answers "can I run this bundle?" and builds the
+//! [`Executor`] that does; each frontend hands the runtime the handlers it
+//! wants, in order, and the first that says yes runs the container (its
+//! name is recorded in the state). The core itself knows no executor.
+//!
+//! An executor works in two phases, both inside the container's init.
 
 use std::os::fd::BorrowedFd;
 use std::path::Path;
@@ -7,6 +13,30 @@ use std::path::Path;
 use oci_spec::runtime::{Process, Spec};
 
 use crate::Result;
+
+/// A handler's answer to "can you run this?"; a "no" says why, so that a
+/// bundle no handler takes gets an error naming every reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Yes,
+    No(String),
+}
+
+/// Chooses and builds one kind of workload.
+pub trait Handler {
+    /// The name `state` reports for containers this handler runs.
+    fn name(&self) -> &'static str;
+
+    /// Whether this handler runs `spec`, whose root filesystem is `rootfs`
+    /// (a host path; read it only through [`crate::rootfs::open_in_root`]).
+    /// Called once per create or exec, before anything exists.
+    fn can_handle(&self, spec: &Spec, rootfs: &Path) -> Verdict;
+
+    /// The executor of container `id`'s process (its init at create, or a
+    /// process `exec` adds), built in the runtime while host paths are
+    /// still reachable.
+    fn executor(&self, id: &str, spec: &Spec) -> Result<Box<dyn Executor>>;
+}
 
 /// What an executor may look at while preparing.
 pub struct PrepareContext<'a> {
@@ -19,10 +49,23 @@ pub struct PrepareContext<'a> {
     pub root_fd: BorrowedFd<'a>,
 }
 
-pub trait Executor {
-    /// A short name recorded in the container's state ("native", "wasm").
-    fn name(&self) -> &'static str;
+impl PrepareContext<'_> {
+    /// `process.args[0]`, which validation guarantees is there.
+    pub fn program(&self) -> &str {
+        program(self.process)
+    }
+}
 
+/// `process.args[0]`, or "" (which no lookup finds) if there is none.
+pub fn program(process: &Process) -> &str {
+    process
+        .args()
+        .as_ref()
+        .and_then(|a| a.first())
+        .map_or("", String::as_str)
+}
+
+pub trait Executor {
     /// Fds the executor opened in the runtime and needs in the init; every
     /// other fd beyond the preserved ones is closed there first thing.
     fn inherited_fds(&self) -> Vec<std::os::fd::RawFd> {
@@ -36,4 +79,63 @@ pub trait Executor {
     /// Runs after `start` released the container, with credentials,
     /// capabilities and no_new_privs applied. Never returns on success.
     fn exec(self: Box<Self>, process: &Process) -> crate::Error;
+}
+
+/// The first handler that takes `spec`, or an error with every "no".
+pub fn choose<'h>(
+    handlers: &'h [Box<dyn Handler>],
+    spec: &Spec,
+    rootfs: &Path,
+) -> Result<&'h dyn Handler> {
+    let mut reasons = Vec::new();
+    for h in handlers {
+        match h.can_handle(spec, rootfs) {
+            Verdict::Yes => return Ok(h.as_ref()),
+            Verdict::No(why) => reasons.push(format!("{}: {why}", h.name())),
+        }
+    }
+    Err(crate::Error::Unsupported(if reasons.is_empty() {
+        "no executor is configured to run containers".into()
+    } else {
+        format!("no executor runs this bundle ({})", reasons.join("; "))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(&'static str, bool);
+
+    impl Handler for Fixed {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn can_handle(&self, _: &Spec, _: &Path) -> Verdict {
+            if self.1 {
+                Verdict::Yes
+            } else {
+                Verdict::No("not mine".into())
+            }
+        }
+        fn executor(&self, _: &str, _: &Spec) -> Result<Box<dyn Executor>> {
+            unreachable!()
+        }
+    }
+
+    #[test]
+    fn the_first_yes_wins_and_every_no_is_named() {
+        let spec = Spec::default();
+        let hs: Vec<Box<dyn Handler>> = vec![
+            Box::new(Fixed("a", false)),
+            Box::new(Fixed("b", true)),
+            Box::new(Fixed("c", true)),
+        ];
+        assert_eq!(choose(&hs, &spec, Path::new("/")).unwrap().name(), "b");
+        let e = choose(&hs[..1], &spec, Path::new("/"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("a: not mine"), "{e}");
+    }
 }

@@ -10,17 +10,32 @@ use oci_spec::runtime::Hook;
 
 use crate::{Error, Result};
 
+/// Run the hooks in order; the first that fails stops the rest and is the error.
 pub fn run_all(hooks: Option<&Vec<Hook>>, kind: &str, state: &[u8]) -> Result<()> {
     for hook in hooks.into_iter().flatten() {
-        run(hook, state).map_err(|e| match e {
-            Error::Hook { path, why } => Error::Hook {
-                path,
-                why: format!("{kind}: {why}"),
-            },
-            e => e,
-        })?;
+        run(hook, state).map_err(|e| named(kind, e))?;
     }
     Ok(())
+}
+
+/// Run every hook, whether or not one before it failed (poststop hooks);
+/// the failures, in order.
+pub fn run_every(hooks: Option<&Vec<Hook>>, kind: &str, state: &[u8]) -> Vec<Error> {
+    hooks
+        .into_iter()
+        .flatten()
+        .filter_map(|hook| run(hook, state).err().map(|e| named(kind, e)))
+        .collect()
+}
+
+fn named(kind: &str, e: Error) -> Error {
+    match e {
+        Error::Hook { path, why } => Error::Hook {
+            path,
+            why: format!("{kind}: {why}"),
+        },
+        e => e,
+    }
 }
 
 pub fn run(hook: &Hook, state: &[u8]) -> Result<()> {

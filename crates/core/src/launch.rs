@@ -12,7 +12,7 @@ use std::path::Path;
 use nix::fcntl::{open, OFlag};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::stat::Mode;
+use nix::sys::stat::Mode as FileMode;
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType};
@@ -20,7 +20,7 @@ use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType};
 use crate::cgroups::ContainerCgroup;
 use crate::error::SysContext;
 use crate::executor::Executor;
-use crate::init::{self, InitArgs};
+use crate::init::{self, InitArgs, Mode};
 use crate::namespaces::Plan;
 use crate::spec::Bundle;
 use crate::sync::{Channel, Msg};
@@ -57,13 +57,14 @@ pub struct LaunchConfig<'a> {
     pub bundle: &'a Bundle,
     pub state_dir: &'a Path,
     pub cgroup: Cgroup<'a>,
-    /// `exec`: join a running container (its namespaces given as paths in
-    /// the spec) instead of setting one up; no rootfs work, no exec fifo.
-    pub exec: bool,
-    pub no_pivot: bool,
+    /// A new container, or (`exec`) a process joining a running one whose
+    /// namespaces the spec gives as paths: no rootfs work, no exec fifo.
+    pub mode: Mode,
     pub preserve_fds: i32,
     /// Connected `--console-socket`, when `process.terminal` is set.
     pub console_socket: Option<&'a OwnedFd>,
+    /// A fresh session keyring for the process (runc's default).
+    pub new_keyring: bool,
 }
 
 /// fork(2) with namespace flags. The caller must be single-threaded: the
@@ -101,15 +102,12 @@ pub fn launch(
             .and_then(|l| l.namespaces().as_deref())
             .unwrap_or_default(),
     )?;
-    // Joining a pid or user namespace needs a process that joins and then
-    // forks the init (setns to a pid namespace applies to children only).
-    let intermediate = plan.joins(LinuxNamespaceType::Pid).is_some()
-        || plan.joins(LinuxNamespaceType::User).is_some();
+    let intermediate = plan.needs_intermediate();
     let (parent_ch, child_ch) = Channel::pair()?;
     let state_dir: OwnedFd = open(
         cfg.state_dir,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
+        FileMode::empty(),
     )
     .sys(|| format!("open {}", cfg.state_dir.display()))?;
     let clone_flags = if intermediate {
@@ -122,24 +120,28 @@ pub fn launch(
     let first = clone(clone_flags)?;
     if first == 0 {
         drop(parent_ch);
-        init::run(InitArgs {
-            id: cfg.id,
-            bundle: cfg.bundle,
-            plan: &plan,
-            intermediate,
-            channel: child_ch,
-            state_dir,
-            cgroup_paths: cfg.cgroup.paths(),
-            exec: cfg.exec,
-            no_pivot: cfg.no_pivot,
-            preserve_fds: cfg.preserve_fds,
-            console_socket: cfg.console_socket.map(AsRawFd::as_raw_fd),
-            executor,
-        });
+        init::run(
+            child_ch,
+            InitArgs {
+                id: cfg.id,
+                bundle: cfg.bundle,
+                plan: &plan,
+                mode: cfg.mode,
+                state_dir,
+                cgroup_paths: cfg.cgroup.paths(),
+                preserve_fds: cfg.preserve_fds,
+                console_socket: cfg.console_socket.map(AsRawFd::as_raw_fd),
+                new_keyring: cfg.new_keyring,
+                executor,
+            },
+        );
     }
     drop(child_ch);
     drop(state_dir);
-    let stage = if cfg.exec { "exec" } else { "create" };
+    let stage = match cfg.mode {
+        Mode::Exec => "exec",
+        Mode::Create { .. } => "create",
+    };
     crate::util::failpoint(&format!("{stage}:clone"));
 
     let mut init_pid = first;

@@ -1,6 +1,6 @@
 //! amphi's isolation core: everything a container needs before its workload
 //! runs, for every executor alike. The core knows nothing of any particular
-//! executor; executors plug in through [`executor::Executor`].
+//! executor; executors plug in through [`executor::Handler`].
 
 pub mod capabilities;
 pub mod cgroups;
@@ -8,7 +8,6 @@ pub mod console;
 pub mod devices;
 pub mod error;
 pub mod executor;
-pub mod function;
 pub mod hooks;
 pub mod id;
 pub mod init;
@@ -18,7 +17,6 @@ pub mod namespaces;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;
-pub mod select;
 pub mod spec;
 pub mod state;
 pub mod sync;

@@ -90,8 +90,62 @@ impl Plan {
         self.join.iter().find(|j| j.typ == t)
     }
 
+    /// Joining a pid or user namespace takes an intermediate process that
+    /// joins and then forks the init (setns to a pid namespace applies to
+    /// children only).
+    pub fn needs_intermediate(&self) -> bool {
+        self.joins(LinuxNamespaceType::Pid).is_some()
+            || self.joins(LinuxNamespaceType::User).is_some()
+    }
+
     /// The container has a user namespace of its own (created or joined).
     pub fn has_userns(&self) -> bool {
         self.creates(LinuxNamespaceType::User) || self.joins(LinuxNamespaceType::User).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn namespaces(json: serde_json::Value) -> Vec<LinuxNamespace> {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn new_namespaces_and_what_waits() {
+        let plan = Plan::from_spec(&namespaces(serde_json::json!([
+            {"type": "pid"}, {"type": "mount"}, {"type": "cgroup"}, {"type": "time"}, {"type": "user"}
+        ])))
+        .unwrap();
+        assert!(plan.creates(LinuxNamespaceType::Cgroup) && plan.has_userns());
+        assert!(!plan.needs_intermediate());
+        // cgroup and time are made later, once there is something to root them at.
+        assert_eq!(
+            plan.clone_flags(),
+            CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUSER
+        );
+    }
+
+    #[test]
+    fn joined_namespaces_user_first() {
+        let plan = Plan::from_spec(&namespaces(serde_json::json!([
+            {"type": "network", "path": "/proc/self/ns/net"},
+            {"type": "user", "path": "/proc/self/ns/user"},
+            {"type": "uts"}
+        ])))
+        .unwrap();
+        assert_eq!(plan.join[0].typ, LinuxNamespaceType::User);
+        assert!(plan.needs_intermediate());
+        assert!(plan.has_userns() && !plan.creates(LinuxNamespaceType::User));
+        assert_eq!(plan.clone_flags(), CloneFlags::CLONE_NEWUTS);
+        let missing = Plan::from_spec(&namespaces(serde_json::json!([
+            {"type": "ipc", "path": "/nonexistent/ns"}
+        ])));
+        assert!(missing
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("/nonexistent/ns"));
     }
 }

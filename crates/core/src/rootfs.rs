@@ -211,16 +211,24 @@ pub struct RootfsContext<'a> {
 
 /// Set up the rootfs in the container's (new) mount namespace. Returns the
 /// rootfs opened, for executors to resolve paths in.
-pub fn setup(ctx: &RootfsContext) -> Result<OwnedFd> {
-    let linux = ctx.spec.linux().as_ref();
-    let prop_name = linux
+/// `linux.rootfsPropagation` (default rslave), by name and as flags.
+fn root_propagation(spec: &Spec) -> Result<(&str, MsFlags)> {
+    let name = spec
+        .linux()
+        .as_ref()
         .and_then(|l| l.rootfs_propagation().as_deref())
         .unwrap_or("rslave");
-    let prop = propagation(prop_name).ok_or_else(|| Error::InvalidSpec {
+    let prop = propagation(name).ok_or_else(|| Error::InvalidSpec {
         file: "config.json".into(),
         field: "linux.rootfsPropagation".into(),
-        why: format!("unknown propagation {prop_name:?}"),
+        why: format!("unknown propagation {name:?}"),
     })?;
+    Ok((name, prop))
+}
+
+pub fn setup(ctx: &RootfsContext) -> Result<OwnedFd> {
+    let linux = ctx.spec.linux().as_ref();
+    let (prop_name, prop) = root_propagation(ctx.spec)?;
     // Nothing mounted below may propagate back to the host.
     mount(
         None::<&str>,
@@ -239,7 +247,9 @@ pub fn setup(ctx: &RootfsContext) -> Result<OwnedFd> {
         None::<&str>,
     )
     .sys(|| format!("bind rootfs {}", ctx.rootfs.display()))?;
-    if prop != (MsFlags::MS_REC | MsFlags::MS_SLAVE) {
+    // pivot_root refuses a shared new root: shared propagation is set
+    // once the root is in place (set_root_propagation).
+    if prop != (MsFlags::MS_REC | MsFlags::MS_SLAVE) && !prop.contains(MsFlags::MS_SHARED) {
         mount(None::<&str>, ctx.rootfs, None::<&str>, prop, None::<&str>)
             .sys(|| format!("linux.rootfsPropagation {prop_name}"))?;
     }
@@ -639,6 +649,16 @@ pub fn move_root(rootfs: &Path) -> Result<()> {
     .sys(|| "move rootfs to /".into())?;
     chroot(".").sys(|| "chroot".into())?;
     chdir("/").sys(|| "chdir /".into())
+}
+
+/// A shared `linux.rootfsPropagation`, on the root now that it is in place.
+pub fn set_root_propagation(spec: &Spec) -> Result<()> {
+    let (name, prop) = root_propagation(spec)?;
+    if prop.contains(MsFlags::MS_SHARED) {
+        mount(None::<&str>, "/", None::<&str>, prop, None::<&str>)
+            .sys(|| format!("linux.rootfsPropagation {name}"))?;
+    }
+    Ok(())
 }
 
 /// After the root is in place: masked paths, read-only paths, read-only root.

@@ -11,8 +11,11 @@
 //! Semantics follow runc's use of libseccomp: conditions of one rule are
 //! ANDed, except that a rule naming one argument index twice becomes one
 //! rule per condition (ORed); a syscall name unknown on this architecture is
-//! skipped (profiles are shared across architectures) but a name unknown on
-//! every architecture is an error (a typo must not silently allow).
+//! skipped (profiles are shared across architectures), and so is a name no
+//! architecture amphi knows (podman's and Docker's profiles list a few
+//! private ones, such as ARM's `breakpoint`), with a warning. The
+//! annotation [`STRICT_ANNOTATION`] makes such a name an error instead, for
+//! those who want a typo to fail loudly.
 
 use std::str::FromStr;
 
@@ -190,8 +193,26 @@ fn action(field: &str, action: LinuxSeccompAction, errno: Option<u32>) -> Result
     })
 }
 
-/// Compile the profile, rejecting what cannot be honoured.
-pub fn compile(s: &LinuxSeccomp) -> Result<Program> {
+/// With this annotation "true", a syscall name no architecture knows fails
+/// `create` instead of being skipped with a warning.
+pub const STRICT_ANNOTATION: &str = "io.github.amphi.seccomp-strict";
+
+/// How to treat a syscall name no architecture amphi knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownNames {
+    /// Skip it, with a warning (runc and crun skip them).
+    Skip,
+    /// Refuse the profile.
+    Refuse,
+}
+
+/// Compile the profile, rejecting what cannot be honoured; what is
+/// skipped is said in `warnings`.
+pub fn compile(
+    s: &LinuxSeccomp,
+    unknown: UnknownNames,
+    warnings: &mut Vec<String>,
+) -> Result<Program> {
     if s.listener_path().is_some() {
         return Err(Error::Unsupported(
             "linux.seccomp.listenerPath: seccomp user notification is not supported by amphi"
@@ -204,13 +225,23 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program> {
         s.default_errno_ret(),
     )?;
     let syscalls = s.syscalls().as_deref().unwrap_or_default();
+    let mut skipped = Vec::new();
     for (i, sc) in syscalls.iter().enumerate() {
         for name in sc.names() {
-            if !known_anywhere(name) {
+            if known_anywhere(name) {
+                continue;
+            }
+            if unknown == UnknownNames::Refuse {
                 return Err(invalid(
                     format!("linux.seccomp.syscalls[{i}].names"),
-                    format!("unknown syscall {name:?} (on every architecture amphi knows)"),
+                    format!(
+                        "unknown syscall {name:?} (on every architecture amphi knows; \
+                         {STRICT_ANNOTATION} makes this an error)"
+                    ),
                 ));
+            }
+            if !skipped.contains(name) {
+                skipped.push(name.clone());
             }
         }
         for (j, a) in sc.args().iter().flatten().enumerate() {
@@ -224,6 +255,13 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Program> {
                 ));
             }
         }
+    }
+
+    if !skipped.is_empty() {
+        warnings.push(format!(
+            "linux.seccomp: skipped syscall names no architecture amphi knows: {}",
+            skipped.join(", ")
+        ));
     }
 
     let (native, compat) = host_abis();
@@ -648,21 +686,37 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    fn lenient(s: &LinuxSeccomp) -> Result<Program> {
+        compile(s, UnknownNames::Skip, &mut Vec::new())
+    }
+
     #[test]
-    fn typo_is_an_error_and_foreign_syscall_is_skipped() {
-        let e = compile(&profile(
-            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdirr"],"action":"SCMP_ACT_ERRNO"}]}"#,
-        ))
-        .unwrap_err()
-        .to_string();
+    fn unknown_names_are_skipped_with_a_warning_or_refused_when_strict() {
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdirr","breakpoint","mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        );
+        let mut warnings = Vec::new();
+        compile(&p, UnknownNames::Skip, &mut warnings).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("mkdirr, breakpoint"), "{warnings:?}");
+        let e = compile(&p, UnknownNames::Refuse, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("syscalls[0].names") && e.contains("mkdirr"),
             "{e}"
         );
-        compile(&profile(
-            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["arm_fadvise64_64","mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
-        ))
+        // A name only another architecture has is no news: no warning.
+        let mut warnings = Vec::new();
+        compile(
+            &profile(
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["arm_fadvise64_64","mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#,
+            ),
+            UnknownNames::Refuse,
+            &mut warnings,
+        )
         .unwrap();
+        assert!(warnings.is_empty());
     }
 
     /// Run a filter on (arch, nr, args) as the kernel would (the subset of
@@ -708,7 +762,7 @@ mod tests {
 
     #[test]
     fn the_default_profile_is_compact_and_decides_as_written() {
-        let p = compile(&default_profile()).unwrap();
+        let p = lenient(&default_profile()).unwrap();
         assert!(p.len() < 400, "{} instructions", p.len());
         if !cfg!(target_arch = "x86_64") {
             return;
@@ -758,7 +812,7 @@ mod tests {
     #[test]
     fn rule_order_is_kept_around_sets() {
         // mkdir: errno 1 (first rule wins over the later allow); rmdir allowed.
-        let p = compile(&profile(
+        let p = lenient(&profile(
             r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":38,"architectures":["SCMP_ARCH_X86_64"],"syscalls":[
                 {"names":["mkdir"],"action":"SCMP_ACT_ERRNO","errnoRet":1},
                 {"names":["rmdir","mkdir","read","write"],"action":"SCMP_ACT_ALLOW"},
@@ -781,7 +835,7 @@ mod tests {
 
     #[test]
     fn notify_is_refused() {
-        let e = compile(&profile(
+        let e = lenient(&profile(
             r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}"#,
         ))
         .unwrap_err()
@@ -791,7 +845,7 @@ mod tests {
 
     #[test]
     fn argument_index_is_checked() {
-        let e = compile(&profile(
+        let e = lenient(&profile(
             r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO","args":[{"index":6,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
         ))
         .unwrap_err()

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 use crate::{Error, Result};
 
@@ -26,6 +26,10 @@ pub struct Bundle {
     pub rootfs: PathBuf,
     /// `linux.seccomp`, compiled: a bad profile fails before any process exists.
     pub seccomp: Option<crate::seccomp::Program>,
+    /// What the spec asks for and this host cannot give, where the spec
+    /// says to go on with a warning (capabilities nobody knows, syscalls of
+    /// no architecture).
+    pub warnings: Vec<String>,
 }
 
 impl Bundle {
@@ -45,27 +49,93 @@ impl Bundle {
             ));
         }
         let data = std::fs::read(&file).map_err(|e| Error::io("read", &file, e))?;
-        let spec: Spec = parse(&file, &data)?;
+        let mut json: serde_json::Value = parse(&file, &data)?;
+        let mut warnings = drop_unknown_capabilities(&mut json);
+        let spec: Spec = parse(&file, &serde_json::to_vec(&json).expect("json"))?;
+        warnings.extend(crate::capabilities::unsupported(spec.process().as_ref()));
+        warnings.extend(crate::lsm::warnings(spec.process().as_ref()));
         let rootfs = validate(&file, &dir, &spec)?;
-        Bundle::new(dir, rootfs, spec)
+        let mut bundle = Bundle::new(dir, rootfs, spec)?;
+        warnings.append(&mut bundle.warnings);
+        bundle.warnings = warnings;
+        Ok(bundle)
+    }
+
+    /// `process`, which validation guarantees is there.
+    pub fn process(&self) -> &Process {
+        self.spec
+            .process()
+            .as_ref()
+            .expect("a Bundle's spec is validated to have a process")
     }
 
     /// A bundle from parts already validated (e.g. `exec`'s spec derived
     /// from a running container's).
     pub fn new(dir: PathBuf, rootfs: PathBuf, spec: Spec) -> Result<Bundle> {
+        if spec.process().is_none() {
+            return Err(invalid(
+                &dir.join(CONFIG),
+                "process",
+                "missing: nothing to run",
+            ));
+        }
+        let mut warnings = Vec::new();
         let seccomp = spec
             .linux()
             .as_ref()
             .and_then(|l| l.seccomp().as_ref())
-            .map(crate::seccomp::compile)
+            .map(|s| crate::seccomp::compile(s, unknown_syscalls(&spec), &mut warnings))
             .transpose()?;
         Ok(Bundle {
             dir,
             spec,
             rootfs,
             seccomp,
+            warnings,
         })
     }
+}
+
+fn unknown_syscalls(spec: &Spec) -> crate::seccomp::UnknownNames {
+    let strict = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(crate::seccomp::STRICT_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    if strict {
+        crate::seccomp::UnknownNames::Refuse
+    } else {
+        crate::seccomp::UnknownNames::Skip
+    }
+}
+
+/// Capability names no kernel amphi knows of are left out with a warning
+/// (config.md: runtimes "SHOULD NOT fail if the container configuration
+/// requests capabilities that cannot be granted"), before the typed parse
+/// that would refuse them.
+fn drop_unknown_capabilities(json: &mut serde_json::Value) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let Some(sets) = json
+        .pointer_mut("/process/capabilities")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return warnings;
+    };
+    for (set, names) in sets.iter_mut() {
+        let Some(names) = names.as_array_mut() else {
+            continue;
+        };
+        names.retain(|n| {
+            let known = serde_json::from_value::<oci_spec::runtime::Capability>(n.clone()).is_ok();
+            if !known && n.is_string() {
+                warnings.push(format!(
+                    "process.capabilities.{set}: {n} is not a capability amphi knows; left out"
+                ));
+            }
+            known || !n.is_string()
+        });
+    }
+    warnings
 }
 
 /// Parse a config (or any part of one, such as `exec`'s process.json),
@@ -431,12 +501,6 @@ mod tests {
                 |v| v["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}])
             )),
             "hostname"
-        );
-        assert_eq!(
-            field_of(check(
-                |v| v["process"]["capabilities"] = serde_json::json!({"bounding": ["CAP_NOPE"]})
-            )),
-            "process.capabilities.bounding[0]"
         );
     }
 

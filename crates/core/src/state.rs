@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::{util, Error, Result};
 
 pub const STATE_FILE: &str = "state.json";
+/// The runtime-spec version of the state documents amphi writes.
+pub const OCI_VERSION: &str = "1.2.0";
 pub const EXEC_FIFO: &str = "exec.fifo";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,8 +53,12 @@ pub struct ContainerState {
     /// Start time of `pid` in clock ticks since boot, to tell it from a reused pid.
     pub start_time: u64,
     pub created: String,
-    /// Executor chosen at create ("native", "wasm"); every later command follows it.
+    /// The handler that runs the container ("native", "wasm"), chosen at
+    /// create; every later command follows it.
     pub executor: String,
+    /// `create --no-new-keyring`: exec'd processes keep the caller's keyring too.
+    #[serde(default)]
+    pub no_new_keyring: bool,
     pub annotations: HashMap<String, String>,
     /// cgroup directories of the container, one per hierarchy.
     pub cgroup_paths: Vec<PathBuf>,
@@ -87,16 +93,19 @@ impl ContainerState {
         }
     }
 
-    /// The runtime-spec state document.
+    /// The runtime-spec state document. `annotations` are the config's
+    /// (runtime.md, State); the executor is a field of amphi's own beside
+    /// them, as runc adds `rootfs` and `created`.
     pub fn oci_state(&self, status: Status) -> serde_json::Value {
         let mut v = serde_json::json!({
-            "ociVersion": "1.2.0",
+            "ociVersion": OCI_VERSION,
             "id": self.id,
             "status": status.to_string(),
             "bundle": self.bundle,
             "rootfs": self.rootfs,
             "created": self.created,
             "annotations": self.annotations,
+            "executor": self.executor,
         });
         if status != Status::Stopped && self.pid != 0 {
             v["pid"] = self.pid.into();
@@ -148,18 +157,57 @@ impl Store {
     }
 
     /// Make the directory of a new container and lock it; an existing one is
-    /// a duplicate id.
+    /// a duplicate id. The directory is made under a temporary name, locked,
+    /// then renamed into place, so the directory an id names is locked from
+    /// the instant it exists: one without a record and without a lock was
+    /// left by a create that died, and is reclaimed here (no id may be
+    /// refused by `create` while `list` and `state` say it does not exist).
     pub fn create(&self, id: &str) -> Result<Locked> {
         crate::id::validate(id)?;
         let dir = self.root.join(id);
-        match std::fs::DirBuilder::new().mode(0o711).create(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::Exists(id.into()))
-            }
-            Err(e) => return Err(Error::io("create state directory", &dir, e)),
+        let tmp = self
+            .root
+            .join(format!(".creating-{}-{id}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o711)
+            .create(&tmp)
+            .map_err(|e| Error::io("create state directory", &tmp, e))?;
+        let locked = self.lock_dir(id, tmp.clone())?;
+        let placed = |locked: &Locked| {
+            nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                &locked.dir,
+                nix::fcntl::AT_FDCWD,
+                &dir,
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            )
+        };
+        let mut result = placed(&locked);
+        if result == Err(nix::Error::EEXIST) && self.reclaim(id) {
+            result = placed(&locked);
         }
-        self.lock_dir(id, dir)
+        match result {
+            Ok(()) => Ok(Locked { dir, ..locked }),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&tmp);
+                Err(match e {
+                    nix::Error::EEXIST => Error::Exists(id.into()),
+                    e => Error::sys(format!("create state directory {}", dir.display()), e),
+                })
+            }
+        }
+    }
+
+    /// Remove `id`'s directory if it has no record and nobody holds its
+    /// lock: what a `create` killed before its first save left.
+    fn reclaim(&self, id: &str) -> bool {
+        let dir = self.root.join(id);
+        let Ok(f) = File::open(&dir) else {
+            return false;
+        };
+        // SAFETY: flock on an fd this function owns.
+        let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        free && !dir.join(STATE_FILE).exists() && std::fs::remove_dir_all(&dir).is_ok()
     }
 
     /// Lock an existing container's directory.
@@ -193,16 +241,39 @@ impl Store {
         })
     }
 
-    /// Ids of all containers, sorted.
+    /// Ids of all containers, sorted. A directory a create is still making
+    /// (a dot name) is not a container; one whose maker died is removed.
     pub fn list(&self) -> Result<Vec<String>> {
         let mut ids: Vec<String> = std::fs::read_dir(&self.root)
             .map_err(|e| Error::io("read runtime root", &self.root, e))?
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| {
+                if name.starts_with(".creating-") {
+                    self.remove_abandoned(name);
+                }
+                !name.starts_with('.')
+            })
             .collect();
         ids.sort();
         Ok(ids)
+    }
+
+    /// A temporary directory of a create that died before renaming it:
+    /// its maker (the pid in its name) is gone. Its lock alone does not
+    /// tell, since the maker takes it just after making the directory.
+    fn remove_abandoned(&self, name: &str) {
+        let maker = name
+            .strip_prefix(".creating-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok());
+        let gone = maker.is_some_and(|pid| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::Error::ESRCH)
+        });
+        if gone {
+            let _ = std::fs::remove_dir_all(self.root.join(name));
+        }
     }
 }
 
@@ -223,6 +294,11 @@ impl Locked {
     pub fn save(&self, state: &ContainerState) -> Result<()> {
         let data = serde_json::to_vec(state).expect("state serialises");
         util::write_atomic(&self.dir.join(STATE_FILE), &data)
+    }
+
+    #[cfg(test)]
+    fn save_raw(&self, data: &[u8]) -> Result<()> {
+        util::write_atomic(&self.dir.join(STATE_FILE), data)
     }
 
     pub fn fifo(&self) -> PathBuf {
@@ -255,10 +331,37 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
         let c = store.create("a").unwrap();
+        c.save_raw(b"{}").unwrap();
         drop(c);
         assert!(matches!(store.create("a"), Err(Error::Exists(_))));
         assert!(matches!(store.lock("b"), Err(Error::NotFound(_))));
         assert!(matches!(store.create("../x"), Err(Error::InvalidId { .. })));
         assert_eq!(store.list().unwrap(), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn a_directory_left_by_a_dead_create_is_reclaimed() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        // What a create killed between mkdir and its first save leaves.
+        std::fs::create_dir(root.path().join("lost")).unwrap();
+        let c = store.create("lost").unwrap();
+        // While its creator holds it, the id is taken.
+        assert!(matches!(store.create("lost"), Err(Error::Exists(_))));
+        drop(c);
+        // Dead creator, no record: reclaimed. With a record, it is a container.
+        let c = store.create("lost").unwrap();
+        c.save_raw(b"{}").unwrap();
+        drop(c);
+        assert!(matches!(store.create("lost"), Err(Error::Exists(_))));
+        // An abandoned temporary directory goes at the next list; one whose
+        // maker lives stays.
+        let dead = ".creating-2147483646-x";
+        let live = format!(".creating-{}-y", std::process::id());
+        std::fs::create_dir(root.path().join(dead)).unwrap();
+        std::fs::create_dir(root.path().join(&live)).unwrap();
+        assert_eq!(store.list().unwrap(), vec!["lost".to_string()]);
+        assert!(!root.path().join(dead).exists());
+        assert!(root.path().join(&live).exists());
     }
 }

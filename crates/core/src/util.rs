@@ -23,6 +23,81 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     })
 }
 
+/// Whether amphi runs without the host's root: as another user, or as root
+/// of a user namespace (rootless podman runs its runtime that way). Such a
+/// caller keeps state under its own runtime directory and goes without
+/// cgroups nobody delegated to it, as runc does.
+pub fn rootless() -> bool {
+    !nix::unistd::geteuid().is_root() || in_user_namespace()
+}
+
+/// Whether this process is in a user namespace other than the host's,
+/// where mknod of device nodes is refused.
+pub fn in_user_namespace() -> bool {
+    // The initial user namespace maps all 2^32 ids at 0.
+    std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+}
+
+/// A size as runc and Docker take it (`--memory 512m`): bytes, or a number
+/// with a k, m, g or t suffix, in powers of 1024, in either case, with an
+/// optional `b` or `ib` after it (`64Mi`, `1GiB`, `512k`).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let digits_end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits_end);
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let shift = match unit.strip_suffix('i').unwrap_or(unit) {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return None,
+    };
+    if number.contains('.') {
+        let n: f64 = number.parse().ok()?;
+        let bytes = n * (1u64 << shift) as f64;
+        return (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64)
+            .then_some(bytes as u64);
+    }
+    number.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// A duration as Go writes it (runc's `--interval`): `500ms`, `5s`, `1m30s`,
+/// `1.5h`; units ns, us (µs), ms, s, m, h. A bare number is seconds.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let n: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit_secs = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += n * unit_secs;
+        rest = &rest[unit_len..];
+    }
+    std::time::Duration::try_from_secs_f64(total).ok()
+}
+
 /// Seconds and nanoseconds since the epoch as RFC 3339 UTC, without pulling a
 /// date crate into the start path.
 pub fn rfc3339_now() -> String {
@@ -51,6 +126,33 @@ pub fn rfc3339(secs: i64, nanos: u32) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn sizes_in_the_units_runc_takes() {
+        use super::parse_size;
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("512k"), Some(512 << 10));
+        assert_eq!(parse_size("64Mi"), Some(64 << 20));
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("1.5g"), Some(3 << 29));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("5x"), None);
+        assert_eq!(parse_size("99999999999t"), None);
+    }
+
+    #[test]
+    fn durations_as_go_writes_them() {
+        use super::parse_duration;
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("5d"), None);
+        assert_eq!(parse_duration("ms"), None);
+    }
+
     #[test]
     fn formats_known_instants() {
         assert_eq!(super::rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");

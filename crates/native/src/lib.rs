@@ -5,11 +5,28 @@ use std::ffi::CString;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use amphi_core::executor::{Executor, PrepareContext};
+use amphi_core::executor::{Executor, PrepareContext, Verdict};
 use amphi_core::rootfs::{cstring, open_in_root, Create};
 use amphi_core::{process, Error, Result};
 use nix::sys::stat::{fstat, SFlag};
-use oci_spec::runtime::Process;
+use oci_spec::runtime::{Process, Spec};
+
+/// Runs any bundle: put it last, after the handlers that take some.
+pub struct Handler;
+
+impl amphi_core::executor::Handler for Handler {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn can_handle(&self, _: &Spec, _: &Path) -> Verdict {
+        Verdict::Yes
+    }
+
+    fn executor(&self, _id: &str, _: &Spec) -> Result<Box<dyn Executor>> {
+        Ok(Box::new(Native::new()))
+    }
+}
 
 #[derive(Default)]
 pub struct Native {
@@ -19,6 +36,23 @@ pub struct Native {
 impl Native {
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+impl Native {
+    /// Become `p` running the prepared program: for the container's
+    /// process, or for each child a long-lived process forks (`amphi
+    /// serve`'s worker runs an invocation so).
+    pub fn execve(&self, p: &Process) -> Error {
+        let Some(program) = &self.program else {
+            return Error::Init("the native executor ran before prepare".into());
+        };
+        let (args, env) = match (process::args(p), process::env(p)) {
+            (Ok(a), Ok(e)) => (a, e),
+            (Err(e), _) | (_, Err(e)) => return e,
+        };
+        let e = nix::unistd::execve(program, &args, &env).unwrap_err();
+        Error::sys(format!("exec {program:?}"), e)
     }
 }
 
@@ -56,7 +90,7 @@ pub fn lookup(ctx: &PrepareContext, arg0: &str) -> Result<PathBuf> {
 
 fn is_executable(ctx: &PrepareContext, path: &Path) -> std::result::Result<(), String> {
     let fd = open_in_root(ctx.root_fd, path, Create::Nothing).map_err(|e| match e {
-        Error::Sys { source, .. } => source.desc().to_string(),
+        Error::Sys { errno, .. } => errno.desc().to_string(),
         e => e.to_string(),
     })?;
     let st = fstat(fd.as_fd()).map_err(|e| e.desc().to_string())?;
@@ -70,24 +104,13 @@ fn is_executable(ctx: &PrepareContext, path: &Path) -> std::result::Result<(), S
 }
 
 impl Executor for Native {
-    fn name(&self) -> &'static str {
-        "native"
-    }
-
     fn prepare(&mut self, ctx: &PrepareContext) -> Result<()> {
-        let arg0 = &ctx.process.args().as_ref().expect("validated")[0];
-        let path = lookup(ctx, arg0)?;
+        let path = lookup(ctx, ctx.program())?;
         self.program = Some(cstring(&path.to_string_lossy())?);
         Ok(())
     }
 
     fn exec(self: Box<Self>, p: &Process) -> Error {
-        let program = self.program.expect("prepare ran");
-        let (args, env) = match (process::args(p), process::env(p)) {
-            (Ok(a), Ok(e)) => (a, e),
-            (Err(e), _) | (_, Err(e)) => return e,
-        };
-        let e = nix::unistd::execve(&program, &args, &env).unwrap_err();
-        Error::sys(format!("exec {:?}", program), e)
+        self.execve(p)
     }
 }

@@ -1,16 +1,17 @@
 //! amphi's runtime API: the container lifecycle (create, start, state, kill,
 //! delete, run, list) that every frontend drives. Frontends translate their
-//! protocol to these calls and hold no container logic of their own.
-
-pub use amphi_core::select;
+//! protocol to these calls and hold no container logic of their own; each
+//! passes the executor handlers it wants, in order, and the first that
+//! takes a bundle runs it.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use amphi_core::cgroups;
-use amphi_core::executor::Executor;
+use amphi_core::executor::{self, Executor, Handler};
 use amphi_core::hooks;
+use amphi_core::init::Mode;
 use amphi_core::launch::{launch, Cgroup, LaunchConfig};
 use amphi_core::spec::Bundle;
 use amphi_core::state::{proc_stat, ContainerState, Locked, Status, Store};
@@ -19,7 +20,7 @@ use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
-use nix::sys::stat::Mode;
+use nix::sys::stat::Mode as FileMode;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::{
@@ -27,10 +28,6 @@ use oci_spec::runtime::{
 };
 
 pub use amphi_core::state::Status as ContainerStatus;
-pub use select::Kind;
-
-/// The annotation under which `state` reports the chosen executor.
-pub const EXECUTOR_ANNOTATION: &str = "amphi.executor";
 
 pub struct CreateOptions<'a> {
     pub id: &'a str,
@@ -39,6 +36,9 @@ pub struct CreateOptions<'a> {
     pub console_socket: Option<&'a Path>,
     pub no_pivot: bool,
     pub preserve_fds: i32,
+    /// Keep the caller's session keyring instead of a fresh one (runc's
+    /// `--no-new-keyring`).
+    pub no_new_keyring: bool,
 }
 
 pub struct ExecOptions<'a> {
@@ -65,19 +65,25 @@ pub struct ExecOverrides {
 
 pub struct Runtime {
     store: Store,
-    wasm_cache: PathBuf,
+    handlers: Vec<Box<dyn Handler>>,
     warn: Box<dyn Fn(&str)>,
 }
 
+/// What runs a new process, and where its terminal goes.
+struct Chosen<'h> {
+    handler: &'h dyn Handler,
+    executor: Box<dyn Executor>,
+    console_socket: Option<std::os::fd::OwnedFd>,
+}
+
 /// Undo a half-made container unless disarmed.
-struct CreateGuard<'a> {
+struct CreateGuard {
     locked: Option<Locked>,
     cgroup_created: Vec<PathBuf>,
     cgroup_paths: Vec<PathBuf>,
-    _marker: std::marker::PhantomData<&'a ()>,
 }
 
-impl Drop for CreateGuard<'_> {
+impl Drop for CreateGuard {
     fn drop(&mut self) {
         if let Some(locked) = self.locked.take() {
             cgroups::remove(&self.cgroup_created, &self.cgroup_paths);
@@ -86,75 +92,15 @@ impl Drop for CreateGuard<'_> {
     }
 }
 
-fn executor_for(
-    kind: Kind,
-    spec: &oci_spec::runtime::Spec,
-    wasm_cache: &Path,
-) -> Box<dyn Executor> {
-    match kind {
-        Kind::Native => Box::new(amphi_native::Native::new()),
-        Kind::Wasm => {
-            let memory_limit = spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.resources().as_ref())
-                .and_then(|r| r.memory().as_ref())
-                .and_then(|m| m.limit())
-                .and_then(|l| u64::try_from(l).ok().filter(|l| *l > 0));
-            let readonly = spec
-                .root()
-                .as_ref()
-                .and_then(|r| r.readonly())
-                .unwrap_or(false);
-            Box::new(amphi_wasm::Wasm::new(
-                amphi_wasm::Cache::new(wasm_cache),
-                memory_limit,
-                readonly,
-            ))
-        }
-    }
-}
-
 impl Runtime {
-    /// A runtime keeping state in `root`, and compiled wasm modules in
-    /// `wasm_cache` (default: `root/wasm-cache`).
-    pub fn new(root: &Path, wasm_cache: Option<&Path>) -> Result<Runtime> {
+    /// A runtime keeping state in `root`, running containers with the
+    /// first of `handlers` that takes them.
+    pub fn new(root: &Path, handlers: Vec<Box<dyn Handler>>) -> Result<Runtime> {
         Ok(Runtime {
             store: Store::open(root)?,
-            wasm_cache: wasm_cache.map_or_else(|| root.join("wasm-cache"), Path::to_path_buf),
+            handlers,
             warn: Box::new(|m| eprintln!("amphi: warning: {m}")),
         })
-    }
-
-    /// The executor a process runs with (made in the runtime, where the
-    /// module cache's path is the host's) and its connected console socket.
-    fn executor_and_console(
-        &self,
-        spec: &oci_spec::runtime::Spec,
-        rootfs: &Path,
-        console_socket: Option<&Path>,
-    ) -> Result<(Kind, Box<dyn Executor>, Option<std::os::fd::OwnedFd>)> {
-        let terminal = spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        let console_socket = connect_console(terminal, console_socket)?;
-        let kind = select::choose(spec, rootfs);
-        if kind == Kind::Wasm {
-            std::fs::create_dir_all(&self.wasm_cache)
-                .map_err(|e| Error::io("create wasm cache", &self.wasm_cache, e))?;
-        }
-        Ok((
-            kind,
-            executor_for(kind, spec, &self.wasm_cache),
-            console_socket,
-        ))
-    }
-
-    /// Where compiled wasm modules are cached.
-    pub fn wasm_cache(&self) -> &Path {
-        &self.wasm_cache
     }
 
     /// Where warnings go (what the spec asks for and this host cannot do,
@@ -164,28 +110,43 @@ impl Runtime {
         self
     }
 
-    pub fn create(&self, o: &CreateOptions) -> Result<i32> {
-        self.create_with(o, |_, executor| executor)
+    /// The handler that runs `spec` and the executor it builds for
+    /// container `id`, and the connected console socket.
+    fn executor_and_console(
+        &self,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+        rootfs: &Path,
+        console_socket: Option<&Path>,
+    ) -> Result<Chosen<'_>> {
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
+        let console_socket = connect_console(terminal, console_socket)?;
+        let handler = executor::choose(&self.handlers, spec, rootfs)?;
+        let executor = handler.executor(id, spec)?;
+        Ok(Chosen {
+            handler,
+            executor,
+            console_socket,
+        })
     }
 
-    /// `create`, with the chosen executor handed to `wrap` first: a frontend
-    /// that runs something of its own around the workload in the envelope
-    /// (`amphi serve`'s function worker) wraps or replaces it here.
-    pub fn create_with(
-        &self,
-        o: &CreateOptions,
-        wrap: impl FnOnce(Kind, Box<dyn Executor>) -> Box<dyn Executor>,
-    ) -> Result<i32> {
+    pub fn create(&self, o: &CreateOptions) -> Result<i32> {
         amphi_core::id::validate(o.id)?;
         util::trace::phase("create: load bundle");
         let bundle = Bundle::load(o.bundle)?;
         let spec = &bundle.spec;
-        for w in amphi_core::lsm::warnings(spec.process().as_ref()) {
-            (self.warn)(&w);
+        for w in &bundle.warnings {
+            (self.warn)(w);
         }
-        let (kind, executor, console_socket) =
-            self.executor_and_console(spec, &bundle.rootfs, o.console_socket)?;
-        let executor = wrap(kind, executor);
+        let Chosen {
+            handler,
+            executor,
+            console_socket,
+        } = self.executor_and_console(o.id, spec, &bundle.rootfs, o.console_socket)?;
 
         let locked = self.store.create(o.id)?;
         util::failpoint("create:dir");
@@ -193,11 +154,10 @@ impl Runtime {
             locked: Some(locked),
             cgroup_created: Vec::new(),
             cgroup_paths: Vec::new(),
-            _marker: Default::default(),
         };
         let locked = guard.locked.as_ref().expect("set above");
         let fifo = locked.fifo();
-        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
+        nix::unistd::mkfifo(&fifo, FileMode::from_bits_truncate(0o622))
             .map_err(|e| Error::sys(format!("mkfifo {}", fifo.display()), e))?;
         // mkfifo applies the umask; the init may run as any user.
         std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
@@ -206,8 +166,6 @@ impl Runtime {
         let linux = spec.linux().as_ref();
         util::trace::phase("create: cgroup");
         let planned = cgroups::plan(o.id, linux)?;
-        let mut annotations = spec.annotations().clone().unwrap_or_default();
-        annotations.insert(EXECUTOR_ANNOTATION.into(), kind.name().into());
         let mut state = ContainerState {
             id: o.id.into(),
             bundle: bundle.dir.clone(),
@@ -215,8 +173,9 @@ impl Runtime {
             pid: 0,
             start_time: 0,
             created: util::rfc3339_now(),
-            executor: kind.name().into(),
-            annotations,
+            executor: handler.name().into(),
+            no_new_keyring: o.no_new_keyring,
+            annotations: spec.annotations().clone().unwrap_or_default(),
             cgroup_paths: planned.paths.clone(),
             cgroup_created: planned.created.clone(),
             spec: spec.clone(),
@@ -257,10 +216,10 @@ impl Runtime {
                 bundle: &bundle,
                 state_dir: &locked.dir,
                 cgroup: cgroup.as_ref().map_or(Cgroup::None, Cgroup::New),
-                exec: false,
-                no_pivot: o.no_pivot,
+                mode: Mode::Create { pivot: !o.no_pivot },
                 preserve_fds: o.preserve_fds,
                 console_socket: console_socket.as_ref(),
+                new_keyring: !o.no_new_keyring,
             },
             executor,
             &mut runtime_hooks,
@@ -301,7 +260,7 @@ impl Runtime {
         let fifo = open(
             &fifo_path,
             OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-            Mode::empty(),
+            FileMode::empty(),
         )
         .map_err(|e| Error::sys(format!("open {}", fifo_path.display()), e))?;
         util::failpoint("start:opened");
@@ -343,7 +302,7 @@ impl Runtime {
             .and_then(|h| h.poststart().as_ref());
         if let Err(e) = hooks::run_all(poststart, "poststart", &json) {
             // The spec: a failed poststart hook is logged, the container runs on.
-            eprintln!("amphi: warning: container {id}: {e}");
+            (self.warn)(&format!("container {id}: {e}"));
         }
         Ok(())
     }
@@ -395,7 +354,13 @@ impl Runtime {
     /// the given overrides (as runc builds it).
     pub fn exec_process(&self, id: &str, o: ExecOverrides) -> Result<Process> {
         let (_locked, state, _status) = self.load(id)?;
-        let mut p = state.spec.process().clone().expect("validated at create");
+        let Some(mut p) = state.spec.process().clone() else {
+            return Err(Error::State {
+                id: id.into(),
+                path: PathBuf::from(amphi_core::state::STATE_FILE),
+                why: "the recorded spec has no process".into(),
+            });
+        };
         if o.args.is_empty() {
             return Err(Error::Unsupported(format!(
                 "exec {id}: give the command to run, or --process FILE"
@@ -505,8 +470,11 @@ impl Runtime {
         // a shell execs natively into a wasm container.
         spec.set_annotations(None);
         spec.set_process(Some(o.process));
-        let (_, executor, console_socket) =
-            self.executor_and_console(&spec, &state.rootfs, o.console_socket)?;
+        let Chosen {
+            executor,
+            console_socket,
+            ..
+        } = self.executor_and_console(o.id, &spec, &state.rootfs, o.console_socket)?;
         let bundle = Bundle::new(state.bundle.clone(), state.rootfs.clone(), spec)?;
         let blocked = if o.detach {
             SigSet::empty()
@@ -520,10 +488,10 @@ impl Runtime {
                     bundle: &bundle,
                     state_dir: &locked.dir,
                     cgroup: Cgroup::Existing(&state.cgroup_paths),
-                    exec: true,
-                    no_pivot: false,
+                    mode: Mode::Exec,
                     preserve_fds: o.preserve_fds,
                     console_socket: console_socket.as_ref(),
+                    new_keyring: !state.no_new_keyring,
                 },
                 executor,
                 &mut |_| Ok(()),
@@ -552,7 +520,7 @@ impl Runtime {
             ));
         }
         let mut linux = state.spec.linux().clone().unwrap_or_default();
-        let cgroup = cgroups::ContainerCgroup::open(&state.cgroup_paths, Some(&linux))?;
+        let cgroup = cgroups::ContainerCgroup::open(&state.cgroup_paths)?;
         if cgroup.v2() && resources.devices().is_some() {
             return Err(Error::Unsupported(
                 "linux.resources.devices: amphi sets the v2 device filter at create only; recreate the container to change it".into(),
@@ -651,8 +619,10 @@ impl Runtime {
             .hooks()
             .as_ref()
             .and_then(|h| h.poststop().as_ref());
-        if let Err(e) = hooks::run_all(poststop, "poststop", &json) {
-            eprintln!("amphi: warning: container {id}: {e}");
+        // runtime.md, Lifecycle: a failed poststop hook is a warning, and
+        // "the remaining hooks and lifecycle continue".
+        for e in hooks::run_every(poststop, "poststop", &json) {
+            (self.warn)(&format!("container {id}: {e}"));
         }
         locked.remove()?;
         match errors.pop() {
@@ -748,14 +718,15 @@ fn with_blocked<T>(set: &SigSet, f: impl FnOnce() -> Result<T>) -> Result<T> {
     result
 }
 
-/// An unprivileged user without a delegated cgroup runs without one, as
-/// with runc, unless the spec asks for limits that need it.
+/// A rootless caller (an unprivileged user, or root of a user namespace
+/// that is not the host's, as podman runs its runtime) without a delegated
+/// cgroup runs the container without one, as with runc, unless the spec
+/// asks for limits that need it.
 fn rootless_without_cgroup(e: &Error, linux: Option<&oci_spec::runtime::Linux>) -> bool {
-    let denied = e.to_string().contains("ermission denied");
-    let wants_limits = linux.and_then(|l| l.resources().as_ref()).is_some_and(|r| {
-        serde_json::to_value(r).is_ok_and(|v| v.as_object().is_some_and(|o| !o.is_empty()))
-    });
-    !nix::unistd::geteuid().is_root() && denied && !wants_limits
+    let wants_limits = linux
+        .and_then(|l| l.resources().as_ref())
+        .is_some_and(|r| !cgroups::resources::is_empty(r));
+    util::rootless() && e.is_permission_denied() && !wants_limits
 }
 
 /// `update` on top of `base`: objects merge key by key, anything else is replaced.

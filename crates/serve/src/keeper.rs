@@ -13,16 +13,18 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use amphi_core::function::Interface;
 use amphi_core::seccomp::Program;
-use amphi_runtime::{CreateOptions, Kind, Runtime};
+use amphi_function::Interface;
+use amphi_runtime::{CreateOptions, Runtime};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use oci_spec::runtime::Process;
 use serde::{Deserialize, Serialize};
 
-use crate::worker::{recv, send, Worker, Workload, MAX_MESSAGE};
+use crate::handler::{FunctionHandler, Pending};
+use crate::worker::{recv, send, MAX_MESSAGE};
+use crate::Engine;
 
 /// What the keeper needs of a function to make its envelopes.
 pub struct Plan {
@@ -33,6 +35,7 @@ pub struct Plan {
     pub seccomp: Option<Program>,
     pub tmp: u64,
     pub interface: Interface,
+    pub engine: Engine,
     pub memory: Option<u64>,
     pub readonly_root: bool,
     /// Pooling allocator slots for a long-lived wasm envelope.
@@ -67,11 +70,7 @@ pub struct Keeper {
 
 impl Keeper {
     /// Fork the keeper. Call before any other thread exists.
-    pub fn spawn(
-        runtime_root: PathBuf,
-        wasm_cache: Option<PathBuf>,
-        plans: Vec<Plan>,
-    ) -> Result<Keeper> {
+    pub fn spawn(runtime_root: PathBuf, wasm_cache: PathBuf, plans: Vec<Plan>) -> Result<Keeper> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -87,7 +86,7 @@ impl Keeper {
             }),
             nix::unistd::ForkResult::Child => {
                 drop(ours);
-                let code = match serve(theirs, &runtime_root, wasm_cache.as_deref(), &plans) {
+                let code = match serve(theirs, &runtime_root, wasm_cache, plans) {
                     Ok(()) => 0,
                     Err(e) => {
                         eprintln!("amphi serve: envelope keeper: {e:#}");
@@ -141,11 +140,14 @@ impl Keeper {
 fn serve(
     sock: OwnedFd,
     root: &std::path::Path,
-    wasm_cache: Option<&std::path::Path>,
-    plans: &[Plan],
+    wasm_cache: PathBuf,
+    plans: Vec<Plan>,
 ) -> Result<()> {
     let _ = nix::sys::prctl::set_name(c"amphi-keeper");
-    let runtime = Runtime::new(root, wasm_cache)?;
+    let plans = std::rc::Rc::new(plans);
+    let pending = Pending::default();
+    let handler = FunctionHandler::new(plans.clone(), wasm_cache, pending.clone());
+    let runtime = Runtime::new(root, vec![Box::new(handler)])?;
     let mut live: BTreeSet<String> = BTreeSet::new();
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
@@ -169,7 +171,9 @@ fn serve(
                 match (plans.get(function), control) {
                     (Some(plan), Some(control)) => {
                         live.insert(id.clone());
-                        let r = create(&runtime, plan, &id, control);
+                        pending.borrow_mut().insert(id.clone(), control);
+                        let r = create(&runtime, plan, &id);
+                        pending.borrow_mut().remove(&id);
                         if r.is_err() {
                             live.remove(&id);
                         }
@@ -204,9 +208,7 @@ fn serve(
     Ok(())
 }
 
-fn create(runtime: &Runtime, plan: &Plan, id: &str, control: OwnedFd) -> Result<()> {
-    let mut control = Some(control);
-    let wasm_cache = runtime.wasm_cache().to_path_buf();
+fn create(runtime: &Runtime, plan: &Plan, id: &str) -> Result<()> {
     let options = CreateOptions {
         id,
         bundle: &plan.bundle,
@@ -214,31 +216,10 @@ fn create(runtime: &Runtime, plan: &Plan, id: &str, control: OwnedFd) -> Result<
         console_socket: None,
         no_pivot: false,
         preserve_fds: 0,
+        no_new_keyring: false,
     };
     runtime
-        .create_with(&options, |kind, executor| {
-            let wasm = |interface| {
-                Workload::Wasm(amphi_wasm::function::Function::new(
-                    amphi_wasm::Cache::new(&wasm_cache),
-                    interface,
-                    plan.memory,
-                    plan.readonly_root,
-                    plan.pool_slots,
-                ))
-            };
-            let workload = match (plan.interface, kind) {
-                (Interface::Http, _) => wasm(amphi_wasm::function::Interface::Http),
-                (Interface::Cgi, Kind::Wasm) => wasm(amphi_wasm::function::Interface::Cgi),
-                (Interface::Cgi, Kind::Native) => Workload::Command(executor),
-            };
-            Box::new(Worker {
-                workload,
-                control: control.take().expect("one create"),
-                process: plan.process.clone(),
-                seccomp: plan.seccomp.clone(),
-                tmp: plan.tmp,
-            })
-        })
+        .create(&options)
         .with_context(|| format!("function {}", plan.name))?;
     if let Err(e) = runtime.start(id) {
         let _ = runtime.delete(id, true);

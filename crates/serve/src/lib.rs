@@ -9,10 +9,12 @@
 //! Envelopes idle for `idle` are removed: an idle function holds no process.
 //!
 //! Layout: [`keeper`] (a single-threaded child that creates and deletes
-//! envelopes), [`worker`] (inside the envelope), [`server`] (HTTP, limits,
-//! metrics), [`cgi`] (the CGI/1.1 mapping).
+//! envelopes), [`handler`] (the runtime's executor handler for envelopes:
+//! it builds their worker), [`worker`] (inside the envelope), [`server`]
+//! (HTTP, limits, metrics), [`cgi`] (the CGI/1.1 mapping).
 
 pub mod cgi;
+pub mod handler;
 pub mod keeper;
 pub mod metrics;
 pub mod server;
@@ -22,8 +24,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use amphi_core::function::{Function, Interface};
-use amphi_core::select::{self, Kind};
+use amphi_function::{Function, Interface, Source, FUNCTION_ANNOTATION};
+use amphi_wasm::detect::{is_wasm, Wasm};
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::{Capability, MountBuilder, Spec};
 
@@ -34,7 +36,8 @@ pub struct Options {
     pub listen: SocketAddr,
     /// The runtime's state root (envelopes are containers there).
     pub root: PathBuf,
-    pub wasm_cache: Option<PathBuf>,
+    /// Where compiled wasm modules are cached.
+    pub wasm_cache: PathBuf,
     /// Where the functions' generated bundles go (default: a temporary
     /// directory, removed at exit).
     pub work_dir: Option<PathBuf>,
@@ -55,7 +58,7 @@ const WORKER_CAPS: [Capability; 4] = [
 /// Run the server until SIGTERM. Must be called while the process is
 /// still single-threaded: it forks the envelope keeper first.
 pub fn run(o: Options) -> Result<()> {
-    let functions = amphi_core::function::load(&o.functions)?;
+    let functions = amphi_function::load(&o.functions)?;
     let work = match &o.work_dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("--work-dir {}", d.display()))?;
@@ -67,18 +70,18 @@ pub fn run(o: Options) -> Result<()> {
     }
     .context("make the work directory")?;
     let mut plans = Vec::new();
-    let mut executors = Vec::new();
+    let mut engines = Vec::new();
     for f in &functions {
-        let (plan, executor) = plan(f, work.path())?;
+        let plan = plan(f, work.path())?;
+        engines.push(plan.engine);
         plans.push(plan);
-        executors.push(executor);
     }
     let keeper = Keeper::spawn(o.root.clone(), o.wasm_cache.clone(), plans)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let server = server::Server::new(functions, &executors, keeper);
+    let server = server::Server::new(functions, &engines, keeper);
     let result = runtime.block_on(server::serve(
         server,
         server::Settings {
@@ -91,13 +94,29 @@ pub fn run(o: Options) -> Result<()> {
     result
 }
 
+/// What runs a function's invocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Wasm,
+    Native,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Wasm => "wasm",
+            Engine::Native => "native",
+        }
+    }
+}
+
 /// Write the function's worker bundle and say what the keeper needs.
-fn plan(f: &Function, work: &Path) -> Result<(Plan, &'static str)> {
+fn plan(f: &Function, work: &Path) -> Result<Plan> {
     let dir = work.join(&f.name);
     std::fs::create_dir_all(dir.join("rootfs"))
         .with_context(|| format!("create {}", dir.display()))?;
     let spec = f.spec(&dir.join("rootfs"))?;
-    let bad = |field: &str, why: &str| amphi_core::Error::Function {
+    let bad = |field: &str, why: &str| amphi_function::Error::Invalid {
         function: f.name.clone(),
         field: field.into(),
         why: why.into(),
@@ -113,15 +132,21 @@ fn plan(f: &Function, work: &Path) -> Result<(Plan, &'static str)> {
         )
         .into());
     }
+    let mut warnings = Vec::new();
     let seccomp = spec
         .linux()
         .as_ref()
         .and_then(|l| l.seccomp().as_ref())
-        .map(amphi_core::seccomp::compile)
+        .map(|s| {
+            amphi_core::seccomp::compile(s, amphi_core::seccomp::UnknownNames::Skip, &mut warnings)
+        })
         .transpose()
         .map_err(|e| bad("linux.seccomp", &e.to_string()))?;
+    for w in warnings {
+        eprintln!("amphi serve: warning: function {}: {w}", f.name);
+    }
     let rootfs = match &f.source {
-        amphi_core::function::Source::Bundle(b) => {
+        Source::Bundle(b) => {
             let root = spec
                 .root()
                 .as_ref()
@@ -135,19 +160,19 @@ fn plan(f: &Function, work: &Path) -> Result<(Plan, &'static str)> {
             .map(|r| r.path().clone())
             .unwrap_or_default(),
     };
-    let executor = match (f.interface, select::choose(&spec, &rootfs)) {
-        (Interface::Http, _) | (_, Kind::Wasm) => "wasm",
-        (_, Kind::Native) => "native",
+    let engine = match (f.interface, is_wasm(&spec, &rootfs)) {
+        (Interface::Http, _) | (_, Wasm::Yes) => Engine::Wasm,
+        (_, Wasm::No(_)) => Engine::Native,
     };
     // Wasm invocations take their /tmp as a directory of the envelope's
     // /tmp, so it holds all that may run at once; native ones mount their
     // own over it.
-    let worker_tmp = match (f.tmp, executor) {
+    let worker_tmp = match (f.tmp, engine) {
         (0, _) => 0,
-        (tmp, "wasm") => tmp.saturating_mul(f.concurrency as u64),
-        _ => 64 << 10,
+        (tmp, Engine::Wasm) => tmp.saturating_mul(f.concurrency as u64),
+        (_, Engine::Native) => 64 << 10,
     };
-    let worker = worker_spec(&spec, &rootfs, worker_tmp)?;
+    let worker = worker_spec(&spec, &rootfs, worker_tmp, &f.name)?;
     let json = serde_json::to_vec_pretty(&worker)?;
     std::fs::write(dir.join("config.json"), json)
         .with_context(|| format!("write {}", dir.join("config.json").display()))?;
@@ -158,41 +183,44 @@ fn plan(f: &Function, work: &Path) -> Result<(Plan, &'static str)> {
         .and_then(|r| r.memory().as_ref())
         .and_then(|m| m.limit())
         .and_then(|l| u64::try_from(l).ok());
-    if f.interface == Interface::Http && executor != "wasm" {
+    if f.interface == Interface::Http && engine != Engine::Wasm {
         bail!(
             "function {}: interface: \"http\" needs a wasm component",
             f.name
         );
     }
-    Ok((
-        Plan {
-            name: f.name.clone(),
-            bundle: dir,
-            process,
-            seccomp,
-            tmp: f.tmp,
-            interface: f.interface,
-            memory,
-            readonly_root: spec
-                .root()
-                .as_ref()
-                .and_then(|r| r.readonly())
-                .unwrap_or(false),
-            // Twice the concurrency: a cancelled invocation may still hold
-            // its slot when the next one starts. Beyond 128 concurrent
-            // invocations the reservation grows past what it saves.
-            pool_slots: (!f.strict && f.concurrency <= 128).then(|| 2 * f.concurrency as u32),
-        },
-        executor,
-    ))
+    Ok(Plan {
+        name: f.name.clone(),
+        bundle: dir,
+        process,
+        seccomp,
+        tmp: f.tmp,
+        interface: f.interface,
+        engine,
+        memory,
+        readonly_root: spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
+        // Twice the concurrency: a cancelled invocation may still hold
+        // its slot when the next one starts. Beyond 128 concurrent
+        // invocations the reservation grows past what it saves.
+        pool_slots: (!f.strict && f.concurrency <= 128).then(|| 2 * f.concurrency as u32),
+    })
 }
 
 /// The envelope's own spec: the function's, but its process is the worker,
 /// which runs as root with [`WORKER_CAPS`] added, without seccomp, LSM
 /// label or no_new_privs (each invocation, or for wasm the worker itself
-/// once, applies the function's), and with a tmpfs on /tmp of `tmp` bytes.
-fn worker_spec(spec: &Spec, rootfs: &Path, tmp: u64) -> Result<Spec> {
+/// once, applies the function's), with a tmpfs on /tmp of `tmp` bytes, and
+/// annotated as the envelope of function `name` (so that the function
+/// handler, and only it, takes it).
+fn worker_spec(spec: &Spec, rootfs: &Path, tmp: u64, name: &str) -> Result<Spec> {
     let mut spec = spec.clone();
+    let mut annotations = spec.annotations().clone().unwrap_or_default();
+    annotations.insert(FUNCTION_ANNOTATION.into(), name.into());
+    spec.set_annotations(Some(annotations));
     let mut root = spec.root().clone().unwrap_or_default();
     root.set_path(rootfs.to_path_buf());
     spec.set_root(Some(root));

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use amphi_core::function::{Function, Interface, METRICS_ROUTE};
+use amphi_function::{Function, Interface, METRICS_ROUTE};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -111,7 +111,7 @@ impl Func {
 struct Func {
     index: usize,
     f: Function,
-    executor: &'static str,
+    engine: crate::Engine,
     permits: Semaphore,
     waiting: AtomicUsize,
     warm: tokio::sync::Mutex<Option<Arc<Envelope>>>,
@@ -150,18 +150,14 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 impl Server {
-    pub fn new(
-        functions: Vec<Function>,
-        executors: &[&'static str],
-        keeper: Keeper,
-    ) -> Arc<Server> {
+    pub fn new(functions: Vec<Function>, engines: &[crate::Engine], keeper: Keeper) -> Arc<Server> {
         let funcs = functions
             .into_iter()
             .enumerate()
             .map(|(index, f)| {
                 Arc::new(Func {
                     index,
-                    executor: executors[index],
+                    engine: engines[index],
                     permits: Semaphore::new(f.concurrency),
                     waiting: AtomicUsize::new(0),
                     warm: tokio::sync::Mutex::new(None),
@@ -402,7 +398,7 @@ impl Server {
             "path": path,
             "status": response.status().as_u16(),
             "duration_ms": (took.as_secs_f64() * 1e6).round() / 1e3,
-            "executor": func.executor,
+            "executor": func.engine.name(),
             "cold": record.cold,
         });
         if let Some(envelope) = record.envelope {
@@ -773,7 +769,7 @@ pub async fn serve(server: Arc<Server>, settings: Settings) -> Result<()> {
     log_line(serde_json::json!({
         "msg": "listening",
         "address": format!("http://{local}"),
-        "functions": server.funcs.iter().map(|f| serde_json::json!({"name": f.f.name, "route": f.f.route, "executor": f.executor})).collect::<Vec<_>>(),
+        "functions": server.funcs.iter().map(|f| serde_json::json!({"name": f.f.name, "route": f.f.route, "executor": f.engine.name()})).collect::<Vec<_>>(),
     }));
     let idle = tokio::spawn(server.clone().idle_loop());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

@@ -62,9 +62,9 @@ pub struct Done {
 
 /// What the worker runs per invocation.
 pub enum Workload {
-    /// The container's own executor, run once per invocation in a forked
-    /// child as a CGI program (native code).
-    Command(Box<dyn Executor>),
+    /// A native program, run once per invocation in a forked child as a
+    /// CGI program.
+    Native(amphi_native::Native),
     /// A wasm module or component: a fresh instance per invocation, in the
     /// worker's own process.
     Wasm(amphi_wasm::function::Function),
@@ -82,16 +82,9 @@ pub struct Worker {
 }
 
 impl Executor for Worker {
-    fn name(&self) -> &'static str {
-        match &self.workload {
-            Workload::Command(e) => e.name(),
-            Workload::Wasm(_) => "wasm",
-        }
-    }
-
     fn inherited_fds(&self) -> Vec<RawFd> {
         let mut fds = match &self.workload {
-            Workload::Command(e) => e.inherited_fds(),
+            Workload::Native(e) => e.inherited_fds(),
             Workload::Wasm(f) => f.inherited_fds(),
         };
         fds.push(self.control.as_raw_fd());
@@ -100,7 +93,7 @@ impl Executor for Worker {
 
     fn prepare(&mut self, ctx: &PrepareContext) -> Result<()> {
         match &mut self.workload {
-            Workload::Command(e) => e.prepare(ctx),
+            Workload::Native(e) => e.prepare(ctx),
             Workload::Wasm(f) => f.prepare(ctx),
         }
     }
@@ -108,7 +101,7 @@ impl Executor for Worker {
     fn exec(self: Box<Self>, _worker_process: &Process) -> Error {
         let served = match self.workload {
             Workload::Wasm(_) => self.serve_in_process(),
-            Workload::Command(_) => self.serve(),
+            Workload::Native(_) => self.serve(),
         };
         match served {
             Ok(()) => unsafe { libc::_exit(0) },
@@ -400,8 +393,8 @@ impl Worker {
         all_env.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
         process.set_env(Some(all_env));
         amphi_core::init::assume_process(&process, self.seccomp.as_ref())?;
-        match std::mem::replace(&mut self.workload, Workload::Command(Box::new(Gone))) {
-            Workload::Command(executor) => Err(executor.exec(&process)),
+        match &self.workload {
+            Workload::Native(native) => Err(native.execve(&process)),
             Workload::Wasm(_) => Err(Error::Init("wasm invocations run in process".into())),
         }
     }
@@ -525,19 +518,4 @@ fn private_tmp(size: u64) -> Result<()> {
         Some(format!("size={size},mode=1777").as_str()),
     )
     .map_err(|e| sys("mount the invocation's tmpfs on /tmp", e))
-}
-
-/// Stands in for a workload moved out of the worker (in the child only).
-struct Gone;
-
-impl Executor for Gone {
-    fn name(&self) -> &'static str {
-        "gone"
-    }
-    fn prepare(&mut self, _: &PrepareContext) -> Result<()> {
-        Ok(())
-    }
-    fn exec(self: Box<Self>, _: &Process) -> Error {
-        Error::Init("workload already run".into())
-    }
 }

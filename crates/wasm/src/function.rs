@@ -126,12 +126,7 @@ impl Drop for Running {
     }
 }
 
-/// The interface a function's module speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interface {
-    Cgi,
-    Http,
-}
+pub use amphi_function::Interface;
 
 /// The request line and headers of one `wasi:http` invocation.
 pub struct RequestHead {
@@ -253,7 +248,7 @@ impl Function {
     /// Compile (or load from the cache) and link the module named by
     /// `process.args[0]`, for the function's interface.
     pub fn prepare(&mut self, ctx: &PrepareContext) -> Result<()> {
-        let arg0 = &ctx.process.args().as_ref().expect("validated")[0];
+        let arg0 = ctx.program();
         let (path, bytes) = crate::Wasm::read_module(ctx, arg0)?;
         let what = format!("process.args[0] {}", path.display());
         POOL_SLOTS.get_or_init(|| self.pool_slots);

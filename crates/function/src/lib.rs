@@ -22,8 +22,32 @@ use oci_spec::runtime::{
 };
 use serde::Deserialize;
 
-use crate::select::Kind;
-use crate::{Error, Result};
+/// What a manifest's code is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A wasm module or component (`module = ...`).
+    Module,
+    /// A native program (`program = ...`).
+    Program,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("function {function}: {field}: {why}")]
+    Invalid {
+        function: String,
+        field: String,
+        why: String,
+    },
+    #[error("{0}")]
+    Core(#[from] amphi_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The annotation on an envelope's spec naming its function: the function
+/// host's handler takes exactly the containers that carry it.
+pub const FUNCTION_ANNOTATION: &str = "io.github.amphi.function";
 
 /// The path `amphi serve` answers itself; no function may take it.
 pub const METRICS_ROUTE: &str = "/metrics";
@@ -119,19 +143,20 @@ enum Quantity {
 /// Every function of `path`: a manifest file, or each `*.toml` in a directory.
 /// All of them parse and validate, or none is returned.
 pub fn load(path: &Path) -> Result<Vec<Function>> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("read --functions", path, e))?;
+    let io = |e| Error::Core(amphi_core::Error::io("read --functions", path, e));
+    let meta = std::fs::metadata(path).map_err(io)?;
     let files = if meta.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| Error::io("read --functions", path, e))?
+            .map_err(io)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(Error::Unsupported(format!(
+            return Err(Error::Core(amphi_core::Error::Unsupported(format!(
                 "--functions {}: no *.toml manifest in this directory",
                 path.display()
-            )));
+            ))));
         }
         files
     } else {
@@ -165,9 +190,8 @@ fn load_file(file: &Path) -> Result<Function> {
         .and_then(|s| s.to_str())
         .unwrap_or_default()
         .to_string();
-    let len = std::fs::metadata(file)
-        .map_err(|e| Error::io("read manifest", file, e))?
-        .len();
+    let io = |e| Error::Core(amphi_core::Error::io("read manifest", file, e));
+    let len = std::fs::metadata(file).map_err(io)?.len();
     if len > MAX_MANIFEST {
         return Err(bad(
             &name,
@@ -175,9 +199,9 @@ fn load_file(file: &Path) -> Result<Function> {
             format!("{len} bytes; manifests of at most {MAX_MANIFEST} bytes are read"),
         ));
     }
-    let text = std::fs::read_to_string(file).map_err(|e| Error::io("read manifest", file, e))?;
+    let text = std::fs::read_to_string(file).map_err(io)?;
     let dir = std::fs::canonicalize(file)
-        .map_err(|e| Error::io("read manifest", file, e))?
+        .map_err(io)?
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("/"));
@@ -186,7 +210,7 @@ fn load_file(file: &Path) -> Result<Function> {
 }
 
 fn bad(function: &str, field: &str, why: impl Into<String>) -> Error {
-    Error::Function {
+    Error::Invalid {
         function: function.into(),
         field: field.into(),
         why: why.into(),
@@ -234,8 +258,8 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
         }
     };
     let source = match (raw.module, raw.program, raw.bundle, raw.rootfs) {
-        (Some(m), None, None, rootfs) => source(m, rootfs, Kind::Wasm),
-        (None, Some(p), None, rootfs) => source(p, rootfs, Kind::Native),
+        (Some(m), None, None, rootfs) => source(m, rootfs, Kind::Module),
+        (None, Some(p), None, rootfs) => source(p, rootfs, Kind::Program),
         (None, None, Some(b), None) => Source::Bundle(b),
         (None, None, Some(_), Some(_)) => {
             return Err(bad(
@@ -263,10 +287,10 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
         && matches!(
             source,
             Source::File {
-                kind: Kind::Native,
+                kind: Kind::Program,
                 ..
             } | Source::InRoot {
-                kind: Kind::Native,
+                kind: Kind::Program,
                 ..
             }
         )
@@ -383,71 +407,41 @@ fn count(
         .ok_or_else(|| bad(name, field, format!("{v}; give a number in [{min}, {max}]")))
 }
 
-/// Bytes from `1048576`, `"512Ki"`, `"64M"`, `"1Gi"` (K/M/G are powers of 1000,
-/// Ki/Mi/Gi of 1024, as Kubernetes writes them).
+/// Bytes from `1048576`, `"512Ki"`, `"64Mi"`, `"1Gi"` (powers of 1024,
+/// the units `amphi update --memory` takes).
 fn size(name: &str, field: &str, q: Quantity) -> Result<u64> {
-    let text = match q {
+    match q {
         Quantity::Number(n) => {
-            return u64::try_from(n)
-                .map_err(|_| bad(name, field, format!("{n}; sizes are not negative")))
+            u64::try_from(n).map_err(|_| bad(name, field, format!("{n}; sizes are not negative")))
         }
-        Quantity::Text(t) => t,
-    };
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let mult: u64 = match unit.trim() {
-        "" => 1,
-        "K" | "k" => 1000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        _ => 0,
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .filter(|_| mult > 0)
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| {
+        Quantity::Text(t) => amphi_core::util::parse_size(&t).ok_or_else(|| {
             bad(
                 name,
                 field,
-                format!("{text:?}; give bytes, or a number with K, M, G, Ki, Mi or Gi"),
+                format!("{t:?}; give bytes, or a number with Ki, Mi or Gi"),
             )
-        })
+        }),
+    }
 }
 
-/// A duration from seconds (`5`) or `"250ms"`, `"5s"`, `"2m"`.
+/// A duration from seconds (`5`) or `"250ms"`, `"5s"`, `"2m"`, `"1m30s"`.
 fn duration(name: &str, field: &str, q: Option<Quantity>, default: Duration) -> Result<Duration> {
-    let text = match q {
+    let d = match q {
         None => return Ok(default),
-        Some(Quantity::Number(n)) => {
-            return u64::try_from(n)
-                .map(Duration::from_secs)
-                .map_err(|_| bad(name, field, format!("{n}; durations are not negative")))
-        }
-        Some(Quantity::Text(t)) => t,
-    };
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n = digits.parse::<u64>().ok();
-    let d = match (n, unit.trim()) {
-        (Some(n), "ms") => Some(Duration::from_millis(n)),
-        (Some(n), "s" | "") => Some(Duration::from_secs(n)),
-        (Some(n), "m") => n.checked_mul(60).map(Duration::from_secs),
-        (Some(n), "h") => n.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
+        Some(Quantity::Number(n)) => u64::try_from(n).map(Duration::from_secs).ok(),
+        Some(Quantity::Text(ref t)) => amphi_core::util::parse_duration(t),
     };
     d.filter(|d| *d <= Duration::from_secs(365 * 24 * 3600))
         .ok_or_else(|| {
+            let given = match q {
+                Some(Quantity::Text(t)) => format!("{t:?}"),
+                Some(Quantity::Number(n)) => n.to_string(),
+                None => String::new(),
+            };
             bad(
                 name,
                 field,
-                format!("{text:?}; give a duration like 250ms, 5s, 2m or 1h"),
+                format!("{given}; give a duration like 250ms, 5s, 2m or 1h"),
             )
         })
 }
@@ -471,7 +465,7 @@ impl Function {
             std::fs::canonicalize(p).map_err(|e| bad(&name, field, format!("{}: {e}", p.display())))
         };
         let field = |kind: Kind| {
-            if kind == Kind::Wasm {
+            if kind == Kind::Module {
                 "module"
             } else {
                 "program"
@@ -498,7 +492,7 @@ impl Function {
             }
             Source::Bundle(b) => {
                 let b = exists("bundle", &abs(&b), true)?;
-                exists("bundle", &b.join(crate::spec::CONFIG), false)?;
+                exists("bundle", &b.join(amphi_core::spec::CONFIG), false)?;
                 Source::Bundle(b)
             }
         };
@@ -513,19 +507,19 @@ impl Function {
     pub fn spec(&self, rootfs: &Path) -> Result<Spec> {
         let mut spec = match &self.source {
             Source::Bundle(dir) => {
-                crate::spec::Bundle::load(dir)
+                amphi_core::spec::Bundle::load(dir)
                     .map_err(|e| bad(&self.name, "bundle", e.to_string()))?
                     .spec
             }
             Source::File { path, kind } => {
                 for d in ["proc", "dev", "tmp", "sys"] {
                     std::fs::create_dir_all(rootfs.join(d))
-                        .map_err(|e| Error::io("create", rootfs.join(d), e))?;
+                        .map_err(|e| amphi_core::Error::io("create", rootfs.join(d), e))?;
                 }
                 let inside = self.inside(*kind);
                 let mountpoint = rootfs.join(inside.trim_start_matches('/'));
                 std::fs::write(&mountpoint, b"")
-                    .map_err(|e| Error::io("create", &mountpoint, e))?;
+                    .map_err(|e| amphi_core::Error::io("create", &mountpoint, e))?;
                 let bind = MountBuilder::default()
                     .destination(inside)
                     .typ("bind")
@@ -562,8 +556,8 @@ impl Function {
 
     fn inside(&self, kind: Kind) -> &'static str {
         match kind {
-            Kind::Wasm => MODULE_PATH,
-            Kind::Native => PROGRAM_PATH,
+            Kind::Module => MODULE_PATH,
+            Kind::Program => PROGRAM_PATH,
         }
     }
 
@@ -626,11 +620,11 @@ impl Function {
             .namespaces(default_linux.namespaces().clone().unwrap_or_default())
             .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
             .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
-            .seccomp(crate::seccomp::default_profile())
+            .seccomp(amphi_core::seccomp::default_profile())
             .build()
             .expect("linux");
         spec.set_linux(Some(linux));
-        if kind == Kind::Wasm {
+        if kind == Kind::Module {
             let mut a = std::collections::HashMap::new();
             a.insert("run.oci.handler".to_string(), "wasm".to_string());
             spec.set_annotations(Some(a));

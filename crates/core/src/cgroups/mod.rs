@@ -1,0 +1,528 @@
+//! Container cgroups through cgroups-rs, on v1, v2 and hybrid hosts.
+//!
+//! The host's layout is detected at run time: a cgroup2 mount at
+//! `/sys/fs/cgroup` is a v2 host; otherwise each v1 hierarchy is used (on a
+//! hybrid host the v1 controllers do the limiting, as with runc). A relative
+//! `cgroupsPath` is taken relative to the creating process's own cgroup in
+//! each hierarchy, which differs per controller on v1.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use cgroups_rs::fs::hierarchies;
+use cgroups_rs::fs::Cgroup;
+use cgroups_rs::CgroupPid;
+use oci_spec::runtime::{Linux, LinuxResources};
+
+use crate::{Error, Result};
+
+pub mod resources;
+
+/// A container's cgroup, created and not yet populated.
+pub struct ContainerCgroup {
+    cgroup: Cgroup,
+    /// The container's directory in every hierarchy.
+    pub paths: Vec<PathBuf>,
+    /// Directories this call made (deepest last), for `delete` to remove.
+    pub created: Vec<PathBuf>,
+    /// What `make` applies.
+    resources: Option<LinuxResources>,
+}
+
+fn err(path: impl std::fmt::Display, why: impl std::fmt::Display) -> Error {
+    Error::Cgroup {
+        path: path.to_string(),
+        why: why.to_string(),
+        errno: None,
+    }
+}
+
+/// A cgroups-rs failure, keeping the kernel's errno when it had one.
+fn lib_err(path: impl std::fmt::Display, what: &str, e: cgroups_rs::fs::error::Error) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    let mut errno = None;
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            errno = io.raw_os_error();
+            break;
+        }
+        source = s.source();
+    }
+    Error::Cgroup {
+        path: path.to_string(),
+        why: format!("{what}: {e}"),
+        errno,
+    }
+}
+
+/// The cgroup path of this process in the unified hierarchy.
+fn own_v2_path() -> Result<String> {
+    let data = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| Error::io("read", "/proc/self/cgroup", e))?;
+    data.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+        .ok_or_else(|| err("/proc/self/cgroup", "no cgroup2 entry"))
+}
+
+/// Plan the cgroup named by `cgroups_path` (or the container id, relative,
+/// when the spec gives none): its directories, and which of them are new.
+/// Nothing is created yet, so that the caller can record what `make` will
+/// create before it exists (a crash in between must leave a record).
+pub fn plan(id: &str, linux: Option<&Linux>) -> Result<ContainerCgroup> {
+    let cgroups_path = linux.and_then(|l| l.cgroups_path().as_deref());
+    let resources = linux.and_then(|l| l.resources().as_ref());
+    let hier = hierarchies::auto();
+    let requested = cgroups_path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(id));
+    if requested
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(err(
+            requested.display(),
+            "linux.cgroupsPath must not contain '..'",
+        ));
+    }
+    if requested.to_str().is_some_and(|s| s.contains(':')) {
+        return Err(Error::Unsupported(format!(
+            "linux.cgroupsPath {:?} is in systemd's slice:prefix:name form; amphi manages cgroupfs paths only (no --systemd-cgroup)",
+            requested
+        )));
+    }
+    let absolute = requested.is_absolute();
+    let v2 = hier.v2();
+    if let Some(r) = resources {
+        // What this hierarchy cannot express fails before anything exists.
+        resources::writes(r, resources::Hierarchy { v2, bfq: false })?;
+    }
+    let cgroup = if v2 {
+        let full = if absolute {
+            requested.clone()
+        } else {
+            Path::new(&own_v2_path()?).join(&requested)
+        };
+        let rel = full.strip_prefix("/").unwrap_or(&full).to_path_buf();
+        Cgroup::load(hier, rel)
+    } else {
+        let rel = requested
+            .strip_prefix("/")
+            .unwrap_or(&requested)
+            .to_path_buf();
+        let relative_to: HashMap<String, String> = if absolute {
+            HashMap::new()
+        } else {
+            cgroups_rs::fs::cgroup::get_cgroups_relative_paths()
+                .map_err(|e| err("/proc/self/cgroup", e))?
+        };
+        Cgroup::load_with_relative_paths(hier, rel, relative_to)
+    };
+
+    let paths: Vec<PathBuf> = cgroup
+        .subsystems()
+        .iter()
+        .map(|s| s.to_controller().path().to_path_buf())
+        .collect();
+    let mut created = Vec::new();
+    for p in &paths {
+        let mut missing: Vec<PathBuf> = p
+            .ancestors()
+            .take_while(|a| !a.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        missing.reverse();
+        created.extend(missing);
+    }
+    Ok(ContainerCgroup {
+        cgroup,
+        paths,
+        created,
+        resources: resources.cloned(),
+    })
+}
+
+impl ContainerCgroup {
+    /// Create the planned directories and apply the resources; on error
+    /// nothing is left.
+    pub fn make(&self) -> Result<()> {
+        if let Err(e) = self.cgroup.create() {
+            let e = lib_err(self.cgroup.path(), "create", e);
+            remove(&self.created, &self.paths);
+            return Err(e);
+        }
+        if let Some(r) = &self.resources {
+            if let Err(e) = self.apply(r) {
+                remove(&self.created, &self.paths);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn v2(&self) -> bool {
+        self.cgroup.v2()
+    }
+
+    /// Reopen the cgroup of an existing container from its directories.
+    pub fn open(paths: &[PathBuf]) -> Result<ContainerCgroup> {
+        let hier = hierarchies::auto();
+        let cgroup = if hier.v2() {
+            let dir = paths
+                .first()
+                .ok_or_else(|| err("cgroup", "the container has no cgroup"))?;
+            let rel = dir
+                .strip_prefix(hier.root())
+                .map_err(|_| err(dir.display(), "not below the cgroup2 mount"))?;
+            Cgroup::load(hier, rel)
+        } else {
+            // v1: each hierarchy has its own path; name it relative to the
+            // hierarchy's mount point.
+            let mut relative = HashMap::new();
+            for sub in hier.subsystems() {
+                let name = sub.controller_name();
+                let mount = sub.to_controller().path().to_path_buf();
+                if let Some(rel) = paths.iter().find_map(|p| p.strip_prefix(&mount).ok()) {
+                    relative.insert(name, rel.display().to_string());
+                }
+            }
+            Cgroup::load_with_relative_paths(hier, ".", relative)
+        };
+        Ok(ContainerCgroup {
+            cgroup,
+            paths: paths.to_vec(),
+            created: Vec::new(),
+            resources: None,
+        })
+    }
+
+    /// The directory of one controller (v2: the one directory).
+    fn dir(&self, controller: &str) -> Option<PathBuf> {
+        if self.v2() {
+            let dir = self.paths.first()?;
+            if controller.is_empty() {
+                return Some(dir.clone());
+            }
+            let enabled = std::fs::read_to_string(dir.join("cgroup.controllers")).ok()?;
+            return enabled
+                .split_whitespace()
+                .any(|c| c == controller)
+                .then(|| dir.clone());
+        }
+        self.cgroup
+            .subsystems()
+            .iter()
+            .find(|s| s.controller_name() == controller)
+            .map(|s| s.to_controller().path().to_path_buf())
+    }
+
+    fn hierarchy(&self) -> resources::Hierarchy {
+        let v2 = self.v2();
+        resources::Hierarchy {
+            v2,
+            bfq: v2
+                && self
+                    .dir("io")
+                    .is_some_and(|d| d.join("io.bfq.weight").exists()),
+        }
+    }
+
+    /// Write the resources the spec asks for. Everything is checked before
+    /// the first write, so a refused `create` or `update` changes nothing;
+    /// every write that fails is an error naming the file, never a silent pass.
+    pub fn apply(&self, r: &LinuxResources) -> Result<()> {
+        let mut writes = resources::writes(r, self.hierarchy())?;
+        let rules = r
+            .devices()
+            .as_deref()
+            .map(crate::devices::rules)
+            .transpose()?;
+        for w in &writes {
+            let dir = self.dir(w.controller).ok_or_else(|| {
+                err(
+                    w.controller,
+                    format!(
+                        "{}: no {} controller for this container on this host",
+                        w.field, w.controller
+                    ),
+                )
+            })?;
+            if w.controller == "hugetlb" && !dir.join(&w.file).exists() {
+                return Err(err(
+                    &w.file,
+                    format!("{}: page size not supported by this kernel", w.field),
+                ));
+            }
+        }
+        order_memory_and_swap(&mut writes, |file| {
+            self.dir("memory")
+                .and_then(|d| std::fs::read_to_string(d.join(file)).ok())
+        });
+        for w in &writes {
+            let path = self.dir(w.controller).expect("checked above").join(&w.file);
+            std::fs::write(&path, &w.value).map_err(|e| Error::Cgroup {
+                path: path.display().to_string(),
+                why: format!("{}={:?}: {e}", w.field, w.value),
+                errno: e.raw_os_error(),
+            })?;
+        }
+        match rules {
+            None => Ok(()),
+            Some(rules) if self.v2() => crate::devices::apply_v2(&self.paths[0], &rules),
+            Some(rules) => {
+                let dir = self.dir("devices").ok_or_else(|| {
+                    err(
+                        "devices",
+                        "linux.resources.devices: no devices controller on this host",
+                    )
+                })?;
+                crate::devices::apply_v1(&dir, &rules)
+            }
+        }
+    }
+
+    /// Move a process (all its threads) into the container's cgroup.
+    pub fn attach(&self, pid: i32) -> Result<()> {
+        self.cgroup
+            .add_task_by_tgid(CgroupPid::from(pid as u64))
+            .map_err(|e| lib_err(self.cgroup.path(), &format!("attach pid {pid}"), e))
+    }
+}
+
+/// On v1, memory.memsw.limit_in_bytes may never be below
+/// memory.limit_in_bytes: when both change, the one that grows goes first
+/// (runc's order), judged against the swap limit in force.
+fn order_memory_and_swap(
+    writes: &mut [resources::Write],
+    current: impl Fn(&str) -> Option<String>,
+) {
+    let at = |file: &str| writes.iter().position(|w| w.file == file);
+    let (Some(mem), Some(swap)) = (
+        at("memory.limit_in_bytes"),
+        at("memory.memsw.limit_in_bytes"),
+    ) else {
+        return;
+    };
+    let new_swap: i64 = writes[swap].value.parse().unwrap_or(-1);
+    let old_swap: i64 = current("memory.memsw.limit_in_bytes")
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(i64::MAX);
+    if new_swap == -1 || new_swap > old_swap {
+        writes.swap(mem, swap);
+    }
+}
+
+/// Remove the directories a container's cgroup creation made. The
+/// container's own directories (`paths`) may stay busy for a moment after
+/// their last process died, so removal is retried; parents it made are
+/// removed only while empty, since another container may have moved in.
+pub fn remove(created: &[PathBuf], paths: &[PathBuf]) -> Vec<Error> {
+    let mut errors = Vec::new();
+    for dir in created.iter().rev() {
+        let own = paths.contains(dir);
+        let mut tries = 0;
+        loop {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && own && tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(_) if !own => break,
+                Err(e) => {
+                    errors.push(Error::io("remove cgroup", dir, e));
+                    break;
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Move a process into an existing container's cgroup (for `exec`).
+pub fn join(paths: &[PathBuf], pid: i32) -> Result<()> {
+    for p in paths {
+        let procs = p.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string()).map_err(|e| Error::io("join cgroup", &procs, e))?;
+    }
+    Ok(())
+}
+
+/// Pids in the container's cgroup (taken from the first hierarchy: every
+/// hierarchy holds the same processes).
+pub fn procs(paths: &[PathBuf]) -> Vec<i32> {
+    paths
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p.join("cgroup.procs")).ok())
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Freeze or thaw every process of the container (v1 freezer, v2
+/// cgroup.freeze) and wait until the kernel reports it done.
+pub fn set_frozen(paths: &[PathBuf], frozen: bool) -> Result<()> {
+    let (v1, v2) = if frozen {
+        ("FROZEN", "1")
+    } else {
+        ("THAWED", "0")
+    };
+    let target = paths
+        .iter()
+        .find_map(|p| {
+            if p.join("freezer.state").exists() {
+                Some((p.join("freezer.state"), v1))
+            } else if p.join("cgroup.freeze").exists() {
+                Some((p.join("cgroup.freeze"), v2))
+            } else {
+                None
+            }
+        })
+        .ok_or_else(|| {
+            err(
+                "freezer",
+                "no freezer controller (v1) or cgroup.freeze (v2) for this container",
+            )
+        })?;
+    let (file, value) = target;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        std::fs::write(&file, value).map_err(|e| Error::io("write", &file, e))?;
+        let done = if file.ends_with("freezer.state") {
+            std::fs::read_to_string(&file).is_ok_and(|s| s.trim() == value)
+        } else {
+            let events = file.with_file_name("cgroup.events");
+            std::fs::read_to_string(&events)
+                .is_ok_and(|s| s.lines().any(|l| l == format!("frozen {value}")))
+        };
+        if done {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(err(
+                file.display(),
+                format!("did not reach {value} within 10s"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Whether the container's cgroup is frozen (v1 freezer or v2 cgroup.freeze).
+pub fn is_frozen(paths: &[PathBuf]) -> bool {
+    paths.iter().any(|p| {
+        std::fs::read_to_string(p.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+            || std::fs::read_to_string(p.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
+    })
+}
+
+/// The first of the container's cgroup directories holding `file` (v1
+/// keeps each controller's files in its own hierarchy, v2 in one).
+fn read(paths: &[PathBuf], file: &str) -> Option<String> {
+    paths
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p.join(file)).ok())
+}
+
+fn read_u64(paths: &[PathBuf], file: &str) -> Option<u64> {
+    let s = read(paths, file)?;
+    let s = s.trim();
+    if s == "max" {
+        return Some(u64::MAX);
+    }
+    s.parse().ok()
+}
+
+/// "key value" lines (memory.stat, cpu.stat, cpuacct.stat, memory.events).
+fn read_keyed(paths: &[PathBuf], file: &str) -> serde_json::Map<String, serde_json::Value> {
+    read(paths, file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_owned(), v.trim().parse::<u64>().ok()?.into()))
+        })
+        .collect()
+}
+
+/// Kernel OOM kills in the container's cgroup so far (v1 memory.oom_control,
+/// v2 memory.events).
+pub fn oom_kills(paths: &[PathBuf]) -> u64 {
+    for file in ["memory.events", "memory.oom_control"] {
+        if let Some(n) = read_keyed(paths, file)
+            .get("oom_kill")
+            .and_then(|v| v.as_u64())
+        {
+            return n;
+        }
+    }
+    0
+}
+
+/// Cgroup statistics in the shape of runc's `events --stats` (its
+/// libcontainer `types.Stats`): cpu, memory, pids.
+pub fn stats(paths: &[PathBuf]) -> serde_json::Value {
+    use serde_json::json;
+    let v2 = paths.iter().any(|p| p.join("cgroup.controllers").exists());
+    let n = |v: Option<u64>| v.unwrap_or(0);
+    let (cpu, memory) = if v2 {
+        let cpu = read_keyed(paths, "cpu.stat");
+        let us = |k: &str| cpu.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let mem_raw = read_keyed(paths, "memory.stat");
+        let events = read_keyed(paths, "memory.events");
+        (
+            json!({
+                "usage": {"total": us("usage_usec") * 1000, "percpu": [],
+                          "kernel": us("system_usec") * 1000, "user": us("user_usec") * 1000},
+                "throttling": {"periods": us("nr_periods"), "throttledPeriods": us("nr_throttled"),
+                               "throttledTime": us("throttled_usec") * 1000},
+            }),
+            json!({
+                "cache": mem_raw.get("file").cloned().unwrap_or(0.into()),
+                "usage": {"usage": n(read_u64(paths, "memory.current")),
+                          "limit": n(read_u64(paths, "memory.max")),
+                          "max": n(read_u64(paths, "memory.peak")),
+                          "failcnt": events.get("max").cloned().unwrap_or(0.into())},
+                "swap": {"usage": n(read_u64(paths, "memory.swap.current")),
+                         "limit": n(read_u64(paths, "memory.swap.max"))},
+                "raw": mem_raw,
+            }),
+        )
+    } else {
+        let ticks = read_keyed(paths, "cpuacct.stat");
+        // cpuacct.stat counts USER_HZ (100 Hz) ticks.
+        let ns = |k: &str| ticks.get(k).and_then(|v| v.as_u64()).unwrap_or(0) * 10_000_000;
+        let percpu: Vec<u64> = read(paths, "cpuacct.usage_percpu")
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let thr = read_keyed(paths, "cpu.stat");
+        let t = |k: &str| thr.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let mem_raw = read_keyed(paths, "memory.stat");
+        (
+            json!({
+                "usage": {"total": n(read_u64(paths, "cpuacct.usage")), "percpu": percpu,
+                          "kernel": ns("system"), "user": ns("user")},
+                "throttling": {"periods": t("nr_periods"), "throttledPeriods": t("nr_throttled"),
+                               "throttledTime": t("throttled_time")},
+            }),
+            json!({
+                "cache": mem_raw.get("cache").cloned().unwrap_or(0.into()),
+                "usage": {"usage": n(read_u64(paths, "memory.usage_in_bytes")),
+                          "limit": n(read_u64(paths, "memory.limit_in_bytes")),
+                          "max": n(read_u64(paths, "memory.max_usage_in_bytes")),
+                          "failcnt": n(read_u64(paths, "memory.failcnt"))},
+                "swap": {"usage": n(read_u64(paths, "memory.memsw.usage_in_bytes")),
+                         "limit": n(read_u64(paths, "memory.memsw.limit_in_bytes"))},
+                "raw": mem_raw,
+            }),
+        )
+    };
+    json!({
+        "cpu": cpu,
+        "memory": memory,
+        "pids": {"current": n(read_u64(paths, "pids.current")),
+                 "limit": n(read_u64(paths, "pids.max").filter(|&l| l != u64::MAX))},
+    })
+}

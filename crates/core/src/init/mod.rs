@@ -1,0 +1,391 @@
+//! The container's init process, from clone to the workload, for every
+//! executor. [`run`] does what every init does (this module), then either
+//! sets up a new container ([`create`]) or joins a running one ([`exec`]);
+//! each reads top to bottom as the order of its steps, and each ordering
+//! constraint says why.
+//!
+//! Failures go to `create` (or `exec`) while it waits for the init to be
+//! ready, and to the container's stderr after that: which one follows from
+//! whether the line to the parent is still open.
+
+mod create;
+mod exec;
+
+use std::convert::Infallible;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::OFlag;
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::stat::{umask, Mode as FileMode};
+use nix::unistd::{chdir, setresgid, setresuid, Gid, Uid};
+use oci_spec::runtime::{LinuxNamespaceType, Process};
+
+use crate::error::SysContext;
+use crate::executor::Executor;
+use crate::launch::{clone, keep_fds};
+use crate::namespaces::Plan;
+use crate::seccomp::Program;
+use crate::spec::Bundle;
+use crate::sync::{Channel, Msg};
+use crate::{process, Error, Result};
+
+/// What the init sets up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A new container: mounts, devices, hooks, then pivot_root (or, for
+    /// a rootfs on a ramdisk, `--no-pivot`: a move and a chroot).
+    Create { pivot: bool },
+    /// A process joining a running container (`exec`): its mount
+    /// namespace already has the rootfs as `/`, and its hooks ran.
+    Exec,
+}
+
+pub struct InitArgs<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Bundle,
+    pub plan: &'a Plan,
+    pub mode: Mode,
+    /// The state directory (O_PATH), to open the exec fifo from after pivot_root.
+    pub state_dir: OwnedFd,
+    pub cgroup_paths: &'a [std::path::PathBuf],
+    pub preserve_fds: i32,
+    /// The connected console socket (the parent's fd, inherited).
+    pub console_socket: Option<RawFd>,
+    /// Give the process a session keyring of its own (runc's default), so
+    /// the keys of whoever ran the runtime do not reach the container.
+    pub new_keyring: bool,
+    pub executor: Box<dyn Executor>,
+}
+
+/// The init's line to the runtime, open until the process is ready.
+struct Parent(Option<Channel>);
+
+impl Parent {
+    fn send(&self, msg: &Msg) -> Result<()> {
+        match &self.0 {
+            Some(ch) => ch.send(msg),
+            None => Err(Error::Init(format!("{msg:?} after the runtime left"))),
+        }
+    }
+
+    /// Wait for `want`; anything else means the runtime gave up on us.
+    fn expect(&self, want: Msg, while_: &str) -> Result<()> {
+        match self.0.as_ref().map(Channel::recv).transpose()?.flatten() {
+            Some(m) if m == want => Ok(()),
+            _ => Err(Error::Init(format!("the runtime went away {while_}"))),
+        }
+    }
+
+    /// Tell the runtime the process is set up; from here on nobody listens.
+    fn ready(&mut self) -> Result<()> {
+        self.send(&Msg::Ready)?;
+        self.0 = None;
+        Ok(())
+    }
+
+    fn raw(&self) -> Option<RawFd> {
+        self.0.as_ref().map(Channel::raw)
+    }
+}
+
+/// Never returns: the process becomes the workload or exits.
+pub fn run(channel: Channel, args: InitArgs) -> ! {
+    let id = args.id.to_owned();
+    let mut parent = Parent(Some(channel));
+    let err = match init(args, &mut parent) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    if parent.send(&Msg::Failed(err.to_string())).is_err() {
+        // After `create` returned nobody listens on the channel: the
+        // container's stderr is where the error can still be seen.
+        eprintln!("amphi: container {id}: {err}");
+    }
+    let code = match err {
+        Error::Sys {
+            errno: nix::Error::ENOENT | nix::Error::EACCES | nix::Error::ENOEXEC,
+            ..
+        } => 127,
+        _ => 1,
+    };
+    // SAFETY: leave without running destructors or atexit handlers that
+    // belong to the parent's copy of this process.
+    unsafe { libc::_exit(code) }
+}
+
+/// The steps every init takes, then the mode's own.
+fn init(a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
+    protect_runtime_binary(a.plan);
+    // Default dispositions and nothing blocked (`run` blocks everything;
+    // Rust ignores SIGPIPE), set first so that what an executor installs
+    // while preparing (wasmtime's trap handlers) stays.
+    reset_signals();
+    // Nothing of the caller's (a lock, a shim's socket) may reach the
+    // container beyond --preserve-fds (CVE-2024-21626 class).
+    let mut keep = keep_fds(&[&a.state_dir]);
+    keep.extend(parent.raw());
+    keep.extend(a.plan.join.iter().map(|j| j.fd.as_raw_fd()));
+    keep.extend(a.console_socket);
+    keep.extend(a.executor.inherited_fds());
+    close_fds(a.preserve_fds, &keep)?;
+
+    if a.plan.needs_intermediate() {
+        // Returns in the init only; the intermediate process leaves.
+        fork_init_from_namespaces(a.plan, parent)?;
+    }
+    parent.expect(Msg::Go, "before the id maps were written")?;
+    join_namespaces(a.plan, |t| {
+        !matches!(t, LinuxNamespaceType::User | LinuxNamespaceType::Pid)
+    })?;
+    if a.plan.has_userns() {
+        become_namespace_root()?;
+    }
+    // Device nodes and mount points get exactly the modes the spec gives.
+    umask(FileMode::empty());
+    if a.plan.creates(LinuxNamespaceType::Time) {
+        enter_new_time_namespace(a.bundle.spec.linux().as_ref())?;
+    }
+    process::set_oom_score_adj(a.bundle.process())?;
+    if a.new_keyring {
+        join_new_session_keyring()?;
+    }
+    match a.mode {
+        Mode::Create { pivot } => create::create(a, pivot, parent),
+        Mode::Exec => exec::exec(a, parent),
+    }
+}
+
+/// Until exec this process *is* the amphi binary: /proc/PID/exe leads to
+/// it, and an O_PATH handle taken through it would let a container process
+/// rewrite the host's runtime once we are gone (CVE-2019-5736).
+/// Non-dumpable, no process without CAP_SYS_PTRACE over us may open it;
+/// execve of the workload makes the process dumpable again, while a wasm
+/// guest (which stays amphi) stays protected. In a user namespace the
+/// container's root cannot write the host's binary anyway, and a dumpable
+/// process keeps its /proc files owned by the namespace's root.
+fn protect_runtime_binary(plan: &Plan) {
+    if !plan.has_userns() {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    }
+}
+
+/// Joining a pid or user namespace by path: setns to a pid namespace
+/// applies to children only, so this process (the intermediate) joins the
+/// user and pid namespaces, creates the rest, then forks the init as its
+/// parent's child (CLONE_PARENT) and leaves.
+fn fork_init_from_namespaces(plan: &Plan, parent: &Parent) -> Result<()> {
+    join_namespaces(plan, |t| {
+        matches!(t, LinuxNamespaceType::User | LinuxNamespaceType::Pid)
+    })?;
+    unshare(plan.clone_flags()).sys(|| format!("unshare {:?}", plan.new))?;
+    if plan.creates(LinuxNamespaceType::User) {
+        parent.send(&Msg::MapIds)?;
+        parent.expect(Msg::MapsDone, "while the id maps were written")?;
+    }
+    let pid = clone(CloneFlags::CLONE_PARENT)?;
+    if pid != 0 {
+        let _ = parent.send(&Msg::InitPid(pid));
+        // SAFETY: as in `run`.
+        unsafe { libc::_exit(0) }
+    }
+    Ok(())
+}
+
+/// The namespaces given by path whose type `which` selects; the user
+/// namespace comes first (the plan's order), which grants the rights to
+/// join the others it owns.
+fn join_namespaces(plan: &Plan, which: impl Fn(LinuxNamespaceType) -> bool) -> Result<()> {
+    for j in plan.join.iter().filter(|j| which(j.typ)) {
+        setns(j.fd.as_fd(), crate::namespaces::flag(j.typ))
+            .sys(|| format!("linux.namespaces: join {} {}", j.typ, j.path.display()))?;
+    }
+    Ok(())
+}
+
+/// In a user namespace, become its root so what we create is owned by it.
+fn become_namespace_root() -> Result<()> {
+    let root = Gid::from_raw(0);
+    setresgid(root, root, root)
+        .sys(|| "setresgid(0) in the user namespace (is container gid 0 mapped?)".into())?;
+    let root = Uid::from_raw(0);
+    setresuid(root, root, root)
+        .sys(|| "setresuid(0) in the user namespace (is container uid 0 mapped?)".into())
+}
+
+/// A fresh, anonymous session keyring: the caller's keys stay behind.
+/// Where keyctl does not exist for us (a filter in front of the runtime
+/// answers ENOSYS), the container goes without, as with runc.
+fn join_new_session_keyring() -> Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl with a NULL name: join a new anonymous keyring.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    match (r, nix::Error::last()) {
+        (r, _) if r >= 0 => Ok(()),
+        (_, nix::Error::ENOSYS) => Ok(()),
+        (_, e) => Err(Error::sys(
+            "join a new session keyring (--no-new-keyring keeps the caller's)",
+            e,
+        )),
+    }
+}
+
+/// The process's own place and credentials, last before the workload:
+/// cwd, rlimits, scheduling, personality, user and capabilities,
+/// no_new_privs.
+fn enter_process(
+    process: &Process,
+    linux: Option<&oci_spec::runtime::Linux>,
+    seccomp: Option<&Program>,
+) -> Result<()> {
+    chdir(process.cwd().as_path()).sys(|| format!("process.cwd {}", process.cwd().display()))?;
+    process::set_rlimits(process)?;
+    process::set_scheduling(process)?;
+    process::set_personality(linux)?;
+    if !no_new_privs(process) {
+        // Without no_new_privs only CAP_SYS_ADMIN may install a filter, so
+        // it goes in before the capabilities are dropped (as runc does);
+        // the profile then also governs the few syscalls left until exec.
+        if let Some(p) = seccomp {
+            p.install()?;
+        }
+    }
+    process::become_user(process, !setgroups_denied())?;
+    process::set_no_new_privs(process)
+}
+
+/// The LSM labels for the coming exec, then, with no_new_privs, the
+/// filter: as late as possible, so that the runtime's own last steps (the
+/// exec fifo, startContainer hooks) are not subject to the container's
+/// profile.
+fn before_exec(process: &Process, seccomp: Option<&Program>) -> Result<()> {
+    crate::lsm::apply_on_exec(process)?;
+    match seccomp {
+        Some(p) if no_new_privs(process) => p.install(),
+        _ => Ok(()),
+    }
+}
+
+/// The umask the process asks for (the init ran with none, so that nodes
+/// and mount points got exactly the modes the spec gives), set before
+/// anything runs on the process's behalf: startContainer hooks, the workload.
+fn take_process_umask(process: &Process) {
+    umask(FileMode::from_bits_truncate(
+        process.user().umask().unwrap_or(0o022),
+    ));
+}
+
+/// Hand over to the workload.
+fn exec_workload(executor: Box<dyn Executor>, process: &Process) -> Result<Infallible> {
+    crate::util::trace::phase("init: exec");
+    Err(executor.exec(process))
+}
+
+/// Everything of the spec's process that a forked child of the workload
+/// still has to take on, in the init's order: seccomp (early without
+/// no_new_privs), user and capabilities, no_new_privs, LSM label, seccomp
+/// (late with no_new_privs). For a long-lived container process that runs
+/// each task in a child which must end up as the spec's process would
+/// (`amphi serve`'s function worker).
+pub fn assume_process(process: &Process, seccomp: Option<&Program>) -> Result<()> {
+    if !no_new_privs(process) {
+        if let Some(p) = seccomp {
+            p.install()?;
+        }
+    }
+    process::become_user(process, !setgroups_denied())?;
+    process::set_no_new_privs(process)?;
+    before_exec(process, seccomp)
+}
+
+fn no_new_privs(process: &Process) -> bool {
+    process.no_new_privileges().unwrap_or(false)
+}
+
+/// The connected console socket, as this process's own fd.
+fn console_socket(fd: Option<RawFd>) -> Option<OwnedFd> {
+    // SAFETY: the fd is this process's copy of the parent's socket, owned
+    // by nobody else here.
+    fd.map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// A time namespace applies to the children of the process that made it,
+/// and its offsets can be set only until a process enters it: make it,
+/// write `linux.timeOffsets`, then enter it ourselves.
+fn enter_new_time_namespace(linux: Option<&oci_spec::runtime::Linux>) -> Result<()> {
+    unshare(crate::namespaces::flag(LinuxNamespaceType::Time))
+        .sys(|| "unshare time namespace".into())?;
+    let offsets: String = linux
+        .and_then(|l| l.time_offsets().as_ref())
+        .into_iter()
+        .flatten()
+        .map(|(clock, o)| {
+            format!(
+                "{clock} {} {}\n",
+                o.secs().unwrap_or(0),
+                o.nanosecs().unwrap_or(0)
+            )
+        })
+        .collect();
+    if !offsets.is_empty() {
+        std::fs::write("/proc/self/timens_offsets", &offsets).map_err(|e| {
+            Error::Init(format!(
+                "linux.timeOffsets: write /proc/self/timens_offsets {offsets:?}: {e}"
+            ))
+        })?;
+    }
+    let ns = nix::fcntl::open(
+        "/proc/self/ns/time_for_children",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        FileMode::empty(),
+    )
+    .sys(|| "open /proc/self/ns/time_for_children".into())?;
+    setns(ns, crate::namespaces::flag(LinuxNamespaceType::Time))
+        .sys(|| "enter the new time namespace".into())
+}
+
+/// In a user namespace whose setgroups is denied, setgroups(2) fails.
+fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+}
+
+fn reset_signals() {
+    for sig in Signal::iterator() {
+        if !matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            // SAFETY: installing the default disposition.
+            let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+        }
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// Close what the container must not inherit: every fd from 3 up, except
+/// `keep` and the caller's `preserve` fds. A caller's fd crossed the exec into
+/// amphi, so it cannot be close-on-exec; every fd amphi opened is, so one in
+/// the preserved range that is close-on-exec is amphi's own (the caller
+/// passed fewer fds than it said) and goes too.
+fn close_fds(preserve: i32, keep: &[i32]) -> Result<()> {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| Error::io("read", "/proc/self/fd", e))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        if fd < 3 || keep.contains(&fd) {
+            continue;
+        }
+        // SAFETY: fcntl and close on fds this process owns; the read_dir
+        // handle is already gone.
+        let cloexec = unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC != 0;
+        if fd >= 3 + preserve || cloexec {
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! The function host's executor handler: it takes the envelopes the keeper
+//! creates (their spec carries [`FUNCTION_ANNOTATION`]) and builds their
+//! process, the function [`Worker`], like any other executor. The keeper
+//! hands it each envelope's control socket before asking the runtime to
+//! create that envelope.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use amphi_core::executor::{Executor, Handler, Verdict};
+use amphi_core::{Error, Result};
+use amphi_function::{Interface, FUNCTION_ANNOTATION};
+use oci_spec::runtime::Spec;
+
+use crate::keeper::Plan;
+use crate::worker::{Worker, Workload};
+use crate::Engine;
+
+/// Control sockets waiting for their envelope, by container id.
+pub type Pending = Rc<RefCell<HashMap<String, OwnedFd>>>;
+
+pub struct FunctionHandler {
+    plans: Rc<Vec<Plan>>,
+    wasm_cache: PathBuf,
+    pending: Pending,
+}
+
+impl FunctionHandler {
+    pub fn new(plans: Rc<Vec<Plan>>, wasm_cache: PathBuf, pending: Pending) -> FunctionHandler {
+        FunctionHandler {
+            plans,
+            wasm_cache,
+            pending,
+        }
+    }
+
+    fn plan_of(&self, spec: &Spec) -> Option<&Plan> {
+        let name = spec.annotations().as_ref()?.get(FUNCTION_ANNOTATION)?;
+        self.plans.iter().find(|p| &p.name == name)
+    }
+}
+
+impl Handler for FunctionHandler {
+    fn name(&self) -> &'static str {
+        "function"
+    }
+
+    fn can_handle(&self, spec: &Spec, _rootfs: &Path) -> Verdict {
+        match self.plan_of(spec) {
+            Some(_) => Verdict::Yes,
+            None => Verdict::No("not the envelope of a function this server serves".into()),
+        }
+    }
+
+    fn executor(&self, id: &str, spec: &Spec) -> Result<Box<dyn Executor>> {
+        let plan = self
+            .plan_of(spec)
+            .ok_or_else(|| Error::Unsupported(format!("envelope {id}: no such function")))?;
+        let control = self.pending.borrow_mut().remove(id).ok_or_else(|| {
+            Error::Unsupported(format!("envelope {id}: no control socket was handed over"))
+        })?;
+        let workload = match (plan.engine, plan.interface) {
+            (Engine::Native, _) => Workload::Native(amphi_native::Native::new()),
+            (Engine::Wasm, interface) => {
+                std::fs::create_dir_all(&self.wasm_cache)
+                    .map_err(|e| Error::io("create wasm cache", &self.wasm_cache, e))?;
+                Workload::Wasm(amphi_wasm::function::Function::new(
+                    amphi_wasm::Cache::new(&self.wasm_cache),
+                    match interface {
+                        Interface::Http => Interface::Http,
+                        Interface::Cgi => Interface::Cgi,
+                    },
+                    plan.memory,
+                    plan.readonly_root,
+                    plan.pool_slots,
+                ))
+            }
+        };
+        Ok(Box::new(Worker {
+            workload,
+            control,
+            process: plan.process.clone(),
+            seccomp: plan.seccomp.clone(),
+            tmp: plan.tmp,
+        }))
+    }
+}

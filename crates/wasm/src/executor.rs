@@ -1,0 +1,414 @@
+//! The command executor: a module or component run once as the
+//! container's process (see the crate's documentation).
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use amphi_core::executor::{Executor, PrepareContext};
+use amphi_core::rootfs::{open_in_root, Create};
+use amphi_core::{Error, Result};
+use oci_spec::runtime::Process;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Config, Engine, InstancePre, Linker, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::Cache;
+
+/// Exit status of a guest that trapped (as for a native abort).
+pub const TRAP_EXIT: i32 = 134;
+
+/// What `prepare` hands to `exec`.
+enum Linked {
+    Module(InstancePre<P1State>),
+    Component(CommandPre<P2State>),
+}
+
+struct P1State {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+struct P2State {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for P2State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+pub struct Wasm {
+    cache: Cache,
+    /// `linux.resources.memory.limit`: also the cap of the guest's memories.
+    memory_limit: Option<u64>,
+    readonly_root: bool,
+    cwd: PathBuf,
+    /// Writable mounts under a read-only root: preopened read-write.
+    writable: Vec<PathBuf>,
+    linked: Option<Linked>,
+}
+
+/// One engine per process; created only when a wasm bundle is prepared, so
+/// native containers never pay for it.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        // The init stays single-threaded: capabilities and credentials are
+        // per thread, and a compile thread must not outlive the drop of them.
+        config.parallel_compilation(false);
+        Engine::new(&config).expect("default wasmtime config is valid")
+    })
+}
+
+pub(crate) fn fail(what: impl std::fmt::Display) -> Error {
+    Error::Init(what.to_string())
+}
+
+/// A core module or a component, told apart by the header's layer field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Module,
+    Component,
+}
+
+pub fn flavor(bytes: &[u8]) -> Option<Flavor> {
+    if bytes.starts_with(b"\0asm") && bytes.len() >= 8 {
+        return match bytes[6..8] {
+            [0, 0] => Some(Flavor::Module),
+            [1, 0] => Some(Flavor::Component),
+            _ => None,
+        };
+    }
+    let text = std::str::from_utf8(bytes).ok()?.trim_start();
+    // Skip leading ;; comments of a .wat file.
+    let body = text
+        .lines()
+        .map(str::trim_start)
+        .find(|l| !l.is_empty() && !l.starts_with(";;"))?;
+    if body.starts_with("(component") {
+        Some(Flavor::Component)
+    } else if body.starts_with("(module") {
+        Some(Flavor::Module)
+    } else {
+        None
+    }
+}
+
+impl Wasm {
+    pub fn new(cache: Cache, memory_limit: Option<u64>, readonly_root: bool) -> Wasm {
+        Wasm {
+            cache,
+            memory_limit,
+            readonly_root,
+            cwd: PathBuf::from("/"),
+            writable: Vec::new(),
+            linked: None,
+        }
+    }
+
+    pub(crate) fn read_module(ctx: &PrepareContext, arg0: &str) -> Result<(PathBuf, Vec<u8>)> {
+        let path = ctx.process.cwd().join(arg0);
+        let what = || format!("process.args[0] {arg0:?}");
+        let fd = open_in_root(ctx.root_fd, &path, Create::Nothing)
+            .map_err(|e| fail(format!("{}: {e}", what())))?;
+        // A regular file of bounded size: a FIFO would block create, a
+        // device like /dev/zero would never end.
+        let st = nix::sys::stat::fstat(&fd).map_err(|e| fail(format!("{}: {e}", what())))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(fail(format!("{}: not a regular file", what())));
+        }
+        if st.st_size as u64 > MAX_MODULE {
+            return Err(fail(format!(
+                "{}: {} bytes; modules of at most {MAX_MODULE} bytes are run",
+                what(),
+                st.st_size
+            )));
+        }
+        let f = std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| fail(format!("{}: {e}", what())))?;
+        let mut bytes = Vec::new();
+        f.take(MAX_MODULE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| fail(format!("{}: {e}", what())))?;
+        Ok((path, bytes))
+    }
+
+    fn wasi(&self, p: &Process) -> Result<WasiCtxBuilder> {
+        let mut b = WasiCtxBuilder::new();
+        b.inherit_stdio();
+        b.args(p.args().as_deref().unwrap_or_default());
+        let env: Vec<(&str, &str)> = p
+            .env()
+            .iter()
+            .flatten()
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        b.envs(&env);
+        let perms = if self.readonly_root {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        // `/` is the container's root by now (after pivot_root); the guest
+        // cannot leave a preopen, through `..` or symlinks alike.
+        b.preopened_dir("/", "/", perms)
+            .map_err(|e| fail(format!("preopen /: {e}")))?;
+        // A read-only root with a writable tmpfs or bind on it: the guest
+        // writes there as a native process would (wasi-libc resolves a path
+        // against the longest matching preopen).
+        for dir in self.writable.iter().filter(|d| d.is_dir()) {
+            b.preopened_dir(dir, dir.to_string_lossy(), FsPerms::ReadWrite)
+                .map_err(|e| fail(format!("preopen mount {}: {e}", dir.display())))?;
+        }
+        if self.cwd != Path::new("/") {
+            b.preopened_dir(&self.cwd, ".", perms)
+                .map_err(|e| fail(format!("process.cwd {}: {e}", self.cwd.display())))?;
+        }
+        Ok(b)
+    }
+
+    fn run(self, p: &Process) -> Result<i32> {
+        amphi_core::util::trace::phase("wasm: WASI context");
+        let limits = store_limits(self.memory_limit);
+        let wasi = self.wasi(p)?;
+        let engine = engine();
+        amphi_core::util::trace::phase("wasm: instantiate and run");
+        let status = match self.linked.expect("prepare ran") {
+            Linked::Module(pre) => {
+                let mut wasi = wasi;
+                let mut store = Store::new(
+                    engine,
+                    P1State {
+                        wasi: wasi.build_p1(),
+                        limits,
+                    },
+                );
+                store.limiter(|s| &mut s.limits);
+                let instance = pre.instantiate(&mut store);
+                let result = instance.and_then(|i| {
+                    let start = i.get_typed_func::<(), ()>(&mut store, "_start")?;
+                    start.call(&mut store, ())
+                });
+                status_of(result.map(|()| 0))
+            }
+            Linked::Component(pre) => {
+                let mut wasi = wasi;
+                let mut store = Store::new(
+                    engine,
+                    P2State {
+                        ctx: wasi.build(),
+                        table: ResourceTable::new(),
+                        limits,
+                    },
+                );
+                store.limiter(|s| &mut s.limits);
+                let result = pre
+                    .instantiate(&mut store)
+                    .and_then(|cmd| cmd.wasi_cli_run().call_run(&mut store));
+                status_of(result.map(|r| if r.is_ok() { 0 } else { 1 }))
+            }
+        };
+        Ok(status)
+    }
+}
+
+/// Destinations of the spec's mounts a guest may write to: not read-only,
+/// and not the kernel's or the runtime's own (/proc, /sys, /dev).
+fn writable_mounts(spec: &oci_spec::runtime::Spec) -> Vec<PathBuf> {
+    spec.mounts()
+        .iter()
+        .flatten()
+        .filter(|m| {
+            let d = m.destination();
+            !(d.starts_with("/proc") || d.starts_with("/sys") || d.starts_with("/dev"))
+                && d != Path::new("/")
+                && !m.options().iter().flatten().any(|o| o == "ro")
+        })
+        .map(|m| m.destination().clone())
+        .collect()
+}
+
+/// Limits of a guest's store, computed when it is instantiated (the cap
+/// depends on what the runtime holds by then). Tables live in the runtime's
+/// own memory (8 bytes an element): a guest that grows them without bound
+/// fails its table.grow, as one that grows memory past the cap fails its
+/// memory.grow.
+pub(crate) fn store_limits(memory_limit: Option<u64>) -> StoreLimits {
+    let mut b = StoreLimitsBuilder::new().table_elements(MAX_TABLE_ELEMENTS);
+    if let Some(limit) = memory_limit {
+        b = b.memory_size(guest_memory_cap(limit, anon_rss()) as usize);
+    }
+    b.build()
+}
+
+/// Room kept in the cgroup for the runtime around the guest: wasmtime's own
+/// allocations while running, WASI buffers, stacks and page tables.
+pub const RUNTIME_HEADROOM: u64 = 16 << 20;
+
+/// The largest module or component read (a compiled one is larger still).
+const MAX_MODULE: u64 = 256 << 20;
+
+/// The most elements a guest's tables may hold together (8 MiB of them).
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// The guest shares the cgroup with the runtime that hosts it, so its
+/// memories get what the limit leaves after the runtime's own anonymous
+/// memory and a headroom: growth past that fails inside the guest (an
+/// allocation failure it can handle) instead of the cgroup's OOM killer
+/// ending the whole container.
+pub fn guest_memory_cap(limit: u64, runtime_anon: u64) -> u64 {
+    limit.saturating_sub(runtime_anon + RUNTIME_HEADROOM)
+}
+
+/// This process's anonymous resident memory (what the cgroup charges it).
+fn anon_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn status_of(result: wasmtime::Result<i32>) -> i32 {
+    match result {
+        Ok(code) => code,
+        Err(e) => match e.downcast_ref::<I32Exit>() {
+            Some(I32Exit(code)) => *code,
+            None => {
+                eprintln!("amphi: wasm guest trapped: {e:?}");
+                TRAP_EXIT
+            }
+        },
+    }
+}
+
+impl Executor for Wasm {
+    fn inherited_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.cache.raw_fd().into_iter().collect()
+    }
+
+    fn prepare(&mut self, ctx: &PrepareContext) -> Result<()> {
+        let arg0 = ctx.program();
+        let (path, bytes) = Self::read_module(ctx, arg0)?;
+        let what = format!("process.args[0] {}", path.display());
+        let flavor = flavor(&bytes).ok_or_else(|| {
+            fail(format!(
+                "{what}: not a WebAssembly module or component (no \\0asm header, no .wat text); \
+                 drop the wasm annotation to run it natively"
+            ))
+        })?;
+        amphi_core::util::trace::phase("wasm: engine");
+        let engine = engine();
+        amphi_core::util::trace::phase("wasm: load module");
+        self.cwd = ctx.process.cwd().clone();
+        if self.readonly_root {
+            self.writable = writable_mounts(ctx.spec);
+        }
+        self.linked = Some(match flavor {
+            Flavor::Module => {
+                let module = self
+                    .cache
+                    .module(engine, &bytes)
+                    .map_err(|e| fail(format!("{what}: {e:#}")))?;
+                amphi_core::util::trace::phase("wasm: link");
+                let mut linker: Linker<P1State> = Linker::new(engine);
+                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)
+                    .map_err(|e| fail(format!("link WASI: {e:#}")))?;
+                let pre = linker.instantiate_pre(&module).map_err(|e| {
+                    fail(format!(
+                        "{what}: {e:#}; amphi provides wasi_snapshot_preview1 only"
+                    ))
+                })?;
+                Linked::Module(pre)
+            }
+            Flavor::Component => {
+                let component = self
+                    .cache
+                    .component(engine, &bytes)
+                    .map_err(|e| fail(format!("{what}: {e:#}")))?;
+                let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
+                wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+                    .map_err(|e| fail(format!("link WASI: {e:#}")))?;
+                let pre = linker
+                    .instantiate_pre(&component)
+                    .and_then(CommandPre::new)
+                    .map_err(|e| {
+                        fail(format!(
+                            "{what}: {e:#}; amphi runs components of the wasi:cli/command world"
+                        ))
+                    })?;
+                Linked::Component(pre)
+            }
+        });
+        // The guest gets nothing of the host's, not even a handle it cannot name.
+        self.cache.close();
+        Ok(())
+    }
+
+    fn exec(self: Box<Self>, p: &Process) -> Error {
+        stop_on_signals();
+        match (*self).run(p) {
+            // SAFETY: leave without running the parent's destructors.
+            Ok(code) => unsafe { libc::_exit(code) },
+            Err(e) => e,
+        }
+    }
+}
+
+/// A guest has no signal handlers of its own; a signal that would end a
+/// native process ends it here too, wherever the guest is (a tight loop, a
+/// blocking host call). The init is its pid namespace's PID 1, for which the
+/// kernel would otherwise drop such signals.
+fn stop_on_signals() {
+    extern "C" fn stop(sig: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(128 + sig) }
+    }
+    for sig in [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGALRM,
+    ] {
+        // SAFETY: installing a handler that only calls _exit.
+        unsafe { libc::signal(sig, stop as *const () as libc::sighandler_t) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_cap_leaves_room_for_the_runtime() {
+        assert_eq!(guest_memory_cap(64 << 20, 8 << 20), 40 << 20);
+        assert_eq!(guest_memory_cap(8 << 20, 8 << 20), 0);
+    }
+
+    #[test]
+    fn tells_modules_components_and_text_apart() {
+        assert_eq!(flavor(b"\0asm\x01\0\0\0rest"), Some(Flavor::Module));
+        assert_eq!(flavor(b"\0asm\x0d\0\x01\0rest"), Some(Flavor::Component));
+        assert_eq!(flavor(b";; hi\n(module)"), Some(Flavor::Module));
+        assert_eq!(flavor(b"  (component)"), Some(Flavor::Component));
+        assert_eq!(flavor(b"\x7fELF\x02\x01"), None);
+        assert_eq!(flavor(b"#!/bin/sh\necho"), None);
+    }
+}
