@@ -8,6 +8,16 @@ packages=()
 command -v runc >/dev/null || packages+=(runc)
 command -v containerd >/dev/null || packages+=(containerd)
 command -v cc >/dev/null || packages+=(gcc)
+# The real clients the tests drive amphi through, and what they need: a
+# private podman (with its default seccomp profile from containers-common)
+# and a private dockerd; newuidmap for rootless podman.
+command -v podman >/dev/null || packages+=(podman)
+command -v dockerd >/dev/null || packages+=(docker.io)
+command -v newuidmap >/dev/null || packages+=(uidmap)
+# The reference of the seccomp compiler's differential test; static libc
+# for the conformance suite's keyring probe.
+[ -e /usr/include/seccomp.h ] || packages+=(libseccomp-dev)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ "$(uname -m)" != x86_64 ] || packages+=(libc6-dev)
 if [ ${#packages[@]} -gt 0 ]; then
     echo "deps.sh: installing ${packages[*]}" >&2
     apt-get update -qq

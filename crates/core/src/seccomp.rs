@@ -126,15 +126,89 @@ impl Abi {
         use syscalls::{aarch64, arm, x86, x86_64};
         match self {
             Abi::X86_64 => x86_64::Sysno::from_str(name).ok().map(|s| s.id() as u32),
-            // x32 shares x86_64's numbers, marked with the x32 bit.
-            Abi::X32 => x86_64::Sysno::from_str(name)
-                .ok()
-                .map(|s| s.id() as u32 | X32_SYSCALL_BIT),
+            Abi::X32 => x32_number(name).map(|nr| nr | X32_SYSCALL_BIT),
             Abi::I386 => x86::Sysno::from_str(name).ok().map(|s| s.id() as u32),
             Abi::Aarch64 => aarch64::Sysno::from_str(name).ok().map(|s| s.id() as u32),
             Abi::Arm => arm::Sysno::from_str(name).ok().map(|s| s.id() as u32),
         }
     }
+
+    /// 32-bit ABIs: the kernel reads an argument's low 32 bits only, so a
+    /// condition compares only those (as libseccomp does); comparing all
+    /// 64 would let a value with high bits set slip past `fd == 1`.
+    fn is_32bit(self) -> bool {
+        matches!(self, Abi::X32 | Abi::I386 | Abi::Arm)
+    }
+}
+
+/// x86_64 syscalls that x32 cannot make, and the x32 numbers of those it
+/// makes through compat entry points of its own (the kernel's
+/// syscall_64.tbl: ABI "64" entries, and "x32" entries 512 to 547).
+const X86_64_ONLY: &[&str] = &[
+    "uselib",
+    "_sysctl",
+    "create_module",
+    "get_kernel_syms",
+    "query_module",
+    "nfsservctl",
+    "set_thread_area",
+    "get_thread_area",
+    "epoll_ctl_old",
+    "epoll_wait_old",
+    "vserver",
+];
+const X32_OWN: &[(&str, u32)] = &[
+    ("rt_sigaction", 512),
+    ("rt_sigreturn", 513),
+    ("ioctl", 514),
+    ("readv", 515),
+    ("writev", 516),
+    ("recvfrom", 517),
+    ("sendmsg", 518),
+    ("recvmsg", 519),
+    ("execve", 520),
+    ("ptrace", 521),
+    ("rt_sigpending", 522),
+    ("rt_sigtimedwait", 523),
+    ("rt_sigqueueinfo", 524),
+    ("sigaltstack", 525),
+    ("timer_create", 526),
+    ("mq_notify", 527),
+    ("kexec_load", 528),
+    ("waitid", 529),
+    ("set_robust_list", 530),
+    ("get_robust_list", 531),
+    ("vmsplice", 532),
+    ("move_pages", 533),
+    ("preadv", 534),
+    ("pwritev", 535),
+    ("rt_tgsigqueueinfo", 536),
+    ("recvmmsg", 537),
+    ("sendmmsg", 538),
+    ("process_vm_readv", 539),
+    ("process_vm_writev", 540),
+    ("setsockopt", 541),
+    ("getsockopt", 542),
+    ("io_setup", 543),
+    ("io_submit", 544),
+    ("execveat", 545),
+    ("preadv2", 546),
+    ("pwritev2", 547),
+];
+
+/// A syscall's number for x32 (without the x32 bit): x86_64's, unless x32
+/// has its own entry point or none.
+fn x32_number(name: &str) -> Option<u32> {
+    if let Some((_, nr)) = X32_OWN.iter().find(|(n, _)| *n == name) {
+        return Some(*nr);
+    }
+    if X86_64_ONLY.contains(&name) {
+        return None;
+    }
+    syscalls::x86_64::Sysno::from_str(name)
+        .ok()
+        .map(|s| s.id() as u32)
+        .filter(|nr| *nr < 512)
 }
 
 /// Whether any architecture knows the name (typos are errors, foreign
@@ -340,8 +414,8 @@ fn abi_rules(
     default: u32,
 ) -> Result<Vec<libc::sock_filter>> {
     let mut out = Vec::new();
-    // The pending run of unconditional rules: their action and numbers.
-    let mut run: Option<(u32, Vec<u32>)> = None;
+    // The pending run of unconditional rules with one action.
+    let mut run: Option<Run> = None;
     for (i, sc) in syscalls.iter().enumerate() {
         let act = action(
             &format!("linux.seccomp.syscalls[{i}].action"),
@@ -350,32 +424,155 @@ fn abi_rules(
         )?;
         let args = sc.args().as_deref().unwrap_or_default();
         for name in sc.names() {
-            let Some(nr) = abi.number(name) else { continue };
-            if args.is_empty() {
-                match &mut run {
-                    Some((a, nrs)) if *a == act => nrs.push(nr),
-                    _ => {
-                        if let Some((a, nrs)) = run.take() {
-                            out.extend(set_rule(nrs, a));
-                        }
-                        run = Some((act, vec![nr]));
-                    }
-                }
+            let nr = abi.number(name);
+            let multiplexed = (abi == Abi::I386).then(|| i386_multiplexed(name)).flatten();
+            if nr.is_none() && multiplexed.is_none() {
                 continue;
             }
-            if let Some((a, nrs)) = run.take() {
-                out.extend(set_rule(nrs, a));
+            if args.is_empty() {
+                if run.as_ref().is_some_and(|r| r.action != act) {
+                    out.extend(run.take().expect("checked").compile());
+                }
+                let r = run.get_or_insert_with(|| Run::new(act));
+                r.numbers.extend(nr);
+                r.multiplexed.extend(multiplexed);
+                continue;
             }
+            if let Some(r) = run.take() {
+                out.extend(r.compile());
+            }
+            // Conditions test the arguments of the direct call; through
+            // socketcall/ipc they sit behind a pointer no filter can read,
+            // so a conditional rule covers the direct call only (as with
+            // libseccomp).
+            let Some(nr) = nr else { continue };
             for conds in rule_groups(args) {
-                out.extend(rule(nr, &conds, act));
+                out.extend(rule(nr, &conds, act, abi.is_32bit()));
             }
         }
     }
-    if let Some((a, nrs)) = run.take() {
-        out.extend(set_rule(nrs, a));
+    if let Some(r) = run.take() {
+        out.extend(r.compile());
     }
     out.push(raw(RET, default, 0, 0));
     Ok(out)
+}
+
+/// Consecutive unconditional rules with one action.
+struct Run {
+    action: u32,
+    numbers: Vec<u32>,
+    /// (multiplexer, call) pairs: i386's socketcall and ipc with the call
+    /// number in their first argument.
+    multiplexed: Vec<(u32, u32)>,
+}
+
+impl Run {
+    fn new(action: u32) -> Run {
+        Run {
+            action,
+            numbers: Vec::new(),
+            multiplexed: Vec::new(),
+        }
+    }
+
+    fn compile(self) -> Vec<libc::sock_filter> {
+        let mut out = Vec::new();
+        if !self.numbers.is_empty() {
+            out.extend(set_rule(self.numbers, self.action));
+        }
+        for mux in [I386_SOCKETCALL, I386_IPC] {
+            let calls: Vec<u32> = self
+                .multiplexed
+                .iter()
+                .filter(|(m, _)| *m == mux)
+                .map(|(_, call)| *call)
+                .collect();
+            if !calls.is_empty() {
+                out.extend(multiplexed_rule(mux, &calls, self.action));
+            }
+        }
+        out
+    }
+}
+
+const I386_SOCKETCALL: u32 = 102;
+const I386_IPC: u32 = 117;
+
+/// i386 reaches the socket and SysV IPC calls through socketcall(2) and
+/// ipc(2) too, the call's number in the first argument (linux/net.h,
+/// linux/ipc.h): a rule naming `socket` also covers `socketcall(1, ...)`,
+/// as libseccomp makes it.
+fn i386_multiplexed(name: &str) -> Option<(u32, u32)> {
+    const SOCKET: [&str; 20] = [
+        "socket",
+        "bind",
+        "connect",
+        "listen",
+        "accept",
+        "getsockname",
+        "getpeername",
+        "socketpair",
+        "send",
+        "recv",
+        "sendto",
+        "recvfrom",
+        "shutdown",
+        "setsockopt",
+        "getsockopt",
+        "sendmsg",
+        "recvmsg",
+        "accept4",
+        "recvmmsg",
+        "sendmmsg",
+    ];
+    const IPC: [(&str, u32); 12] = [
+        ("semop", 1),
+        ("semget", 2),
+        ("semctl", 3),
+        ("semtimedop", 4),
+        ("msgsnd", 11),
+        ("msgrcv", 12),
+        ("msgget", 13),
+        ("msgctl", 14),
+        ("shmat", 21),
+        ("shmdt", 22),
+        ("shmget", 23),
+        ("shmctl", 24),
+    ];
+    if let Some(i) = SOCKET.iter().position(|n| *n == name) {
+        return Some((I386_SOCKETCALL, i as u32 + 1));
+    }
+    IPC.iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, call)| (I386_IPC, *call))
+}
+
+/// `act` for syscall `nr` whose first argument's low word is one of `calls`.
+fn multiplexed_rule(nr: u32, calls: &[u32], act: u32) -> Vec<libc::sock_filter> {
+    let arg0 = if cfg!(target_endian = "little") {
+        OFF_ARGS
+    } else {
+        OFF_ARGS + 4
+    };
+    // ld nr; jeq nr else past all; ld arg0; jeq each -> ret; ja past ret; ret.
+    let n = calls.len();
+    let mut out = vec![
+        raw(LD_ABS, OFF_NR, 0, 0),
+        raw(JEQ, nr, 0, u8::try_from(n + 3).expect("under 256 calls")),
+        raw(LD_ABS, arg0, 0, 0),
+    ];
+    for (i, call) in calls.iter().enumerate() {
+        out.push(raw(
+            JEQ,
+            *call,
+            u8::try_from(n - i).expect("under 256 calls"),
+            0,
+        ));
+    }
+    out.push(raw(JA, 1, 0, 0));
+    out.push(raw(RET, act, 0, 0));
+    out
 }
 
 /// `act` for any syscall in `nrs`, else fall through: the numbers as sorted
@@ -434,10 +631,19 @@ fn rule_groups(args: &[LinuxSeccompArg]) -> Vec<Vec<LinuxSeccompArg>> {
 
 /// `nr` with its conditions: falls through to the next rule when the
 /// syscall or any condition does not match.
-fn rule(nr: u32, conds: &[LinuxSeccompArg], act: u32) -> Vec<libc::sock_filter> {
+fn rule(
+    nr: u32,
+    conds: &[LinuxSeccompArg],
+    act: u32,
+    low_word_only: bool,
+) -> Vec<libc::sock_filter> {
     let mut body: Vec<Insn> = Vec::new();
     for c in conds {
-        body.extend(condition(c));
+        body.extend(if low_word_only {
+            condition32(c)
+        } else {
+            condition(c)
+        });
     }
     body.push(stmt(RET, act));
     let len = body.len();
@@ -460,6 +666,34 @@ fn rule(nr: u32, conds: &[LinuxSeccompArg], act: u32) -> Vec<libc::sock_filter> 
             .map(|(at, i)| raw(i.code, i.k, resolve(i.jt, at), resolve(i.jf, at))),
     );
     out
+}
+
+/// One comparison of an argument's low 32 bits (32-bit ABIs), the value
+/// and mask taken to 32 bits too.
+fn condition32(c: &LinuxSeccompArg) -> Vec<Insn> {
+    let off = OFF_ARGS + 8 * c.index() as u32;
+    let lo_off = if cfg!(target_endian = "little") {
+        off
+    } else {
+        off + 4
+    };
+    let ld = stmt(LD_ABS, lo_off);
+    let (ok, fail) = (Target::Next(0), Target::Fail);
+    let v = c.value() as u32;
+    use LinuxSeccompOperator::*;
+    match c.op() {
+        ScmpCmpEq => vec![ld, jump(JEQ, v, ok, fail)],
+        ScmpCmpNe => vec![ld, jump(JEQ, v, fail, ok)],
+        ScmpCmpMaskedEq => vec![
+            ld,
+            stmt(ALU_AND, v),
+            jump(JEQ, c.value_two().unwrap_or(0) as u32, ok, fail),
+        ],
+        ScmpCmpGt => vec![ld, jump(JGT, v, ok, fail)],
+        ScmpCmpGe => vec![ld, jump(JGE, v, ok, fail)],
+        ScmpCmpLt => vec![ld, jump(JGE, v, fail, ok)],
+        ScmpCmpLe => vec![ld, jump(JGT, v, fail, ok)],
+    }
 }
 
 /// One 64-bit comparison on 32-bit BPF: the high word decides unless equal.
@@ -548,6 +782,11 @@ impl Program {
 
     pub fn len(&self) -> usize {
         self.insns.len()
+    }
+
+    /// The classic BPF program, as the kernel gets it.
+    pub fn instructions(&self) -> &[libc::sock_filter] {
+        &self.insns
     }
 
     pub fn is_empty(&self) -> bool {
