@@ -1673,7 +1673,7 @@ fn a_killed_create_never_hides_an_id(c: &mut Ctx) {
     // fractions of how long one create takes here (so the spread fits any
     // machine; a kill anywhere must keep the rule, so timing cannot fail
     // the case, only move where the kills land).
-    let b = c.env.bundle("killed", &["sleep", "600"]);
+    let mut b = c.env.bundle("killed", &["sleep", "600"]);
     b.write();
     let probe = c.env.id("killed-probe");
     let t = std::time::Instant::now();
@@ -1685,6 +1685,9 @@ fn a_killed_create_never_hides_an_id(c: &mut Ctx) {
         .enumerate()
     {
         let id = c.env.id(&format!("killed{i}"));
+        let cgroup = format!("{}-{i}", c.env.id("killed"));
+        b.spec["linux"]["cgroupsPath"] = json!(cgroup);
+        b.write();
         let mut child = c
             .env
             .command(&["create", "--bundle", b.path(), &id])
@@ -1710,6 +1713,28 @@ fn a_killed_create_never_hides_an_id(c: &mut Ctx) {
             );
         }
         c.env.amphi(&["delete", "--force", &id]);
+        // What delete leaves of a killed create (runc: its cgroup, made
+        // before its record) is the test's to remove; amphi leaves none.
+        let left: Vec<_> = amphi_tests::cgroup_dirs(&cgroup)
+            .into_iter()
+            .filter(|d| d.exists())
+            .collect();
+        if c.is_amphi() {
+            c.check(
+                left.is_empty(),
+                format!("delete removed the cgroup of {id}: {left:?}"),
+            );
+        }
+        for d in left {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            amphi_tests::wait_for(5, || std::fs::remove_dir(&d).is_ok() || !d.exists());
+        }
     }
     // An init a killed create left before recording it has no container
     // to be deleted with: end it here.

@@ -2,7 +2,10 @@
 //! in its own temp runtime root with cgroups below this process's cgroup,
 //! removed by a drop guard whatever happens.
 
+pub mod clients;
 pub mod containerd;
+pub mod docker;
+pub mod podman;
 pub mod serve;
 
 use std::path::{Path, PathBuf};
@@ -57,7 +60,7 @@ pub fn repo_root() -> PathBuf {
 
 /// Orphaned container inits are re-parented to us, not to a PID 1 that
 /// reaps them late.
-fn become_subreaper() {
+pub(crate) fn become_subreaper() {
     SUBREAPER.call_once(|| {
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -293,6 +296,43 @@ impl Drop for Env {
         }
         reap_inits();
     }
+}
+
+/// This process's cgroup: the unified one, or on a v1 host the memory
+/// controller's (clients take one cgroup parent for every hierarchy).
+pub fn own_cgroup() -> String {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let of = |ctrl: &str| {
+        own.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            (ctrls == ctrl || ctrls.split(',').any(|c| c == ctrl)).then(|| path.to_owned())
+        })
+    };
+    if nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+    {
+        of("").unwrap_or_else(|| "/".into())
+    } else {
+        of("memory").unwrap_or_else(|| "/".into())
+    }
+}
+
+/// The mount point of every cgroup hierarchy (v1 controllers, cgroup2).
+pub fn cgroup_mounts() -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split(' ').next()?;
+            let point = pre.split(' ').nth(4)?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(point))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// This test process's cgroup in each mounted hierarchy, joined with `rel`.

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install amphi where podman, Docker and containerd find it:
+#   bash scripts/install.sh [PREFIX]             # builds (release) and installs into PREFIX/bin
+#   bash scripts/install.sh --uninstall [PREFIX] # removes what it installed
+# PREFIX defaults to /usr/local; PROFILE=dev installs a debug build (the
+# tests do, to try this script without a release build). Installs `amphi` (the runtime: `podman
+# --runtime`, Docker's daemon.json `runtimes`, containerd's runc shim with
+# BinaryName) and `containerd-shim-amphi-v2` (containerd's runtime_type
+# io.containerd.amphi.v2), side by side: the shim runs the amphi next to it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+uninstall=false
+if [ "${1:-}" = --uninstall ]; then
+    uninstall=true
+    shift
+fi
+prefix=${1:-/usr/local}
+bins=(amphi containerd-shim-amphi-v2)
+if $uninstall; then
+    for b in "${bins[@]}"; do
+        rm -f "$prefix/bin/$b"
+    done
+    echo "removed ${bins[*]} from $prefix/bin"
+    exit 0
+fi
+profile=${PROFILE:-release}
+cargo build --profile "$profile" --locked -p amphi -p containerd-shim-amphi-v2
+[ "$profile" = dev ] && dir=debug || dir=$profile
+install -d "$prefix/bin"
+for b in "${bins[@]}"; do
+    install -m 0755 "target/$dir/$b" "$prefix/bin/$b"
+done
+echo "installed ${bins[*]} into $prefix/bin"
