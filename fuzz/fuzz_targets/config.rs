@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(spec) = amphi_core::spec::parse::<oci_spec::runtime::Spec>(&file, data) {
         let _ = amphi_core::spec::validate(&file, bundle(), &spec);
         if let Some(s) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-            let _ = amphi_core::seccomp::compile(s);
+            let skip = amphi_core::seccomp::UnknownNames::Skip;
+            let _ = amphi_core::seccomp::compile(s, skip, &mut Vec::new());
         }
     }
 });

@@ -6,6 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::options::Options;
 use crate::reaper::REAPER;
 
 /// Where `amphi` is: $AMPHI_BIN, else next to the shim, else on PATH.
@@ -33,10 +34,14 @@ pub fn root(namespace: &str) -> PathBuf {
         .join(namespace)
 }
 
+#[derive(Clone)]
 pub struct Amphi {
     pub root: PathBuf,
     /// JSON log: the last error line is what a failed command reports.
     pub log: PathBuf,
+    binary: PathBuf,
+    /// Global flags from the runtime options (`--wasm-cache`, `--systemd-cgroup`).
+    flags: Vec<String>,
 }
 
 /// The container's stdio for a command that makes a process (create,
@@ -49,11 +54,26 @@ pub struct Stdio3 {
 }
 
 impl Amphi {
-    pub fn new(namespace: &str, bundle: &Path) -> Amphi {
-        Amphi {
-            root: root(namespace),
-            log: bundle.join("amphi-log.json"),
+    pub fn new(namespace: &str, bundle: &Path, options: &Options) -> Amphi {
+        let mut flags = Vec::new();
+        if let Some(cache) = &options.wasm_cache {
+            flags.extend(["--wasm-cache".to_string(), cache.display().to_string()]);
         }
+        if options.systemd_cgroup {
+            flags.push("--systemd-cgroup".into());
+        }
+        Amphi {
+            root: options.root.clone().unwrap_or_else(|| root(namespace)),
+            log: bundle.join("amphi-log.json"),
+            binary: options.binary_name.clone().unwrap_or_else(binary),
+            flags,
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--root").arg(&self.root).args(&self.flags);
+        c
     }
 
     /// Run `amphi ARGS`; stdout on success, the logged error otherwise.
@@ -64,10 +84,8 @@ impl Amphi {
         input: Option<&[u8]>,
     ) -> Result<String, String> {
         let out = tempfile::tempfile().map_err(|e| format!("temp file: {e}"))?;
-        let mut c = Command::new(binary());
-        c.arg("--root")
-            .arg(&self.root)
-            .arg("--log")
+        let mut c = self.command();
+        c.arg("--log")
             .arg(&self.log)
             .arg("--log-format")
             .arg("json")
@@ -108,7 +126,7 @@ impl Amphi {
         }
         let child = c
             .spawn()
-            .map_err(|e| format!("run {}: {e}", binary().display()))?;
+            .map_err(|e| format!("run {}: {e}", self.binary.display()))?;
         REAPER.kick();
         let pid = child.id() as i32;
         // The reaper thread collects it; Child is not waited on here.
@@ -141,9 +159,8 @@ impl Amphi {
     /// Start a long-lived `amphi` process (the OOM monitor); its exit is
     /// ignored.
     pub fn spawn_monitor(&self, args: &[&str]) -> Option<(i32, std::process::ChildStdout)> {
-        let mut child = Command::new(binary())
-            .arg("--root")
-            .arg(&self.root)
+        let mut child = self
+            .command()
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

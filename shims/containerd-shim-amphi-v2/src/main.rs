@@ -6,6 +6,7 @@
 
 mod amphi;
 mod io;
+mod options;
 mod reaper;
 mod service;
 
@@ -59,7 +60,7 @@ impl containerd_shim::Shim for Shim {
     /// processes and rootfs mount (the bundle is the working directory).
     fn delete_shim(&mut self) -> Result<api::DeleteResponse, containerd_shim::Error> {
         let bundle = std::env::current_dir().unwrap_or_default();
-        let amphi = amphi::Amphi::new(&self.namespace, &bundle);
+        let amphi = amphi::Amphi::new(&self.namespace, &bundle, &options::Options::load(&bundle));
         std::thread::spawn(|| reaper::REAPER.run());
         let _ = amphi.run(&["delete", "--force", &self.id], Default::default(), None);
         let rootfs = bundle.join("rootfs");

@@ -27,6 +27,7 @@ use log::{info, warn};
 
 use crate::amphi::{Amphi, Stdio3};
 use crate::io::{self, ConsoleSocket, Paths};
+use crate::options::Options;
 use crate::reaper::{Exit, REAPER};
 
 struct Proc {
@@ -245,12 +246,7 @@ impl Service {
     /// The amphi handle of a container, without holding the lock while a
     /// command runs.
     fn amphi(&self, id: &str) -> TtrpcResult<Amphi> {
-        self.with(id, |c| {
-            Ok(Amphi {
-                root: c.amphi.root.clone(),
-                log: c.amphi.log.clone(),
-            })
-        })
+        self.with(id, |c| Ok(c.amphi.clone()))
     }
 }
 
@@ -406,7 +402,10 @@ impl containerd_shim::Task for Service {
     ) -> TtrpcResult<api::CreateTaskResponse> {
         info!("create {}", req.id);
         let bundle = PathBuf::from(&req.bundle);
-        let amphi = Amphi::new(&self.namespace, &bundle);
+        let options = Options::from_request(req.options.as_ref())
+            .map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
+        options.save(&bundle).map_err(failed)?;
+        let amphi = Amphi::new(&self.namespace, &bundle, &options);
         std::fs::create_dir_all(&amphi.root).map_err(failed)?;
         let rootfs_mounted = !req.rootfs.is_empty();
         if rootfs_mounted {
@@ -417,6 +416,9 @@ impl containerd_shim::Task for Service {
             let (stdio, sock) = prepare_io(&p, req.terminal)?;
             let pid_file = bundle.join("init.pid");
             let mut args = vec!["create", "--bundle", &req.bundle, "--pid-file"];
+            if options.no_new_keyring {
+                args.insert(1, "--no-new-keyring");
+            }
             let pid_arg = pid_file.to_string_lossy().into_owned();
             args.push(&pid_arg);
             let sock_arg = sock.as_ref().map(|s| s.path.to_string_lossy().into_owned());
