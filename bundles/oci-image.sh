@@ -4,6 +4,11 @@
 #   bundles/oci-image.sh busybox OUT.tar   # busybox rootfs, entrypoint sh
 #   bundles/oci-image.sh wasm OUT.tar      # one layer holding /hello.wasm
 #                                          # (and /idle.wasm), a "compat" wasm image
+#   bundles/oci-image.sh pause OUT.tar     # a pod's sandbox: /pause (bundles/pause.c)
+#   bundles/oci-image.sh wasm-pod OUT.tar  # busybox and the guests (/app/*.wasm,
+#                                          # modules and components), entrypoint
+#                                          # /app/idle.wasm: a wasm pod container
+#                                          # a shell can be exec'd into
 # The image is named docker.io/amphi/KIND:test.
 set -euo pipefail
 kind=${1:?usage: oci-image.sh busybox|wasm OUT.tar}
@@ -33,7 +38,22 @@ case $kind in
         labels='{"module.wasm.image/variant":"compat"}'
         annotations='{"module.wasm.image/variant":"compat"}'
         ;;
-    *) echo "oci-image.sh: unknown kind $kind (busybox or wasm)" >&2; exit 1 ;;
+    pause)
+        cc -static -Os -o "$work/rootfs/pause" "$here/pause.c"
+        entrypoint='["/pause"]'
+        labels='{}'
+        annotations='{}'
+        ;;
+    wasm-pod)
+        bash "$here/busybox-rootfs.sh" "$work/rootfs"
+        bash "$here/wasm/build.sh"
+        mkdir -p "$work/rootfs/app"
+        cp "$here"/out/wasm/*.wasm "$work/rootfs/app/"
+        entrypoint='["/app/idle.wasm"]'
+        labels='{}'
+        annotations='{}'
+        ;;
+    *) echo "oci-image.sh: unknown kind $kind (busybox, wasm, pause or wasm-pod)" >&2; exit 1 ;;
 esac
 
 blob() { # file -> prints digest, moves it into the layout

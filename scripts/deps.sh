@@ -14,6 +14,10 @@ command -v cc >/dev/null || packages+=(gcc)
 command -v podman >/dev/null || packages+=(podman)
 command -v dockerd >/dev/null || packages+=(docker.io)
 command -v newuidmap >/dev/null || packages+=(uidmap)
+# containerd's CRI plugin wants a CNI network: the loopback plugin only;
+# the CRI client's protobuf bindings are generated with protoc.
+[ -x /usr/lib/cni/loopback ] || packages+=(containernetworking-plugins)
+command -v protoc >/dev/null || packages+=(protobuf-compiler)
 # The reference of the seccomp compiler's differential test; static libc
 # for the conformance suite's keyring probe.
 [ -e /usr/include/seccomp.h ] || packages+=(libseccomp-dev)

@@ -196,8 +196,9 @@ fn containerd_runs_native_and_wasm_through_the_shim() {
     // A terminal: ctr needs one of its own, which script(1) provides.
     let cg = c.cgroup("tty");
     let cmd = format!(
-        "ctr -a {} -n {NS} run --rm -t --runtime {RUNTIME} --cgroup {cg} {BUSYBOX} tty sh -c 'tty; echo done'",
-        c.tmp.path().join("c.sock").display()
+        "ctr -a {} -n {NS} run --fifo-dir {} --rm -t --runtime {RUNTIME} --cgroup {cg} {BUSYBOX} tty sh -c 'tty; echo done'",
+        c.tmp.path().join("c.sock").display(),
+        c.tmp.path().join("fifo").display()
     );
     let out = Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])

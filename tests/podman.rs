@@ -54,18 +54,25 @@ fn assert_clean(p: &Podman) {
             .is_empty()),
         "container processes left"
     );
-    let conmons: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.starts_with("/usr/bin/conmon") && c.contains(&*p.tmp.path().to_string_lossy())
+    let conmons = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.starts_with("/usr/bin/conmon") && c.contains(&*p.tmp.path().to_string_lossy())
+                })
             })
-        })
-        .collect();
-    assert!(conmons.is_empty(), "conmon left: {conmons:?}");
+            .collect()
+    };
+    // conmon outlives `podman run --rm` by its own clean-up.
+    assert!(
+        wait_for(10, || conmons().is_empty()),
+        "conmon left: {:?}",
+        conmons()
+    );
 }
 
 fn scenarios_every_podman_user_runs(p: &Podman) {

@@ -11,7 +11,7 @@ for target in wasm32-wasip1 wasm32-wasip2; do
 done
 export CARGO_TARGET_DIR=$here/../out/wasm-target
 cargo build --quiet --release --manifest-path "$here/Cargo.toml" --target wasm32-wasip1
-cargo build --quiet --release --manifest-path "$here/Cargo.toml" --target wasm32-wasip2 --bin hello
+cargo build --quiet --release --manifest-path "$here/Cargo.toml" --target wasm32-wasip2 --bin hello --bin idle
 mkdir -p "$out"
 for bin in hello probe trap spin alloc cpu bench idle cgi; do
     cp "$CARGO_TARGET_DIR/wasm32-wasip1/release/$bin.wasm" "$out/$bin.wasm"
@@ -25,3 +25,4 @@ cp "$CARGO_TARGET_DIR/$host/release/cgi" "$here/../out/bin/cgi"
 cargo build --quiet --release --manifest-path "$here/http-hello/Cargo.toml" --target wasm32-wasip2
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/http_hello.wasm" "$out/http-hello.wasm"
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/hello.wasm" "$out/hello-component.wasm"
+cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/idle.wasm" "$out/idle-component.wasm"

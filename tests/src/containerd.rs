@@ -66,9 +66,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let daemon = Command::new("containerd")
-            .arg("--config")
-            .arg(t.join("config.toml"))
+        // A mount namespace of its own with a fresh /run: containerd 1.6 and
+        // its shims keep sockets and state there whatever they are told.
+        let script = format!(
+            "mount -t tmpfs -o mode=755 tmpfs /run && exec containerd --config {}/config.toml",
+            t.display()
+        );
+        std::fs::create_dir_all(t.join("fifo")).unwrap();
+        let daemon = crate::clients::daemon("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
             .env("PATH", path)
             .env("AMPHI_ROOT", t.join("amphi"))
             .stdin(Stdio::null())
@@ -90,11 +96,24 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     }
 
     pub fn ctr(&self, args: &[&str]) -> Out {
+        // The stdio FIFOs ctr makes for a task go where the daemon, in its
+        // own /run, can open them too.
+        let fifo_dir = self.tmp.path().join("fifo");
+        let mut args: Vec<&str> = args.to_vec();
+        let after = match args.as_slice() {
+            ["run", ..] => Some(1),
+            ["task", "start" | "exec", ..] => Some(2),
+            _ => None,
+        };
+        if let Some(at) = after {
+            args.insert(at, "--fifo-dir");
+            args.insert(at + 1, fifo_dir.to_str().unwrap());
+        }
         let out = Command::new("ctr")
             .arg("-a")
             .arg(self.tmp.path().join("c.sock"))
             .args(["-n", NS])
-            .args(args)
+            .args(&args)
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -196,11 +215,7 @@ impl Drop for Containerd {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
         // A shim that outlived its daemon (a failed test) is ours: stop it.
-        for pid in self.shims() {
-            // SAFETY: a shim started for this test's containerd.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        crate::clients::kill_processes_mentioning(self.tmp.path());
         reap_zombies(0);
     }
 }

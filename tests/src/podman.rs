@@ -3,6 +3,13 @@
 //! root or as a rootless test user (a user with subordinate id ranges,
 //! made and removed by the test). Everything is undone by `Drop`: the
 //! containers, conmon and any process left, the cgroups, the user.
+//!
+//! Root podman runs in a mount namespace of the test's with a fresh /run:
+//! it keeps state in /run/libpod and /run/containers whatever it is told,
+//! and gives the runtime no --root (runc's state goes to /run/runc,
+//! amphi's to /run/amphi), nor the same flags on every call (its clean-up
+//! runs `delete` without `--runtime-flag`s), so the runtime's default root
+//! is the only one every call agrees on.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,6 +19,8 @@ use crate::clients::{kill_processes_mentioning, remove_cgroup_tree, Out, TestUse
 pub struct Podman {
     pub tmp: tempfile::TempDir,
     amphi: PathBuf,
+    /// Holds the mount namespace root podman runs in (its /run is a tmpfs).
+    holder: Option<std::process::Child>,
     /// The cgroup the containers go below (root podman only).
     cgroup_parent: Option<String>,
     pub user: Option<TestUser>,
@@ -52,9 +61,9 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 runtime = "amphi"
 [engine.runtimes]
-amphi = ["{}"]
+amphi = ["{amphi}"]
 "#,
-            amphi.display()
+            amphi = amphi.display(),
         );
         std::fs::write(t.join("containers.conf"), conf).unwrap();
         let cgroup_parent = user.is_none().then(|| {
@@ -73,9 +82,24 @@ amphi = ["{}"]
             )
             .unwrap();
         }
+        let holder = user.is_none().then(|| {
+            let mut holder = crate::clients::daemon("unshare")
+                .args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg("mount -t tmpfs -o mode=755 tmpfs /run && touch /run/.amphi-ready && exec sleep infinity")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("unshare");
+            let ready = format!("/proc/{}/root/run/.amphi-ready", holder.id());
+            if !crate::wait_for(10, || Path::new(&ready).exists()) {
+                let _ = holder.kill();
+                panic!("the mount namespace for podman did not come up");
+            }
+            holder
+        });
         Podman {
             tmp,
             amphi: amphi.to_path_buf(),
+            holder,
             cgroup_parent,
             user,
         }
@@ -83,9 +107,15 @@ amphi = ["{}"]
 
     pub fn command(&self, args: &[&str]) -> Command {
         let t = self.tmp.path();
-        let mut c = match &self.user {
-            Some(u) => u.command("podman"),
-            None => Command::new("podman"),
+        let mut c = match (&self.user, &self.holder) {
+            (Some(u), _) => u.command("podman"),
+            (None, Some(h)) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--mount=/proc/{}/ns/mnt", h.id()))
+                    .args(["--", "podman"]);
+                c
+            }
+            (None, None) => unreachable!("root podman has its mount namespace"),
         };
         c.env("CONTAINERS_CONF", t.join("containers.conf"))
             .env("XDG_RUNTIME_DIR", t.join("run"))
@@ -183,6 +213,10 @@ impl Drop for Podman {
         crate::reap_inits();
         if let Some(p) = &self.cgroup_parent {
             remove_cgroup_tree(p);
+        }
+        if let Some(mut h) = self.holder.take() {
+            let _ = h.kill();
+            let _ = h.wait();
         }
     }
 }

@@ -63,7 +63,11 @@ impl Amphi {
             flags.push("--systemd-cgroup".into());
         }
         Amphi {
-            root: options.root.clone().unwrap_or_else(|| root(namespace)),
+            // As runc's shim: the root option is per namespace too.
+            root: options
+                .root
+                .as_ref()
+                .map_or_else(|| root(namespace), |r| r.join(namespace)),
             log: bundle.join("amphi-log.json"),
             binary: options.binary_name.clone().unwrap_or_else(binary),
             flags,
