@@ -13,6 +13,7 @@
 
 mod floor;
 mod plot;
+mod pods;
 mod report;
 mod serve;
 mod world;
@@ -75,8 +76,9 @@ impl Opts {
                 other => bail!("unknown argument {other:?} (see benchmarks/src/main.rs)"),
             }
         }
-        if !["all", "start", "memory", "compute", "shim", "serve"].contains(&group.as_str()) {
-            bail!("unknown group {group:?}: use all, start, memory, compute, shim or serve");
+        if !["all", "start", "memory", "compute", "shim", "pods", "serve"].contains(&group.as_str())
+        {
+            bail!("unknown group {group:?}: use all, start, memory, compute, shim, pods or serve");
         }
         Ok((group, o))
     }
@@ -388,6 +390,10 @@ fn main() -> Result<()> {
     if group == "all" || group == "shim" {
         eprintln!("amphi-bench: ctr run --rm through containerd");
         results["shim"] = shim_group(&w, &o)?;
+    }
+    if group == "all" || group == "pods" {
+        eprintln!("amphi-bench: pod start through containerd's CRI");
+        results["pods"] = pods::group(&w, &o)?;
     }
     if group == "all" || group == "compute" {
         eprintln!("amphi-bench: compute and file I/O ({} MiB)", o.mib);

@@ -209,11 +209,33 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
         }
     }
 
+    if let Some(p) = r.get("pods") {
+        if let Some(why) = p["skipped"].as_str() {
+            writeln!(md, "\n**Pod start through CRI**: skipped: {why}")?;
+        } else {
+            writeln!(
+                md,
+                "\n**Pod start through containerd 1.6's CRI** (RunPodSandbox to both containers Running, as kubelet starts a pod; {} pods a variant):\n",
+                p["runs"]
+            )?;
+            latencies(
+                &mut md,
+                &p["variants"],
+                "runc, native + native",
+                &o.out.join("pods.csv"),
+                &o.out.join("pods.svg"),
+                "pod start (median, p95 whisker)",
+            )?;
+        }
+    }
+
     if let Some(sv) = r.get("serve") {
         serve_table(&mut md, sv, o)?;
     }
 
-    for svg in ["start", "split", "memory", "shim", "compute", "serve"] {
+    for svg in [
+        "start", "split", "memory", "shim", "pods", "compute", "serve",
+    ] {
         if o.out.join(format!("{svg}.svg")).exists() {
             writeln!(md, "\n![{svg}](benchmarks/results/{svg}.svg)")?;
         }
