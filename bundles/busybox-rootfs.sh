@@ -13,9 +13,16 @@ if ! "$busybox" --list >/dev/null 2>&1 || ldd "$busybox" >/dev/null 2>&1; then
 fi
 mkdir -p "$dir"/{bin,dev,proc,sys,tmp,etc,root,run,var}
 cp "$busybox" "$dir/bin/busybox"
-for applet in $("$busybox" --list); do
-    [ "$applet" = busybox ] || ln -sf busybox "$dir/bin/$applet"
-done
+# One link per applet, made by busybox itself in one process (a process per
+# link costs seconds under emulation). In the chroot it cannot read
+# /proc/self/exe, so the links point at its argv[0], /bin/busybox.
+if [ "$(id -u)" = 0 ]; then
+    chroot "$dir" /bin/busybox --install -s /bin
+else
+    for applet in $("$busybox" --list); do
+        [ "$applet" = busybox ] || ln -sf busybox "$dir/bin/$applet"
+    done
+fi
 ln -sfn bin "$dir/sbin"
 mkdir -p "$dir/usr"
 ln -sfn ../bin "$dir/usr/bin"

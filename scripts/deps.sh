@@ -18,6 +18,13 @@ command -v newuidmap >/dev/null || packages+=(uidmap)
 # the CRI client's protobuf bindings are generated with protoc.
 [ -x /usr/lib/cni/loopback ] || packages+=(containernetworking-plugins)
 command -v protoc >/dev/null || packages+=(protobuf-compiler)
+# The cgroup v2 lane: QEMU boots Debian's kernel with this machine's root
+# (systemd and D-Bus from it as the guest's PID 1 and bus).
+command -v qemu-system-x86_64 >/dev/null || packages+=(qemu-system-x86)
+command -v xz >/dev/null || packages+=(xz-utils)
+command -v strings >/dev/null || packages+=(binutils)
+[ -x /lib/systemd/systemd ] || packages+=(systemd)
+command -v dbus-daemon >/dev/null || packages+=(dbus)
 # The reference of the seccomp compiler's differential test; static libc
 # for the conformance suite's keyring probe.
 [ -e /usr/include/seccomp.h ] || packages+=(libseccomp-dev)

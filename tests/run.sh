@@ -15,6 +15,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # rather than test a stale one.
 cargo build --workspace --locked
 cargo test --workspace --locked
+# The pure cgroup v2 lane in a VM (tests/vm/lane.sh; AMPHI_SKIP_VM=1 skips
+# it on a machine without QEMU).
+bash tests/vm/lane.sh
 # A short fuzzing pass of every cargo-fuzz target (nightly); longer
 # campaigns: SECONDS_PER_TARGET=600 bash fuzz/run.sh.
 SECONDS_PER_TARGET=${SECONDS_PER_TARGET:-15} bash fuzz/run.sh

@@ -42,6 +42,11 @@ pub fn amphi_bin() -> PathBuf {
 
 /// The wasm guest programs, built once per test process by bundles/wasm/build.sh.
 pub fn guests_dir() -> PathBuf {
+    // Built already (the VM lane builds them on the host: no cargo under
+    // emulation).
+    if let Some(dir) = std::env::var_os("AMPHI_GUESTS") {
+        return dir.into();
+    }
     GUESTS.call_once(|| {
         let st = Command::new("bash")
             .arg(repo_root().join("bundles/wasm/build.sh"))
@@ -218,11 +223,7 @@ impl Env {
     pub fn bundle(&self, name: &str, args: &[&str]) -> Bundle {
         let dir = self.tmp.path().join(format!("bundle-{name}"));
         let rootfs = dir.join("rootfs");
-        let st = Command::new(repo_root().join("bundles/busybox-rootfs.sh"))
-            .arg(&rootfs)
-            .status()
-            .expect("busybox-rootfs.sh");
-        assert!(st.success(), "busybox-rootfs.sh failed");
+        copy_tree(busybox_template(), &rootfs).expect("copy the busybox rootfs");
         let spec = default_spec(args, &format!("{}-{name}", self.tag));
         Bundle { dir, spec }
     }
@@ -297,6 +298,52 @@ impl Drop for Env {
         }
         reap_inits();
     }
+}
+
+/// A busybox rootfs made once per test process (bundles/busybox-rootfs.sh
+/// forks a process per applet link, which under emulation costs seconds a
+/// bundle), copied for each bundle; removed when the process exits.
+fn busybox_template() -> &'static Path {
+    static TEMPLATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("amphi-busybox-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let st = Command::new(repo_root().join("bundles/busybox-rootfs.sh"))
+            .arg(dir.join("rootfs"))
+            .status()
+            .expect("busybox-rootfs.sh");
+        assert!(st.success(), "busybox-rootfs.sh failed");
+        extern "C" fn remove_template() {
+            let dir = std::env::temp_dir().join(format!("amphi-busybox-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        // SAFETY: registering a plain function to run at exit.
+        unsafe { libc::atexit(remove_template) };
+        dir.join("rootfs")
+    })
+}
+
+/// Copy a directory tree (files, directories with their modes, symlinks)
+/// in this process.
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let t = e.file_type()?;
+        if t.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if t.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst)?;
+            let mode = std::fs::metadata(&src)?.permissions().mode();
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
 }
 
 /// This process's cgroup: the unified one, or on a v1 host the memory

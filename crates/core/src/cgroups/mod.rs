@@ -119,11 +119,17 @@ pub fn plan(id: &str, linux: Option<&Linux>) -> Result<ContainerCgroup> {
         Cgroup::load_with_relative_paths(hier, rel, relative_to)
     };
 
-    let paths: Vec<PathBuf> = cgroup
+    // v2 lists each controller with the one directory: a path once each.
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for p in cgroup
         .subsystems()
         .iter()
         .map(|s| s.to_controller().path().to_path_buf())
-        .collect();
+    {
+        if !paths.contains(&p) {
+            paths.push(p);
+        }
+    }
     let mut created = Vec::new();
     for p in &paths {
         let mut missing: Vec<PathBuf> = p
