@@ -25,6 +25,9 @@ command -v xz >/dev/null || packages+=(xz-utils)
 command -v strings >/dev/null || packages+=(binutils)
 [ -x /lib/systemd/systemd ] || packages+=(systemd)
 command -v dbus-daemon >/dev/null || packages+=(dbus)
+# What clone paths amphi takes is checked with strace; CRIU runs in the lane.
+command -v strace >/dev/null || packages+=(strace)
+command -v criu >/dev/null || packages+=(criu)
 # The reference of the seccomp compiler's differential test; static libc
 # for the conformance suite's keyring probe.
 [ -e /usr/include/seccomp.h ] || packages+=(libseccomp-dev)

@@ -651,3 +651,47 @@ fn namespaced_sysctls_are_set_and_host_ones_refused() {
         .fails_with("linux.sysctl.vm.swappiness");
     env.assert_clean(&id, &b.cgroup());
 }
+
+#[test]
+fn the_init_is_born_in_its_cgroup_where_v2_allows() {
+    // On a pure cgroup v2 host amphi clones the init straight into its
+    // cgroup (clone3 with CLONE_INTO_CGROUP: no migration); elsewhere (v1,
+    // hybrid) it clones and then moves it. Either way the container's
+    // process is in its cgroup. strace shows which path ran.
+    let env = Env::new();
+    let b = env.bundle("born", &["sh", "-c", "cat /proc/self/cgroup"]);
+    b.write();
+    let id = env.id("born");
+    let trace = env.tmp.path().join("clone.trace");
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=clone,clone3", "-o"])
+        .arg(&trace)
+        .arg(amphi_tests::amphi_bin())
+        .arg("--root")
+        .arg(&env.root)
+        .args(["run", "--bundle", b.path(), &id])
+        .output()
+        .expect("strace (scripts/deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v2 = nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    assert_eq!(
+        calls.contains("CLONE_INTO_CGROUP"),
+        v2,
+        "clone3 with CLONE_INTO_CGROUP exactly on a v2 host:\n{calls}"
+    );
+    // Its own cgroup namespace is rooted at its cgroup: "/" inside.
+    let cgroup = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        cgroup
+            .lines()
+            .any(|l| l.ends_with("::/") || l.ends_with(":/")),
+        "{cgroup}"
+    );
+    env.assert_clean(&id, &b.cgroup());
+}

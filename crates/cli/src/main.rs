@@ -39,7 +39,8 @@ struct Cli {
     /// Directory of compiled WebAssembly modules (default: ROOT/wasm-cache).
     #[arg(long, global = true)]
     wasm_cache: Option<PathBuf>,
-    /// Manage cgroups through systemd (not supported: amphi uses cgroupfs).
+    /// Manage cgroups through systemd: linux.cgroupsPath is
+    /// slice:prefix:name, a transient prefix-name.scope unit in the slice.
     #[arg(long, global = true)]
     systemd_cgroup: bool,
     #[command(subcommand)]
@@ -317,9 +318,6 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Cli::command().print_help()?;
         return Ok(ExitCode::from(2));
     };
-    if cli.systemd_cgroup {
-        bail!("--systemd-cgroup is not supported: amphi manages cgroups through cgroupfs; drop the flag (and use a path, not slice:prefix:name, as linux.cgroupsPath)");
-    }
     let root = cli.root.clone().unwrap_or_else(default_root);
     let runtime = || {
         let (log, format) = (cli.log.clone(), cli.log_format);
@@ -327,7 +325,13 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             .wasm_cache
             .clone()
             .unwrap_or_else(|| root.join("wasm-cache"));
+        let driver = if cli.systemd_cgroup {
+            amphi_core::cgroups::Driver::Systemd
+        } else {
+            amphi_core::cgroups::Driver::Cgroupfs
+        };
         Runtime::new(&root, handlers(wasm_cache))
+            .map(|rt| rt.cgroup_driver(driver))
             .map(|rt| {
                 rt.on_warning(move |msg| {
                     log::Logger::new(log.as_deref(), format).warn(msg);

@@ -50,6 +50,23 @@ impl Cgroup<'_> {
             Cgroup::None => Ok(()),
         }
     }
+
+    /// On a pure cgroup v2 host, the container's one directory, opened for
+    /// clone3's CLONE_INTO_CGROUP: the init is born in it, so it never
+    /// migrates (a migration waits for an RCU grace period) and nothing it
+    /// does is charged elsewhere first.
+    fn v2_dir(&self) -> Option<OwnedFd> {
+        let [dir] = self.paths() else { return None };
+        if !crate::cgroups::is_v2_dir(dir) {
+            return None;
+        }
+        open(
+            dir.as_path(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            FileMode::empty(),
+        )
+        .ok()
+    }
 }
 
 pub struct LaunchConfig<'a> {
@@ -65,6 +82,51 @@ pub struct LaunchConfig<'a> {
     pub console_socket: Option<&'a OwnedFd>,
     /// A fresh session keyring for the process (runc's default).
     pub new_keyring: bool,
+}
+
+/// clone3(2) with namespace flags and CLONE_INTO_CGROUP: fork-like (no
+/// CLONE_VM, no stack of its own), the child born in the cgroup of
+/// `cgroup`. Ok(None) where the kernel has no clone3 or cannot place it so
+/// (then the caller clones and migrates the child itself).
+fn clone_into_cgroup(flags: CloneFlags, cgroup: &OwnedFd) -> Result<Option<i32>> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let args = CloneArgs {
+        flags: flags.bits() as u32 as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: as for `clone`; the kernel copies `args`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match (r, nix::Error::last()) {
+        (r, _) if r >= 0 => Ok(Some(r as i32)),
+        (_, nix::Error::ENOSYS | nix::Error::E2BIG | nix::Error::EINVAL) => Ok(None),
+        (_, e) => Err(Error::sys(
+            format!("clone3({flags:?}, CLONE_INTO_CGROUP)"),
+            e,
+        )),
+    }
 }
 
 /// fork(2) with namespace flags. The caller must be single-threaded: the
@@ -117,7 +179,16 @@ pub fn launch(
     };
 
     crate::util::trace::phase("clone");
-    let first = clone(clone_flags)?;
+    let into_cgroup = cfg.cgroup.v2_dir();
+    let (first, born_in_cgroup) = match into_cgroup
+        .as_ref()
+        .map(|fd| clone_into_cgroup(clone_flags, fd))
+    {
+        Some(Ok(Some(pid))) => (pid, true),
+        Some(Err(e)) => return Err(e),
+        None | Some(Ok(None)) => (clone(clone_flags)?, false),
+    };
+    drop(into_cgroup);
     if first == 0 {
         drop(parent_ch);
         init::run(
@@ -170,9 +241,12 @@ pub fn launch(
         // and waits for `Joined` only before anything that must be charged
         // to, or scoped by, its cgroup.
         send(&parent_ch, &Msg::Go)?;
-        crate::util::trace::phase("cgroup attach");
-        cfg.cgroup.attach(init_pid)?;
-        crate::util::trace::phase("cgroup attached");
+        // Born there (and its intermediate's children with it), or moved now.
+        if !born_in_cgroup {
+            crate::util::trace::phase("cgroup attach");
+            cfg.cgroup.attach(init_pid)?;
+            crate::util::trace::phase("cgroup attached");
+        }
         crate::util::failpoint(&format!("{stage}:attached"));
         send(&parent_ch, &Msg::Joined)?;
         loop {

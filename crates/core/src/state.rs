@@ -59,6 +59,9 @@ pub struct ContainerState {
     /// `create --no-new-keyring`: exec'd processes keep the caller's keyring too.
     #[serde(default)]
     pub no_new_keyring: bool,
+    /// With the systemd cgroup driver: the unit the container's cgroup is.
+    #[serde(default)]
+    pub systemd_unit: Option<String>,
     pub annotations: HashMap<String, String>,
     /// cgroup directories of the container, one per hierarchy.
     pub cgroup_paths: Vec<PathBuf>,

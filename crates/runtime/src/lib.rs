@@ -66,6 +66,7 @@ pub struct ExecOverrides {
 pub struct Runtime {
     store: Store,
     handlers: Vec<Box<dyn Handler>>,
+    cgroups: cgroups::Driver,
     warn: Box<dyn Fn(&str)>,
 }
 
@@ -81,11 +82,15 @@ struct CreateGuard {
     locked: Option<Locked>,
     cgroup_created: Vec<PathBuf>,
     cgroup_paths: Vec<PathBuf>,
+    systemd_unit: Option<String>,
 }
 
 impl Drop for CreateGuard {
     fn drop(&mut self) {
         if let Some(locked) = self.locked.take() {
+            if let Some(unit) = &self.systemd_unit {
+                let _ = cgroups::systemd::stop(unit);
+            }
             cgroups::remove(&self.cgroup_created, &self.cgroup_paths);
             let _ = locked.remove();
         }
@@ -99,8 +104,15 @@ impl Runtime {
         Ok(Runtime {
             store: Store::open(root)?,
             handlers,
+            cgroups: cgroups::Driver::Cgroupfs,
             warn: Box::new(|m| eprintln!("amphi: warning: {m}")),
         })
+    }
+
+    /// Who makes the containers' cgroups (`--systemd-cgroup`: systemd).
+    pub fn cgroup_driver(mut self, driver: cgroups::Driver) -> Runtime {
+        self.cgroups = driver;
+        self
     }
 
     /// Where warnings go (what the spec asks for and this host cannot do,
@@ -154,6 +166,7 @@ impl Runtime {
             locked: Some(locked),
             cgroup_created: Vec::new(),
             cgroup_paths: Vec::new(),
+            systemd_unit: None,
         };
         let locked = guard.locked.as_ref().expect("set above");
         let fifo = locked.fifo();
@@ -165,7 +178,7 @@ impl Runtime {
 
         let linux = spec.linux().as_ref();
         util::trace::phase("create: cgroup");
-        let planned = cgroups::plan(o.id, linux)?;
+        let planned = cgroups::plan(o.id, linux, self.cgroups)?;
         let mut state = ContainerState {
             id: o.id.into(),
             bundle: bundle.dir.clone(),
@@ -175,6 +188,7 @@ impl Runtime {
             created: util::rfc3339_now(),
             executor: handler.name().into(),
             no_new_keyring: o.no_new_keyring,
+            systemd_unit: planned.systemd.as_ref().map(|u| u.name.clone()),
             annotations: spec.annotations().clone().unwrap_or_default(),
             cgroup_paths: planned.paths.clone(),
             cgroup_created: planned.created.clone(),
@@ -196,6 +210,7 @@ impl Runtime {
         };
         guard.cgroup_created = state.cgroup_created.clone();
         guard.cgroup_paths = state.cgroup_paths.clone();
+        guard.systemd_unit = state.systemd_unit.clone();
         util::failpoint("create:cgroup");
 
         let hooks = spec.hooks().as_ref();
@@ -526,6 +541,16 @@ impl Runtime {
                 "linux.resources.devices: amphi sets the v2 device filter at create only; recreate the container to change it".into(),
             ));
         }
+        if let Some(unit) = &state.systemd_unit {
+            let writes = cgroups::resources::writes(
+                resources,
+                cgroups::resources::Hierarchy {
+                    v2: true,
+                    bfq: false,
+                },
+            )?;
+            cgroups::systemd::set(unit, &writes)?;
+        }
         cgroup.apply(resources)?;
         let merged = merge_json(
             serde_json::to_value(linux.resources()).expect("json"),
@@ -611,7 +636,11 @@ impl Runtime {
         }
         util::failpoint("delete:killed");
         wait_gone(&state);
-        let mut errors = cgroups::remove(&state.cgroup_created, &state.cgroup_paths);
+        let mut errors = Vec::new();
+        if let Some(unit) = &state.systemd_unit {
+            errors.extend(cgroups::systemd::stop(unit).err());
+        }
+        errors.extend(cgroups::remove(&state.cgroup_created, &state.cgroup_paths));
         util::failpoint("delete:cgroup");
         let json = serde_json::to_vec(&state.oci_state(Status::Stopped)).expect("json");
         let poststop = state

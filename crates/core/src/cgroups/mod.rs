@@ -17,6 +17,10 @@ use oci_spec::runtime::{Linux, LinuxResources};
 use crate::{Error, Result};
 
 pub mod resources;
+pub mod systemd;
+
+/// Where a pure v2 host mounts its cgroup2 hierarchy.
+pub const V2_MOUNT: &str = "/sys/fs/cgroup";
 
 /// A container's cgroup, created and not yet populated.
 pub struct ContainerCgroup {
@@ -27,6 +31,9 @@ pub struct ContainerCgroup {
     pub created: Vec<PathBuf>,
     /// What `make` applies.
     resources: Option<LinuxResources>,
+    /// With the systemd driver: the unit the cgroup belongs to, made once
+    /// the init exists (systemd takes the pid to move in).
+    pub systemd: Option<systemd::Unit>,
 }
 
 fn err(path: impl std::fmt::Display, why: impl std::fmt::Display) -> Error {
@@ -69,10 +76,13 @@ fn own_v2_path() -> Result<String> {
 /// when the spec gives none): its directories, and which of them are new.
 /// Nothing is created yet, so that the caller can record what `make` will
 /// create before it exists (a crash in between must leave a record).
-pub fn plan(id: &str, linux: Option<&Linux>) -> Result<ContainerCgroup> {
+pub fn plan(id: &str, linux: Option<&Linux>, driver: Driver) -> Result<ContainerCgroup> {
     let cgroups_path = linux.and_then(|l| l.cgroups_path().as_deref());
     let resources = linux.and_then(|l| l.resources().as_ref());
     let hier = hierarchies::auto();
+    if driver == Driver::Systemd {
+        return plan_systemd(id, cgroups_path, resources, hier);
+    }
     let requested = cgroups_path
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(id));
@@ -87,7 +97,7 @@ pub fn plan(id: &str, linux: Option<&Linux>) -> Result<ContainerCgroup> {
     }
     if requested.to_str().is_some_and(|s| s.contains(':')) {
         return Err(Error::Unsupported(format!(
-            "linux.cgroupsPath {:?} is in systemd's slice:prefix:name form; amphi manages cgroupfs paths only (no --systemd-cgroup)",
+            "linux.cgroupsPath {:?} is in systemd's slice:prefix:name form: run with --systemd-cgroup (or give a cgroupfs path)",
             requested
         )));
     }
@@ -145,6 +155,72 @@ pub fn plan(id: &str, linux: Option<&Linux>) -> Result<ContainerCgroup> {
         paths,
         created,
         resources: resources.cloned(),
+        systemd: None,
+    })
+}
+
+/// Who makes and removes container cgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// amphi, in the cgroup filesystem.
+    Cgroupfs,
+    /// systemd, as transient units (`--systemd-cgroup`).
+    Systemd,
+}
+
+/// The systemd driver's plan: the unit's cgroup directory, made by systemd
+/// when the unit starts (`attach`), nothing made by amphi.
+fn plan_systemd(
+    id: &str,
+    cgroups_path: Option<&Path>,
+    resources: Option<&LinuxResources>,
+    hier: Box<dyn cgroups_rs::fs::Hierarchy>,
+) -> Result<ContainerCgroup> {
+    if !systemd::running() {
+        return Err(Error::Unsupported(
+            "--systemd-cgroup: systemd is not running on this host (no /run/systemd/system); \
+             drop the flag and give a cgroupfs path"
+                .into(),
+        ));
+    }
+    if !hier.v2() {
+        return Err(Error::Unsupported(
+            "--systemd-cgroup: amphi's systemd driver needs a pure cgroup v2 host".into(),
+        ));
+    }
+    let path = cgroups_path
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| format!(":amphi:{id}"));
+    let unit = systemd::Unit::parse(&path)?;
+    if let Some(r) = resources {
+        resources::writes(
+            r,
+            resources::Hierarchy {
+                v2: true,
+                bfq: false,
+            },
+        )?;
+    }
+    let dir = unit.dir(Path::new(V2_MOUNT))?;
+    // Checked here from the filesystem: D-Bus starts threads, and the init
+    // is yet to be forked.
+    if dir.exists() {
+        return Err(Error::InvalidSpec {
+            file: "config.json".into(),
+            field: "linux.cgroupsPath".into(),
+            why: format!("{path:?}: unit {} exists already", unit.name),
+        });
+    }
+    let rel = dir
+        .strip_prefix("/sys/fs/cgroup")
+        .unwrap_or(&dir)
+        .to_path_buf();
+    Ok(ContainerCgroup {
+        cgroup: Cgroup::load(hier, rel),
+        paths: vec![dir],
+        created: Vec::new(),
+        resources: resources.cloned(),
+        systemd: Some(unit),
     })
 }
 
@@ -152,6 +228,10 @@ impl ContainerCgroup {
     /// Create the planned directories and apply the resources; on error
     /// nothing is left.
     pub fn make(&self) -> Result<()> {
+        if self.systemd.is_some() {
+            // systemd makes it, with the init (see `attach`).
+            return Ok(());
+        }
         if let Err(e) = self.cgroup.create() {
             let e = lib_err(self.cgroup.path(), "create", e);
             remove(&self.created, &self.paths);
@@ -199,6 +279,7 @@ impl ContainerCgroup {
             paths: paths.to_vec(),
             created: Vec::new(),
             resources: None,
+            systemd: None,
         })
     }
 
@@ -289,6 +370,20 @@ impl ContainerCgroup {
 
     /// Move a process (all its threads) into the container's cgroup.
     pub fn attach(&self, pid: i32) -> Result<()> {
+        if let Some(unit) = &self.systemd {
+            let writes = match &self.resources {
+                Some(r) => resources::writes(r, self.hierarchy())?,
+                None => Vec::new(),
+            };
+            systemd::start(unit, pid, &writes, &self.paths[0])?;
+            // What systemd does not manage, and what it does, exactly.
+            return match &self.resources {
+                Some(r) => self.apply(r).inspect_err(|_| {
+                    let _ = systemd::stop(&unit.name);
+                }),
+                None => Ok(()),
+            };
+        }
         self.cgroup
             .add_task_by_tgid(CgroupPid::from(pid as u64))
             .map_err(|e| lib_err(self.cgroup.path(), &format!("attach pid {pid}"), e))
@@ -344,6 +439,12 @@ pub fn remove(created: &[PathBuf], paths: &[PathBuf]) -> Vec<Error> {
         }
     }
     errors
+}
+
+/// A directory of a cgroup2 hierarchy (what CLONE_INTO_CGROUP takes).
+pub fn is_v2_dir(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
 
 /// Move a process into an existing container's cgroup (for `exec`).

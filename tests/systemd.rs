@@ -1,0 +1,183 @@
+//! The systemd cgroup driver (`--systemd-cgroup`, `slice:prefix:name`
+//! cgroupsPaths). Where systemd is PID 1 (the VM lane: systemd 252 on
+//! pure cgroup v2), against the real systemd, read back with systemctl and
+//! from the cgroup files, with runc --systemd-cgroup as the reference; on
+//! a host without systemd, the clear error.
+
+use amphi_tests::{wait_for, Env};
+use serde_json::json;
+
+fn systemd_runs() -> bool {
+    std::path::Path::new("/run/systemd/system").is_dir()
+}
+
+/// `systemctl show UNIT -p PROP` value.
+fn show(unit: &str, prop: &str) -> String {
+    let out = std::process::Command::new("systemctl")
+        .args(["show", unit, "-p", prop, "--value"])
+        .output()
+        .expect("systemctl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn unit_gone(unit: &str) -> bool {
+    wait_for(10, || show(unit, "LoadState") == "not-found")
+}
+
+fn systemd_bundle(env: &Env, name: &str, cgroups_path: &str) -> amphi_tests::Bundle {
+    let mut b = env.bundle(name, &["sleep", "600"]);
+    b.spec["linux"]["cgroupsPath"] = json!(cgroups_path);
+    b.spec["linux"]["resources"] = json!({
+        "memory": {"limit": 67108864},
+        "pids": {"limit": 32},
+        "cpu": {"quota": 50000, "period": 100000}
+    });
+    b.write();
+    b
+}
+
+#[test]
+fn without_systemd_the_flag_is_a_clear_error() {
+    if systemd_runs() {
+        return; // The lane's cases below cover a host with systemd.
+    }
+    let env = Env::new();
+    let b = systemd_bundle(&env, "nosd", "system.slice:amphi:nosd");
+    let id = env.id("nosd");
+    env.amphi(&["--systemd-cgroup", "run", "--bundle", b.path(), &id])
+        .fails_with("systemd is not running");
+    assert!(!env.root.join(&id).exists());
+}
+
+#[test]
+fn a_scope_unit_per_container_with_its_limits() {
+    if !systemd_runs() {
+        eprintln!("systemd is not PID 1 here: the VM lane runs this");
+        return;
+    }
+    let env = Env::new();
+    for (runtime, name) in [
+        (amphi_tests::amphi_bin(), "amphisd"),
+        ("/usr/sbin/runc".into(), "runcsd"),
+    ] {
+        let env_rt = Env::for_runtime(runtime);
+        let id = env_rt.id(name);
+        let unit = format!("{name}-{id}.scope");
+        let b = systemd_bundle(&env_rt, name, &format!("system.slice:{name}:{id}"));
+        env_rt
+            .amphi(&["--systemd-cgroup", "create", "--bundle", b.path(), &id])
+            .ok();
+        env_rt.amphi(&["--systemd-cgroup", "start", &id]).ok();
+        let pid = env_rt.state(&id)["pid"].as_i64().unwrap();
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert_eq!(cgroup.trim(), format!("0::/system.slice/{unit}"), "{name}");
+        assert_eq!(show(&unit, "ActiveState"), "active", "{name}");
+        assert_eq!(show(&unit, "MemoryMax"), "67108864", "{name}");
+        assert_eq!(show(&unit, "TasksMax"), "32", "{name}");
+        assert_eq!(show(&unit, "CPUQuotaPerSecUSec"), "500ms", "{name}");
+        let dir = format!("/sys/fs/cgroup/system.slice/{unit}");
+        assert_eq!(
+            std::fs::read_to_string(format!("{dir}/memory.max"))
+                .unwrap()
+                .trim(),
+            "67108864"
+        );
+        assert_eq!(
+            std::fs::read_to_string(format!("{dir}/pids.max"))
+                .unwrap()
+                .trim(),
+            "32"
+        );
+        // update changes the unit's properties and the files.
+        env_rt
+            .amphi(&[
+                "--systemd-cgroup",
+                "update",
+                "--memory",
+                "128m",
+                "--pids-limit",
+                "64",
+                &id,
+            ])
+            .ok();
+        assert_eq!(show(&unit, "MemoryMax"), "134217728", "{name} update");
+        assert_eq!(
+            std::fs::read_to_string(format!("{dir}/pids.max"))
+                .unwrap()
+                .trim(),
+            "64"
+        );
+        env_rt
+            .amphi(&["--systemd-cgroup", "delete", "--force", &id])
+            .ok();
+        assert!(unit_gone(&unit), "{name}: the unit goes with the container");
+        assert!(!std::path::Path::new(&dir).exists());
+        amphi_tests::reap_inits();
+    }
+    // A slice of slices: kubelet's kubepods-besteffort-podX.slice shape.
+    let id = env.id("nested");
+    let b = systemd_bundle(&env, "nested", &format!("amphitest-pod1.slice:cri:{id}"));
+    env.amphi(&["--systemd-cgroup", "run", "-d", "--bundle", b.path(), &id])
+        .ok();
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert_eq!(
+        cgroup.trim(),
+        format!("0::/amphitest.slice/amphitest-pod1.slice/cri-{id}.scope")
+    );
+    env.amphi(&["--systemd-cgroup", "delete", "--force", &id])
+        .ok();
+    assert!(unit_gone(&format!("cri-{id}.scope")));
+    let _ = std::process::Command::new("systemctl")
+        .args(["stop", "amphitest-pod1.slice", "amphitest.slice"])
+        .status();
+    amphi_tests::reap_inits();
+}
+
+#[test]
+fn bad_paths_and_taken_units_leave_no_unit() {
+    if !systemd_runs() {
+        eprintln!("systemd is not PID 1 here: the VM lane runs this");
+        return;
+    }
+    let env = Env::new();
+    let taken = env.id("taken");
+    let b = systemd_bundle(&env, "taken", &format!("system.slice:amphi:{taken}"));
+    env.amphi(&[
+        "--systemd-cgroup",
+        "run",
+        "-d",
+        "--bundle",
+        b.path(),
+        &taken,
+    ])
+    .ok();
+    for (name, path, needle) in [
+        ("missing", "system.slice::x", "prefix and name"),
+        ("notslice", "system:amphi:x", "ends with .slice"),
+        ("dashes", "a--b.slice:amphi:x", "dashes"),
+        ("twoparts", "amphi:x", "slice:prefix:name"),
+        (
+            "exists",
+            &format!("system.slice:amphi:{taken}") as &str,
+            "exists already",
+        ),
+    ] {
+        let b = systemd_bundle(&env, name, path);
+        let id = env.id(name);
+        env.amphi(&["--systemd-cgroup", "create", "--bundle", b.path(), &id])
+            .fails_with("linux.cgroupsPath")
+            .fails_with(needle);
+        assert!(!env.root.join(&id).exists(), "{name}: no state left");
+    }
+    // The taken unit is untouched, and the refused ones made none.
+    let unit = format!("amphi-{taken}.scope");
+    assert_eq!(show(&unit, "ActiveState"), "active");
+    for name in ["missing", "notslice", "dashes"] {
+        assert!(unit_gone(&format!("amphi-{}.scope", env.id(name))));
+    }
+    env.amphi(&["--systemd-cgroup", "delete", "--force", &taken])
+        .ok();
+    assert!(unit_gone(&unit));
+    amphi_tests::reap_inits();
+}
