@@ -32,6 +32,9 @@ command -v criu >/dev/null || packages+=(criu)
 # for the conformance suite's keyring probe.
 [ -e /usr/include/seccomp.h ] || packages+=(libseccomp-dev)
 [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ "$(uname -m)" != x86_64 ] || packages+=(libc6-dev)
+# The wasm corpus fetches pinned programs from PyPI, npm and crates.io.
+command -v curl >/dev/null || packages+=(curl ca-certificates)
+command -v python3 >/dev/null || packages+=(python3)
 if [ ${#packages[@]} -gt 0 ]; then
     echo "deps.sh: installing ${packages[*]}" >&2
     apt-get update -qq
@@ -44,4 +47,8 @@ if ! command -v cargo >/dev/null; then
 fi
 for component in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+# The wasm guests and the corpus's crates are built for WASI.
+for target in wasm32-wasip1 wasm32-wasip2; do
+    rustup target list --installed | grep -qx "$target" || rustup target add "$target"
 done

@@ -205,8 +205,8 @@ fn bad_ids_are_refused() {
 #[test]
 fn unsupported_flags_say_so() {
     let env = Env::new();
-    env.amphi(&["--systemd-cgroup", "list"])
-        .fails_with("--systemd-cgroup is not supported");
+    env.amphi(&["update", "--l3-cache-schema", "L3:0=f", "nope"])
+        .fails_with("Intel RDT is not supported");
 }
 
 #[test]

@@ -14,10 +14,22 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The integration tests drive the amphi binary: build it first, and fail here
 # rather than test a stale one.
 cargo build --workspace --locked
-cargo test --workspace --locked
-# The pure cgroup v2 lane in a VM (tests/vm/lane.sh; AMPHI_SKIP_VM=1 skips
-# it on a machine without QEMU).
-bash tests/vm/lane.sh
+cargo test --workspace --locked -- --skip corpus_
+# Two long passes side by side: the real third-party wasm programs
+# (tests/wasm_corpus.rs: fetching, and compiling a 68 MB module, use the
+# cores) and the pure cgroup v2 lane in a VM (tests/vm/lane.sh: QEMU's one
+# vCPU; AMPHI_SKIP_VM=1 skips it on a machine without QEMU).
+corpus_log=$(mktemp)
+trap 'rm -f "$corpus_log"' EXIT
+cargo test -p amphi-tests --test wasm_corpus --locked >"$corpus_log" 2>&1 &
+corpus=$!
+lane_status=0
+bash tests/vm/lane.sh || lane_status=$?
+corpus_status=0
+wait "$corpus" || corpus_status=$?
+cat "$corpus_log"
+[ "$lane_status" = 0 ] || { echo "tests/run.sh: the cgroup v2 lane failed" >&2; exit "$lane_status"; }
+[ "$corpus_status" = 0 ] || { echo "tests/run.sh: the wasm corpus failed" >&2; exit "$corpus_status"; }
 # A short fuzzing pass of every cargo-fuzz target (nightly); longer
 # campaigns: SECONDS_PER_TARGET=600 bash fuzz/run.sh.
 SECONDS_PER_TARGET=${SECONDS_PER_TARGET:-15} bash fuzz/run.sh

@@ -324,13 +324,7 @@ fn second_start_compiles_nothing_and_corruption_recovers() {
     };
     assert!(start(0).contains("wasm cache: Compiled"));
     assert!(start(1).contains("wasm cache: Hit"));
-    let cache = env.root.join("wasm-cache");
-    let entry = std::fs::read_dir(&cache)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let entry = artifacts(&env.root.join("wasm-cache")).pop().unwrap();
     let mut data = std::fs::read(&entry).unwrap();
     let mid = data.len() / 2;
     data[mid] ^= 0x5a;
@@ -524,4 +518,374 @@ fn native_exec_into_a_wasm_container() {
     );
     env.amphi(&["delete", "--force", &id]).ok();
     env.assert_clean(&id, &b.cgroup());
+}
+
+/// The compiled artifacts in a cache directory (beside them: .sum, .lock).
+fn artifacts(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(cache)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    found.retain(|p| p.extension().is_some_and(|x| x == "cwasm"));
+    found
+}
+
+const REPORT: [(&str, &str); 1] = [("AMPHI_WASM_CACHE_REPORT", "1")];
+
+#[test]
+fn concurrent_first_starts_compile_once() {
+    let env = Env::new();
+    let reports: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..4)
+            .map(|n| {
+                let env = &env;
+                s.spawn(move || {
+                    let name = format!("conc{n}");
+                    let b = env.wasm_bundle(&name, &["/app/hello.wasm"]);
+                    b.write();
+                    let id = env.id(&name);
+                    let r = env.amphi_env(&REPORT, &["run", "--bundle", b.path(), &id]);
+                    r.ok();
+                    assert_eq!(r.stdout, "hello from wasm\n");
+                    env.assert_clean(&id, &b.cgroup());
+                    r.stderr.clone()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let count = |what: &str| reports.iter().filter(|r| r.contains(what)).count();
+    assert_eq!(
+        (count("wasm cache: Compiled"), count("wasm cache: Hit")),
+        (1, 3),
+        "{reports:#?}"
+    );
+    assert_eq!(artifacts(&env.root.join("wasm-cache")).len(), 1);
+}
+
+/// `wasm-cache list --format json` as (module size, in use) pairs, sorted.
+fn cache_entries(env: &Env) -> Vec<(u64, bool)> {
+    let r = env.amphi(&["wasm-cache", "list", "--format", "json"]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let mut entries: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["moduleSize"].as_u64().unwrap(),
+                e["inUse"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[test]
+fn the_cache_cap_and_prune_spare_modules_in_use() {
+    let env = Env::new();
+    let size = |name: &str| {
+        std::fs::metadata(amphi_tests::guests_dir().join(name))
+            .unwrap()
+            .len()
+    };
+    let (spin, hello, exit) = (size("spin.wasm"), size("hello.wasm"), size("trap.wasm"));
+    let spinner = env.wasm_bundle("spinner", &["/app/spin.wasm"]);
+    spinner.write();
+    let spinner_id = env.id("spinner");
+    env.amphi(&["run", "-d", "--bundle", spinner.path(), &spinner_id])
+        .ok();
+    assert_eq!(cache_entries(&env), vec![(spin, true)]);
+
+    // A cap of one byte keeps only the module just compiled, and every
+    // module a running guest maps.
+    let capped = |name: &str, args: &[&str]| {
+        let b = env.wasm_bundle(name, args);
+        b.write();
+        let id = env.id(name);
+        env.amphi(&["--wasm-cache-max", "1", "run", "--bundle", b.path(), &id]);
+        env.assert_clean(&id, &b.cgroup());
+    };
+    capped("hello", &["/app/hello.wasm"]);
+    let mut want = vec![(spin, true), (hello, false)];
+    want.sort();
+    assert_eq!(cache_entries(&env), want);
+    capped("trap", &["/app/trap.wasm"]);
+    let mut want = vec![(spin, true), (exit, false)];
+    want.sort();
+    assert_eq!(cache_entries(&env), want);
+
+    env.amphi(&["wasm-cache", "prune"])
+        .ok()
+        .stdout
+        .starts_with("removed 1 compiled modules")
+        .then_some(())
+        .expect("prune removes the unused module only");
+    assert_eq!(cache_entries(&env), vec![(spin, true)]);
+    env.amphi(&["delete", "--force", &spinner_id]).ok();
+    env.assert_clean(&spinner_id, &spinner.cgroup());
+    env.amphi(&["wasm-cache", "prune"]).ok();
+    assert_eq!(cache_entries(&env), vec![]);
+    let leftovers: Vec<_> = std::fs::read_dir(env.root.join("wasm-cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn an_unusable_cache_warns_and_the_container_runs() {
+    let env = Env::new();
+    let b = env.wasm_bundle("nocache", &["/app/hello.wasm"]);
+    b.write();
+    let id = env.id("nocache");
+    // A path below a regular file can never be created.
+    let r = env.amphi(&[
+        "--wasm-cache",
+        "/dev/null/cache",
+        "run",
+        "--bundle",
+        b.path(),
+        &id,
+    ]);
+    r.ok();
+    assert_eq!(r.stdout, "hello from wasm\n");
+    assert!(
+        r.stderr.contains("amphi: warning: wasm cache"),
+        "{}",
+        r.stderr
+    );
+    env.assert_clean(&id, &b.cgroup());
+}
+
+/// A module whose compilation needs far more memory than its container
+/// may use: `functions` functions of `repeats` arithmetic steps each,
+/// encoded directly (as text it would need a large parse first).
+fn big_module(functions: u32, repeats: usize) -> Vec<u8> {
+    fn leb(mut n: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len() as u64, out);
+        out.extend_from_slice(body);
+    }
+    // (local.get 0) (i64.const 7) (i64.mul) (local.get 0) (i64.rotl) (local.set 0)
+    const STEP: [u8; 10] = [0x20, 0, 0x42, 7, 0x7e, 0x20, 0, 0x89, 0x21, 0];
+    let mut body = vec![0u8]; // no locals beyond the parameter
+    for _ in 0..repeats {
+        body.extend_from_slice(&STEP);
+    }
+    body.extend_from_slice(&[0x20, 0, 0x0b]);
+
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    // Types: 0 = (i64) -> i64, 1 = () -> ().
+    section(1, &[2, 0x60, 1, 0x7e, 1, 0x7e, 0x60, 0, 0], &mut module);
+    let mut funcs = Vec::new();
+    leb(u64::from(functions) + 1, &mut funcs);
+    funcs.extend(std::iter::repeat_n(0u8, functions as usize));
+    funcs.push(1);
+    section(3, &funcs, &mut module);
+    let mut exports = vec![1, 6];
+    exports.extend_from_slice(b"_start");
+    exports.push(0);
+    leb(u64::from(functions), &mut exports);
+    section(7, &exports, &mut module);
+    let mut code = Vec::new();
+    leb(u64::from(functions) + 1, &mut code);
+    for _ in 0..functions {
+        leb(body.len() as u64, &mut code);
+        code.extend_from_slice(&body);
+    }
+    code.extend_from_slice(&[2, 0, 0x0b]);
+    section(10, &code, &mut module);
+    module
+}
+
+#[test]
+fn compiling_beyond_the_memory_limit_names_the_limit() {
+    let env = Env::new();
+    let mut b = env.wasm_bundle("bigc", &["/app/big.wasm"]);
+    write_executable(&b.rootfs().join("app/big.wasm"), big_module(200, 4000));
+    b.spec["linux"]["resources"] = json!({"memory": {"limit": 48 << 20}});
+    b.write();
+    let id = env.id("bigc");
+    env.amphi(&["create", "--bundle", b.path(), &id])
+        .fails_with("linux.resources.memory.limit");
+    env.assert_clean(&id, &b.cgroup());
+    assert!(artifacts(&env.root.join("wasm-cache")).is_empty());
+}
+
+#[test]
+fn a_proposal_the_cli_leaves_off_is_named() {
+    let env = Env::new();
+    for (name, text, needle) in [
+        (
+            "pages",
+            "(module (memory 1 (pagesize 1)) (func (export \"_start\")))",
+            "custom page sizes proposal",
+        ),
+        (
+            "wide",
+            "(module (func (export \"_start\") i64.const 1 i64.const 2 i64.const 3 i64.const 4 i64.add128 drop drop))",
+            "wide arithmetic",
+        ),
+    ] {
+        let mut b = env.wasm_bundle(name, &["/app/x.wasm"]);
+        write_executable(&b.rootfs().join("app/x.wasm"), text);
+        b.spec["annotations"] = json!({"module.wasm.image/variant": "compat"});
+        b.write();
+        let id = env.id(name);
+        env.amphi(&["create", "--bundle", b.path(), &id])
+            .fails_with(needle)
+            .fails_with("the wasmtime CLI's defaults");
+        env.assert_clean(&id, &b.cgroup());
+    }
+}
+
+fn write_executable(path: &std::path::Path, text: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Every proposal `wasmtime run` enables by default, exercised in a
+/// container: each probe computes with the proposal and traps unless the
+/// result is right (the engine's settings are compared with the CLI's in
+/// amphi-wasm's unit tests; these show the features work end to end).
+#[test]
+fn the_clis_default_proposals_run() {
+    let probes: [(&str, &str); 11] = [
+        (
+            "exceptions",
+            "(tag $e (param i32))
+             (func (export \"_start\")
+               (block $caught (result i32)
+                 (try_table (catch $e $caught) (throw $e (i32.const 42)))
+                 unreachable)
+               i32.const 42 i32.ne (if (then unreachable)))",
+        ),
+        (
+            "tail-call",
+            "(func $down (param i32) (result i32)
+               (if (result i32) (i32.eqz (local.get 0))
+                 (then (i32.const 7))
+                 (else (return_call $down (i32.sub (local.get 0) (i32.const 1))))))
+             (func (export \"_start\")
+               (call $down (i32.const 10000000)) i32.const 7 i32.ne (if (then unreachable)))",
+        ),
+        (
+            "simd",
+            "(func (export \"_start\")
+               (i32x4.extract_lane 3 (i32x4.add (v128.const i32x4 1 2 3 4) (v128.const i32x4 1 1 1 1)))
+               i32.const 5 i32.ne (if (then unreachable)))",
+        ),
+        (
+            "relaxed-simd",
+            "(func (export \"_start\")
+               (i32x4.extract_lane 0 (i32x4.relaxed_trunc_f32x4_s (v128.const f32x4 1.5 2.5 3.5 4.5)))
+               i32.const 1 i32.ne (if (then unreachable)))",
+        ),
+        (
+            "multi-memory",
+            "(memory $a 1) (memory $b 1)
+             (func (export \"_start\")
+               (i32.store $b (i32.const 8) (i32.const 11))
+               (i32.load $a (i32.const 8)) (if (then unreachable))
+               (i32.load $b (i32.const 8)) i32.const 11 i32.ne (if (then unreachable)))",
+        ),
+        (
+            "memory64",
+            "(memory i64 1)
+             (func (export \"_start\")
+               (i32.store (i64.const 65532) (i32.const 6))
+               (i32.load (i64.const 65532)) i32.const 6 i32.ne (if (then unreachable)))",
+        ),
+        (
+            "extended-const",
+            "(global $g i32 (i32.add (i32.const 1) (i32.mul (i32.const 2) (i32.const 3))))
+             (func (export \"_start\")
+               global.get $g i32.const 7 i32.ne (if (then unreachable)))",
+        ),
+        (
+            "gc",
+            "(type $point (struct (field i32) (field (mut i32))))
+             (func (export \"_start\") (local $p (ref $point))
+               (local.set $p (struct.new $point (i32.const 9) (i32.const 1)))
+               (struct.set $point 1 (local.get $p) (i32.const 4))
+               (i32.add (struct.get $point 0 (local.get $p)) (struct.get $point 1 (local.get $p)))
+               i32.const 13 i32.ne (if (then unreachable)))",
+        ),
+        (
+            "function-references",
+            "(type $answer (func (result i32)))
+             (func $five (type $answer) i32.const 5)
+             (elem declare func $five)
+             (func (export \"_start\")
+               (call_ref $answer (ref.func $five)) i32.const 5 i32.ne (if (then unreachable)))",
+        ),
+        (
+            "threads",
+            "(memory 1)
+             (func (export \"_start\")
+               (drop (i32.atomic.rmw.add (i32.const 0) (i32.const 3)))
+               (i32.atomic.load (i32.const 0)) i32.const 3 i32.ne (if (then unreachable)))",
+        ),
+        (
+            "bulk-memory",
+            "(memory 1)
+             (func (export \"_start\")
+               (memory.fill (i32.const 0) (i32.const 9) (i32.const 100))
+               (memory.copy (i32.const 200) (i32.const 50) (i32.const 10))
+               (i32.load8_u (i32.const 209)) i32.const 9 i32.ne (if (then unreachable)))",
+        ),
+    ];
+    let env = Env::new();
+    for (proposal, body) in probes {
+        let mut b = env.wasm_bundle(proposal, &["/app/probe.wat"]);
+        write_executable(
+            &b.rootfs().join("app/probe.wat"),
+            format!("(module {body})"),
+        );
+        b.spec["annotations"] = json!({"module.wasm.image/variant": "compat"});
+        b.write();
+        let id = env.id(proposal);
+        let r = env.amphi(&["run", "--bundle", b.path(), &id]);
+        assert_eq!(r.code, 0, "{proposal}: {}", r.stderr);
+        env.assert_clean(&id, &b.cgroup());
+    }
+}
+
+/// Absolute paths mean the container's root whatever process.cwd is (a
+/// "." preopen would have sent them into the cwd under wasi-libc), and
+/// relative ones resolve against "/".
+#[test]
+fn absolute_paths_ignore_the_cwd() {
+    let env = Env::new();
+    let mut b = env.wasm_bundle("cwd", &["/app/probe.wasm", "read", "/etc/passwd"]);
+    std::fs::create_dir_all(b.rootfs().join("work/etc")).unwrap();
+    std::fs::write(b.rootfs().join("work/etc/passwd"), "the cwd's copy\n").unwrap();
+    b.spec["process"]["cwd"] = json!("/work");
+    b.write();
+    let id = env.id("cwd");
+    let read = |b: &amphi_tests::Bundle| {
+        let r = env.amphi(&["run", "--bundle", b.path(), &id]);
+        r.ok();
+        env.assert_clean(&id, &b.cgroup());
+        r.stdout.clone()
+    };
+    assert!(read(&b).starts_with("root:x:0:0"));
+    b.spec["process"]["args"] = json!(["/app/probe.wasm", "read", "etc/passwd"]);
+    b.write();
+    assert!(read(&b).starts_with("root:x:0:0"));
 }

@@ -4,6 +4,7 @@
 
 pub mod clients;
 pub mod containerd;
+pub mod corpus;
 pub mod cri;
 pub mod docker;
 pub mod podman;

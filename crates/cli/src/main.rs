@@ -3,7 +3,7 @@
 mod log;
 mod spec_cmd;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
 
@@ -39,12 +39,37 @@ struct Cli {
     /// Directory of compiled WebAssembly modules (default: ROOT/wasm-cache).
     #[arg(long, global = true)]
     wasm_cache: Option<PathBuf>,
+    /// The most the compiled modules may take (e.g. 512M, 4G); the least
+    /// recently used not in use are evicted past it.
+    #[arg(long, global = true, default_value = "2G", value_parser = parse_size_arg)]
+    wasm_cache_max: u64,
     /// Manage cgroups through systemd: linux.cgroupsPath is
     /// slice:prefix:name, a transient prefix-name.scope unit in the slice.
     #[arg(long, global = true)]
     systemd_cgroup: bool,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum WasmCacheCommand {
+    /// Every compiled module, least recently used first: its module's
+    /// digest and size, the artifact's size, last use, whether in use.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+    },
+    /// Remove the compiled modules no container runs, least recently used
+    /// first, until at most --max is left (default: all of them).
+    Prune {
+        #[arg(long, default_value = "0", value_parser = parse_size_arg)]
+        max: u64,
+    },
+}
+
+fn parse_size_arg(s: &str) -> std::result::Result<u64, String> {
+    amphi_core::util::parse_size(s)
+        .ok_or_else(|| format!("{s:?} is not a size (bytes, or with K, M, G, T)"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -213,6 +238,9 @@ enum Command {
     Resume { id: String },
     /// Print what this runtime supports, as runtime-spec features JSON.
     Features,
+    /// The compiled WebAssembly modules cache.
+    #[command(subcommand)]
+    WasmCache(WasmCacheCommand),
     /// Serve HTTP functions (wasm modules, wasi:http components, native
     /// programs, OCI bundles), each invocation in the envelope.
     Serve {
@@ -288,7 +316,7 @@ fn version() -> String {
 }
 
 /// The executors this command line runs, in the order they are asked.
-fn handlers(wasm_cache: PathBuf) -> Vec<Box<dyn amphi_core::executor::Handler>> {
+fn handlers(wasm_cache: amphi_wasm::CacheDir) -> Vec<Box<dyn amphi_core::executor::Handler>> {
     vec![
         Box::new(amphi_wasm::Handler::new(wasm_cache)),
         Box::new(amphi_native::Handler),
@@ -319,12 +347,16 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     let root = cli.root.clone().unwrap_or_else(default_root);
-    let runtime = || {
-        let (log, format) = (cli.log.clone(), cli.log_format);
-        let wasm_cache = cli
+    let wasm_cache = amphi_wasm::CacheDir {
+        path: cli
             .wasm_cache
             .clone()
-            .unwrap_or_else(|| root.join("wasm-cache"));
+            .unwrap_or_else(|| root.join("wasm-cache")),
+        max: cli.wasm_cache_max,
+    };
+    let runtime = || {
+        let (log, format) = (cli.log.clone(), cli.log_format);
+        let wasm_cache = wasm_cache.clone();
         let driver = if cli.systemd_cgroup {
             amphi_core::cgroups::Driver::Systemd
         } else {
@@ -480,16 +512,14 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 functions: functions.clone(),
                 listen: *listen,
                 root: root.clone(),
-                wasm_cache: cli
-                    .wasm_cache
-                    .clone()
-                    .unwrap_or_else(|| root.join("wasm-cache")),
+                wasm_cache: wasm_cache.clone(),
                 work_dir: work_dir.clone(),
                 shutdown_timeout,
             })
             .context("serve")?;
         }
         Command::Features => println!("{}", serde_json::to_string_pretty(&spec_cmd::features())?),
+        Command::WasmCache(command) => wasm_cache_command(&wasm_cache.path, command)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -649,6 +679,75 @@ fn list(rt: &Runtime, format: ListFormat, quiet: bool) -> Result<()> {
                     s.created
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+fn wasm_cache_command(dir: &Path, command: &WasmCacheCommand) -> Result<()> {
+    if !dir.is_dir() {
+        anyhow::bail!("--wasm-cache {}: no such directory", dir.display());
+    }
+    let cache = amphi_wasm::Cache::new(dir, u64::MAX);
+    let show = |entries: &[amphi_wasm::cache::Entry]| -> Vec<serde_json::Value> {
+        entries
+            .iter()
+            .map(|e| {
+                let last_use = e
+                    .last_use
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                serde_json::json!({
+                    "key": e.key,
+                    "module": format!("sha256:{}", e.module_digest),
+                    "moduleSize": e.module_size,
+                    "kind": match e.flavor {
+                        amphi_wasm::Flavor::Module => "module",
+                        amphi_wasm::Flavor::Component => "component",
+                    },
+                    "size": e.size,
+                    "lastUse": amphi_core::util::rfc3339(last_use, 0),
+                    "inUse": e.in_use,
+                })
+            })
+            .collect()
+    };
+    match command {
+        WasmCacheCommand::List { format } => {
+            let entries = cache
+                .list()
+                .with_context(|| format!("list {}", dir.display()))?;
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string(&show(&entries))?),
+                ListFormat::Table => {
+                    println!(
+                        "{:<71} {:<9} {:>12} {:>12} {:<20} IN USE",
+                        "MODULE", "KIND", "MODULE SIZE", "SIZE", "LAST USE"
+                    );
+                    for (e, v) in entries.iter().zip(show(&entries)) {
+                        println!(
+                            "{:<71} {:<9} {:>12} {:>12} {:<20} {}",
+                            v["module"].as_str().unwrap_or_default(),
+                            v["kind"].as_str().unwrap_or_default(),
+                            e.module_size,
+                            e.size,
+                            v["lastUse"].as_str().unwrap_or_default(),
+                            if e.in_use { "yes" } else { "no" }
+                        );
+                    }
+                }
+            }
+        }
+        WasmCacheCommand::Prune { max } => {
+            let removed = cache
+                .shrink_to(*max, None)
+                .with_context(|| format!("prune {}", dir.display()))?;
+            let freed: u64 = removed.iter().map(|e| e.size).sum();
+            println!(
+                "removed {} compiled modules, {} bytes",
+                removed.len(),
+                freed
+            );
         }
     }
     Ok(())

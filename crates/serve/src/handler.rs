@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 
 use amphi_core::executor::{Executor, Handler, Verdict};
@@ -24,12 +24,16 @@ pub type Pending = Rc<RefCell<HashMap<String, OwnedFd>>>;
 
 pub struct FunctionHandler {
     plans: Rc<Vec<Plan>>,
-    wasm_cache: PathBuf,
+    wasm_cache: amphi_wasm::CacheDir,
     pending: Pending,
 }
 
 impl FunctionHandler {
-    pub fn new(plans: Rc<Vec<Plan>>, wasm_cache: PathBuf, pending: Pending) -> FunctionHandler {
+    pub fn new(
+        plans: Rc<Vec<Plan>>,
+        wasm_cache: amphi_wasm::CacheDir,
+        pending: Pending,
+    ) -> FunctionHandler {
         FunctionHandler {
             plans,
             wasm_cache,
@@ -64,20 +68,16 @@ impl Handler for FunctionHandler {
         })?;
         let workload = match (plan.engine, plan.interface) {
             (Engine::Native, _) => Workload::Native(amphi_native::Native::new()),
-            (Engine::Wasm, interface) => {
-                std::fs::create_dir_all(&self.wasm_cache)
-                    .map_err(|e| Error::io("create wasm cache", &self.wasm_cache, e))?;
-                Workload::Wasm(amphi_wasm::function::Function::new(
-                    amphi_wasm::Cache::new(&self.wasm_cache),
-                    match interface {
-                        Interface::Http => Interface::Http,
-                        Interface::Cgi => Interface::Cgi,
-                    },
-                    plan.memory,
-                    plan.readonly_root,
-                    plan.pool_slots,
-                ))
-            }
+            (Engine::Wasm, interface) => Workload::Wasm(amphi_wasm::function::Function::new(
+                self.wasm_cache.open(),
+                match interface {
+                    Interface::Http => Interface::Http,
+                    Interface::Cgi => Interface::Cgi,
+                },
+                plan.memory,
+                plan.readonly_root,
+                plan.pool_slots,
+            )),
         };
         Ok(Box::new(Worker {
             workload,

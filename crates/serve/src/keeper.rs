@@ -70,7 +70,11 @@ pub struct Keeper {
 
 impl Keeper {
     /// Fork the keeper. Call before any other thread exists.
-    pub fn spawn(runtime_root: PathBuf, wasm_cache: PathBuf, plans: Vec<Plan>) -> Result<Keeper> {
+    pub fn spawn(
+        runtime_root: PathBuf,
+        wasm_cache: amphi_wasm::CacheDir,
+        plans: Vec<Plan>,
+    ) -> Result<Keeper> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -140,7 +144,7 @@ impl Keeper {
 fn serve(
     sock: OwnedFd,
     root: &std::path::Path,
-    wasm_cache: PathBuf,
+    wasm_cache: amphi_wasm::CacheDir,
     plans: Vec<Plan>,
 ) -> Result<()> {
     let _ = nix::sys::prctl::set_name(c"amphi-keeper");

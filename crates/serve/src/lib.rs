@@ -37,7 +37,7 @@ pub struct Options {
     /// The runtime's state root (envelopes are containers there).
     pub root: PathBuf,
     /// Where compiled wasm modules are cached.
-    pub wasm_cache: PathBuf,
+    pub wasm_cache: amphi_wasm::CacheDir,
     /// Where the functions' generated bundles go (default: a temporary
     /// directory, removed at exit).
     pub work_dir: Option<PathBuf>,

@@ -4,18 +4,18 @@
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use amphi_core::executor::{Executor, PrepareContext};
 use amphi_core::rootfs::{open_in_root, Create};
 use amphi_core::{Error, Result};
 use oci_spec::runtime::Process;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Config, Engine, InstancePre, Linker, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{InstancePre, Linker, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::engine::{engine, Kind};
 use crate::Cache;
 
 /// Exit status of a guest that trapped (as for a native abort).
@@ -52,27 +52,34 @@ pub struct Wasm {
     /// `linux.resources.memory.limit`: also the cap of the guest's memories.
     memory_limit: Option<u64>,
     readonly_root: bool,
-    cwd: PathBuf,
     /// Writable mounts under a read-only root: preopened read-write.
     writable: Vec<PathBuf>,
     linked: Option<Linked>,
 }
 
-/// One engine per process; created only when a wasm bundle is prepared, so
-/// native containers never pay for it.
-pub fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let mut config = Config::new();
-        // The init stays single-threaded: capabilities and credentials are
-        // per thread, and a compile thread must not outlive the drop of them.
-        config.parallel_compilation(false);
-        Engine::new(&config).expect("default wasmtime config is valid")
-    })
-}
-
 pub(crate) fn fail(what: impl std::fmt::Display) -> Error {
     Error::Init(what.to_string())
+}
+
+/// Why `what` could not be compiled, and what to do about it.
+pub(crate) fn compile_error(what: &str, e: &wasmtime::Error, memory_limit: Option<u64>) -> Error {
+    if let Some(killed) = e.downcast_ref::<crate::CompilerKilled>() {
+        let limit = match memory_limit {
+            Some(limit) => format!(
+                "compiling it needs more memory than linux.resources.memory.limit allows ({} MiB)",
+                limit >> 20
+            ),
+            None => "compiling it ran out of memory".to_owned(),
+        };
+        return fail(format!(
+            "{what}: {limit}: {killed}; raise the limit, or start it once with a larger one \
+             (the compiled module is cached for the containers after it)"
+        ));
+    }
+    match crate::engine::explain(e) {
+        Some(why) => fail(format!("{what}: {e:#} ({why})")),
+        None => fail(format!("{what}: {e:#}")),
+    }
 }
 
 /// A core module or a component, told apart by the header's layer field.
@@ -111,7 +118,6 @@ impl Wasm {
             cache,
             memory_limit,
             readonly_root,
-            cwd: PathBuf::from("/"),
             writable: Vec::new(),
             linked: None,
         }
@@ -171,10 +177,10 @@ impl Wasm {
             b.preopened_dir(dir, dir.to_string_lossy(), FsPerms::ReadWrite)
                 .map_err(|e| fail(format!("preopen mount {}: {e}", dir.display())))?;
         }
-        if self.cwd != Path::new("/") {
-            b.preopened_dir(&self.cwd, ".", perms)
-                .map_err(|e| fail(format!("process.cwd {}: {e}", self.cwd.display())))?;
-        }
+        // No preopen for process.cwd: wasi-libc strips "/" and "." to the
+        // same empty prefix, so a "." preopen would shadow the root and
+        // every absolute path would land in the cwd. Relative paths resolve
+        // against "/", as under runwasi and `wasmtime run --dir /`.
         Ok(b)
     }
 
@@ -182,7 +188,7 @@ impl Wasm {
         amphi_core::util::trace::phase("wasm: WASI context");
         let limits = store_limits(self.memory_limit);
         let wasi = self.wasi(p)?;
-        let engine = engine();
+        let engine = engine(Kind::Command);
         amphi_core::util::trace::phase("wasm: instantiate and run");
         let status = match self.linked.expect("prepare ran") {
             Linked::Module(pre) => {
@@ -312,9 +318,8 @@ impl Executor for Wasm {
             ))
         })?;
         amphi_core::util::trace::phase("wasm: engine");
-        let engine = engine();
+        let engine = engine(Kind::Command);
         amphi_core::util::trace::phase("wasm: load module");
-        self.cwd = ctx.process.cwd().clone();
         if self.readonly_root {
             self.writable = writable_mounts(ctx.spec);
         }
@@ -322,8 +327,8 @@ impl Executor for Wasm {
             Flavor::Module => {
                 let module = self
                     .cache
-                    .module(engine, &bytes)
-                    .map_err(|e| fail(format!("{what}: {e:#}")))?;
+                    .module(Kind::Command, &bytes)
+                    .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
                 amphi_core::util::trace::phase("wasm: link");
                 let mut linker: Linker<P1State> = Linker::new(engine);
                 wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)
@@ -338,8 +343,8 @@ impl Executor for Wasm {
             Flavor::Component => {
                 let component = self
                     .cache
-                    .component(engine, &bytes)
-                    .map_err(|e| fail(format!("{what}: {e:#}")))?;
+                    .component(Kind::Command, &bytes)
+                    .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
                 let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
                 wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
                     .map_err(|e| fail(format!("link WASI: {e:#}")))?;

@@ -24,7 +24,7 @@ use amphi_core::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use wasmtime::component::ResourceTable;
-use wasmtime::{Config, Engine, InstancePre, Linker, Store, StoreLimits};
+use wasmtime::{Engine, InstancePre, Linker, Store, StoreLimits};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
@@ -35,7 +35,8 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use crate::{fail, flavor, store_limits, Cache, Flavor, TRAP_EXIT};
+use crate::engine::{Kind, POOL_SLOTS};
+use crate::{compile_error, fail, flavor, store_limits, Cache, Flavor, TRAP_EXIT};
 
 /// How often running guests yield (and notice that they were cancelled).
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -45,38 +46,9 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub const MAX_STDOUT: usize = 16 << 20;
 pub const MAX_STDERR: usize = 64 << 10;
 
-/// Instance slots of the pooling allocator, when the process uses one:
-/// set by the first [`Function::prepare`] before the engine exists.
-static POOL_SLOTS: OnceLock<Option<u32>> = OnceLock::new();
-
-/// The engine of function invocations: async, with epoch interruption.
-/// Separate from the command executor's (its compiled code differs), so
-/// containers run by `amphi run` pay for neither.
-///
-/// A long-lived envelope also gets the pooling allocator: instances take
-/// pre-reserved slots instead of mapping and unmapping their memories,
-/// stacks and tables each time (measured: +15% requests/s for a warm
-/// hello). An envelope used once (`strict`) would only pay for reserving
-/// the pool, so it allocates on demand.
+/// The engine of function invocations (see [`crate::engine`]).
 pub fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let mut config = Config::new();
-        config.parallel_compilation(false);
-        config.epoch_interruption(true);
-        if let Some(slots) = POOL_SLOTS.get().copied().flatten() {
-            let mut pool = wasmtime::PoolingAllocationConfig::default();
-            // A component holds a few core instances, memories and tables
-            // (its adapters): room for that many per slot.
-            pool.total_component_instances(slots)
-                .total_core_instances(slots * 8)
-                .total_memories(slots * 4)
-                .total_tables(slots * 4)
-                .total_stacks(slots);
-            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
-        }
-        Engine::new(&config).expect("function engine config is valid")
-    })
+    crate::engine::engine(Kind::Function)
 }
 
 /// Guests running now; the epoch thread sleeps while there are none (an
@@ -255,17 +227,18 @@ impl Function {
         let flavor = flavor(&bytes)
             .ok_or_else(|| fail(format!("{what}: not a WebAssembly module or component")))?;
         let engine = engine();
-        let component = |cache: &Cache| {
+        let memory_limit = self.memory_limit;
+        let component = |cache: &mut Cache| {
             cache
-                .component(engine, &bytes)
-                .map_err(|e| fail(format!("{what}: {e:#}")))
+                .component(Kind::Function, &bytes)
+                .map_err(|e| compile_error(&what, &e, memory_limit))
         };
         let linked = match (self.interface, flavor) {
             (Interface::Cgi, Flavor::Module) => {
                 let module = self
                     .cache
-                    .module(engine, &bytes)
-                    .map_err(|e| fail(format!("{what}: {e:#}")))?;
+                    .module(Kind::Function, &bytes)
+                    .map_err(|e| compile_error(&what, &e, memory_limit))?;
                 let mut linker: Linker<P1State> = Linker::new(engine);
                 wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)
                     .map_err(|e| fail(format!("link WASI: {e:#}")))?;
@@ -274,7 +247,7 @@ impl Function {
                 })?)
             }
             (Interface::Cgi, Flavor::Component) => {
-                let c = component(&self.cache)?;
+                let c = component(&mut self.cache)?;
                 let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
                 wasmtime_wasi::p2::add_to_linker_async(&mut linker)
                     .map_err(|e| fail(format!("link WASI: {e:#}")))?;
@@ -283,7 +256,7 @@ impl Function {
                 })?)
             }
             (Interface::Http, Flavor::Component) => {
-                let c = component(&self.cache)?;
+                let c = component(&mut self.cache)?;
                 let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
                 wasmtime_wasi::p2::add_to_linker_async(&mut linker)
                     .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))

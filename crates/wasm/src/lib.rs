@@ -29,44 +29,46 @@ fn the_version_matches_the_pin() {
 }
 
 #[cfg(feature = "engine")]
-mod cache;
+pub mod cache;
+#[cfg(feature = "engine")]
+mod compile;
+#[cfg(feature = "engine")]
+pub mod engine;
 #[cfg(feature = "engine")]
 mod executor;
 #[cfg(feature = "engine")]
 pub mod function;
 
 #[cfg(feature = "engine")]
-pub use cache::Cache;
+pub use cache::{Cache, CacheDir};
+#[cfg(feature = "engine")]
+pub use compile::CompilerKilled;
 #[cfg(feature = "engine")]
 pub use executor::*;
 #[cfg(feature = "engine")]
-use executor::{fail, store_limits};
+use executor::{compile_error, fail, store_limits};
 
 #[cfg(feature = "engine")]
 pub use handler::Handler;
 
 #[cfg(feature = "engine")]
 mod handler {
-    use std::path::PathBuf;
-
     use amphi_core::executor::{Executor, Verdict};
-    use amphi_core::{Error, Result};
+    use amphi_core::Result;
     use oci_spec::runtime::Spec;
 
     use crate::detect::{is_wasm, Wasm};
-    use crate::{Cache, Wasm as Executor_};
+    use crate::{CacheDir, Wasm as Executor_};
 
     /// Runs the bundles [`crate::detect`] calls wasm, with compiled
     /// modules cached in one directory.
     pub struct Handler {
-        cache_dir: PathBuf,
+        cache: CacheDir,
     }
 
     impl Handler {
-        pub fn new(cache_dir: impl Into<PathBuf>) -> Handler {
-            Handler {
-                cache_dir: cache_dir.into(),
-            }
+        pub fn new(cache: CacheDir) -> Handler {
+            Handler { cache }
         }
     }
 
@@ -83,8 +85,6 @@ mod handler {
         }
 
         fn executor(&self, _id: &str, spec: &Spec) -> Result<Box<dyn Executor>> {
-            std::fs::create_dir_all(&self.cache_dir)
-                .map_err(|e| Error::io("create wasm cache", &self.cache_dir, e))?;
             let memory_limit = spec
                 .linux()
                 .as_ref()
@@ -98,7 +98,7 @@ mod handler {
                 .and_then(|r| r.readonly())
                 .unwrap_or(false);
             Ok(Box::new(Executor_::new(
-                Cache::new(&self.cache_dir),
+                self.cache.open(),
                 memory_limit,
                 readonly,
             )))

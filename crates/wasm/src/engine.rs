@@ -1,0 +1,144 @@
+//! The two wasmtime engines: one runs a container's command, one runs
+//! `amphi serve`'s function invocations (epoch interruption, async and,
+//! for a long-lived envelope, the pooling allocator: its compiled code
+//! differs, so containers run by `amphi run` pay for none of that).
+//!
+//! Both start from wasmtime's own defaults, the configuration `wasmtime
+//! run` uses, so a module that runs there runs here: every proposal the
+//! pinned wasmtime enables by default (exceptions, GC and typed function
+//! references, tail calls, SIMD and relaxed SIMD, threads, memory64,
+//! multi-memory, ...) given the cargo features amphi builds it with, which
+//! are the CLI's (`tests/wasm_parity.rs` checks both against a wasmtime
+//! built by its maintainers).
+//!
+//! The engines that run guests never compile in parallel: they live in
+//! the container's init, whose credentials and capabilities are per
+//! thread until it drops them. Compiling happens in a helper process
+//! with an engine of the same configuration that may use every core.
+
+use std::sync::OnceLock;
+
+use wasmtime::{Config, Engine};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A container's process (`amphi run`, the shim).
+    Command,
+    /// An invocation of `amphi serve`.
+    Function,
+}
+
+/// Instance slots of the pooling allocator for function envelopes, when
+/// they use one: set by the first function prepared, before the engine
+/// exists.
+pub(crate) static POOL_SLOTS: OnceLock<Option<u32>> = OnceLock::new();
+
+pub(crate) fn config(kind: Kind) -> Config {
+    let mut config = Config::new();
+    if kind == Kind::Function {
+        config.epoch_interruption(true);
+        if let Some(slots) = POOL_SLOTS.get().copied().flatten() {
+            let mut pool = wasmtime::PoolingAllocationConfig::default();
+            // A component holds a few core instances, memories and tables
+            // (its adapters): room for that many per slot.
+            pool.total_component_instances(slots)
+                .total_core_instances(slots * 8)
+                .total_memories(slots * 4)
+                .total_tables(slots * 4)
+                .total_stacks(slots);
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        }
+    }
+    config
+}
+
+/// The engine guests of `kind` run on, created on first use so a native
+/// container never pays for one.
+pub fn engine(kind: Kind) -> &'static Engine {
+    static COMMAND: OnceLock<Engine> = OnceLock::new();
+    static FUNCTION: OnceLock<Engine> = OnceLock::new();
+    let cell = match kind {
+        Kind::Command => &COMMAND,
+        Kind::Function => &FUNCTION,
+    };
+    cell.get_or_init(|| {
+        let mut config = config(kind);
+        config.parallel_compilation(false);
+        Engine::new(&config).expect("wasmtime's default config is valid")
+    })
+}
+
+/// An engine whose artifacts [`engine`] loads, compiling on every core the
+/// process may use (the cgroup's cpu quota and cpuset included). Only for
+/// a process that may have threads: the compile helper, or a test.
+pub(crate) fn compiling_engine(kind: Kind) -> wasmtime::Result<Engine> {
+    Engine::new(&config(kind))
+}
+
+/// A proposal the wasmtime CLI leaves off by default is off here too; a
+/// module that needs one fails validation with wasmparser's words ("...
+/// support is not enabled"), which name the proposal but not what to do.
+pub(crate) fn explain(error: &wasmtime::Error) -> Option<&'static str> {
+    let text = format!("{error:#}");
+    [
+        "not enabled",
+        "not supported without",
+        "proposal must be enabled",
+    ]
+    .iter()
+    .any(|phrase| text.contains(phrase))
+    .then_some(
+        "the proposal is off in the wasmtime CLI's defaults too, and amphi enables only those",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime_cli_flags::CommonOptions;
+
+    /// What `wasmtime run` configures when given no option.
+    fn cli_defaults() -> Engine {
+        use clap::Parser;
+        let mut options = CommonOptions::try_parse_from(["wasmtime"]).unwrap();
+        Engine::new(&options.config(None).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_engines_enable_what_the_wasmtime_cli_enables() {
+        let cli = cli_defaults().get_wasm_features();
+        for kind in [Kind::Command, Kind::Function] {
+            let ours = engine(kind).get_wasm_features();
+            assert_eq!(
+                ours,
+                cli,
+                "{kind:?}: amphi enables {:?} the CLI does not, and lacks {:?}",
+                ours - cli,
+                cli - ours
+            );
+            assert_eq!(compiling_engine(kind).unwrap().get_wasm_features(), cli);
+        }
+    }
+
+    /// The proposals a wasmtime built with its default cargo features
+    /// turns on (wasmtime's `Config::features`): a feature amphi's
+    /// manifest lacks would leave one off in both engines above alike.
+    #[test]
+    fn the_cargo_features_are_the_clis() {
+        use wasmtime::WasmFeatures as F;
+        let ours = engine(Kind::Command).get_wasm_features();
+        for (feature, flag) in [
+            ("gc", F::GC_TYPES),
+            ("gc", F::EXCEPTIONS),
+            ("threads", F::THREADS),
+            ("component-model", F::COMPONENT_MODEL),
+            ("component-model-async", F::CM_ASYNC),
+        ] {
+            assert!(
+                ours.contains(flag),
+                "wasmtime's cargo feature {feature:?} is off"
+            );
+        }
+        assert!(ours.contains(F::WASM3), "{ours:?}");
+    }
+}
