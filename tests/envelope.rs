@@ -695,3 +695,28 @@ fn the_init_is_born_in_its_cgroup_where_v2_allows() {
     );
     env.assert_clean(&id, &b.cgroup());
 }
+
+/// A network namespace the container creates has its loopback up, as
+/// runc brings it up: 127.0.0.1 works inside (runc is the reference).
+#[test]
+fn a_new_network_namespace_has_loopback_up() {
+    for runtime in [amphi_tests::amphi_bin(), "/usr/sbin/runc".into()] {
+        let env = Env::for_runtime(runtime.clone());
+        let (r, id, cg) = run_sh(
+            &env,
+            "lo",
+            "cat /sys/class/net/lo/flags; nc -l -p 7000 -e echo served & \
+             for i in $(seq 100); do nc 127.0.0.1 7000 </dev/null 2>/dev/null && break; sleep 0.1; done",
+            |_| {},
+        );
+        r.ok();
+        assert_eq!(
+            r.stdout,
+            "0x9\nserved\n",
+            "{}: {}",
+            runtime.display(),
+            r.stderr
+        );
+        env.assert_clean(&id, &cg);
+    }
+}

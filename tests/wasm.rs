@@ -338,7 +338,7 @@ fn second_start_compiles_nothing_and_corruption_recovers() {
 #[test]
 fn bad_wasm_bundles_fail_at_create_and_leave_nothing() {
     let env = Env::new();
-    let cases: [(&str, &[u8], &str); 4] = [
+    let cases: [(&str, &[u8], &str); 5] = [
         (
             "invalid",
             b"\0asm\x01\0\0\0\x01\xff\xff\xff",
@@ -350,6 +350,12 @@ fn bad_wasm_bundles_fail_at_create_and_leave_nothing() {
             "env::foo",
         ),
         ("world", b"(component)", "wasi:cli/command"),
+        (
+            "exports",
+            b"(component (core module $m (func (export \"f\"))) (core instance $i (instantiate $m)) \
+              (func $f (canon lift (core func $i \"f\"))) (export \"hello\" (func $f)))",
+            "(it exports [hello])",
+        ),
         (
             "text",
             b"#!/bin/sh\necho native\n",
@@ -888,4 +894,65 @@ fn absolute_paths_ignore_the_cwd() {
     b.spec["process"]["args"] = json!(["/app/probe.wasm", "read", "etc/passwd"]);
     b.write();
     assert!(read(&b).starts_with("root:x:0:0"));
+}
+
+/// `GET path` (HTTP/1.0: one request per connection, an unchunked body) to 127.0.0.1:port
+/// inside the network namespace of process `pid`: the response's text, or
+/// None while nothing listens.
+fn get_in_netns(pid: i64, port: u16, path: &str) -> Option<String> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).ok()?;
+    let path = path.to_owned();
+    // setns moves only the calling thread: a thread of its own.
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: svc\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        Some(text)
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_wasi_http_component_serves_in_its_network_namespace() {
+    let env = Env::new();
+    let mut b = env.wasm_bundle("svc", &["/app/http-hello.wasm"]);
+    b.spec["annotations"] = json!({"amphi.io/http-port": "8181"});
+    b.spec["linux"]["resources"] = json!({"memory": {"limit": 256 << 20}});
+    b.write();
+    let id = env.id("svc");
+    env.amphi(&["run", "-d", "--bundle", b.path(), &id]).ok();
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    assert!(
+        wait_for(30, || get_in_netns(pid, 8181, "/").is_some()),
+        "nothing listens on 8181 in the container"
+    );
+    for n in 0..3 {
+        let r = get_in_netns(pid, 8181, &format!("/http/n{n}")).unwrap();
+        assert!(r.starts_with("HTTP/1.0 200"), "{r}");
+        assert!(r.contains("x-amphi: wasi-http"), "{r}");
+        assert!(r.ends_with(&format!("path=/http/n{n}\nbody=0\n")), "{r}");
+    }
+    // A trapping request costs that request only.
+    let r = get_in_netns(pid, 8181, "/http/trap").unwrap();
+    assert!(r.starts_with("HTTP/1.0 500"), "{r}");
+    assert!(get_in_netns(pid, 8181, "/")
+        .unwrap()
+        .starts_with("HTTP/1.0 200"));
+    env.amphi(&["kill", &id, "TERM"]).ok();
+    assert!(wait_for(10, || env.status(&id).as_deref() == Some("stopped")));
+    env.amphi(&["delete", &id]).ok();
+    env.assert_clean(&id, &b.cgroup());
+
+    let mut b = env.wasm_bundle("badport", &["/app/http-hello.wasm"]);
+    b.spec["annotations"] = json!({"amphi.io/http-port": "80000"});
+    b.write();
+    let id = env.id("badport");
+    env.amphi(&["create", "--bundle", b.path(), &id])
+        .fails_with("amphi.io/http-port");
+    env.assert_clean(&id, &b.cgroup());
 }

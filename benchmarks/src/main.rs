@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release -p amphi-bench -- all          # full run, updates README and benchmarks/results
-//! cargo run --release -p amphi-bench -- start        # one group: start | memory | compute | shim | serve
+//! cargo run --release -p amphi-bench -- start        # one group: start | memory | compute | shim | pods | serve | wasm
 //! cargo run -p amphi-bench -- all --smoke --out DIR  # tiny run (the test suite's)
 //! ```
 //!
@@ -16,6 +16,7 @@ mod plot;
 mod pods;
 mod report;
 mod serve;
+mod wasm;
 mod world;
 
 use std::path::PathBuf;
@@ -76,9 +77,12 @@ impl Opts {
                 other => bail!("unknown argument {other:?} (see benchmarks/src/main.rs)"),
             }
         }
-        if !["all", "start", "memory", "compute", "shim", "pods", "serve"].contains(&group.as_str())
+        if ![
+            "all", "start", "memory", "compute", "shim", "pods", "serve", "wasm",
+        ]
+        .contains(&group.as_str())
         {
-            bail!("unknown group {group:?}: use all, start, memory, compute, shim, pods or serve");
+            bail!("unknown group {group:?}: use all, start, memory, compute, shim, pods, serve or wasm");
         }
         Ok((group, o))
     }
@@ -106,7 +110,7 @@ pub fn pair_ratio(a: &[f64], b: &[f64]) -> f64 {
     median_p95(&r).0
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -402,6 +406,10 @@ fn main() -> Result<()> {
     if group == "all" || group == "serve" {
         eprintln!("amphi-bench: amphi serve under load on loopback");
         results["serve"] = serve::group(&w, &o)?;
+    }
+    if group == "all" || group == "wasm" {
+        eprintln!("amphi-bench: real wasm programs, first and cached starts");
+        results["wasm"] = wasm::group(&w, &o)?;
     }
     drop(w);
     report::write(&results, &o)?;

@@ -242,6 +242,45 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
     }
     std::fs::write(o.out.join("summary.md"), &md)?;
     println!("{md}");
+    if let Some(wasm) = r.get("wasm") {
+        writeln!(
+            md,
+            "\n**Real wasm programs** (`amphi run` to exit; first start compiles, cached maps the artifact):\n\n\
+             | program | toolchain | module | first start | cached start |\n|---|---|---|---|---|"
+        )?;
+        let mut csv = String::from("program,module_bytes,first_start_ms,cached_start_ms\n");
+        for p in wasm["programs"].as_array().into_iter().flatten() {
+            let name = p["program"].as_str().unwrap_or("");
+            writeln!(
+                md,
+                "| {name} | {} | {:.1} MB | {:.0} ms | {:.0} ms |",
+                p["toolchain"].as_str().unwrap_or(""),
+                f(&p["module_bytes"]) / 1e6,
+                f(&p["first_start_ms"]),
+                f(&p["cached_start_ms"])
+            )?;
+            writeln!(
+                csv,
+                "{name},{},{:.1},{:.1}",
+                p["module_bytes"],
+                f(&p["first_start_ms"]),
+                f(&p["cached_start_ms"])
+            )?;
+            if let Some(reference) = p["wasmtime_compile_ms"].as_f64() {
+                writeln!(
+                    md,
+                    "\n{name}: first start {:.2}x wasmtime's own compile and serialize of it ({:.1} s, the wasmtime 48 Python package)\n",
+                    f(&p["first_start_over_wasmtime_compile"]),
+                    reference / 1e3
+                )?;
+            }
+        }
+        for skip in wasm["skipped"].as_array().into_iter().flatten() {
+            writeln!(md, "- skipped: {}", skip.as_str().unwrap_or(""))?;
+        }
+        std::fs::write(o.out.join("wasm.csv"), csv)?;
+    }
+
     if !o.smoke && o.out == default_out() {
         update_readme(&md)?;
     }

@@ -21,6 +21,7 @@ fn harness_runs_end_to_end() {
         "memory.svg",
         "compute.csv",
         "compute.svg",
+        "wasm.csv",
     ] {
         assert!(out.path().join(f).exists(), "{f} not written");
     }
@@ -54,6 +55,16 @@ fn harness_runs_end_to_end() {
         assert_eq!(v["errors"], 0, "serve: {v}");
     }
     assert!(out.path().join("serve.svg").exists());
+    // The smoke pass starts one small real program, unless its registry is
+    // unreachable (then it says so).
+    let wasm = &r["wasm"];
+    let started = wasm["programs"].as_array().unwrap().iter().any(|p| {
+        p["first_start_ms"].as_f64().unwrap() > 0.0 && p["cached_start_ms"].as_f64().unwrap() > 0.0
+    });
+    assert!(
+        started || !wasm["skipped"].as_array().unwrap().is_empty(),
+        "{wasm}"
+    );
     let svg = std::fs::read_to_string(out.path().join("start.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("amphi native"));
 }

@@ -11,6 +11,36 @@ use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
 use crate::error::SysContext;
 use crate::Result;
 
+/// Bring up `lo` in a network namespace the container created, as runc
+/// does: a new namespace's loopback starts down, and without it even
+/// 127.0.0.1 is unreachable inside the container.
+pub fn loopback_up() -> Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .sys(|| "socket for the loopback interface".into())?;
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (to, from) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *to = *from as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name from and writes the flags into
+    // the ifreq we own, which outlives the call.
+    let got = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
+    nix::errno::Errno::result(got).sys(|| "loopback interface: get flags".into())?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads the name and flags from our ifreq.
+    let set = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    nix::errno::Errno::result(set).sys(|| "loopback interface: set up".into())?;
+    Ok(())
+}
+
 pub fn flag(t: LinuxNamespaceType) -> CloneFlags {
     match t {
         LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,

@@ -363,6 +363,16 @@ impl Cache {
         }
     }
 
+    /// A cache that stores nothing (its directory went to another owner).
+    pub fn detached() -> Cache {
+        Cache {
+            dir: PathBuf::new(),
+            fd: None,
+            max: 0,
+            held: Vec::new(),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -25,6 +25,8 @@ pub const TRAP_EXIT: i32 = 134;
 enum Linked {
     Module(InstancePre<P1State>),
     Component(CommandPre<P2State>),
+    /// A `wasi:http/proxy` component, served on a port.
+    Service(Box<crate::function::Function>, u16),
 }
 
 struct P1State {
@@ -184,7 +186,11 @@ impl Wasm {
         Ok(b)
     }
 
-    fn run(self, p: &Process) -> Result<i32> {
+    fn run(mut self, p: &Process) -> Result<i32> {
+        let service = self.linked.take_if(|l| matches!(l, Linked::Service(..)));
+        if let Some(Linked::Service(function, port)) = service {
+            return Err(crate::service::serve(*function, port, p));
+        }
         amphi_core::util::trace::phase("wasm: WASI context");
         let limits = store_limits(self.memory_limit);
         let wasi = self.wasi(p)?;
@@ -208,6 +214,7 @@ impl Wasm {
                 });
                 status_of(result.map(|()| 0))
             }
+            Linked::Service(..) => unreachable!("served above"),
             Linked::Component(pre) => {
                 let mut wasi = wasi;
                 let mut store = Store::new(
@@ -261,6 +268,9 @@ pub(crate) fn store_limits(memory_limit: Option<u64>) -> StoreLimits {
 /// Room kept in the cgroup for the runtime around the guest: wasmtime's own
 /// allocations while running, WASI buffers, stacks and page tables.
 pub const RUNTIME_HEADROOM: u64 = 16 << 20;
+
+/// Requests a wasi:http container service handles at once.
+const SERVICE_POOL_SLOTS: u32 = 64;
 
 /// The largest module or component read (a compiled one is larger still).
 const MAX_MODULE: u64 = 256 << 20;
@@ -340,6 +350,21 @@ impl Executor for Wasm {
                 })?;
                 Linked::Module(pre)
             }
+            Flavor::Component if crate::service::exports_incoming_handler(&bytes) => {
+                let port = crate::service::port(ctx.spec)?;
+                // The service's instances come from the pooling allocator
+                // of the functions' engine, a slot per request in flight.
+                let cache = std::mem::replace(&mut self.cache, Cache::detached());
+                let mut function = crate::function::Function::new(
+                    cache,
+                    crate::function::Interface::Http,
+                    self.memory_limit,
+                    self.readonly_root,
+                    Some(SERVICE_POOL_SLOTS),
+                );
+                function.prepare(ctx)?;
+                Linked::Service(Box::new(function), port)
+            }
             Flavor::Component => {
                 let component = self
                     .cache
@@ -352,8 +377,15 @@ impl Executor for Wasm {
                     .instantiate_pre(&component)
                     .and_then(CommandPre::new)
                     .map_err(|e| {
+                        let exports: Vec<String> = component
+                            .component_type()
+                            .exports(engine)
+                            .map(|(name, _)| name.to_owned())
+                            .collect();
                         fail(format!(
-                            "{what}: {e:#}; amphi runs components of the wasi:cli/command world"
+                            "{what}: {e:#} (it exports [{}]); amphi runs components of the \
+                             wasi:cli/command and wasi:http/proxy worlds",
+                            exports.join(", ")
                         ))
                     })?;
                 Linked::Component(pre)

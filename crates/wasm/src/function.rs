@@ -380,6 +380,45 @@ impl Function {
         }
     }
 
+    /// One request to a container service (`service.rs`): a fresh
+    /// instance, whose response streams back as the guest writes it.
+    pub(crate) async fn handle(
+        &self,
+        wasi: WasiCtx,
+        request: hyper::Request<hyper::body::Incoming>,
+    ) -> wasmtime::Result<hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>> {
+        let Some(Linked::Proxy(pre)) = self.linked.as_ref() else {
+            wasmtime::bail!("not a wasi:http/proxy component");
+        };
+        let running = Running::new();
+        let mut store = self.p2_store(wasi, store_limits(self.memory_limit));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)?;
+        let out = store.data_mut().http().new_response_outparam(tx)?;
+        let pre = pre.clone();
+        // A task of its own: the guest keeps writing the body after it has
+        // set the response the server is already sending.
+        let guest = tokio::task::spawn(async move {
+            let _running = running;
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        });
+        match rx.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => wasmtime::bail!("the guest answered with error {code:?}"),
+            Err(_) => match guest.await {
+                Ok(Err(e)) => Err(e),
+                _ => wasmtime::bail!("the guest never set a response"),
+            },
+        }
+    }
+
     fn p2_store(&self, ctx: WasiCtx, limits: StoreLimits) -> Store<P2State> {
         let mut store = Store::new(
             engine(),

@@ -38,6 +38,8 @@ pub mod engine;
 mod executor;
 #[cfg(feature = "engine")]
 pub mod function;
+#[cfg(feature = "engine")]
+pub mod service;
 
 #[cfg(feature = "engine")]
 pub use cache::{Cache, CacheDir};

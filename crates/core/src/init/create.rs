@@ -31,6 +31,9 @@ pub(super) fn create(a: InitArgs, pivot: bool, parent: &mut Parent) -> Result<In
     if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
         set_domainname(d)?;
     }
+    if a.plan.creates(LinuxNamespaceType::Network) {
+        crate::namespaces::loopback_up()?;
+    }
 
     phase("init: rootfs");
     let root_fd = rootfs::setup(&RootfsContext {

@@ -1,0 +1,137 @@
+//! Real WebAssembly programs (the test corpus, `tests/src/corpus.rs`): the
+//! first start of each, which compiles, and a cached start; the 68 MB C++
+//! one also against wasmtime's own compile of it (the `wasmtime` Python
+//! package, which embeds the C API, with its default configuration),
+//! compiling and serializing as `wasmtime compile` does.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use amphi_tests::corpus::{self, Program, Unavailable, PROGRAMS};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::world::World;
+use crate::{median_p95, ms, Opts};
+
+/// The reference compiler: wasmtime's Python package of the pinned major
+/// release (a wheel: a zip holding the C API's shared library).
+const WHEEL_URL: &str = "https://files.pythonhosted.org/packages/a2/92/e144fcf578fc394678c24b042efe45f3b0614acdb87ea95d8b839b208842/wasmtime-48.0.0-py3-none-manylinux1_x86_64.whl";
+const WHEEL_SHA256: &str = "58544d539053dff7bd4cf30c40d7a540862d683013c0dfa6ba46a063f5b682f7";
+
+/// Compile and serialize a module; print the seconds it took.
+const COMPILE_PY: &str = "
+import sys, time, wasmtime
+engine = wasmtime.Engine()
+data = open(sys.argv[1], 'rb').read()
+t = time.perf_counter()
+artifact = wasmtime.Module(engine, data).serialize()
+print(time.perf_counter() - t, len(artifact))
+";
+
+pub fn group(w: &World, o: &Opts) -> Result<Value> {
+    let env = amphi_tests::Env::for_runtime(w.amphi.clone());
+    let mut rows = Vec::new();
+    let mut skipped = Vec::new();
+    let programs: Vec<&Program> = PROGRAMS
+        .iter()
+        .filter(|p| !o.smoke || p.name == "boolector")
+        .collect();
+    for p in programs {
+        let fetched = match corpus::fetch(p) {
+            Ok(dir) => dir,
+            Err(Unavailable::Offline(why)) => {
+                skipped.push(format!("{}: registry unreachable: {why}", p.name));
+                continue;
+            }
+            Err(Unavailable::Broken(why)) => bail!("fetch {}: {why}", p.name),
+        };
+        let module = fetched.join(format!("{}.wasm", p.name));
+        let size = std::fs::metadata(&module)?.len();
+        // A first start costs seconds to a minute: fewer rounds of those.
+        let rounds = if o.smoke || size > 32 << 20 { 1 } else { 3 };
+        let (mut cold, mut cached) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let cache = w.tmp().join(format!("wasm-cache-{}-{round}", p.name));
+            cold.push(ms(start(&env, p, &fetched, &cache, &format!("c{round}"))?));
+            for again in 0..rounds.max(3) {
+                let name = format!("h{round}-{again}");
+                cached.push(ms(start(&env, p, &fetched, &cache, &name)?));
+            }
+            let _ = std::fs::remove_dir_all(&cache);
+        }
+        let mut row = json!({
+            "program": p.name, "toolchain": p.toolchain, "origin": p.origin_text(),
+            "module_bytes": size, "first_start_ms": median_p95(&cold).0,
+            "cached_start_ms": median_p95(&cached).0,
+        });
+        if size > 32 << 20 && !o.smoke {
+            let reference = reference_compile(&module)?;
+            row["wasmtime_compile_ms"] = json!(ms(reference));
+            row["first_start_over_wasmtime_compile"] = json!(median_p95(&cold).0 / ms(reference));
+        }
+        rows.push(row);
+    }
+    Ok(json!({"programs": rows, "skipped": skipped}))
+}
+
+/// `amphi run` of `p` once, timed; its exit status checked.
+fn start(
+    env: &amphi_tests::Env,
+    p: &Program,
+    fetched: &Path,
+    cache: &Path,
+    name: &str,
+) -> Result<Duration> {
+    let bundle_name = format!("{}-{name}", p.name);
+    let b = corpus::bundle(env, p, fetched, &bundle_name);
+    b.write();
+    let id = env.id(&bundle_name);
+    let cache = cache.to_str().context("cache path")?;
+    let t = Instant::now();
+    let r = env.amphi(&["--wasm-cache", cache, "run", "--bundle", b.path(), &id]);
+    let took = t.elapsed();
+    if r.code != p.exit {
+        bail!("{} {name}: exit {}: {}", p.name, r.code, r.stderr);
+    }
+    let _ = std::fs::remove_dir_all(Path::new(b.path()));
+    Ok(took)
+}
+
+fn reference_compile(module: &Path) -> Result<Duration> {
+    let base = corpus::corpus_dir();
+    let wheel = base.join("downloads/wasmtime-48.0.0.whl");
+    corpus::download(WHEEL_URL, WHEEL_SHA256, &wheel).map_err(|e| match e {
+        Unavailable::Offline(why) | Unavailable::Broken(why) => anyhow::anyhow!(why),
+    })?;
+    let unpacked = base.join("wasmtime-py");
+    if !unpacked.join("wasmtime").is_dir() {
+        let st = Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&wheel)
+            .arg(&unpacked)
+            .status()?;
+        if !st.success() {
+            bail!("unpacking {}", wheel.display());
+        }
+    }
+    let out = Command::new("python3")
+        .args(["-c", COMPILE_PY])
+        .arg(module)
+        .env("PYTHONPATH", &unpacked)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "wasmtime (Python) compile: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let seconds: f64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("wasmtime (Python) printed {text:?}"))?;
+    Ok(Duration::from_secs_f64(seconds))
+}
