@@ -233,15 +233,6 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
         serve_table(&mut md, sv, o)?;
     }
 
-    for svg in [
-        "start", "split", "memory", "shim", "pods", "compute", "serve",
-    ] {
-        if o.out.join(format!("{svg}.svg")).exists() {
-            writeln!(md, "\n![{svg}](benchmarks/results/{svg}.svg)")?;
-        }
-    }
-    std::fs::write(o.out.join("summary.md"), &md)?;
-    println!("{md}");
     if let Some(wasm) = r.get("wasm") {
         writeln!(
             md,
@@ -281,6 +272,15 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
         std::fs::write(o.out.join("wasm.csv"), csv)?;
     }
 
+    for svg in [
+        "start", "split", "memory", "shim", "pods", "compute", "serve",
+    ] {
+        if o.out.join(format!("{svg}.svg")).exists() {
+            writeln!(md, "\n![{svg}](benchmarks/results/{svg}.svg)")?;
+        }
+    }
+    std::fs::write(o.out.join("summary.md"), &md)?;
+    println!("{md}");
     if !o.smoke && o.out == default_out() {
         update_readme(&md)?;
     }
