@@ -956,3 +956,34 @@ fn a_wasi_http_component_serves_in_its_network_namespace() {
         .fails_with("amphi.io/http-port");
     env.assert_clean(&id, &b.cgroup());
 }
+
+/// A module exec'd into a container prepares inside the container's mount
+/// namespace; the host's cache is reached through a directory fd, never
+/// through /proc paths that would resolve there: a container whose /proc
+/// is a tmpfs of its own (which it could fill with anything) still gets
+/// the cached artifact, and nothing is written into that /proc.
+#[test]
+fn exec_reaches_the_cache_without_the_containers_proc() {
+    let env = Env::new();
+    let mut b = env.wasm_bundle("fakeproc", &["sleep", "60"]);
+    let mounts = b.spec["mounts"].as_array_mut().unwrap();
+    for m in mounts.iter_mut().filter(|m| m["destination"] == "/proc") {
+        *m = json!({"destination": "/proc", "type": "tmpfs", "source": "tmpfs"});
+    }
+    b.spec["linux"]["maskedPaths"] = json!([]);
+    b.spec["linux"]["readonlyPaths"] = json!([]);
+    b.write();
+    let id = env.id("fakeproc");
+    env.amphi(&["run", "-d", "--bundle", b.path(), &id]).ok();
+    for expect in ["wasm cache: Compiled", "wasm cache: Hit"] {
+        let r = env.amphi_env(&REPORT, &["exec", &id, "/app/hello.wasm"]);
+        r.ok();
+        assert_eq!(r.stdout, "hello from wasm\n");
+        assert!(r.stderr.contains(expect), "{}", r.stderr);
+    }
+    let r = env.amphi(&["exec", &id, "ls", "-A", "/proc"]);
+    r.ok();
+    assert_eq!(r.stdout, "", "written into the container's /proc");
+    env.amphi(&["delete", "--force", &id]).ok();
+    env.assert_clean(&id, &b.cgroup());
+}

@@ -21,6 +21,9 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp
     echo "kernel: $(uname -r)"
     echo "cgroup: $(stat -fc %T /sys/fs/cgroup), controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
     echo "pid 1: $(cat /proc/1/comm), up $(cut -d' ' -f1 /proc/uptime) s"
+    # CRIU (for checkpoint/restore of native containers) needs this
+    # kernel's features; the host's newer kernel breaks Debian's CRIU.
+    echo "criu check: $(criu check 2>&1 | tail -n 1)"
 } > "$results/guest.txt"
 while read -r name exe args; do
     [ -n "$name" ] || continue

@@ -94,6 +94,39 @@ pub fn open_in_root(root: BorrowedFd, path: &Path, create: Create) -> Result<Own
     Ok(parent)
 }
 
+/// Open a regular file inside the rootfs for reading, as [`open_in_root`]
+/// resolves it, without reopening through `/proc/self/fd` (which resolves
+/// in whatever `/proc` the current mount namespace has: an exec'd process
+/// is in the container's). The type is checked on an O_PATH fd first, so a
+/// FIFO or device is never opened; the file opened for reading must be the
+/// same inode.
+pub fn open_regular_in_root(root: BorrowedFd, path: &Path) -> Result<(std::fs::File, u64)> {
+    let ctx = || format!("{} inside the rootfs", path.display());
+    let rel: PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        .collect();
+    let probe = resolve_in_root(root, &rel, OFlag::O_PATH).sys(ctx)?;
+    let st = nix::sys::stat::fstat(&probe).sys(ctx)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(Error::Init(format!("{}: not a regular file", ctx())));
+    }
+    let fd = resolve_in_root(
+        root,
+        &rel,
+        OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
+    )
+    .sys(ctx)?;
+    let again = nix::sys::stat::fstat(&fd).sys(ctx)?;
+    if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino) {
+        return Err(Error::Init(format!(
+            "{}: replaced while it was opened",
+            ctx()
+        )));
+    }
+    Ok((std::fs::File::from(fd), again.st_size as u64))
+}
+
 /// procfs and sysfs go only on real directories: a symlink would move them
 /// somewhere the masked and read-only paths do not cover (CVE-2019-19921).
 fn refuse_symlink(root: BorrowedFd, dest: &Path, typ: &str) -> Result<()> {

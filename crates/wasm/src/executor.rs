@@ -2,11 +2,9 @@
 //! container's process (see the crate's documentation).
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use amphi_core::executor::{Executor, PrepareContext};
-use amphi_core::rootfs::{open_in_root, Create};
 use amphi_core::{Error, Result};
 use oci_spec::runtime::Process;
 use wasmtime::component::ResourceTable;
@@ -128,23 +126,15 @@ impl Wasm {
     pub(crate) fn read_module(ctx: &PrepareContext, arg0: &str) -> Result<(PathBuf, Vec<u8>)> {
         let path = ctx.process.cwd().join(arg0);
         let what = || format!("process.args[0] {arg0:?}");
-        let fd = open_in_root(ctx.root_fd, &path, Create::Nothing)
+        let (f, size) = amphi_core::rootfs::open_regular_in_root(ctx.root_fd, &path)
             .map_err(|e| fail(format!("{}: {e}", what())))?;
-        // A regular file of bounded size: a FIFO would block create, a
-        // device like /dev/zero would never end.
-        let st = nix::sys::stat::fstat(&fd).map_err(|e| fail(format!("{}: {e}", what())))?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(fail(format!("{}: not a regular file", what())));
-        }
-        if st.st_size as u64 > MAX_MODULE {
+        // Bounded: a module is read whole into memory.
+        if size > MAX_MODULE {
             return Err(fail(format!(
-                "{}: {} bytes; modules of at most {MAX_MODULE} bytes are run",
-                what(),
-                st.st_size
+                "{}: {size} bytes; modules of at most {MAX_MODULE} bytes are run",
+                what()
             )));
         }
-        let f = std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .map_err(|e| fail(format!("{}: {e}", what())))?;
         let mut bytes = Vec::new();
         f.take(MAX_MODULE + 1)
             .read_to_end(&mut bytes)
