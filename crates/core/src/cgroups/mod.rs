@@ -421,14 +421,24 @@ pub fn remove(created: &[PathBuf], paths: &[PathBuf]) -> Vec<Error> {
     let mut errors = Vec::new();
     for dir in created.iter().rev() {
         let own = paths.contains(dir);
-        let mut tries = 0;
+        // The last process usually leaves within a fraction of a
+        // millisecond (a multi-threaded one, or one unmapping a large
+        // address space, takes longer): wait briefly first, then longer,
+        // about a second in all.
+        let mut pause = std::time::Duration::from_micros(100);
+        let mut waited = std::time::Duration::ZERO;
         loop {
             match std::fs::remove_dir(dir) {
                 Ok(()) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && own && tries < 200 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(5));
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        && own
+                        && waited < std::time::Duration::from_secs(1) =>
+                {
+                    std::thread::sleep(pause);
+                    waited += pause;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(5));
                 }
                 Err(_) if !own => break,
                 Err(e) => {
