@@ -10,7 +10,7 @@ use oci_spec::runtime::Process;
 use wasmtime::component::ResourceTable;
 use wasmtime::{InstancePre, Linker, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::bindings::sync::CommandPre;
+use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::engine::{engine, Kind};
@@ -144,7 +144,9 @@ impl Wasm {
 
     fn wasi(&self, p: &Process) -> Result<WasiCtxBuilder> {
         let mut b = WasiCtxBuilder::new();
-        b.inherit_stdio();
+        // One guest per process: file I/O may block this thread rather
+        // than go to a pool of blocking threads.
+        b.inherit_stdio().allow_blocking_current_thread(true);
         b.args(p.args().as_deref().unwrap_or_default());
         let env: Vec<(&str, &str)> = p
             .env()
@@ -186,42 +188,56 @@ impl Wasm {
         let wasi = self.wasi(p)?;
         let engine = engine(Kind::Command);
         amphi_core::util::trace::phase("wasm: instantiate and run");
-        let status = match self.linked.expect("prepare ran") {
-            Linked::Module(pre) => {
-                let mut wasi = wasi;
-                let mut store = Store::new(
-                    engine,
-                    P1State {
-                        wasi: wasi.build_p1(),
-                        limits,
-                    },
-                );
-                store.limiter(|s| &mut s.limits);
-                let instance = pre.instantiate(&mut store);
-                let result = instance.and_then(|i| {
-                    let start = i.get_typed_func::<(), ()>(&mut store, "_start")?;
-                    start.call(&mut store, ())
-                });
-                status_of(result.map(|()| 0))
+        // wasmtime-wasi's synchronous API would start a multi-threaded
+        // tokio runtime of its own for every guest (worker threads sized
+        // from the cgroup's CPU quota); the guest runs on the asynchronous
+        // API under a runtime on this thread instead.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| fail(format!("wasm: tokio runtime: {e}")))?;
+        let linked = self.linked.expect("prepare ran");
+        let status = runtime.block_on(async move {
+            match linked {
+                Linked::Module(pre) => {
+                    let mut wasi = wasi;
+                    let mut store = Store::new(
+                        engine,
+                        P1State {
+                            wasi: wasi.build_p1(),
+                            limits,
+                        },
+                    );
+                    store.limiter(|s| &mut s.limits);
+                    let result = async {
+                        let instance = pre.instantiate_async(&mut store).await?;
+                        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                        start.call_async(&mut store, ()).await
+                    }
+                    .await;
+                    status_of(result.map(|()| 0))
+                }
+                Linked::Service(..) => unreachable!("served above"),
+                Linked::Component(pre) => {
+                    let mut wasi = wasi;
+                    let mut store = Store::new(
+                        engine,
+                        P2State {
+                            ctx: wasi.build(),
+                            table: ResourceTable::new(),
+                            limits,
+                        },
+                    );
+                    store.limiter(|s| &mut s.limits);
+                    let result = async {
+                        let cmd = pre.instantiate_async(&mut store).await?;
+                        cmd.wasi_cli_run().call_run(&mut store).await
+                    }
+                    .await;
+                    status_of(result.map(|r| if r.is_ok() { 0 } else { 1 }))
+                }
             }
-            Linked::Service(..) => unreachable!("served above"),
-            Linked::Component(pre) => {
-                let mut wasi = wasi;
-                let mut store = Store::new(
-                    engine,
-                    P2State {
-                        ctx: wasi.build(),
-                        table: ResourceTable::new(),
-                        limits,
-                    },
-                );
-                store.limiter(|s| &mut s.limits);
-                let result = pre
-                    .instantiate(&mut store)
-                    .and_then(|cmd| cmd.wasi_cli_run().call_run(&mut store));
-                status_of(result.map(|r| if r.is_ok() { 0 } else { 1 }))
-            }
-        };
+        });
         Ok(status)
     }
 }
@@ -331,7 +347,7 @@ impl Executor for Wasm {
                     .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
                 amphi_core::util::trace::phase("wasm: link");
                 let mut linker: Linker<P1State> = Linker::new(engine);
-                wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)
+                wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)
                     .map_err(|e| fail(format!("link WASI: {e:#}")))?;
                 let pre = linker.instantiate_pre(&module).map_err(|e| {
                     fail(format!(
@@ -361,7 +377,7 @@ impl Executor for Wasm {
                     .component(Kind::Command, &bytes)
                     .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
                 let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
-                wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+                wasmtime_wasi::p2::add_to_linker_async(&mut linker)
                     .map_err(|e| fail(format!("link WASI: {e:#}")))?;
                 let pre = linker
                     .instantiate_pre(&component)
