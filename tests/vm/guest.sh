@@ -17,6 +17,16 @@ for c in cpuset cpu io memory hugetlb pids; do
     echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
 done
 mount -t tmpfs -o mode=1777 tmpfs /tmp
+# CRIU probes the kernel's features with modules (nftables, tun, veth):
+# the lane kernel's own, from its package, indexed by depmod in an
+# overlay (writes stay in the guest).
+kmods=$(ls -d "$repo"/target/vm/linux-image-*/tree/lib/modules/"$(uname -r)" 2>/dev/null | head -n 1)
+if [ -n "$kmods" ]; then
+    mkdir -p /run/kmods/upper /run/kmods/work "/lib/modules/$(uname -r)"
+    mount -t overlay overlay \
+        -o "lowerdir=$kmods,upperdir=/run/kmods/upper,workdir=/run/kmods/work" \
+        "/lib/modules/$(uname -r)" && depmod
+fi
 {
     echo "kernel: $(uname -r)"
     echo "cgroup: $(stat -fc %T /sys/fs/cgroup), controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
@@ -24,6 +34,7 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp
     # CRIU (for checkpoint/restore of native containers) needs this
     # kernel's features; the host's newer kernel breaks Debian's CRIU.
     echo "criu check: $(criu check 2>&1 | tail -n 1)"
+    criu check -v4 -o "$results/criu.log" >/dev/null 2>&1
 } > "$results/guest.txt"
 while read -r name exe args; do
     [ -n "$name" ] || continue
