@@ -502,3 +502,48 @@ fn exec_joins_a_running_container() {
     env.amphi(&["delete", &id]).ok();
     env.assert_clean(&id, &b.cgroup());
 }
+
+/// Cgroups the workload made below its own are removed with it; one a
+/// process outside the container still holds keeps delete from finishing,
+/// and then delete fails and keeps the record (a cgroup without one could
+/// never be found again), and succeeds once that process is gone.
+#[test]
+fn delete_removes_nested_cgroups_and_keeps_the_record_while_one_is_busy() {
+    let env = Env::new();
+    let b = env.bundle("nested", &["sleep", "600"]);
+    b.write();
+    let id = env.id("nested");
+    env.amphi(&["create", "--bundle", b.path(), &id]).ok();
+    let dirs = amphi_tests::cgroup_dirs(&b.cgroup());
+    let first = dirs
+        .iter()
+        .find(|d| d.exists())
+        .expect("a cgroup of the container")
+        .clone();
+    // Nested cgroups, as systemd or a runtime inside the container makes.
+    for d in dirs.iter().filter(|d| d.exists()) {
+        std::fs::create_dir_all(d.join("inner/deeper")).unwrap();
+    }
+    env.amphi(&["delete", "--force", &id]).ok();
+    env.assert_clean(&id, &b.cgroup());
+
+    let id = env.id("nested2");
+    env.amphi(&["create", "--bundle", b.path(), &id]).ok();
+    let holder_dir = first.join("held");
+    std::fs::create_dir_all(&holder_dir).unwrap();
+    let mut holder = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    std::fs::write(holder_dir.join("cgroup.procs"), holder.id().to_string()).unwrap();
+    let r = env.amphi(&["delete", "--force", &id]);
+    r.fails_with("run delete again");
+    assert!(
+        env.root.join(&id).exists(),
+        "the record went, the cgroup stayed"
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    env.amphi(&["delete", &id]).ok();
+    env.assert_clean(&id, &b.cgroup());
+}

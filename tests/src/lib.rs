@@ -208,7 +208,33 @@ impl Env {
         };
         let _ = std::fs::remove_file(out_path);
         let _ = std::fs::remove_file(err_path);
-        Run::from(out)
+        let run = Run::from(out);
+        if run.code == 0 {
+            self.remember_detached_init(args);
+        }
+        run
+    }
+
+    /// After `create ID` or `run -d ID`, the init is orphaned to this
+    /// process (a subreaper): remember it so it is reaped once it dies, or
+    /// its zombie keeps the container's cgroup busy and `delete` cannot
+    /// remove it. The pid comes from the state file (amphi's `pid`, runc's
+    /// `init_process_pid`), not from another runtime call.
+    fn remember_detached_init(&self, args: &[&str]) {
+        let Some(at) = args.iter().position(|a| *a == "create" || *a == "run") else {
+            return;
+        };
+        let detached = args[at] == "create" || args.iter().any(|a| *a == "-d" || *a == "--detach");
+        let Some(id) = args.last().filter(|_| detached) else {
+            return;
+        };
+        let pid = std::fs::read(self.root.join(id).join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["pid"].as_i64().or(v["init_process_pid"].as_i64()));
+        if let Some(pid) = pid {
+            remember_init(pid as i32);
+        }
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -290,7 +316,9 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        // Whatever the test did, remove its containers.
+        // Whatever the test did, remove its containers (dead inits reaped
+        // first: an unreaped one keeps its cgroup busy).
+        reap_inits();
         if let Ok(entries) = std::fs::read_dir(&self.root) {
             for e in entries.flatten() {
                 let id = e.file_name().to_string_lossy().into_owned();

@@ -640,7 +640,16 @@ impl Runtime {
         if let Some(unit) = &state.systemd_unit {
             errors.extend(cgroups::systemd::stop(unit).err());
         }
-        errors.extend(cgroups::remove(&state.cgroup_created, &state.cgroup_paths));
+        let cgroup_errors = cgroups::remove(&state.cgroup_created, &state.cgroup_paths);
+        if let Some(e) = cgroup_errors.into_iter().next() {
+            // Keep the record: a cgroup left without one could never be
+            // found again. Busy is usually a dead process its parent has
+            // not reaped yet; the next delete finishes the job.
+            return Err(Error::Init(format!(
+                "container {id}: {e}; the container is kept, run delete again \
+                 once its processes are reaped"
+            )));
+        }
         util::failpoint("delete:cgroup");
         let json = serde_json::to_vec(&state.oci_state(Status::Stopped)).expect("json");
         let poststop = state

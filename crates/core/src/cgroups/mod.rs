@@ -428,6 +428,11 @@ pub fn remove(created: &[PathBuf], paths: &[PathBuf]) -> Vec<Error> {
         let mut pause = std::time::Duration::from_micros(100);
         let mut waited = std::time::Duration::ZERO;
         loop {
+            // Cgroups the workload made below its own (systemd or a
+            // runtime inside the container) go first, as runc removes them.
+            if own {
+                remove_children(dir);
+            }
             match std::fs::remove_dir(dir) {
                 Ok(()) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
@@ -449,6 +454,20 @@ pub fn remove(created: &[PathBuf], paths: &[PathBuf]) -> Vec<Error> {
         }
     }
     errors
+}
+
+/// Remove the cgroups below `dir`, deepest first; a busy one stays (and
+/// keeps `dir` busy, which the caller reports).
+fn remove_children(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for child in entries.flatten() {
+        if child.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_children(&child.path());
+            let _ = std::fs::remove_dir(child.path());
+        }
+    }
 }
 
 /// A directory of a cgroup2 hierarchy (what CLONE_INTO_CGROUP takes).
