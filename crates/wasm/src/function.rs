@@ -391,23 +391,13 @@ impl Function {
             wasmtime::bail!("not a wasi:http/proxy component");
         };
         let running = Running::new();
-        let mut store = self.p2_store(wasi, store_limits(self.memory_limit));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let req = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, request)?;
-        let out = store.data_mut().http().new_response_outparam(tx)?;
-        let pre = pre.clone();
+        let store = self.p2_store(wasi, store_limits(self.memory_limit));
+        let (guest, rx) = handle_in_guest(pre.clone(), store, request)?;
         // A task of its own: the guest keeps writing the body after it has
         // set the response the server is already sending.
         let guest = tokio::task::spawn(async move {
             let _running = running;
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await
+            guest.await
         });
         match rx.await {
             Ok(Ok(response)) => Ok(response),
@@ -436,20 +426,26 @@ impl Function {
     }
 }
 
-/// One request through a proxy component; the response as CGI output.
-async fn proxy(
+/// The guest's handling of `request` (a future to drive), and where its
+/// response arrives.
+#[allow(clippy::type_complexity)]
+fn handle_in_guest<B>(
     pre: ProxyPre<P2State>,
     mut store: Store<P2State>,
-    head: &RequestHead,
-    body: Bytes,
-) -> wasmtime::Result<Bytes> {
-    let mut request = hyper::Request::builder()
-        .method(head.method.as_str())
-        .uri(head.uri.as_str());
-    for (k, v) in &head.headers {
-        request = request.header(k.as_str(), v.as_str());
-    }
-    let request = request.body(Full::new(body))?;
+    request: hyper::Request<B>,
+) -> wasmtime::Result<(
+    impl std::future::Future<Output = wasmtime::Result<()>> + Send + 'static,
+    tokio::sync::oneshot::Receiver<
+        Result<
+            hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>,
+            wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+        >,
+    >,
+)>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
     let (tx, rx) = tokio::sync::oneshot::channel();
     let req = store
         .data_mut()
@@ -463,6 +459,24 @@ async fn proxy(
             .call_handle(&mut store, req, out)
             .await
     };
+    Ok((guest, rx))
+}
+
+/// One request through a proxy component; the response as CGI output.
+async fn proxy(
+    pre: ProxyPre<P2State>,
+    store: Store<P2State>,
+    head: &RequestHead,
+    body: Bytes,
+) -> wasmtime::Result<Bytes> {
+    let mut request = hyper::Request::builder()
+        .method(head.method.as_str())
+        .uri(head.uri.as_str());
+    for (k, v) in &head.headers {
+        request = request.header(k.as_str(), v.as_str());
+    }
+    let request = request.body(Full::new(body))?;
+    let (guest, rx) = handle_in_guest(pre, store, request)?;
     // The guest writes the body after it set the response: run both.
     let collect = async move {
         let resp = match rx.await {
