@@ -2,8 +2,10 @@
 # Install amphi where podman, Docker and containerd find it:
 #   bash scripts/install.sh [PREFIX]             # builds (release) and installs into PREFIX/bin
 #   bash scripts/install.sh --uninstall [PREFIX] # removes what it installed
-# PREFIX defaults to /usr/local; PROFILE=dev installs a debug build (the
-# tests do, to try this script without a release build). Installs `amphi` (the runtime: `podman
+# PREFIX defaults to /usr/local; PROFILE=dev installs a debug build;
+# BIN_DIR=DIR installs binaries already built there (the tests do: a
+# `cargo build -p` selection unifies features differently from the
+# workspace build and would compile the crates again). Installs `amphi` (the runtime: `podman
 # --runtime`, Docker's daemon.json `runtimes`, containerd's runc shim with
 # BinaryName) and `containerd-shim-amphi-v2` (containerd's runtime_type
 # io.containerd.amphi.v2), side by side: the shim runs the amphi next to it.
@@ -23,11 +25,14 @@ if $uninstall; then
     echo "removed ${bins[*]} from $prefix/bin"
     exit 0
 fi
-profile=${PROFILE:-release}
-cargo build --profile "$profile" --locked -p amphi -p containerd-shim-amphi-v2
-[ "$profile" = dev ] && dir=debug || dir=$profile
+dir=${BIN_DIR:-}
+if [ -z "$dir" ]; then
+    profile=${PROFILE:-release}
+    cargo build --profile "$profile" --locked -p amphi -p containerd-shim-amphi-v2
+    [ "$profile" = dev ] && dir=target/debug || dir=target/$profile
+fi
 install -d "$prefix/bin"
 for b in "${bins[@]}"; do
-    install -m 0755 "target/$dir/$b" "$prefix/bin/$b"
+    install -m 0755 "$dir/$b" "$prefix/bin/$b"
 done
 echo "installed ${bins[*]} into $prefix/bin"

@@ -655,16 +655,18 @@ fn namespaced_sysctls_are_set_and_host_ones_refused() {
 #[test]
 fn the_init_is_born_in_its_cgroup_where_v2_allows() {
     // On a pure cgroup v2 host amphi clones the init straight into its
-    // cgroup (clone3 with CLONE_INTO_CGROUP: no migration); elsewhere (v1,
-    // hybrid) it clones and then moves it. Either way the container's
-    // process is in its cgroup. strace shows which path ran.
+    // cgroup (clone3 with CLONE_INTO_CGROUP: no migration); on v1 and
+    // hybrid hosts the init moves itself, thread by thread ("0" into each
+    // hierarchy's `tasks`, which spares the grace period a move by pid
+    // waits for). Either way the container's process is in its cgroup.
+    // strace shows which path ran.
     let env = Env::new();
     let b = env.bundle("born", &["sh", "-c", "cat /proc/self/cgroup"]);
     b.write();
     let id = env.id("born");
     let trace = env.tmp.path().join("clone.trace");
     let out = std::process::Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=clone,clone3", "-o"])
+        .args(["-f", "-qq", "-y", "-e", "trace=clone,clone3,write", "-o"])
         .arg(&trace)
         .arg(amphi_tests::amphi_bin())
         .arg("--root")
@@ -685,6 +687,15 @@ fn the_init_is_born_in_its_cgroup_where_v2_allows() {
         v2,
         "clone3 with CLONE_INTO_CGROUP exactly on a v2 host:\n{calls}"
     );
+    let own_tasks = format!("{}/tasks>, \"0\", 1) = 1", b.cgroup());
+    let moved_itself = calls.lines().filter(|l| l.contains(&own_tasks)).count();
+    let moved_by_pid = calls.lines().any(|l| l.contains("/cgroup.procs>"));
+    if v2 {
+        assert_eq!((moved_itself, moved_by_pid), (0, false), "{calls}");
+    } else {
+        assert!(moved_itself > 0, "{calls}");
+        assert!(!moved_by_pid, "no migration by pid:\n{calls}");
+    }
     // Its own cgroup namespace is rooted at its cgroup: "/" inside.
     let cgroup = String::from_utf8_lossy(&out.stdout);
     assert!(

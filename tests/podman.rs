@@ -182,14 +182,16 @@ fn scenarios_every_podman_user_runs(p: &Podman) {
     assert_clean(p);
 }
 
-/// amphi as the README installs it (scripts/install.sh; a debug build
-/// here, the script's own switch), into a prefix of the test's.
+/// amphi as the README installs it (scripts/install.sh, given the
+/// binaries under test through the script's own BIN_DIR switch), into a
+/// prefix of the test's.
 fn installed(prefix: &Path) -> std::path::PathBuf {
     let script = amphi_tests::repo_root().join("scripts/install.sh");
+    let built = amphi_tests::amphi_bin();
     let st = std::process::Command::new("bash")
         .arg(&script)
         .arg(prefix)
-        .env("PROFILE", "dev")
+        .env("BIN_DIR", built.parent().expect("binary directory"))
         .status()
         .unwrap();
     assert!(st.success(), "install.sh");

@@ -20,7 +20,7 @@ use libseccomp::{
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator, LinuxSyscall,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const AUDIT_ARCH_I386: u32 = 0x4000_0003;
@@ -28,81 +28,6 @@ const X32_BIT: u32 = 0x4000_0000;
 const RET_ACTION_FULL: u32 = 0xffff_0000;
 const RET_KILL_PROCESS: u32 = 0x8000_0000;
 const RET_KILL_THREAD: u32 = 0;
-
-/// podman's default capabilities (containers.conf `default_capabilities`).
-const PODMAN_CAPS: [&str; 11] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SETFCAP",
-    "CAP_SETGID",
-    "CAP_SETPCAP",
-    "CAP_SETUID",
-    "CAP_SYS_CHROOT",
-];
-
-/// containers/common's profile format, resolved for amd64 and `caps`, as
-/// podman does: entries whose `includes` are met and `excludes` are not.
-fn resolve_containers_profile(profile: &Value, caps: &[&str]) -> LinuxSeccomp {
-    let arches_of = |v: &Value| -> Vec<String> {
-        v["arches"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let caps_of = |v: &Value| -> Vec<String> {
-        v["caps"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let ours = |a: &String| a == "amd64";
-    let mut syscalls = Vec::new();
-    for s in profile["syscalls"].as_array().unwrap() {
-        let (inc, exc) = (&s["includes"], &s["excludes"]);
-        let inc_arches = arches_of(inc);
-        if !inc_arches.is_empty() && !inc_arches.iter().any(ours) {
-            continue;
-        }
-        if !caps_of(inc).iter().all(|c| caps.contains(&c.as_str())) {
-            continue;
-        }
-        if arches_of(exc).iter().any(ours)
-            || caps_of(exc).iter().any(|c| caps.contains(&c.as_str()))
-        {
-            continue;
-        }
-        let mut entry = json!({"names": s["names"], "action": s["action"]});
-        if let Some(e) = s.get("errnoRet").filter(|e| !e.is_null()) {
-            entry["errnoRet"] = e.clone();
-        }
-        if let Some(a) = s
-            .get("args")
-            .filter(|a| a.as_array().is_some_and(|a| !a.is_empty()))
-        {
-            entry["args"] = a.clone();
-        }
-        syscalls.push(entry);
-    }
-    serde_json::from_value(json!({
-        "defaultAction": profile["defaultAction"],
-        "defaultErrnoRet": profile["defaultErrnoRet"],
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": syscalls,
-    }))
-    .unwrap()
-}
 
 fn scmp_action(a: LinuxSeccompAction, errno: Option<u32>, default_errno: u32) -> ScmpAction {
     let errno = errno.unwrap_or(default_errno) as i32;
@@ -394,10 +319,13 @@ fn compare(name: &str, profile: &LinuxSeccomp) {
 
 #[test]
 fn podmans_default_profile() {
-    let path = "/usr/share/containers/seccomp.json";
+    let path = amphi_tests::seccomp::CONTAINERS_PROFILE;
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{path}: {e} (Debian's containers-common, with podman)"));
-    let profile = resolve_containers_profile(&serde_json::from_str(&text).unwrap(), &PODMAN_CAPS);
+    let profile = amphi_tests::seccomp::resolve_containers_profile(
+        &serde_json::from_str(&text).unwrap(),
+        &amphi_tests::seccomp::PODMAN_CAPS,
+    );
     compare("podman default", &profile);
 }
 

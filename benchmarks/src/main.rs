@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release -p amphi-bench -- all          # full run, updates README and benchmarks/results
-//! cargo run --release -p amphi-bench -- start        # one group: start | memory | compute | shim | pods | serve | wasm
+//! cargo run --release -p amphi-bench -- start        # one group: start | throughput | memory | compute | shim | pods | serve | wasm
 //! cargo run -p amphi-bench -- all --smoke --out DIR  # tiny run (the test suite's)
 //! ```
 //!
@@ -16,6 +16,7 @@ mod plot;
 mod pods;
 mod report;
 mod serve;
+mod throughput;
 mod wasm;
 mod world;
 
@@ -78,11 +79,19 @@ impl Opts {
             }
         }
         if ![
-            "all", "start", "memory", "compute", "shim", "pods", "serve", "wasm",
+            "all",
+            "start",
+            "throughput",
+            "memory",
+            "compute",
+            "shim",
+            "pods",
+            "serve",
+            "wasm",
         ]
         .contains(&group.as_str())
         {
-            bail!("unknown group {group:?}: use all, start, memory, compute, shim, pods, serve or wasm");
+            bail!("unknown group {group:?}: use all, start, throughput, memory, compute, shim, pods, serve or wasm");
         }
         Ok((group, o))
     }
@@ -125,15 +134,41 @@ struct Variant {
 }
 
 fn start_group(w: &World, o: &Opts) -> Result<Value> {
+    // The pod bundle first (what users run), the lean one second (where
+    // the fixed costs show).
     let mut variants: Vec<Variant> = vec![
         Variant {
+            name: "amphi, pod bundle".into(),
+            note: "amphi run /bin/true, the bundle a pod container gets (runc spec + containerd's CRI defaults, seccomp included), v1 controllers of this host".into(),
+            run: Box::new(|w, i| w.run_time(&w.amphi, &w.pod_true, &format!("p{i}"), &[])),
+        },
+        Variant {
+            name: "runc, pod bundle".into(),
+            note: format!("{} run, same bundle", w.runc_version),
+            run: Box::new(|w, i| w.run_time(&w.runc, &w.pod_true, &format!("q{i}"), &[])),
+        },
+        Variant {
+            name: "amphi, pod bundle, cgroup2".into(),
+            note: "amphi run in a private mount namespace with cgroup2 at /sys/fs/cgroup (a pure v2 host's view; no controllers enabled there, so no CPU weight)".into(),
+            run: Box::new(|w, i| w.amphi_v2_time(&w.pod_true_v2, &format!("v{i}"))),
+        },
+    ];
+    if let Some(crun) = w.crun.clone() {
+        variants.push(Variant {
+            name: "crun, pod bundle, cgroup2 (lower bound)".into(),
+            note: "crun 1.8 in the same view with --cgroup-manager=disabled and no device filter: no cgroup work".into(),
+            run: Box::new(move |w, i| w.crun_time(&crun, &w.pod_true_crun, &format!("k{i}"))),
+        });
+    }
+    variants.extend([
+        Variant {
             name: "amphi native".into(),
-            note: "amphi run, busybox /bin/true".into(),
+            note: "amphi run, busybox /bin/true, the lean bundle (proc, two tmpfs, three masked paths, one capability, no seccomp)".into(),
             run: Box::new(|w, i| w.run_time(&w.amphi, &w.native_true, &format!("n{i}"), &[])),
         },
         Variant {
             name: "runc native".into(),
-            note: format!("{} run, same bundle", w.runc_version),
+            note: format!("{} run, the lean bundle", w.runc_version),
             run: Box::new(|w, i| w.run_time(&w.runc, &w.native_true, &format!("r{i}"), &[])),
         },
         Variant {
@@ -157,18 +192,18 @@ fn start_group(w: &World, o: &Opts) -> Result<Value> {
                 t
             }),
         },
-    ];
+    ]);
     if let Some(crun) = w.crun.clone() {
         variants.push(Variant {
             name: "crun native (lower bound)".into(),
-            note: "crun 1.8 in a private mount namespace with a fresh cgroup2 at /sys/fs/cgroup, --cgroup-manager=disabled: no cgroup work".into(),
-            run: Box::new(move |w, i| w.crun_time(&crun, &format!("c{i}"))),
+            note: "crun 1.8 in the cgroup2 view, --cgroup-manager=disabled, the lean bundle".into(),
+            run: Box::new(move |w, i| w.crun_time(&crun, &w.native_true, &format!("c{i}"))),
         });
     }
     if let Some(youki) = w.youki.clone() {
         variants.push(Variant {
             name: "youki native".into(),
-            note: "youki run, same bundle".into(),
+            note: "youki run, the lean bundle".into(),
             run: Box::new(move |w, i| w.run_time(&youki, &w.native_true, &format!("y{i}"), &[])),
         });
     }
@@ -199,6 +234,7 @@ fn start_group(w: &World, o: &Opts) -> Result<Value> {
                    "pairwise_ratio": pair_ratio(s, &base), "samples_ms": s})
         })
         .collect();
+    let targets = start_targets(&variants, &samples);
     let mut skipped = Vec::new();
     if w.crun.is_none() {
         skipped.push("crun: not installed (apt-get install crun)".to_string());
@@ -213,7 +249,7 @@ fn start_group(w: &World, o: &Opts) -> Result<Value> {
     for round in 0..total {
         for (name, s) in split.iter_mut() {
             let bin = if name == "amphi" { &w.amphi } else { &w.runc };
-            let phases = w.split_time(bin, &w.native_true, &format!("s{name}{round}"))?;
+            let phases = w.split_time(bin, &w.pod_true, &format!("s{name}{round}"))?;
             if round >= o.warmup {
                 s.push(phases.map(ms));
             }
@@ -226,7 +262,55 @@ fn start_group(w: &World, o: &Opts) -> Result<Value> {
             json!({"runtime": name, "create_ms": phase(0), "start_ms": phase(1), "wait_ms": phase(2), "delete_ms": phase(3)})
         })
         .collect();
-    Ok(json!({"variants": rows, "skipped": skipped, "split": split_rows}))
+    Ok(json!({"variants": rows, "skipped": skipped, "split": split_rows, "targets": targets}))
+}
+
+/// The start-up ratios the project holds itself to (issue #18), each from
+/// one run's interleaved samples.
+fn start_targets(variants: &[Variant], samples: &[Vec<f64>]) -> Vec<Value> {
+    let of = |name: &str| {
+        variants
+            .iter()
+            .position(|v| v.name == name)
+            .map(|i| &samples[i])
+    };
+    let mut out = Vec::new();
+    let mut ratio = |what: &str, a: &str, b: &str, target: f64| {
+        if let (Some(a), Some(b)) = (of(a), of(b)) {
+            out.push(
+                json!({"what": what, "value": pair_ratio(a, b), "target": target, "unit": "x"}),
+            );
+        }
+    };
+    ratio(
+        "pod bundle, v1 controllers: amphi / runc",
+        "amphi, pod bundle",
+        "runc, pod bundle",
+        0.3,
+    );
+    ratio(
+        "pod bundle, cgroup2: amphi / crun (no cgroup work)",
+        "amphi, pod bundle, cgroup2",
+        "crun, pod bundle, cgroup2 (lower bound)",
+        0.7,
+    );
+    ratio(
+        "lean bundle: amphi / runc",
+        "amphi native",
+        "runc native",
+        0.3,
+    );
+    for name in ["amphi, pod bundle", "amphi, pod bundle, cgroup2"] {
+        if let Some(s) = of(name) {
+            let (median, p95) = median_p95(s);
+            out.push(json!({"what": format!("{name}: p95 / median"), "value": p95 / median, "target": 1.5, "unit": "x"}));
+        }
+    }
+    if let (Some(a), Some(floor)) = (of("amphi, pod bundle, cgroup2"), of("kernel floor")) {
+        let over = median_p95(a).0 - median_p95(floor).0;
+        out.push(json!({"what": "pod bundle, cgroup2: amphi over the kernel floor", "value": over, "target": 2.0, "unit": "ms"}));
+    }
+    out
 }
 
 fn memory_group(w: &World, o: &Opts) -> Result<Value> {
@@ -386,6 +470,10 @@ fn main() -> Result<()> {
             o.runs
         );
         results["start"] = start_group(&w, &o)?;
+    }
+    if group == "all" || group == "throughput" {
+        eprintln!("amphi-bench: containers per second, 1 to 16 streams");
+        results["throughput"] = throughput::group(&w, &o)?;
     }
     if group == "all" || group == "memory" {
         eprintln!("amphi-bench: memory");

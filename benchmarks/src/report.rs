@@ -40,7 +40,7 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
         latencies(
             &mut md,
             &s["variants"],
-            "amphi native",
+            "amphi, pod bundle",
             &o.out.join("start.csv"),
             &o.out.join("start.svg"),
             "Start latency, create to exit (median, p95 whisker)",
@@ -57,9 +57,23 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
         for skip in s["skipped"].as_array().into_iter().flatten() {
             writeln!(md, "- skipped: {}", skip.as_str().unwrap_or(""))?;
         }
+        writeln!(
+            md,
+            "\n**Against the targets** (pairwise medians of this run):\n\n| measure | this run | target |\n|---|---|---|"
+        )?;
+        for t in s["targets"].as_array().into_iter().flatten() {
+            let unit = t["unit"].as_str().unwrap_or("");
+            let (value, target) = (f(&t["value"]), f(&t["target"]));
+            writeln!(
+                md,
+                "| {} | {value:.2} {unit} | ≤ {target:.1} {unit} ({}) |",
+                t["what"].as_str().unwrap_or(""),
+                if value <= target { "met" } else { "missed" }
+            )?;
+        }
 
         let mut csv = String::from("runtime,create_ms,start_ms,wait_ms,delete_ms\n");
-        writeln!(md, "\n**Where the time goes** (median per phase):\n\n| runtime | create | start | wait | delete |\n|---|---|---|---|---|")?;
+        writeln!(md, "\n**Where the time goes** (pod bundle, v1 controllers; median per phase):\n\n| runtime | create | start | wait | delete |\n|---|---|---|---|---|")?;
         let mut plot = Vec::new();
         for p in s["split"].as_array().into_iter().flatten() {
             let name = p["runtime"].as_str().unwrap_or("");
@@ -87,6 +101,39 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
             &o.out.join("split.svg"),
             "create / start / wait / delete (median)",
             "ms",
+            &plot,
+        )?;
+    }
+
+    if let Some(t) = r.get("throughput") {
+        writeln!(
+            md,
+            "\n**Throughput** (pod bundle, `run` to exit and removed, {} per stream; best of two interleaved rounds):\n\n| streams | amphi | runc | amphi / runc |\n|---|---|---|---|",
+            t["per_stream"]
+        )?;
+        let mut csv = String::from("streams,amphi_per_s,runc_per_s\n");
+        let mut plot = Vec::new();
+        for p in t["rows"].as_array().into_iter().flatten() {
+            let (n, a, b) = (&p["streams"], f(&p["amphi_per_s"]), f(&p["runc_per_s"]));
+            writeln!(
+                md,
+                "| {n} | {a:.1}/s | {b:.1}/s | {:.2}x |",
+                f(&p["amphi_over_runc"])
+            )?;
+            writeln!(csv, "{n},{a:.2},{b:.2}")?;
+            for (name, v) in [("amphi", a), ("runc", b)] {
+                plot.push(Bar {
+                    label: format!("{name} x{n}"),
+                    value: v,
+                    whisker: None,
+                });
+            }
+        }
+        std::fs::write(o.out.join("throughput.csv"), csv)?;
+        bars(
+            &o.out.join("throughput.svg"),
+            "containers started and removed per second",
+            "per s",
             &plot,
         )?;
     }
@@ -273,7 +320,14 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
     }
 
     for svg in [
-        "start", "split", "memory", "shim", "pods", "compute", "serve",
+        "start",
+        "split",
+        "throughput",
+        "memory",
+        "shim",
+        "pods",
+        "compute",
+        "serve",
     ] {
         if o.out.join(format!("{svg}.svg")).exists() {
             writeln!(md, "\n![{svg}](benchmarks/results/{svg}.svg)")?;

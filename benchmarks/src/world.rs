@@ -41,6 +41,12 @@ pub struct World {
     pub crun: Option<PathBuf>,
     pub youki: Option<PathBuf>,
     pub native_true: PathBuf,
+    /// /bin/true in the bundle a pod container gets (see `pod_bundle`).
+    pub pod_true: PathBuf,
+    /// The same for the cgroup2 view (`Layout::Cgroup2`).
+    pub pod_true_v2: PathBuf,
+    /// The same for crun: no cgroup manager, no device filter.
+    pub pod_true_crun: PathBuf,
     pub native_sleep: PathBuf,
     pub wasm_hello: PathBuf,
     pub floor_cgroup: String,
@@ -137,11 +143,17 @@ impl World {
             amphi,
             runc,
             native_true: PathBuf::new(),
+            pod_true: PathBuf::new(),
+            pod_true_v2: PathBuf::new(),
+            pod_true_crun: PathBuf::new(),
             native_sleep: PathBuf::new(),
             wasm_hello: PathBuf::new(),
             tmp,
         };
         w.native_true = w.bundle("true", &["/bin/true"])?;
+        w.pod_true = w.pod_bundle("pod", PodCgroups::Full)?;
+        w.pod_true_v2 = w.pod_bundle("pod-v2", PodCgroups::Devices)?;
+        w.pod_true_crun = w.pod_bundle("pod-crun", PodCgroups::None)?;
         w.native_sleep = w.bundle("sleep", &["/bin/sleep", "600"])?;
         w.wasm_hello = w.bundle("hello", &["/app/hello.wasm"])?;
         Ok(w)
@@ -180,6 +192,71 @@ impl World {
         Ok(dir)
     }
 
+    /// /bin/true in the bundle a Kubernetes pod container gets: `runc
+    /// spec` (where containerd, podman and Docker start from: /dev/pts,
+    /// /dev/shm, mqueue, a read-only sysfs and cgroup mount, masked and
+    /// read-only paths, the device deny-all) plus what containerd's CRI
+    /// adds: the default capabilities, the RuntimeDefault seccomp profile
+    /// (containers-common's, as podman resolves it), /etc/hosts,
+    /// resolv.conf and hostname bound in, a cgroup namespace, the
+    /// BestEffort CPU weight and a read-write rootfs.
+    pub fn pod_bundle(&self, name: &str, cgroups: PodCgroups) -> Result<PathBuf> {
+        let dir = self.tmp().join(format!("bundle-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        let st = Command::new(&self.runc)
+            .args(["spec", "--bundle"])
+            .arg(&dir)
+            .status()
+            .context("runc spec")?;
+        if !st.success() {
+            bail!("runc spec: {st}");
+        }
+        let mut spec: Value = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+        let caps = amphi_tests::DEFAULT_CAPS;
+        spec["root"] = json!({"path": self.rootfs, "readonly": false});
+        spec["hostname"] = json!("pod");
+        let process = &mut spec["process"];
+        process["terminal"] = json!(false);
+        process["args"] = json!(["/bin/true"]);
+        process["oomScoreAdj"] = json!(1000);
+        for set in ["bounding", "effective", "permitted"] {
+            process["capabilities"][set] = json!(caps);
+        }
+        let mut mounts = spec["mounts"].as_array().cloned().unwrap_or_default();
+        for file in ["hosts", "resolv.conf", "hostname"] {
+            std::fs::write(dir.join(file), "")?;
+            let etc = self.rootfs.join("etc").join(file);
+            if !etc.exists() {
+                std::fs::write(etc, "")?;
+            }
+            mounts.push(
+                json!({"destination": format!("/etc/{file}"), "type": "bind",
+                "source": dir.join(file), "options": ["rbind", "rprivate", "rw"]}),
+            );
+        }
+        spec["mounts"] = json!(mounts);
+        let linux = &mut spec["linux"];
+        linux["cgroupsPath"] = json!(format!("{}-{name}", self.tag));
+        linux["namespaces"]
+            .as_array_mut()
+            .context("runc spec: linux.namespaces")?
+            .push(json!({"type": "cgroup"}));
+        let profile: Value = serde_json::from_str(
+            &std::fs::read_to_string(amphi_tests::seccomp::CONTAINERS_PROFILE)
+                .context("containers-common's seccomp profile (scripts/deps.sh installs podman)")?,
+        )?;
+        linux["seccomp"] = serde_json::to_value(amphi_tests::seccomp::resolve_containers_profile(
+            &profile, &caps,
+        ))?;
+        match cgroups {
+            PodCgroups::Full => linux["resources"]["cpu"] = json!({"shares": 2}),
+            PodCgroups::Devices => {}
+            PodCgroups::None => linux["resources"] = json!({}),
+        }
+        std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&spec)?)?;
+        Ok(dir)
+    }
+
     fn root(&self, bin: &Path) -> PathBuf {
         let name = bin.file_name().unwrap_or_default().to_string_lossy();
         self.tmp().join(format!("root-{name}"))
@@ -198,13 +275,15 @@ impl World {
 
     /// Run a command to completion; an error carries its stderr.
     fn check(&self, mut c: Command, what: &str) -> Result<()> {
-        let err = self.tmp().join("stderr");
-        c.stderr(std::fs::File::create(&err)?);
-        let st = c.status().with_context(|| what.to_owned())?;
-        if !st.success() {
+        let out = c
+            .stderr(Stdio::piped())
+            .output()
+            .with_context(|| what.to_owned())?;
+        if !out.status.success() {
             bail!(
-                "{what}: {st}: {}",
-                std::fs::read_to_string(&err).unwrap_or_default().trim()
+                "{what}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
             );
         }
         Ok(())
@@ -229,48 +308,33 @@ impl World {
         Ok(t.elapsed())
     }
 
-    /// crun as a lower bound: in a private mount namespace with a fresh
-    /// cgroup2 at /sys/fs/cgroup (it refuses hybrid hosts) and no cgroup
-    /// manager. The namespace set-up is counted: about a millisecond.
-    pub fn crun_time(&self, crun: &Path, suffix: &str) -> Result<Duration> {
+    /// crun as a lower bound: in the cgroup2 view (it refuses hybrid
+    /// hosts) with no cgroup manager.
+    pub fn crun_time(&self, crun: &Path, bundle: &Path, suffix: &str) -> Result<Duration> {
         let id = self.id(suffix);
         let mut c = self.cmd(
             crun,
             &["--cgroup-manager=disabled"],
-            &["run", "--bundle", self.native_true.to_str().unwrap(), &id],
+            &["run", "--bundle", bundle.to_str().unwrap(), &id],
         );
-        // SAFETY: only async-signal-safe syscalls between fork and exec.
-        unsafe {
-            c.pre_exec(|| {
-                let fail = || Err(std::io::Error::last_os_error());
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    return fail();
-                }
-                if libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return fail();
-                }
-                if libc::mount(
-                    c"cgroup2".as_ptr(),
-                    c"/sys/fs/cgroup".as_ptr(),
-                    c"cgroup2".as_ptr(),
-                    0,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return fail();
-                }
-                Ok(())
-            });
-        }
+        in_cgroup2_view(&mut c);
         let t = Instant::now();
         self.check(c, "crun run")?;
+        Ok(t.elapsed())
+    }
+
+    /// amphi in the cgroup2 view: it sees a pure v2 host, and its
+    /// containers' cgroups go into the unified hierarchy.
+    pub fn amphi_v2_time(&self, bundle: &Path, suffix: &str) -> Result<Duration> {
+        let id = self.id(suffix);
+        let mut c = self.cmd(
+            &self.amphi,
+            &[],
+            &["run", "--bundle", bundle.to_str().unwrap(), &id],
+        );
+        in_cgroup2_view(&mut c);
+        let t = Instant::now();
+        self.check(c, "amphi run (cgroup2 view)")?;
         Ok(t.elapsed())
     }
 
@@ -504,4 +568,53 @@ fn memory_usage(rel: &str) -> Option<u64> {
             };
             std::fs::read_to_string(file).ok()?.trim().parse().ok()
         })
+}
+
+/// Which cgroup settings a pod bundle carries.
+#[derive(Clone, Copy)]
+pub enum PodCgroups {
+    /// What kubelet asks for a BestEffort pod: the device rules and a CPU weight.
+    Full,
+    /// Only the device rules (the cgroup2 view here has no controllers
+    /// enabled to take a CPU weight).
+    Devices,
+    /// None (crun 1.8 cannot load a device filter here: it must raise
+    /// RLIMIT_MEMLOCK, which root cannot on these machines).
+    None,
+}
+
+/// Run `c` in a private mount namespace with a fresh cgroup2 at
+/// /sys/fs/cgroup: a pure v2 host's view of the host's unified hierarchy.
+/// The namespace set-up is counted: about a millisecond.
+fn in_cgroup2_view(c: &mut Command) {
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            let fail = || Err(std::io::Error::last_os_error());
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return fail();
+            }
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return fail();
+            }
+            if libc::mount(
+                c"cgroup2".as_ptr(),
+                c"/sys/fs/cgroup".as_ptr(),
+                c"cgroup2".as_ptr(),
+                0,
+                std::ptr::null(),
+            ) != 0
+            {
+                return fail();
+            }
+            Ok(())
+        });
+    }
 }

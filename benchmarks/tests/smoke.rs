@@ -17,6 +17,8 @@ fn harness_runs_end_to_end() {
         "start.svg",
         "split.csv",
         "split.svg",
+        "throughput.csv",
+        "throughput.svg",
         "memory.csv",
         "memory.svg",
         "compute.csv",
@@ -29,6 +31,9 @@ fn harness_runs_end_to_end() {
         serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
     let variants = r["start"]["variants"].as_array().unwrap();
     for name in [
+        "amphi, pod bundle",
+        "runc, pod bundle",
+        "amphi, pod bundle, cgroup2",
         "amphi native",
         "runc native",
         "amphi wasm (cached)",
@@ -37,6 +42,19 @@ fn harness_runs_end_to_end() {
         let v = variants.iter().find(|v| v["variant"] == name).unwrap();
         let median = v["median_ms"].as_f64().unwrap();
         assert!(median > 0.0 && median < 10_000.0, "{name}: {median} ms");
+    }
+    let targets = r["start"]["targets"].as_array().unwrap();
+    assert!(
+        targets.iter().any(|t| t["what"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("pod bundle, v1 controllers"))
+            && t["value"].as_f64().is_some_and(|v| v > 0.0)),
+        "{targets:?}"
+    );
+    for row in r["throughput"]["rows"].as_array().unwrap() {
+        for k in ["amphi_per_s", "runc_per_s"] {
+            assert!(row[k].as_f64().is_some_and(|x| x > 0.0), "{row}");
+        }
     }
     let workloads = r["compute"]["workloads"].as_array().unwrap();
     for w in ["sha256", "json_parse", "sort", "file_write", "file_read"] {

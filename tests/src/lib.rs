@@ -8,6 +8,7 @@ pub mod corpus;
 pub mod cri;
 pub mod docker;
 pub mod podman;
+pub mod seccomp;
 pub mod serve;
 
 use std::path::{Path, PathBuf};

@@ -40,7 +40,7 @@ pub struct Amphi {
     /// JSON log: the last error line is what a failed command reports.
     pub log: PathBuf,
     binary: PathBuf,
-    /// Global flags from the runtime options (`--wasm-cache`, `--systemd-cgroup`).
+    /// Global flags from the runtime options (`--wasm-cache`, `--wasm-cache-max`, `--systemd-cgroup`).
     flags: Vec<String>,
 }
 
@@ -58,6 +58,9 @@ impl Amphi {
         let mut flags = Vec::new();
         if let Some(cache) = &options.wasm_cache {
             flags.extend(["--wasm-cache".to_string(), cache.display().to_string()]);
+        }
+        if let Some(max) = options.wasm_cache_max {
+            flags.extend(["--wasm-cache-max".to_string(), max.to_string()]);
         }
         if options.systemd_cgroup {
             flags.push("--systemd-cgroup".into());

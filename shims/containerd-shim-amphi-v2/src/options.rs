@@ -26,6 +26,10 @@ pub struct Options {
     pub root: Option<PathBuf>,
     /// Where compiled wasm modules are cached (default ROOT/wasm-cache).
     pub wasm_cache: Option<PathBuf>,
+    /// The most the cached modules may take, in bytes (a TOML integer,
+    /// checked here rather than failing each task later):
+    /// `--wasm-cache-max`.
+    pub wasm_cache_max: Option<u64>,
     /// Manage container cgroups through systemd (kubelet's `systemd`
     /// cgroup driver): `--systemd-cgroup`.
     #[serde(default)]
@@ -57,7 +61,7 @@ impl Options {
         };
         toml::from_str(&text).map_err(|e| {
             format!(
-                "runtime options{where_}: {}; amphi takes BinaryName, Root, WasmCache, SystemdCgroup and NoNewKeyring",
+                "runtime options{where_}: {}; amphi takes BinaryName, Root, WasmCache, WasmCacheMax (bytes), SystemdCgroup and NoNewKeyring",
                 e.message()
             )
         })
@@ -146,6 +150,14 @@ mod tests {
         let e = Options::from_request(Some(&any_with(Some("/nonexistent/amphi.toml"), "")))
             .unwrap_err();
         assert!(e.contains("ConfigPath /nonexistent/amphi.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_cache_bound_is_a_byte_count() {
+        let o = Options::from_request(Some(&any("WasmCacheMax = 4294967296"))).unwrap();
+        assert_eq!(o.wasm_cache_max, Some(4 << 30));
+        let e = Options::from_request(Some(&any("WasmCacheMax = \"4G\""))).unwrap_err();
+        assert!(e.contains("WasmCacheMax"), "{e}");
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct InitArgs<'a> {
     /// The state directory (O_PATH), to open the exec fifo from after pivot_root.
     pub state_dir: OwnedFd,
     pub cgroup_paths: &'a [std::path::PathBuf],
+    /// v1 `tasks` files to move this process into before anything else.
+    pub cgroup_tasks: Vec<crate::launch::CgroupTasks>,
     pub preserve_fds: i32,
     /// The connected console socket (the parent's fd, inherited).
     pub console_socket: Option<RawFd>,
@@ -115,7 +117,11 @@ pub fn run(channel: Channel, args: InitArgs) -> ! {
 }
 
 /// The steps every init takes, then the mode's own.
-fn init(a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
+fn init(mut a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
+    // Before anything is charged; an intermediate's init is born here.
+    for tasks in a.cgroup_tasks.drain(..) {
+        tasks.join_self()?;
+    }
     protect_runtime_binary(a.plan);
     // Default dispositions and nothing blocked (`run` blocks everything;
     // Rust ignores SIGPIPE), set first so that what an executor installs
