@@ -81,7 +81,12 @@ pub fn reap_inits() {
     let mut inits = INITS.lock().unwrap();
     inits.retain(|pid| {
         let r = unsafe { libc::waitpid(*pid, std::ptr::null_mut(), libc::WNOHANG) };
+        // Not ours yet (its parent is still dying, and the kernel has not
+        // handed it to us) is not gone: keep it until it is reaped.
         r == 0
+            || (r < 0
+                && nix::Error::last() == nix::Error::ECHILD
+                && Path::new(&format!("/proc/{pid}")).exists())
     });
 }
 
