@@ -1,10 +1,11 @@
 //! The kernel floor of a container start: the same kernel work as a
 //! runtime's, done by the least code (no spec, no state, no runtime binary):
-//! cgroup directories, clone into new namespaces, attach, bind the rootfs,
+//! cgroup directories, clone into new namespaces, join the cgroup, bind the rootfs,
 //! pivot_root, mount /proc, exec /bin/true, wait, remove the cgroups.
 
 use std::ffi::CString;
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -43,6 +44,21 @@ pub fn once(rootfs: &Path, rel: &str) -> Result<Duration> {
             }
         }
     }
+    // On v1 the child moves itself (a thread writing 0 to `tasks` skips
+    // the lock whose first writer waits for an RCU grace period), as amphi
+    // does; the unified hierarchy takes the pid from here.
+    let tasks = if v1_only(&dirs) {
+        dirs.iter()
+            .map(|(_, d)| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(d.join("tasks"))
+                    .with_context(|| format!("open {}/tasks", d.display()))
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     let mut fds = [0; 2];
     // SAFETY: pipe with a valid array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -65,6 +81,11 @@ pub fn once(rootfs: &Path, rel: &str) -> Result<Duration> {
         unsafe {
             let mut b = 0u8;
             libc::close(fds[1]);
+            for t in &tasks {
+                if libc::write(t.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    fail();
+                }
+            }
             if libc::read(fds[0], (&mut b as *mut u8).cast(), 1) != 1 {
                 fail();
             }
@@ -116,9 +137,13 @@ pub fn once(rootfs: &Path, rel: &str) -> Result<Duration> {
     }
     // SAFETY: closing our copy of the read end.
     unsafe { libc::close(fds[0]) };
-    let attached = dirs
-        .iter()
-        .try_for_each(|(_, d)| std::fs::write(d.join("cgroup.procs"), pid.to_string()));
+    drop(tasks);
+    let attached = if v1_only(&dirs) {
+        Ok(())
+    } else {
+        dirs.iter()
+            .try_for_each(|(_, d)| std::fs::write(d.join("cgroup.procs"), pid.to_string()))
+    };
     // SAFETY: one byte from a live buffer, then close.
     unsafe {
         libc::write(fds[1], b"g".as_ptr().cast(), 1);
@@ -143,4 +168,9 @@ pub fn once(rootfs: &Path, rel: &str) -> Result<Duration> {
         bail!("the floor's container failed (status {status:#x})");
     }
     Ok(elapsed)
+}
+
+/// Every directory is in a v1 hierarchy (controllers named).
+fn v1_only(dirs: &[&(String, PathBuf)]) -> bool {
+    dirs.iter().all(|(ctrls, _)| !ctrls.is_empty())
 }

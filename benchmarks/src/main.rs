@@ -209,7 +209,7 @@ fn start_group(w: &World, o: &Opts) -> Result<Value> {
     }
     variants.push(Variant {
         name: "kernel floor".into(),
-        note: "clone into the namespaces, cgroup attach, pivot_root, exec /bin/true, in-process"
+        note: "clone into the namespaces, join the cgroups (the child moves itself on v1), pivot_root, exec /bin/true, in-process"
             .into(),
         run: Box::new(|w, _| floor::once(&w.rootfs, &w.floor_cgroup)),
     });
@@ -306,9 +306,11 @@ fn start_targets(variants: &[Variant], samples: &[Vec<f64>]) -> Vec<Value> {
             out.push(json!({"what": format!("{name}: p95 / median"), "value": p95 / median, "target": 1.5, "unit": "x"}));
         }
     }
-    if let (Some(a), Some(floor)) = (of("amphi, pod bundle, cgroup2"), of("kernel floor")) {
+    // The floor runs in this process on the host's own layout, so it is
+    // compared with the start on that layout.
+    if let (Some(a), Some(floor)) = (of("amphi, pod bundle"), of("kernel floor")) {
         let over = median_p95(a).0 - median_p95(floor).0;
-        out.push(json!({"what": "pod bundle, cgroup2: amphi over the kernel floor", "value": over, "target": 2.0, "unit": "ms"}));
+        out.push(json!({"what": "pod bundle, v1 controllers: amphi over the kernel floor", "value": over, "target": 2.0, "unit": "ms"}));
     }
     out
 }

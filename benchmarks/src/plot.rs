@@ -58,7 +58,10 @@ where
     Y::CoordDescType: ValueFormatter<f64>,
 {
     let e = |e: &dyn std::fmt::Display| anyhow!("plot {}: {e}", path.display());
-    let width = (160 * data.len() as u32).max(480);
+    // Wide enough per bar that its label (about 7 px a character at
+    // this size) does not run into the next one.
+    let longest = data.iter().map(|b| b.label.len()).max().unwrap_or(0) as u32;
+    let width = ((7 * longest + 24).max(160) * data.len() as u32).max(480);
     let root = SVGBackend::new(path, (width, 380)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
     let mut chart = ChartBuilder::on(&root)
