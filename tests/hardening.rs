@@ -726,7 +726,7 @@ fn a_pure_cgroup_v2_view_works_end_to_end() {
         eprintln!("skipped: no cgroup2 hierarchy on this host");
         return;
     };
-    let mut b = env.bundle("v2", &["sh", "-c", "head -c 1 /dev/null && echo null-ok; mknod /tmp/mem c 1 1 && head -c 1 /tmp/mem; echo mem=$?; sleep 600"]);
+    let mut b = env.bundle("v2", &["sh", "-c", "head -c 1 /dev/null && echo null-ok; mknod /tmp/kmsg c 1 11; mknod /tmp/mem c 1 1 && head -c 1 /tmp/mem; echo mem=$?; sleep 600"]);
     b.spec["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
     b.write();
     let id = env.id("v2");
@@ -751,6 +751,39 @@ fn a_pure_cgroup_v2_view_works_end_to_end() {
     );
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(text.contains("null-ok") && text.contains("mem=1"), "{text}");
+    // `update` replaces amphi's filter (an ancestor's or systemd's would
+    // stay): kmsg (1:11, which any process may open for writing) opens once
+    // allowed, which it could not if the filter from create were still
+    // attached, and not once denied again.
+    let resources = env.tmp.path().join("devices.json");
+    for (allow, want) in [(true, "kmsg=0"), (false, "kmsg=1")] {
+        let rules = json!({"devices": [
+            {"allow": false, "access": "rwm"},
+            {"allow": allow, "type": "c", "major": 1, "minor": 11, "access": "rwm"},
+        ]});
+        std::fs::write(&resources, rules.to_string()).unwrap();
+        amphi_on_v2(
+            &env,
+            &["update", "--resources", resources.to_str().unwrap(), &id],
+        )
+        .ok();
+        let r = amphi_on_v2(
+            &env,
+            &[
+                "exec",
+                &id,
+                "sh",
+                "-c",
+                "(exec 3>/tmp/kmsg) 2>/dev/null; echo kmsg=$?",
+            ],
+        );
+        assert!(
+            r.stdout.contains(want),
+            "allow {allow}: {} {}",
+            r.stdout,
+            r.stderr
+        );
+    }
     amphi_on_v2(&env, &["pause", &id]).ok();
     assert_eq!(
         std::fs::read_to_string(dir.join("cgroup.freeze"))

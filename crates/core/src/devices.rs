@@ -215,9 +215,16 @@ pub fn program(rules: &[Rule]) -> Vec<u64> {
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_DETACH: libc::c_long = 9;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
 const BPF_CGROUP_DEVICE: u32 = 6;
 const BPF_F_ALLOW_MULTI: u32 = 2;
+/// The name amphi's device filters carry, so that replacing one never
+/// detaches a program someone else (systemd) attached to the cgroup.
+const PROG_NAME: &[u8; 16] = b"amphi_devices\0\0\0";
 
 #[repr(C)]
 #[derive(Default)]
@@ -231,6 +238,52 @@ struct ProgLoadAttr {
     log_buf: u64,
     kern_version: u32,
     prog_flags: u32,
+    prog_name: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgQueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct GetFdByIdAttr {
+    prog_id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The head of `struct bpf_prog_info`, up to the name.
+#[repr(C)]
+#[derive(Default)]
+struct ProgInfo {
+    typ: u32,
+    id: u32,
+    tag: [u8; 8],
+    jited_prog_len: u32,
+    xlated_prog_len: u32,
+    jited_prog_insns: u64,
+    xlated_prog_insns: u64,
+    load_time: u64,
+    created_by_uid: u32,
+    nr_map_ids: u32,
+    map_ids: u64,
+    name: [u8; 16],
 }
 
 #[repr(C)]
@@ -242,16 +295,10 @@ struct ProgAttachAttr {
     attach_flags: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &T) -> nix::Result<libc::c_long> {
+/// bpf(2); the kernel may write results into `attr`.
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> nix::Result<libc::c_long> {
     // SAFETY: attr is a live, correctly laid out bpf_attr prefix of its size.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *const T,
-            std::mem::size_of::<T>(),
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
     if r < 0 {
         Err(nix::Error::last())
     } else {
@@ -260,14 +307,16 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> nix::Result<libc::c_long> {
 }
 
 /// v2: load the program and attach it to the cgroup directory (alongside
-/// whatever the cgroup's ancestors attached: all must allow).
+/// whatever the cgroup's ancestors attached: all must allow), then detach
+/// the filters amphi attached there before (`update`). Between the two
+/// both apply, so the container is never allowed more than either list.
 pub fn apply_v2(dir: &Path, rules: &[Rule]) -> Result<()> {
     let prog = program(rules);
     let license = c"Apache-2.0";
     let load = |log: &mut [u8]| {
         bpf(
             BPF_PROG_LOAD,
-            &ProgLoadAttr {
+            &mut ProgLoadAttr {
                 prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
                 insn_cnt: prog.len() as u32,
                 insns: prog.as_ptr() as u64,
@@ -280,6 +329,7 @@ pub fn apply_v2(dir: &Path, rules: &[Rule]) -> Result<()> {
                 } else {
                     log.as_mut_ptr() as u64
                 },
+                prog_name: *PROG_NAME,
                 ..Default::default()
             },
         )
@@ -306,18 +356,68 @@ pub fn apply_v2(dir: &Path, rules: &[Rule]) -> Result<()> {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| Error::sys(format!("open {}", dir.display()), e))?;
-    let attach = ProgAttachAttr {
+    let fail = |what: &str, e: nix::Error| Error::Cgroup {
+        path: dir.display().to_string(),
+        why: format!("linux.resources.devices: {what} the eBPF device filter: {e}"),
+        errno: Some(e as i32),
+    };
+    let previous = own_filters(&cgroup).map_err(|e| fail("list", e))?;
+    let mut attach = ProgAttachAttr {
         target_fd: cgroup.as_raw_fd() as u32,
         attach_bpf_fd: prog_fd.as_raw_fd() as u32,
         attach_type: BPF_CGROUP_DEVICE,
         attach_flags: BPF_F_ALLOW_MULTI,
     };
-    bpf(BPF_PROG_ATTACH, &attach).map_err(|e| Error::Cgroup {
-        path: dir.display().to_string(),
-        why: format!("linux.resources.devices: attach the eBPF device filter: {e}"),
-        errno: Some(e as i32),
-    })?;
+    bpf(BPF_PROG_ATTACH, &mut attach).map_err(|e| fail("attach", e))?;
+    for old in previous {
+        let mut detach = ProgAttachAttr {
+            target_fd: cgroup.as_raw_fd() as u32,
+            attach_bpf_fd: old.as_raw_fd() as u32,
+            attach_type: BPF_CGROUP_DEVICE,
+            attach_flags: 0,
+        };
+        bpf(BPF_PROG_DETACH, &mut detach).map_err(|e| fail("detach the previous", e))?;
+    }
     Ok(())
+}
+
+/// The device filters amphi attached to this cgroup itself (not those
+/// of its ancestors, nor programs of other names), opened.
+fn own_filters(cgroup: &OwnedFd) -> nix::Result<Vec<OwnedFd>> {
+    let mut ids = [0u32; 64];
+    let mut query = ProgQueryAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_QUERY, &mut query)?;
+    let mut own = Vec::new();
+    for &id in &ids[..(query.prog_cnt as usize).min(ids.len())] {
+        let fd = bpf(
+            BPF_PROG_GET_FD_BY_ID,
+            &mut GetFdByIdAttr {
+                prog_id: id,
+                ..Default::default()
+            },
+        )?;
+        // SAFETY: the kernel just returned this fd to us.
+        let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut info = ProgInfo::default();
+        bpf(
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut InfoByFdAttr {
+                bpf_fd: prog.as_raw_fd() as u32,
+                info_len: std::mem::size_of::<ProgInfo>() as u32,
+                info: &mut info as *mut ProgInfo as u64,
+            },
+        )?;
+        if info.name == *PROG_NAME {
+            own.push(prog);
+        }
+    }
+    Ok(own)
 }
 
 #[cfg(test)]

@@ -536,11 +536,6 @@ impl Runtime {
         }
         let mut linux = state.spec.linux().clone().unwrap_or_default();
         let cgroup = cgroups::ContainerCgroup::open(&state.cgroup_paths)?;
-        if cgroup.v2() && resources.devices().is_some() {
-            return Err(Error::Unsupported(
-                "linux.resources.devices: amphi sets the v2 device filter at create only; recreate the container to change it".into(),
-            ));
-        }
         if let Some(unit) = &state.systemd_unit {
             let writes = cgroups::resources::writes(
                 resources,
