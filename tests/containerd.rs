@@ -274,3 +274,58 @@ fn containerd_runs_native_and_wasm_through_the_shim() {
         .collect();
     assert!(state.is_empty(), "amphi state left: {state:?}");
 }
+
+/// On a v2 host the shim reports `io.containerd.cgroups.v2.Metrics`, as
+/// containerd's runc shim does there: containerd runs in a mount namespace
+/// with cgroup2 at /sys/fs/cgroup (the host's unified hierarchy), and
+/// `ctr task metrics` prints v2's rows, counted by the kernel.
+#[test]
+fn task_metrics_are_cgroup2_metrics_on_a_v2_host() {
+    let c = Containerd::start_on_cgroup2(&amphi_bin());
+    let tar = image("busybox", c.tmp.path());
+    c.ok(&["images", "import", tar.to_str().unwrap()]);
+    // ctr asks for CPU shares by default; this host's unified hierarchy
+    // has no cpu controller to take them (a pure v2 host's would), and 0
+    // is unset.
+    let o = c.run(
+        &["-d", "--cpu-shares", "0"],
+        BUSYBOX,
+        "v2metrics",
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 600",
+        ],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let usage_usec = |table: &str| -> Option<u64> {
+        table
+            .lines()
+            .find_map(|l| l.strip_prefix("cpu.usage_usec"))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    // The loop's CPU time shows once it has run a little.
+    assert!(
+        wait_for(10, || usage_usec(&c.ok(&["task", "metrics", "v2metrics"]))
+            .is_some_and(|u| u > 0)),
+        "{}",
+        c.ok(&["task", "metrics", "v2metrics"])
+    );
+    let table = c.ok(&["task", "metrics", "v2metrics"]);
+    assert!(!table.contains("cpuacct"), "v1 rows on a v2 host:\n{table}");
+    c.remove("v2metrics");
+    assert!(
+        wait_for(10, || {
+            reap_zombies(c.daemon.id() as i32);
+            c.shims().is_empty()
+        }),
+        "shims left: {:?}",
+        c.shims()
+    );
+    let unified = amphi_tests::cgroup_dirs_by_hierarchy(&c.cgroup("v2metrics"))
+        .into_iter()
+        .find(|(ctrls, _)| ctrls.is_empty());
+    if let Some((_, dir)) = unified {
+        assert!(!dir.exists(), "cgroup {} left", dir.display());
+    }
+}

@@ -28,6 +28,17 @@ pub struct Out {
 impl Containerd {
     /// Start containerd with `amphi` (and the shim beside it) on its PATH.
     pub fn start(amphi: &Path) -> Containerd {
+        Containerd::start_with(amphi, false)
+    }
+
+    /// The same, with cgroup2 mounted at /sys/fs/cgroup in containerd's
+    /// mount namespace: containerd, the shim and amphi see a pure v2 host
+    /// (the host's own unified hierarchy).
+    pub fn start_on_cgroup2(amphi: &Path) -> Containerd {
+        Containerd::start_with(amphi, true)
+    }
+
+    fn start_with(amphi: &Path, cgroup2: bool) -> Containerd {
         // The runc shim daemonizes; its orphans come to us, not to a PID 1
         // that reaps late.
         // SAFETY: prctl with integer arguments.
@@ -69,7 +80,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         // A mount namespace of its own with a fresh /run: containerd 1.6 and
         // its shims keep sockets and state there whatever they are told.
         let script = format!(
-            "mount -t tmpfs -o mode=755 tmpfs /run && exec containerd --config {}/config.toml",
+            "mount -t tmpfs -o mode=755 tmpfs /run && {}exec containerd --config {}/config.toml",
+            if cgroup2 {
+                "mount -t cgroup2 cgroup2 /sys/fs/cgroup && "
+            } else {
+                ""
+            },
             t.display()
         );
         std::fs::create_dir_all(t.join("fifo")).unwrap();

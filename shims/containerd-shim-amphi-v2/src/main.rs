@@ -6,6 +6,7 @@
 
 mod amphi;
 mod io;
+mod metrics;
 mod options;
 mod reaper;
 mod service;

@@ -9,9 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use containerd_shim::api;
-use containerd_shim::protos::cgroups::metrics::{
-    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
-};
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
@@ -309,52 +306,6 @@ fn unmount_rootfs(bundle: &Path) {
     if let Ok(c) = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()) {
         // SAFETY: a valid C string.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
-fn metrics(v: &serde_json::Value) -> Metrics {
-    let u = |p: &str| v.pointer(p).and_then(|x| x.as_u64()).unwrap_or(0);
-    let entry = |base: &str| MemoryEntry {
-        usage: u(&format!("{base}/usage")),
-        limit: u(&format!("{base}/limit")),
-        max: u(&format!("{base}/max")),
-        failcnt: u(&format!("{base}/failcnt")),
-        ..Default::default()
-    };
-    Metrics {
-        cpu: MessageField::some(CPUStat {
-            usage: MessageField::some(CPUUsage {
-                total: u("/cpu/usage/total"),
-                kernel: u("/cpu/usage/kernel"),
-                user: u("/cpu/usage/user"),
-                per_cpu: v
-                    .pointer("/cpu/usage/percpu")
-                    .and_then(|a| a.as_array())
-                    .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
-                    .unwrap_or_default(),
-                ..Default::default()
-            }),
-            throttling: MessageField::some(Throttle {
-                periods: u("/cpu/throttling/periods"),
-                throttled_periods: u("/cpu/throttling/throttledPeriods"),
-                throttled_time: u("/cpu/throttling/throttledTime"),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        memory: MessageField::some(MemoryStat {
-            cache: u("/memory/cache"),
-            rss: u("/memory/raw/rss").max(u("/memory/raw/anon")),
-            usage: MessageField::some(entry("/memory/usage")),
-            swap: MessageField::some(entry("/memory/swap")),
-            ..Default::default()
-        }),
-        pids: MessageField::some(PidsStat {
-            current: u("/pids/current"),
-            limit: u("/pids/limit"),
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }
 
@@ -811,8 +762,7 @@ impl containerd_shim::Task for Service {
             .run(&["events", "--stats", &req.id], Stdio3::default(), None)
             .map_err(failed)?;
         let v: serde_json::Value = serde_json::from_str(out.trim()).map_err(failed)?;
-        let any =
-            containerd_shim::util::convert_to_any(Box::new(metrics(&v["data"]))).map_err(failed)?;
+        let any = crate::metrics::any(&v["data"]).map_err(failed)?;
         Ok(api::StatsResponse {
             stats: MessageField::some(any),
             ..Default::default()

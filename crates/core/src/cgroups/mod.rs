@@ -655,10 +655,44 @@ pub fn stats(paths: &[PathBuf]) -> serde_json::Value {
             }),
         )
     };
-    json!({
+    let mut out = json!({
         "cpu": cpu,
         "memory": memory,
         "pids": {"current": n(read_u64(paths, "pids.current")),
                  "limit": n(read_u64(paths, "pids.max").filter(|&l| l != u64::MAX))},
+    });
+    if v2 {
+        out["cgroup2"] = stats_v2(paths);
+    }
+    out
+}
+
+/// v2's own figures, in the terms of containerd's cgroup2 metrics (which
+/// the shim reports on a v2 host): cpu.stat, memory.stat and
+/// memory.events as the kernel keys them, the memory counters, io.stat.
+fn stats_v2(paths: &[PathBuf]) -> serde_json::Value {
+    let n = |file: &str| read_u64(paths, file).unwrap_or(0);
+    let io: Vec<serde_json::Value> = read(paths, "io.stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let (major, minor) = words.next()?.split_once(':')?;
+            let mut entry = serde_json::json!({"major": major.parse::<u64>().ok()?,
+                                               "minor": minor.parse::<u64>().ok()?});
+            for (k, v) in words.filter_map(|w| w.split_once('=')) {
+                entry[k] = v.parse::<u64>().ok()?.into();
+            }
+            Some(entry)
+        })
+        .collect();
+    serde_json::json!({
+        "cpu": read_keyed(paths, "cpu.stat"),
+        "memory": read_keyed(paths, "memory.stat"),
+        "memory_events": read_keyed(paths, "memory.events"),
+        "memory_usage": {"usage": n("memory.current"), "usage_limit": n("memory.max"),
+                         "max_usage": n("memory.peak"), "swap_usage": n("memory.swap.current"),
+                         "swap_limit": n("memory.swap.max"), "swap_max_usage": n("memory.swap.peak")},
+        "io": io,
     })
 }
