@@ -675,9 +675,12 @@ fn special_files_as_entrypoints_fail_fast() {
 
 /// `amphi ARGS` in a mount namespace of its own where cgroup2 is mounted
 /// at /sys/fs/cgroup, so amphi sees a pure v2 host (the same unified
-/// hierarchy the host has at /sys/fs/cgroup/unified on hybrid machines).
+/// hierarchy the host has at /sys/fs/cgroup/unified on hybrid machines;
+/// on a pure v2 host, as in the VM lane, it is there already).
 /// Output goes to `v2-{args[0]}.out`/`.err` in the test's temp dir.
 fn amphi_on_v2(env: &Env, args: &[&str]) -> amphi_tests::Run {
+    let mount_cgroup2 = !nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
     let mut c = env.command(args);
     let out = env.tmp.path().join(format!("v2-{}.out", args[0]));
     let err = env.tmp.path().join(format!("v2-{}.err", args[0]));
@@ -685,7 +688,7 @@ fn amphi_on_v2(env: &Env, args: &[&str]) -> amphi_tests::Run {
     c.stderr(std::fs::File::create(&err).unwrap());
     // SAFETY: only syscalls between fork and exec.
     unsafe {
-        c.pre_exec(|| {
+        c.pre_exec(move || {
             let null = std::ptr::null();
             if libc::unshare(libc::CLONE_NEWNS) != 0
                 || libc::mount(
@@ -695,13 +698,14 @@ fn amphi_on_v2(env: &Env, args: &[&str]) -> amphi_tests::Run {
                     libc::MS_REC | libc::MS_PRIVATE,
                     null.cast(),
                 ) != 0
-                || libc::mount(
-                    c"cgroup2".as_ptr(),
-                    c"/sys/fs/cgroup".as_ptr(),
-                    c"cgroup2".as_ptr(),
-                    0,
-                    null.cast(),
-                ) != 0
+                || (mount_cgroup2
+                    && libc::mount(
+                        c"cgroup2".as_ptr(),
+                        c"/sys/fs/cgroup".as_ptr(),
+                        c"cgroup2".as_ptr(),
+                        0,
+                        null.cast(),
+                    ) != 0)
             {
                 return Err(std::io::Error::last_os_error());
             }
