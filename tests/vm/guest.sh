@@ -16,7 +16,23 @@ echo $$ > /sys/fs/cgroup/cgroup.procs
 for c in cpuset cpu io memory hugetlb pids; do
     echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
 done
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# A fresh /tmp for the tests; a repository below /tmp (a clone in a temp
+# dir) stays reachable at its own path, where the test list names it.
+case $repo in
+/tmp/*)
+    # Private, so that the tmpfs below is not propagated into the copy.
+    mkdir -p /run/host-repo
+    mount --rbind "$repo" /run/host-repo
+    mount --make-rprivate /run/host-repo
+    mount -t tmpfs -o mode=1777 tmpfs /tmp
+    mkdir -p "$repo"
+    mount --rbind /run/host-repo "$repo"
+    cd "$repo" || exit 1
+    ;;
+*)
+    mount -t tmpfs -o mode=1777 tmpfs /tmp
+    ;;
+esac
 # CRIU probes the kernel's features with modules (nftables, tun, veth):
 # the lane kernel's own, from its package, indexed by depmod in an
 # overlay (writes stay in the guest).
