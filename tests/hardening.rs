@@ -734,6 +734,16 @@ fn a_pure_cgroup_v2_view_works_end_to_end() {
     b.spec["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
     b.write();
     let id = env.id("v2");
+    // The container's cgroup is in the view's hierarchy: a failed check
+    // must still delete it from inside the view (Env's own clean-up runs
+    // outside it and would leave the cgroup).
+    struct DeleteInView<'a>(&'a Env, &'a str);
+    impl Drop for DeleteInView<'_> {
+        fn drop(&mut self) {
+            let _ = amphi_on_v2(self.0, &["delete", "--force", self.1]);
+        }
+    }
+    let _delete = DeleteInView(&env, &id);
     amphi_on_v2(&env, &["run", "-d", "--bundle", b.path(), &id]).ok();
     // The container writes to the stdout it inherited from that first call.
     let out = env.tmp.path().join("v2-run.out");
