@@ -24,26 +24,17 @@ pub const PODMAN_CAPS: [&str; 11] = [
 /// containers/common's profile format, resolved for amd64 and `caps`, as
 /// podman does: entries whose `includes` are met and `excludes` are not.
 pub fn resolve_containers_profile(profile: &Value, caps: &[&str]) -> LinuxSeccomp {
-    let arches_of = |v: &Value| -> Vec<String> {
-        v["arches"]
+    // The strings of `v[key]` (an `includes` or `excludes` list).
+    let strings = |v: &Value, key: &str| -> Vec<String> {
+        v[key]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
     };
-    let caps_of = |v: &Value| -> Vec<String> {
-        v["caps"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let arches_of = |v: &Value| strings(v, "arches");
+    let caps_of = |v: &Value| strings(v, "caps");
     let ours = |a: &String| a == "amd64";
     let mut syscalls = Vec::new();
     for s in profile["syscalls"].as_array().unwrap() {

@@ -51,8 +51,12 @@ impl Cgroup<'_> {
     /// The write is checked against the opener's credentials, so it works
     /// in the child's new user namespace too.
     fn v1_tasks(&self) -> Result<Vec<CgroupTasks>> {
-        if matches!(self, Cgroup::New(c) if c.systemd.is_some())
-            || self.paths().iter().any(|p| crate::cgroups::is_v2_dir(p))
+        // A container's directories are all v1 or all v2: one statfs tells.
+        if matches!(self, Cgroup::New(c) if c.systemd.is_some() || c.v2())
+            || self
+                .paths()
+                .first()
+                .is_some_and(|p| crate::cgroups::is_v2_dir(p))
         {
             return Ok(Vec::new());
         }

@@ -601,11 +601,20 @@ pub fn stats(paths: &[PathBuf]) -> serde_json::Value {
     use serde_json::json;
     let v2 = paths.iter().any(|p| p.join("cgroup.controllers").exists());
     let n = |v: Option<u64>| v.unwrap_or(0);
-    let (cpu, memory) = if v2 {
+    let (cpu, memory, cgroup2) = if v2 {
+        // Each file read once: runc's shape and v2's own figures (for the
+        // shim's v2 metrics) come from the same reads.
         let cpu = read_keyed(paths, "cpu.stat");
         let us = |k: &str| cpu.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
         let mem_raw = read_keyed(paths, "memory.stat");
         let events = read_keyed(paths, "memory.events");
+        let counter = |file: &str| n(read_u64(paths, file));
+        let (usage, limit, peak) = (
+            counter("memory.current"),
+            counter("memory.max"),
+            counter("memory.peak"),
+        );
+        let (swap, swap_limit) = (counter("memory.swap.current"), counter("memory.swap.max"));
         (
             json!({
                 "usage": {"total": us("usage_usec") * 1000, "percpu": [],
@@ -615,14 +624,22 @@ pub fn stats(paths: &[PathBuf]) -> serde_json::Value {
             }),
             json!({
                 "cache": mem_raw.get("file").cloned().unwrap_or(0.into()),
-                "usage": {"usage": n(read_u64(paths, "memory.current")),
-                          "limit": n(read_u64(paths, "memory.max")),
-                          "max": n(read_u64(paths, "memory.peak")),
+                "usage": {"usage": usage, "limit": limit, "max": peak,
                           "failcnt": events.get("max").cloned().unwrap_or(0.into())},
-                "swap": {"usage": n(read_u64(paths, "memory.swap.current")),
-                         "limit": n(read_u64(paths, "memory.swap.max"))},
+                "swap": {"usage": swap, "limit": swap_limit},
                 "raw": mem_raw,
             }),
+            // v2's own figures, in the terms of containerd's cgroup2
+            // metrics (which the shim reports on a v2 host).
+            Some(json!({
+                "cpu": cpu,
+                "memory": mem_raw,
+                "memory_events": events,
+                "memory_usage": {"usage": usage, "usage_limit": limit, "max_usage": peak,
+                                 "swap_usage": swap, "swap_limit": swap_limit,
+                                 "swap_max_usage": counter("memory.swap.peak")},
+                "io": io_stat(paths),
+            })),
         )
     } else {
         let ticks = read_keyed(paths, "cpuacct.stat");
@@ -653,6 +670,7 @@ pub fn stats(paths: &[PathBuf]) -> serde_json::Value {
                          "limit": n(read_u64(paths, "memory.memsw.limit_in_bytes"))},
                 "raw": mem_raw,
             }),
+            None,
         )
     };
     let mut out = json!({
@@ -661,18 +679,15 @@ pub fn stats(paths: &[PathBuf]) -> serde_json::Value {
         "pids": {"current": n(read_u64(paths, "pids.current")),
                  "limit": n(read_u64(paths, "pids.max").filter(|&l| l != u64::MAX))},
     });
-    if v2 {
-        out["cgroup2"] = stats_v2(paths);
+    if let Some(extra) = cgroup2 {
+        out["cgroup2"] = extra;
     }
     out
 }
 
-/// v2's own figures, in the terms of containerd's cgroup2 metrics (which
-/// the shim reports on a v2 host): cpu.stat, memory.stat and
-/// memory.events as the kernel keys them, the memory counters, io.stat.
-fn stats_v2(paths: &[PathBuf]) -> serde_json::Value {
-    let n = |file: &str| read_u64(paths, file).unwrap_or(0);
-    let io: Vec<serde_json::Value> = read(paths, "io.stat")
+/// io.stat: one entry per device, its counters by name.
+fn io_stat(paths: &[PathBuf]) -> Vec<serde_json::Value> {
+    read(paths, "io.stat")
         .unwrap_or_default()
         .lines()
         .filter_map(|line| {
@@ -685,14 +700,5 @@ fn stats_v2(paths: &[PathBuf]) -> serde_json::Value {
             }
             Some(entry)
         })
-        .collect();
-    serde_json::json!({
-        "cpu": read_keyed(paths, "cpu.stat"),
-        "memory": read_keyed(paths, "memory.stat"),
-        "memory_events": read_keyed(paths, "memory.events"),
-        "memory_usage": {"usage": n("memory.current"), "usage_limit": n("memory.max"),
-                         "max_usage": n("memory.peak"), "swap_usage": n("memory.swap.current"),
-                         "swap_limit": n("memory.swap.max"), "swap_max_usage": n("memory.swap.peak")},
-        "io": io,
-    })
+        .collect()
 }
