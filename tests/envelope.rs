@@ -731,3 +731,143 @@ fn a_new_network_namespace_has_loopback_up() {
         env.assert_clean(&id, &cg);
     }
 }
+
+/// `amphi run` as a kernel before Linux 5.12 would see it: a seccomp
+/// filter (inherited by amphi) answers `open_tree` and `mount_setattr`
+/// with ENOSYS, as a kernel without them does.
+fn run_without_new_mount_api(env: &Env, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut c = env.command(args);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            const ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+            const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+            let stmt = |code: u16, k: u32| libc::sock_filter {
+                code,
+                jt: 0,
+                jf: 0,
+                k,
+            };
+            let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+                code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+                jt,
+                jf,
+                k,
+            };
+            let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+            let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+            let mut filter = [
+                stmt(load, 4), // seccomp_data.arch
+                jump(AUDIT_ARCH_X86_64, 0, 3),
+                stmt(load, 0), // seccomp_data.nr
+                jump(libc::SYS_open_tree as u32, 2, 0),
+                jump(libc::SYS_mount_setattr as u32, 1, 0),
+                stmt(ret, libc::SECCOMP_RET_ALLOW),
+                stmt(ret, ENOSYS),
+            ];
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_mut_ptr(),
+            };
+            if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.output().expect("spawn amphi")
+}
+
+/// Read-only binds, `readonlyPaths` and the recursive options, with the
+/// new mount API and on a kernel without it. With it, a read-only path
+/// is read-only all the way down (runc's remount leaves submounts
+/// writable, as amphi's fallback still does); `rro` needs it and says so.
+#[test]
+fn read_only_mounts_with_and_without_the_new_mount_api() {
+    if !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    let env = Env::new();
+    let shared = env.tmp.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let script =
+        "for f in /data/x /opt/inner/x /deep/inner/x; do touch $f 2>/dev/null; echo $f=$?; done";
+    let bundle = |name: &str, recursive: bool| {
+        let mut b = env.bundle(name, &["sh", "-c", script]);
+        let deep = b.rootfs().join("deep");
+        for d in ["data", "opt", "deep"] {
+            std::fs::create_dir_all(b.rootfs().join(d)).unwrap();
+        }
+        let mounts = b.spec["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": "/data", "type": "bind",
+                           "source": shared, "options": ["rbind", "ro", "nosuid"]}));
+        for top in ["/opt", "/deep"] {
+            mounts.push(json!({"destination": top, "type": "tmpfs", "source": "tmpfs"}));
+            mounts.push(
+                json!({"destination": format!("{top}/inner"), "type": "tmpfs", "source": "tmpfs"}),
+            );
+        }
+        if recursive {
+            // /deep (with the tmpfs mounts on it by now) bound onto itself
+            // read-only all the way down.
+            mounts.push(json!({"destination": "/deep", "type": "bind",
+                               "source": deep, "options": ["rbind", "rro"]}));
+        }
+        b.spec["linux"]["readonlyPaths"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("/opt"));
+        b.write();
+        b
+    };
+
+    let b = bundle("new-api", false);
+    let id = env.id("new-api");
+    let r = env.amphi(&["run", "--bundle", b.path(), &id]);
+    r.ok();
+    assert!(
+        r.stdout.contains("/data/x=1"),
+        "ro bind writable: {}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("/opt/inner/x=1"),
+        "submount of a read-only path writable: {}",
+        r.stdout
+    );
+    env.assert_clean(&id, &b.cgroup());
+
+    let b = bundle("old-kernel", false);
+    let id = env.id("old-kernel");
+    let out = run_without_new_mount_api(&env, &["run", "--bundle", b.path(), &id]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("/data/x=1"), "ro bind writable: {stdout}");
+    // runc's behaviour: the remount reaches the top mount only.
+    assert!(stdout.contains("/opt/inner/x=0"), "{stdout}");
+    env.assert_clean(&id, &b.cgroup());
+
+    let b = bundle("rro", true);
+    let id = env.id("rro");
+    let r = env.amphi(&["run", "--bundle", b.path(), &id]);
+    r.ok();
+    assert!(
+        r.stdout.contains("/deep/inner/x=1"),
+        "rro did not reach the submount: {}",
+        r.stdout
+    );
+    env.assert_clean(&id, &b.cgroup());
+    let id = env.id("rro-old");
+    let out = run_without_new_mount_api(&env, &["run", "--bundle", b.path(), &id]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("mount_setattr"),
+        "{stderr}"
+    );
+    env.assert_clean(&id, &b.cgroup());
+}

@@ -17,20 +17,28 @@ fn fail() -> ! {
     unsafe { libc::_exit(127) }
 }
 
+/// Which cgroup hierarchies the floor's container joins.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// What a runtime uses on this host: the v1 controllers where there are
+    /// any (hybrid hosts included), else the unified hierarchy.
+    Host,
+    /// The unified hierarchy alone, as a runtime in the cgroup2 view uses it.
+    Unified,
+}
+
 /// One start; the caller must be single-threaded (the child runs on a copy
 /// of this process).
-pub fn once(rootfs: &Path, rel: &str) -> Result<Duration> {
+pub fn once(rootfs: &Path, rel: &str, layout: Layout) -> Result<Duration> {
     let rootfs_c = CString::new(rootfs.to_str().context("rootfs path")?)?;
     let t0 = Instant::now();
-    // The hierarchies a runtime uses: v1 controllers where there are any
-    // (hybrid hosts included), else the unified one.
     let all = cgroup_dirs_by_hierarchy(rel);
     let v1: Vec<_> = all
         .iter()
         .filter(|(c, _)| !c.is_empty() && !c.starts_with("name="))
         .collect();
-    let dirs: Vec<_> = if v1.is_empty() {
-        all.iter().collect()
+    let dirs: Vec<_> = if v1.is_empty() || layout == Layout::Unified {
+        all.iter().filter(|(c, _)| c.is_empty()).collect()
     } else {
         v1
     };
@@ -69,10 +77,33 @@ pub fn once(rootfs: &Path, rel: &str) -> Result<Duration> {
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWNET
-        | libc::CLONE_NEWCGROUP
-        | libc::SIGCHLD;
-    // SAFETY: fork-like clone (no CLONE_VM) from a single-threaded process.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0, 0, 0, 0) } as i32;
+        | libc::CLONE_NEWCGROUP;
+    // On the unified hierarchy the child is born in its cgroup
+    // (CLONE_INTO_CGROUP), as amphi's is.
+    let unified = match dirs.as_slice() {
+        [(ctrls, d)] if ctrls.is_empty() => {
+            Some(std::fs::File::open(d).with_context(|| format!("open {}", d.display()))?)
+        }
+        _ => None,
+    };
+    let mut args = CloneArgs {
+        flags: flags as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    if let Some(cg) = &unified {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = cg.as_raw_fd() as u64;
+    }
+    // SAFETY: fork-like clone3 (no CLONE_VM) from a single-threaded process,
+    // with an argument struct that outlives the call.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    } as i32;
     if pid < 0 {
         bail!("clone: {}", std::io::Error::last_os_error());
     }
@@ -138,12 +169,6 @@ pub fn once(rootfs: &Path, rel: &str) -> Result<Duration> {
     // SAFETY: closing our copy of the read end.
     unsafe { libc::close(fds[0]) };
     drop(tasks);
-    let attached = if v1_only(&dirs) {
-        Ok(())
-    } else {
-        dirs.iter()
-            .try_for_each(|(_, d)| std::fs::write(d.join("cgroup.procs"), pid.to_string()))
-    };
     // SAFETY: one byte from a live buffer, then close.
     unsafe {
         libc::write(fds[1], b"g".as_ptr().cast(), 1);
@@ -163,11 +188,29 @@ pub fn once(rootfs: &Path, rel: &str) -> Result<Duration> {
         }
     }
     let elapsed = t0.elapsed();
-    attached.context("attach to the cgroup")?;
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
         bail!("the floor's container failed (status {status:#x})");
     }
     Ok(elapsed)
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The kernel's `struct clone_args` (version 2, with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
 }
 
 /// Every directory is in a v1 hierarchy (controllers named).

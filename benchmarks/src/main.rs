@@ -211,7 +211,16 @@ fn start_group(w: &World, o: &Opts) -> Result<Value> {
         name: "kernel floor".into(),
         note: "clone into the namespaces, join the cgroups (the child moves itself on v1), pivot_root, exec /bin/true, in-process"
             .into(),
-        run: Box::new(|w, _| floor::once(&w.rootfs, &w.floor_cgroup)),
+        run: Box::new(|w, _| floor::once(&w.rootfs, &w.floor_cgroup, floor::Layout::Host)),
+    });
+    variants.push(Variant {
+        name: "kernel floor, cgroup2".into(),
+        note: "the same in the unified hierarchy (born in its cgroup with CLONE_INTO_CGROUP), plus what the cgroup2 view costs every row there: /bin/true run in a fresh view"
+            .into(),
+        run: Box::new(|w, _| {
+            Ok(w.cgroup2_view_time()?
+                + floor::once(&w.rootfs, &w.floor_cgroup, floor::Layout::Unified)?)
+        }),
     });
 
     let total = o.warmup + o.runs;
@@ -306,11 +315,23 @@ fn start_targets(variants: &[Variant], samples: &[Vec<f64>]) -> Vec<Value> {
             out.push(json!({"what": format!("{name}: p95 / median"), "value": p95 / median, "target": 1.5, "unit": "x"}));
         }
     }
-    // The floor runs in this process on the host's own layout, so it is
-    // compared with the start on that layout.
-    if let (Some(a), Some(floor)) = (of("amphi, pod bundle"), of("kernel floor")) {
-        let over = median_p95(a).0 - median_p95(floor).0;
-        out.push(json!({"what": "pod bundle, v1 controllers: amphi over the kernel floor", "value": over, "target": 2.0, "unit": "ms"}));
+    // Each floor is compared with the start on its own layout.
+    for (what, amphi, floor) in [
+        (
+            "pod bundle, v1 controllers: amphi over the kernel floor",
+            "amphi, pod bundle",
+            "kernel floor",
+        ),
+        (
+            "pod bundle, cgroup2: amphi over the kernel floor",
+            "amphi, pod bundle, cgroup2",
+            "kernel floor, cgroup2",
+        ),
+    ] {
+        if let (Some(a), Some(floor)) = (of(amphi), of(floor)) {
+            let over = median_p95(a).0 - median_p95(floor).0;
+            out.push(json!({"what": what, "value": over, "target": 2.0, "unit": "ms"}));
+        }
     }
     out
 }
@@ -444,6 +465,28 @@ fn shim_group(w: &World, o: &Opts) -> Result<Value> {
     if o2.code == 0 {
         c.remove("rss");
     }
+    // The same three in parallel streams: what serialises tasks here is
+    // containerd, the shims and the runtimes together.
+    let names: Vec<&str> = variants.iter().map(|(name, ..)| *name).collect();
+    let parallel = throughput::table(o, &names, |v, streams, round, k, i| {
+        let (_, runtime, image, args) = variants[v];
+        let id = format!("p{v}-{streams}-{round}-{k}-{i}");
+        let cg = c.cgroup(&id);
+        let mut a = vec![
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--cgroup",
+            &cg,
+            image,
+            &id,
+        ];
+        a.extend(args.iter());
+        let out = c.ctr(&a);
+        anyhow::ensure!(out.code == 0, "ctr {a:?}: {}", out.stderr.trim());
+        Ok(())
+    })?;
     let base = samples[0].clone();
     let rows: Vec<Value> = variants
         .iter()
@@ -454,7 +497,7 @@ fn shim_group(w: &World, o: &Opts) -> Result<Value> {
                    "pairwise_ratio": pair_ratio(s, &base), "samples_ms": s})
         })
         .collect();
-    Ok(json!({"variants": rows, "shim_rss_mib": rss_mib}))
+    Ok(json!({"variants": rows, "shim_rss_mib": rss_mib, "throughput": parallel}))
 }
 
 fn main() -> Result<()> {

@@ -108,33 +108,15 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
     if let Some(t) = r.get("throughput") {
         writeln!(
             md,
-            "\n**Throughput** (pod bundle, `run` to exit and removed, {} per stream; best of two interleaved rounds):\n\n| streams | amphi | runc | amphi / runc |\n|---|---|---|---|",
+            "\n**Throughput** (pod bundle, `run` to exit and removed, {} per stream; best of two interleaved rounds):\n",
             t["per_stream"]
         )?;
-        let mut csv = String::from("streams,amphi_per_s,runc_per_s\n");
-        let mut plot = Vec::new();
-        for p in t["rows"].as_array().into_iter().flatten() {
-            let (n, a, b) = (&p["streams"], f(&p["amphi_per_s"]), f(&p["runc_per_s"]));
-            writeln!(
-                md,
-                "| {n} | {a:.1}/s | {b:.1}/s | {:.2}x |",
-                f(&p["amphi_over_runc"])
-            )?;
-            writeln!(csv, "{n},{a:.2},{b:.2}")?;
-            for (name, v) in [("amphi", a), ("runc", b)] {
-                plot.push(Bar {
-                    label: format!("{name} x{n}"),
-                    value: v,
-                    whisker: None,
-                });
-            }
-        }
-        std::fs::write(o.out.join("throughput.csv"), csv)?;
-        bars(
-            &o.out.join("throughput.svg"),
+        throughput_table(
+            &mut md,
+            t,
+            o,
+            "throughput",
             "containers started and removed per second",
-            "per s",
-            &plot,
         )?;
     }
 
@@ -253,6 +235,20 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
                 "\nThe shim's resident memory while serving one task: {:.1} MiB.",
                 f(&sh["shim_rss_mib"])
             )?;
+            if let Some(t) = sh.get("throughput") {
+                writeln!(
+                    md,
+                    "\n**Tasks through containerd** (`ctr run --rm` to exit, {} per stream; best of two interleaved rounds):\n",
+                    t["per_stream"]
+                )?;
+                throughput_table(
+                    &mut md,
+                    t,
+                    o,
+                    "shim_throughput",
+                    "containerd tasks run and removed per second",
+                )?;
+            }
         }
     }
 
@@ -327,6 +323,7 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
         "throughput",
         "memory",
         "shim",
+        "shim_throughput",
         "pods",
         "compute",
         "serve",
@@ -462,4 +459,48 @@ fn serve_table(md: &mut String, sv: &Value, o: &Opts) -> Result<()> {
         "ms",
         &plot,
     )
+}
+
+/// A throughput table (one column per variant, then the first over the
+/// second), its CSV and plot, from `throughput::table`'s shape.
+fn throughput_table(md: &mut String, t: &Value, o: &Opts, file: &str, title: &str) -> Result<()> {
+    let names: Vec<&str> = t["variants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let [first, second, ..] = names[..] else {
+        anyhow::bail!("{file}: fewer than two variants");
+    };
+    writeln!(
+        md,
+        "| streams | {} | {first} / {second} |\n|---|{}---|",
+        names.join(" | "),
+        "---|".repeat(names.len())
+    )?;
+    let mut csv = format!("streams,{}\n", names.join(","));
+    let mut plot = Vec::new();
+    for row in t["rows"].as_array().into_iter().flatten() {
+        let n = &row["streams"];
+        let rates: Vec<f64> = names.iter().map(|v| f(&row["per_s"][v])).collect();
+        let cells: Vec<String> = rates.iter().map(|r| format!("{r:.1}/s")).collect();
+        writeln!(
+            md,
+            "| {n} | {} | {:.2}x |",
+            cells.join(" | "),
+            rates[0] / rates[1]
+        )?;
+        let cells: Vec<String> = rates.iter().map(|r| format!("{r:.2}")).collect();
+        writeln!(csv, "{n},{}", cells.join(","))?;
+        for (name, &value) in names.iter().zip(&rates) {
+            plot.push(Bar {
+                label: format!("{name} x{n}"),
+                value,
+                whisker: None,
+            });
+        }
+    }
+    std::fs::write(o.out.join(format!("{file}.csv")), csv)?;
+    bars(&o.out.join(format!("{file}.svg")), title, "per s", &plot)
 }

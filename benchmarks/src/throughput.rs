@@ -13,56 +13,85 @@ use serde_json::{json, Value};
 use crate::world::{PodCgroups, World};
 use crate::Opts;
 
+/// The stream widths and containers per stream of a throughput run.
+pub fn shape(o: &Opts) -> (&'static [usize], usize) {
+    if o.smoke {
+        (&[1, 2], 2)
+    } else {
+        (&[1, 4, 16], 12)
+    }
+}
+
+/// Containers per second when `streams` threads each call `one(stream,
+/// i)` for `i` in `0..per_stream`.
+pub fn rate(
+    streams: usize,
+    per_stream: usize,
+    what: &str,
+    one: impl Fn(usize, usize) -> Result<()> + Sync,
+) -> Result<f64> {
+    let t = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let one = &one;
+        let workers: Vec<_> = (0..streams)
+            .map(|k| s.spawn(move || (0..per_stream).try_for_each(|i| one(k, i))))
+            .collect();
+        for h in workers {
+            h.join()
+                .expect("stream thread")
+                .with_context(|| format!("{what}, {streams} streams"))?;
+        }
+        Ok(())
+    })?;
+    Ok((streams * per_stream) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Runs each variant at each width, two interleaved rounds, the better
+/// round counting (a neighbour's burst on a shared machine lowers a round,
+/// nothing raises it). `one(variant, streams, round, stream, i)` starts
+/// and removes one container.
+pub fn table(
+    o: &Opts,
+    variants: &[&str],
+    one: impl Fn(usize, usize, usize, usize, usize) -> Result<()> + Sync,
+) -> Result<Value> {
+    let (widths, per_stream) = shape(o);
+    let mut rows = Vec::new();
+    for &streams in widths {
+        let mut best = vec![0.0_f64; variants.len()];
+        for round in 0..2 {
+            for (v, name) in variants.iter().enumerate() {
+                let r = rate(streams, per_stream, name, |k, i| {
+                    one(v, streams, round, k, i)
+                })?;
+                best[v] = best[v].max(r);
+            }
+        }
+        let per_s: serde_json::Map<String, Value> = variants
+            .iter()
+            .zip(&best)
+            .map(|(name, r)| (name.to_string(), json!(r)))
+            .collect();
+        rows.push(json!({"streams": streams, "per_s": per_s}));
+    }
+    Ok(json!({"per_stream": per_stream, "variants": variants, "rows": rows}))
+}
+
 pub fn group(w: &World, o: &Opts) -> Result<Value> {
-    let widths: &[usize] = if o.smoke { &[1, 2] } else { &[1, 4, 16] };
-    let per_stream = if o.smoke { 2 } else { 12 };
-    let widest = widths.iter().copied().max().unwrap_or(1);
+    let widest = shape(o).0.iter().copied().max().unwrap_or(1);
     let bundles = (0..widest)
         .map(|k| w.pod_bundle(&format!("tp{k}"), PodCgroups::Full))
         .collect::<Result<Vec<_>>>()?;
     let runtimes = [("amphi", &w.amphi), ("runc", &w.runc)];
-    let mut rows = Vec::new();
-    for &streams in widths {
-        let mut rate = [0.0; 2];
-        // Two rounds each, interleaved; the better one counts (a
-        // neighbour's burst on a shared machine lowers a round, nothing
-        // raises it).
-        for round in 0..2 {
-            for (r, (name, bin)) in runtimes.iter().enumerate() {
-                let t = Instant::now();
-                std::thread::scope(|s| -> Result<()> {
-                    let workers: Vec<_> = bundles[..streams]
-                        .iter()
-                        .enumerate()
-                        .map(|(k, bundle)| {
-                            s.spawn(move || -> Result<()> {
-                                for i in 0..per_stream {
-                                    w.run_time(
-                                        bin,
-                                        bundle,
-                                        &format!("t{name}{streams}-{round}-{k}-{i}"),
-                                        &[],
-                                    )?;
-                                }
-                                Ok(())
-                            })
-                        })
-                        .collect();
-                    for h in workers {
-                        h.join()
-                            .expect("stream thread")
-                            .with_context(|| format!("{name}, {streams} streams"))?;
-                    }
-                    Ok(())
-                })?;
-                let per_s = (streams * per_stream) as f64 / t.elapsed().as_secs_f64();
-                rate[r] = f64::max(rate[r], per_s);
-            }
-        }
-        rows.push(
-            json!({"streams": streams, "amphi_per_s": rate[0], "runc_per_s": rate[1],
-                         "amphi_over_runc": rate[0] / rate[1]}),
-        );
-    }
-    Ok(json!({"per_stream": per_stream, "rows": rows}))
+    let names: Vec<&str> = runtimes.iter().map(|(n, _)| *n).collect();
+    table(o, &names, |v, streams, round, k, i| {
+        let (name, bin) = runtimes[v];
+        w.run_time(
+            bin,
+            &bundles[k],
+            &format!("t{name}{streams}-{round}-{k}-{i}"),
+            &[],
+        )
+        .map(drop)
+    })
 }

@@ -338,6 +338,15 @@ impl World {
         Ok(t.elapsed())
     }
 
+    /// What the cgroup2 view adds to a start: /bin/true run in a fresh one.
+    pub fn cgroup2_view_time(&self) -> Result<Duration> {
+        let mut c = Command::new("/bin/true");
+        in_cgroup2_view(&mut c);
+        let t = Instant::now();
+        self.check(c, "/bin/true (cgroup2 view)")?;
+        Ok(t.elapsed())
+    }
+
     fn create(&self, bin: &Path, bundle: &Path, id: &str) -> Result<(i32, libc::rusage)> {
         let pid_file = self.tmp().join(format!("{id}.pid"));
         let mut c = self.cmd(

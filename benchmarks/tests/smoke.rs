@@ -38,6 +38,7 @@ fn harness_runs_end_to_end() {
         "runc native",
         "amphi wasm (cached)",
         "kernel floor",
+        "kernel floor, cgroup2",
     ] {
         let v = variants.iter().find(|v| v["variant"] == name).unwrap();
         let median = v["median_ms"].as_f64().unwrap();
@@ -52,8 +53,8 @@ fn harness_runs_end_to_end() {
         "{targets:?}"
     );
     for row in r["throughput"]["rows"].as_array().unwrap() {
-        for k in ["amphi_per_s", "runc_per_s"] {
-            assert!(row[k].as_f64().is_some_and(|x| x > 0.0), "{row}");
+        for k in ["amphi", "runc"] {
+            assert!(row["per_s"][k].as_f64().is_some_and(|x| x > 0.0), "{row}");
         }
     }
     let workloads = r["compute"]["workloads"].as_array().unwrap();
@@ -68,6 +69,16 @@ fn harness_runs_end_to_end() {
         "shim group: {}",
         r["shim"]
     );
+    for row in r["shim"]["throughput"]["rows"].as_array().unwrap() {
+        for k in [
+            "amphi shim, native",
+            "runc shim, native",
+            "amphi shim, wasm",
+        ] {
+            assert!(row["per_s"][k].as_f64().is_some_and(|x| x > 0.0), "{row}");
+        }
+    }
+    assert!(out.path().join("shim_throughput.svg").exists());
     for v in r["serve"]["variants"].as_array().unwrap() {
         assert!(v["requests"].as_u64().unwrap() > 0, "serve: {v}");
         assert_eq!(v["errors"], 0, "serve: {v}");

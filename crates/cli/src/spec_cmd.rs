@@ -46,9 +46,11 @@ pub fn features() -> serde_json::Value {
         "mountOptions": [
             "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "mand",
             "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime",
-            "nosuid", "private", "rbind", "relatime", "remount", "ro", "rprivate", "rshared",
-            "rslave", "runbindable", "rw", "shared", "slave", "strictatime", "suid", "sync",
-            "unbindable"
+            "nosuid", "private", "ratime", "rbind", "rdev", "rdiratime", "relatime", "remount",
+            "rexec", "rnoatime", "rnodev", "rnodiratime", "rnoexec", "rnorelatime",
+            "rnostrictatime", "rnosuid", "rnosymfollow", "ro", "rprivate", "rrelatime", "rro",
+            "rrw", "rshared", "rslave", "rstrictatime", "rsuid", "rsymfollow", "runbindable",
+            "rw", "shared", "slave", "strictatime", "suid", "sync", "unbindable"
         ],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"],

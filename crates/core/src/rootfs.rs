@@ -155,17 +155,68 @@ fn refuse_symlink(root: BorrowedFd, dest: &Path, typ: &str) -> Result<()> {
 /// Mount flags and data of a mount's `options`.
 struct Options {
     flags: MsFlags,
+    /// The recursive options (`rro`, `rnosuid`, ...): attributes for the
+    /// mount and every mount below it, set with `mount_setattr`.
+    recursive: libc::mount_attr,
     propagation: Vec<MsFlags>,
     data: Vec<String>,
+}
+
+/// runtime-spec's recursive mount options: the attribute each sets (or,
+/// for the `r<option>` that undoes one, clears).
+fn recursive_option(opt: &str) -> Option<(bool, u64)> {
+    Some(match opt {
+        "rro" => (true, libc::MOUNT_ATTR_RDONLY),
+        "rrw" => (false, libc::MOUNT_ATTR_RDONLY),
+        "rnosuid" => (true, libc::MOUNT_ATTR_NOSUID),
+        "rsuid" => (false, libc::MOUNT_ATTR_NOSUID),
+        "rnodev" => (true, libc::MOUNT_ATTR_NODEV),
+        "rdev" => (false, libc::MOUNT_ATTR_NODEV),
+        "rnoexec" => (true, libc::MOUNT_ATTR_NOEXEC),
+        "rexec" => (false, libc::MOUNT_ATTR_NOEXEC),
+        "rnodiratime" => (true, libc::MOUNT_ATTR_NODIRATIME),
+        "rdiratime" => (false, libc::MOUNT_ATTR_NODIRATIME),
+        "rnosymfollow" => (true, libc::MOUNT_ATTR_NOSYMFOLLOW),
+        "rsymfollow" => (false, libc::MOUNT_ATTR_NOSYMFOLLOW),
+        _ => return None,
+    })
+}
+
+/// The recursive atime options: one mode for the whole tree.
+fn recursive_atime(opt: &str) -> Option<u64> {
+    Some(match opt {
+        "rrelatime" => libc::MOUNT_ATTR_RELATIME,
+        "rnorelatime" | "rstrictatime" => libc::MOUNT_ATTR_STRICTATIME,
+        "rnoatime" => libc::MOUNT_ATTR_NOATIME,
+        "ratime" | "rnostrictatime" => libc::MOUNT_ATTR_RELATIME,
+        _ => return None,
+    })
 }
 
 fn parse_options(options: &[String]) -> Result<Options> {
     let mut o = Options {
         flags: MsFlags::empty(),
+        // SAFETY: mount_attr is plain integers.
+        recursive: unsafe { std::mem::zeroed() },
         propagation: Vec::new(),
         data: Vec::new(),
     };
     for opt in options {
+        if let Some((set, attr)) = recursive_option(opt) {
+            let (on, off) = if set {
+                (&mut o.recursive.attr_set, &mut o.recursive.attr_clr)
+            } else {
+                (&mut o.recursive.attr_clr, &mut o.recursive.attr_set)
+            };
+            *on |= attr;
+            *off &= !attr;
+            continue;
+        }
+        if let Some(mode) = recursive_atime(opt) {
+            o.recursive.attr_set = (o.recursive.attr_set & !libc::MOUNT_ATTR__ATIME) | mode;
+            o.recursive.attr_clr |= libc::MOUNT_ATTR__ATIME;
+            continue;
+        }
         let (clear, flag) = match opt.as_str() {
             "defaults" => (false, MsFlags::empty()),
             "ro" => (false, MsFlags::MS_RDONLY),
@@ -384,21 +435,19 @@ fn mount_one(ctx: &RootfsContext, root: BorrowedFd, m: &Mount) -> Result<()> {
 
     if is_bind {
         let src = source.as_deref().expect("checked above");
-        mount(
-            Some(src),
-            target_path.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND | (opts.flags & MsFlags::MS_REC),
-            None::<&str>,
-        )
-        .sys(|| format!("bind {} onto {}", src.display(), dest.display()))?;
-        let extra = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
-        if !extra.is_empty() {
-            // Flags of a bind mount only take effect on a remount. Reopen:
-            // the old fd still names the directory below the new mount.
-            let target = open_in_root(root, dest, Create::Nothing)?;
-            remount(&fd_path(&target), extra, dest)?;
-        }
+        let flags = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+        let at = Target::InRoot {
+            root,
+            fd: target.as_fd(),
+            dest,
+        };
+        bind(
+            src,
+            at,
+            opts.flags.contains(MsFlags::MS_REC),
+            flags,
+            Reach::Top,
+        )?;
     } else {
         let flags = opts.flags;
         let result = mount(
@@ -413,16 +462,18 @@ fn mount_one(ctx: &RootfsContext, root: BorrowedFd, m: &Mount) -> Result<()> {
             // sysfs cannot be mounted in a user namespace that does not own
             // the network namespace: fall back to the host's, read-only.
             Err(Errno::EPERM) if typ == "sysfs" && ctx.userns => {
-                mount(
-                    Some("/sys"),
-                    target_path.as_str(),
-                    None::<&str>,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None::<&str>,
-                )
-                .sys(|| "bind /sys".into())?;
-                let target = open_in_root(root, dest, Create::Nothing)?;
-                remount(&fd_path(&target), flags | MsFlags::MS_RDONLY, dest)?;
+                let at = Target::InRoot {
+                    root,
+                    fd: target.as_fd(),
+                    dest,
+                };
+                bind(
+                    Path::new("/sys"),
+                    at,
+                    true,
+                    flags | MsFlags::MS_RDONLY,
+                    Reach::Top,
+                )?;
             }
             Err(e) => {
                 return Err(Error::sys(
@@ -431,6 +482,25 @@ fn mount_one(ctx: &RootfsContext, root: BorrowedFd, m: &Mount) -> Result<()> {
                         dest.display(),
                         data.unwrap_or("")
                     ),
+                    e,
+                ))
+            }
+        }
+    }
+    if opts.recursive.attr_set | opts.recursive.attr_clr != 0 {
+        let target = open_in_root(root, dest, Create::Nothing)?;
+        let at = cstring(&fd_path(&target))?;
+        match mount_setattr(libc::AT_FDCWD, &at, 0, opts.recursive, Reach::All) {
+            Ok(()) => {}
+            Err(Errno::ENOSYS) => {
+                return Err(Error::Unsupported(format!(
+                    "recursive mount options on {} need mount_setattr (Linux 5.12 or later)",
+                    dest.display()
+                )))
+            }
+            Err(e) => {
+                return Err(Error::sys(
+                    format!("recursive mount options on {}", dest.display()),
                     e,
                 ))
             }
@@ -448,6 +518,231 @@ fn mount_one(ctx: &RootfsContext, root: BorrowedFd, m: &Mount) -> Result<()> {
         .sys(|| format!("set propagation of {}", dest.display()))?;
     }
     Ok(())
+}
+
+/// Where a bind mount goes: a target resolved inside the rootfs (reopened
+/// by `dest` when a remount must see the new mount), or a path after
+/// pivot_root.
+enum Target<'a> {
+    InRoot {
+        root: BorrowedFd<'a>,
+        fd: BorrowedFd<'a>,
+        dest: &'a Path,
+    },
+    Path(&'a str),
+}
+
+/// Set once the kernel has said it lacks `open_tree` or `mount_setattr`
+/// (before Linux 5.12), so later binds go straight to the old sequence.
+static NO_MOUNT_SETATTR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a mount's attributes reach its submounts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Top,
+    All,
+}
+
+/// Bind `src` onto `target` with `flags` (read-only, nosuid, nodev, noexec,
+/// atime) in effect from the moment the mount appears. With the new mount
+/// API the detached clone gets its attributes before `move_mount` attaches
+/// it, as crun does: no reopen, statfs and remount as runc needs, never a
+/// moment where a read-only bind is writable, and `Reach::All` reaches
+/// every submount (a bind remount never does). Kernels before 5.12 get
+/// runc's sequence, top mount only.
+fn bind(src: &Path, target: Target, recursive: bool, flags: MsFlags, reach: Reach) -> Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let what = match &target {
+        Target::InRoot { dest, .. } => dest.display().to_string(),
+        Target::Path(p) => p.to_string(),
+    };
+    let attr = mount_attr(flags);
+    let Some(attr) = attr.filter(|_| !flags.is_empty() && !NO_MOUNT_SETATTR.load(Relaxed)) else {
+        return bind_then_remount(src, &target, recursive, flags, &what);
+    };
+    match clone_with_attributes(src, recursive, attr, reach) {
+        Ok(tree) => {
+            let to_path;
+            let (to_fd, to_path, to_flags) = match &target {
+                Target::InRoot { fd, .. } => (fd.as_raw_fd(), c"", libc::MOVE_MOUNT_T_EMPTY_PATH),
+                Target::Path(p) => {
+                    to_path = cstring(p)?;
+                    (
+                        libc::AT_FDCWD,
+                        to_path.as_c_str(),
+                        libc::MOVE_MOUNT_T_SYMLINKS,
+                    )
+                }
+            };
+            // SAFETY: valid fds and NUL-terminated paths.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    tree.as_raw_fd(),
+                    c"".as_ptr(),
+                    to_fd,
+                    to_path.as_ptr(),
+                    libc::MOVE_MOUNT_F_EMPTY_PATH | to_flags,
+                )
+            };
+            Errno::result(r)
+                .map(drop)
+                .sys(|| format!("bind {} onto {what}", src.display()))
+        }
+        Err(Errno::ENOSYS) => {
+            NO_MOUNT_SETATTR.store(true, Relaxed);
+            bind_then_remount(src, &target, recursive, flags, &what)
+        }
+        Err(e) => Err(Error::sys(format!("bind {} onto {what}", src.display()), e)),
+    }
+}
+
+/// A detached clone of the mount at `src` (with its submounts when
+/// `recursive`) carrying `attr`.
+fn clone_with_attributes(
+    src: &Path,
+    recursive: bool,
+    attr: libc::mount_attr,
+    reach: Reach,
+) -> nix::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let src = CString::new(src.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+    let rec = if recursive {
+        libc::AT_RECURSIVE as libc::c_uint
+    } else {
+        0
+    };
+    // SAFETY: a NUL-terminated path; the result is a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | rec,
+        )
+    };
+    // SAFETY: open_tree returned a new fd we own.
+    let tree = unsafe { OwnedFd::from_raw_fd(Errno::result(fd)? as i32) };
+    mount_setattr(tree.as_raw_fd(), c"", libc::AT_EMPTY_PATH, attr, reach)?;
+    Ok(tree)
+}
+
+fn mount_setattr(
+    dirfd: libc::c_int,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    attr: libc::mount_attr,
+    reach: Reach,
+) -> nix::Result<()> {
+    let rec = if reach == Reach::All {
+        libc::AT_RECURSIVE
+    } else {
+        0
+    };
+    // SAFETY: a valid fd or AT_FDCWD, a NUL-terminated path, and `attr`
+    // outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            (flags | rec) as libc::c_uint,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Set `flags` on the mount at `path` (not its submounts), keeping what
+/// the kernel locked: `mount_setattr` only sets the bits asked for, the
+/// fallback remount reads the locked ones first.
+fn set_attributes(path: &str, flags: MsFlags, what: &Path) -> Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    if let Some(attr) = mount_attr(flags).filter(|_| !NO_MOUNT_SETATTR.load(Relaxed)) {
+        match mount_setattr(libc::AT_FDCWD, &cstring(path)?, 0, attr, Reach::Top) {
+            Ok(()) => return Ok(()),
+            Err(Errno::ENOSYS) => NO_MOUNT_SETATTR.store(true, Relaxed),
+            Err(e) => {
+                return Err(Error::sys(
+                    format!("set {flags:?} on {}", what.display()),
+                    e,
+                ))
+            }
+        }
+    }
+    remount(path, flags, what)
+}
+
+/// The `mount_setattr` form of a bind mount's flags; `None` for a flag it
+/// cannot express (those take the remount path).
+fn mount_attr(flags: MsFlags) -> Option<libc::mount_attr> {
+    // SAFETY: mount_attr is plain integers.
+    let mut attr: libc::mount_attr = unsafe { std::mem::zeroed() };
+    let mut rest = flags;
+    for (ms, at) in [
+        (MsFlags::MS_RDONLY, libc::MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, libc::MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, libc::MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, libc::MOUNT_ATTR_NOEXEC),
+        (MsFlags::MS_NODIRATIME, libc::MOUNT_ATTR_NODIRATIME),
+    ] {
+        if flags.contains(ms) {
+            attr.attr_set |= at;
+            rest -= ms;
+        }
+    }
+    // The atime modes are one field: setting one clears the others.
+    for (ms, at) in [
+        (MsFlags::MS_NOATIME, libc::MOUNT_ATTR_NOATIME),
+        (MsFlags::MS_STRICTATIME, libc::MOUNT_ATTR_STRICTATIME),
+        (MsFlags::MS_RELATIME, libc::MOUNT_ATTR_RELATIME),
+    ] {
+        if flags.contains(ms) {
+            attr.attr_set |= at;
+            attr.attr_clr |= libc::MOUNT_ATTR__ATIME;
+            rest -= ms;
+        }
+    }
+    rest.is_empty().then_some(attr)
+}
+
+/// runc's sequence: bind, then remount the reopened target with `flags`.
+fn bind_then_remount(
+    src: &Path,
+    target: &Target,
+    recursive: bool,
+    flags: MsFlags,
+    what: &str,
+) -> Result<()> {
+    let rec = if recursive {
+        MsFlags::MS_REC
+    } else {
+        MsFlags::empty()
+    };
+    let at = match target {
+        Target::InRoot { fd, .. } => fd_path(fd),
+        Target::Path(p) => p.to_string(),
+    };
+    mount(
+        Some(src),
+        at.as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND | rec,
+        None::<&str>,
+    )
+    .sys(|| format!("bind {} onto {what}", src.display()))?;
+    if flags.is_empty() {
+        return Ok(());
+    }
+    match target {
+        // The old fd still names the directory below the new mount.
+        Target::InRoot { root, dest, .. } => {
+            let reopened = open_in_root(*root, dest, Create::Nothing)?;
+            remount(&fd_path(&reopened), flags | rec, dest)
+        }
+        Target::Path(p) => remount(p, flags | rec, Path::new(p)),
+    }
 }
 
 /// Remount a bind mount with `flags`, keeping the flags the kernel locked
@@ -487,32 +782,18 @@ fn remount(target: &str, flags: MsFlags, what: &Path) -> Result<()> {
 fn mount_cgroup(ctx: &RootfsContext, root: BorrowedFd, dest: &Path, opts: &Options) -> Result<()> {
     let ro = opts.flags & MsFlags::MS_RDONLY;
     let v2 = ctx.cgroup_paths.len() == 1 && ctx.cgroup_paths[0].join("cgroup.controllers").exists();
-    let bind = |src: &Path, dest: &Path| -> Result<()> {
+    let bind_one = |src: &Path, dest: &Path| -> Result<()> {
         let target = open_in_root(root, dest, Create::Dir)?;
-        mount(
-            Some(src),
-            fd_path(&target).as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .sys(|| format!("bind cgroup {} onto {}", src.display(), dest.display()))?;
-        if !ro.is_empty()
-            || opts
-                .flags
-                .intersects(MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV)
-        {
-            let target = open_in_root(root, dest, Create::Nothing)?;
-            remount(
-                &fd_path(&target),
-                opts.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC),
-                dest,
-            )?;
-        }
-        Ok(())
+        let at = Target::InRoot {
+            root,
+            fd: target.as_fd(),
+            dest,
+        };
+        let flags = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+        bind(src, at, false, flags, Reach::Top)
     };
     if v2 {
-        return bind(&ctx.cgroup_paths[0], dest);
+        return bind_one(&ctx.cgroup_paths[0], dest);
     }
     let target = open_in_root(root, dest, Create::Dir)?;
     mount(
@@ -533,11 +814,11 @@ fn mount_cgroup(ctx: &RootfsContext, root: BorrowedFd, dest: &Path, opts: &Optio
         else {
             continue;
         };
-        bind(path, &dest.join(name.as_os_str()))?;
+        bind_one(path, &dest.join(name.as_os_str()))?;
     }
     if !ro.is_empty() {
         let target = open_in_root(root, dest, Create::Nothing)?;
-        remount(
+        set_attributes(
             &fd_path(&target),
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
             dest,
@@ -701,16 +982,22 @@ pub fn finalize(spec: &Spec) -> Result<()> {
         .and_then(|l| l.readonly_paths().as_deref())
         .unwrap_or_default()
     {
-        match mount(
-            Some(p.as_str()),
-            p.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
+        // Every mount below the path too, where the kernel can: the spec
+        // asks for the path read-only, and runc's remount leaves submounts
+        // (binfmt_misc below /proc/sys, say) writable.
+        match bind(
+            Path::new(p),
+            Target::Path(p),
+            true,
+            MsFlags::MS_RDONLY,
+            Reach::All,
         ) {
-            Ok(()) => remount(p, MsFlags::MS_RDONLY | MsFlags::MS_REC, Path::new(p))?,
-            Err(Errno::ENOENT) => {}
-            Err(e) => return Err(Error::sys(format!("linux.readonlyPaths: {p}"), e)),
+            Ok(()) => {}
+            Err(Error::Sys {
+                errno: Errno::ENOENT,
+                ..
+            }) => {}
+            Err(e) => return Err(Error::Init(format!("linux.readonlyPaths: {p}: {e}"))),
         }
     }
     for p in linux
@@ -742,7 +1029,7 @@ pub fn finalize(spec: &Spec) -> Result<()> {
         .and_then(|r| r.readonly())
         .unwrap_or(false)
     {
-        remount("/", MsFlags::MS_RDONLY, Path::new("/"))?;
+        set_attributes("/", MsFlags::MS_RDONLY, Path::new("/"))?;
     }
     Ok(())
 }
@@ -770,6 +1057,38 @@ mod tests {
         assert_eq!(o.propagation, vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
         assert_eq!(o.data, vec!["mode=755".to_string()]);
         assert!(parse_options(&["idmap".into()]).is_err());
+    }
+
+    #[test]
+    fn recursive_options_set_and_clear_attributes_for_the_whole_tree() {
+        let o = parse_options(&[
+            "rro".into(),
+            "rnosuid".into(),
+            "rsuid".into(),
+            "rnoatime".into(),
+        ])
+        .unwrap();
+        assert!(o.flags.is_empty() && o.data.is_empty());
+        assert_eq!(
+            o.recursive.attr_set,
+            libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOATIME
+        );
+        assert_eq!(
+            o.recursive.attr_clr,
+            libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR__ATIME
+        );
+    }
+
+    #[test]
+    fn bind_flags_map_to_mount_attributes() {
+        let a = mount_attr(MsFlags::MS_RDONLY | MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME).unwrap();
+        assert_eq!(
+            a.attr_set,
+            libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOEXEC
+        );
+        assert_eq!(a.attr_clr, libc::MOUNT_ATTR__ATIME);
+        // What mount_setattr cannot say takes the remount path.
+        assert!(mount_attr(MsFlags::MS_RDONLY | MsFlags::MS_SYNCHRONOUS).is_none());
     }
 
     #[test]
