@@ -138,6 +138,53 @@ fn wasi_http_component() {
     s.assert_clean(&env);
 }
 
+/// The three isolation levels, seen from a guest global that counts the
+/// requests its instance served: a fresh instance (and a fresh envelope)
+/// always says 1; a reused one counts on until it is retired, and an
+/// instance that trapped is never reused.
+#[test]
+fn isolation_levels_decide_what_a_request_sees() {
+    let env = Env::new();
+    let dir = functions(&env);
+    let component = wasm_guest("http-hello.wasm");
+    for (name, level) in [
+        ("inst", "isolation = \"instance\""),
+        ("env", "isolation = \"envelope\""),
+        ("reuse", "isolation = \"reuse\"\nreuse = 3"),
+    ] {
+        manifest(
+            &dir,
+            name,
+            &format!("module = {component:?}\ninterface = \"http\"\nconcurrency = 1\n{level}\n"),
+        );
+    }
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    let counts = |route: &str, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let r = s.get(&format!("/{route}/count"));
+                assert_eq!(r.status, 200, "{route}: {}", r.text());
+                r.text().trim().to_string()
+            })
+            .collect()
+    };
+    assert_eq!(counts("inst", 3), ["count=1"; 3]);
+    assert_eq!(counts("env", 2), ["count=1"; 2]);
+    // Three requests an instance, then a fresh one.
+    assert_eq!(
+        counts("reuse", 5),
+        ["count=1", "count=2", "count=3", "count=1", "count=2"]
+    );
+    assert_eq!(s.get("/reuse/trap").status, 502);
+    assert_eq!(
+        counts("reuse", 1),
+        ["count=1"],
+        "a trapped instance was reused"
+    );
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
 #[test]
 fn an_oci_bundle_is_a_function() {
     let env = Env::new();
@@ -505,6 +552,19 @@ fn bad_manifests_and_bundles_stop_start_up_with_the_function_and_field_named() {
             "noprogram",
             "program = \"nothing-here\"\n".into(),
             vec!["function noprogram: program"],
+        ),
+        (
+            "reusecgi",
+            format!("module = {module:?}\nisolation = \"reuse\"\n"),
+            vec!["function reusecgi: isolation", "runs once per instance"],
+        ),
+        (
+            "badlevel",
+            format!("module = {module:?}\nisolation = \"shared\"\n"),
+            vec![
+                "function badlevel: isolation",
+                "\"envelope\", \"instance\" or \"reuse\"",
+            ],
         ),
     ];
     for (name, text, needles) in cases {

@@ -442,13 +442,18 @@ fn serve_table(md: &mut String, sv: &Value, o: &Opts) -> Result<()> {
     let r = &sv["ratios"];
     write!(
         md,
-        "\nRatios: wasm/native requests/s (warm) {:.2}; wasm/native p50 (cold) {:.2}; strict with pool / without, requests/s {:.2}",
+        "\nRatios: wasm/native requests/s (warm) {:.2}; wasm/native p50 (cold) {:.2}; strict with pool / without, requests/s {:.2}; wasi:http reuse / instance, requests/s {:.2}",
         f(&r["wasm_over_native_rps_warm"]),
         f(&r["wasm_over_native_p50_cold"]),
-        f(&r["strict_pool_over_nopool_rps"])
+        f(&r["strict_pool_over_nopool_rps"]),
+        f(&r["http_reuse_over_instance_rps"])
     )?;
     if let Some(x) = r["amphi_http_over_wasmtime_serve_rps"].as_f64() {
-        writeln!(md, "; amphi wasi:http / wasmtime serve, requests/s {x:.2}.")?;
+        writeln!(
+            md,
+            "; amphi wasi:http / wasmtime serve, requests/s {x:.2} (isolation instance), {:.2} (isolation reuse).",
+            f(&r["amphi_http_reuse_over_wasmtime_serve_rps"])
+        )?;
     } else {
         writeln!(md, ".")?;
     }

@@ -155,6 +155,11 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             "",
         ),
         (
+            "http-reuse",
+            format!("module = {http:?}\ninterface = \"http\""),
+            "isolation = \"reuse\"\n",
+        ),
+        (
             "wasm-cold",
             format!("module = {cgi_wasm:?}"),
             "idle = \"0s\"\n",
@@ -167,17 +172,17 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
         (
             "wasm-strict",
             format!("module = {cgi_wasm:?}"),
-            "strict = true\npool = 8\n",
+            "isolation = \"envelope\"\npool = 8\n",
         ),
         (
             "native-strict",
             format!("program = {cgi_native:?}"),
-            "strict = true\npool = 8\n",
+            "isolation = \"envelope\"\npool = 8\n",
         ),
         (
             "wasm-strict-nopool",
             format!("module = {cgi_wasm:?}"),
-            "strict = true\npool = 0\n",
+            "isolation = \"envelope\"\npool = 0\n",
         ),
     ] {
         manifest(&dir, name, &format!("{source}\n{common}{extra}"));
@@ -189,7 +194,12 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
 
     // Warm: a fresh instance (wasm) or process (native) per request in a
     // warm envelope.
-    let warm = [("wasm", "/wasm"), ("native", "/native"), ("http", "/http")];
+    let warm = [
+        ("wasm", "/wasm"),
+        ("native", "/native"),
+        ("http", "/http"),
+        ("http-reuse", "/http-reuse"),
+    ];
     let mut warm_loads: Vec<Vec<Load>> = warm.iter().map(|_| Vec::new()).collect();
     for (_, path) in &warm {
         let _warm_up = load(serve.addr, path, clients, secs / 4.0);
@@ -214,6 +224,11 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             "amphi serve, wasi:http (warm)",
             "component instance per request, envelope shared",
             &warm_loads[2],
+        ),
+        row(
+            "amphi serve, wasi:http (warm, isolation reuse)",
+            "component instance kept for up to 1000 requests, envelope shared",
+            &warm_loads[3],
         ),
     ];
 
@@ -289,12 +304,15 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
     };
     let mut ratios = json!({
         "wasm_over_native_rps_warm": ratio(0, 1),
-        "wasm_over_native_p50_cold": rows[6]["p50_ms"].as_f64().unwrap_or(f64::NAN) / rows[7]["p50_ms"].as_f64().unwrap_or(f64::NAN),
-        "strict_pool_over_nopool_rps": ratio(3, 5),
+        "wasm_over_native_p50_cold": rows[7]["p50_ms"].as_f64().unwrap_or(f64::NAN) / rows[8]["p50_ms"].as_f64().unwrap_or(f64::NAN),
+        "strict_pool_over_nopool_rps": ratio(4, 6),
+        "http_reuse_over_instance_rps": ratio(3, 2),
     });
     if let Some(rps) = wasmtime_row["rps"].as_f64() {
         ratios["amphi_http_over_wasmtime_serve_rps"] =
             json!(rows[2]["rps"].as_f64().unwrap_or(f64::NAN) / rps);
+        ratios["amphi_http_reuse_over_wasmtime_serve_rps"] =
+            json!(rows[3]["rps"].as_f64().unwrap_or(f64::NAN) / rps);
     }
     Ok(
         json!({"clients": clients, "seconds_per_round": secs, "rounds": rounds,

@@ -82,6 +82,22 @@ pub enum Source {
     Bundle(PathBuf),
 }
 
+/// How far apart a function's invocations are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// An envelope (container) per invocation, from a warm pool: nothing
+    /// but the function's files is shared between invocations.
+    Envelope,
+    /// A fresh process (native) or instance (wasm) per invocation in the
+    /// function's shared envelope: memory is never shared; the envelope's
+    /// kernel objects (its cgroup, namespaces, the page cache) are.
+    Instance,
+    /// A `wasi:http` instance kept for up to `requests` requests, one at a
+    /// time: what a request leaves in linear memory, globals, tables and
+    /// the instance's `/tmp`, a later request on the same instance sees.
+    Reuse { requests: u32 },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Function {
     pub name: String,
@@ -101,8 +117,8 @@ pub struct Function {
     pub max_body: u64,
     /// Size of the tmpfs each invocation gets at /tmp (0: none).
     pub tmp: u64,
-    /// An envelope per invocation, from a warm pool of `pool`.
-    pub strict: bool,
+    pub isolation: Isolation,
+    /// Envelopes kept warm for `Isolation::Envelope`.
     pub pool: usize,
     /// Envelopes idle this long are removed (scale to zero).
     pub idle: Duration,
@@ -127,6 +143,9 @@ struct Raw {
     queue: Option<i64>,
     max_body: Option<Quantity>,
     tmp: Option<Quantity>,
+    isolation: Option<String>,
+    reuse: Option<i64>,
+    /// The older spelling of `isolation = "envelope"`.
     strict: Option<bool>,
     pool: Option<i64>,
     idle: Option<Quantity>,
@@ -335,8 +354,15 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
     if timeout.is_zero() || timeout > Duration::from_secs(3600) {
         return Err(bad(name, "timeout", "give a duration in (0, 1h]"));
     }
+    let isolation = isolation(
+        name,
+        raw.isolation.as_deref(),
+        raw.strict,
+        raw.reuse,
+        interface,
+    )?;
     let idle = duration(name, "idle", raw.idle, Duration::from_secs(60))?;
-    let strict = raw.strict.unwrap_or(false);
+    let strict = isolation == Isolation::Envelope;
     Ok(Function {
         name: name.into(),
         route,
@@ -358,10 +384,71 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
             None => 16 << 20,
             Some(q) => size(name, "tmp", q)?,
         },
-        strict,
+        isolation,
         pool: count(name, "pool", raw.pool, if strict { 2 } else { 0 }, 0, 256)?,
         idle,
     })
+}
+
+fn isolation(
+    name: &str,
+    level: Option<&str>,
+    strict: Option<bool>,
+    reuse: Option<i64>,
+    interface: Interface,
+) -> Result<Isolation> {
+    let level = match (level, strict) {
+        (Some(level), Some(strict)) if (level == "envelope") != strict => {
+            return Err(bad(
+                name,
+                "strict",
+                format!(
+                    "strict = {strict} contradicts isolation = {level:?}; give isolation alone"
+                ),
+            ))
+        }
+        (Some(level), _) => level,
+        (None, Some(true)) => "envelope",
+        (None, _) => "instance",
+    };
+    let isolation = match level {
+        "envelope" => Isolation::Envelope,
+        "instance" => Isolation::Instance,
+        "reuse" => {
+            if interface != Interface::Http {
+                return Err(bad(
+                    name,
+                    "isolation",
+                    "\"reuse\" keeps a wasi:http instance between requests; a CGI program runs once per instance: use \"instance\" or \"envelope\"",
+                ));
+            }
+            Isolation::Reuse {
+                requests: count(name, "reuse", reuse, 1000, 1, 1 << 20)? as u32,
+            }
+        }
+        other => {
+            return Err(bad(
+                name,
+                "isolation",
+                format!("{other:?}; give \"envelope\", \"instance\" or \"reuse\""),
+            ))
+        }
+    };
+    if reuse.is_some() && !matches!(isolation, Isolation::Reuse { .. }) {
+        return Err(bad(
+            name,
+            "reuse",
+            "requests per instance apply to isolation = \"reuse\" only",
+        ));
+    }
+    Ok(isolation)
+}
+
+impl Function {
+    /// An envelope per invocation.
+    pub fn strict(&self) -> bool {
+        self.isolation == Isolation::Envelope
+    }
 }
 
 fn source(path: PathBuf, rootfs: Option<PathBuf>, kind: Kind) -> Source {
@@ -712,5 +799,32 @@ mod tests {
         assert!(err("module = \"m\"\ntimeout = \"0s\"").contains("timeout"));
         assert!(err("module = \"m\"\nconcurrency = 0").contains("concurrency"));
         assert!(parse("../x", "module = \"m\"").is_err());
+        assert!(err("module = \"m\"\nisolation = \"shared\"").contains("isolation"));
+        assert!(err("module = \"m\"\nisolation = \"reuse\"").contains("wasi:http"));
+        assert!(err("module = \"m\"\nreuse = 5").contains("reuse"));
+        assert!(err("module = \"m\"\nstrict = true\nisolation = \"instance\"").contains("strict"));
+    }
+
+    #[test]
+    fn isolation_levels() {
+        let level = |extra: &str| {
+            parse(
+                "f",
+                &format!("module = \"m\"\ninterface = \"http\"\n{extra}"),
+            )
+            .unwrap()
+            .isolation
+        };
+        assert_eq!(level(""), Isolation::Instance);
+        assert_eq!(level("strict = true"), Isolation::Envelope);
+        assert_eq!(level("isolation = \"envelope\""), Isolation::Envelope);
+        assert_eq!(
+            level("isolation = \"reuse\""),
+            Isolation::Reuse { requests: 1000 }
+        );
+        assert_eq!(
+            level("isolation = \"reuse\"\nreuse = 3"),
+            Isolation::Reuse { requests: 3 }
+        );
     }
 }

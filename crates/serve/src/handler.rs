@@ -68,16 +68,23 @@ impl Handler for FunctionHandler {
         })?;
         let workload = match (plan.engine, plan.interface) {
             (Engine::Native, _) => Workload::Native(amphi_native::Native::new()),
-            (Engine::Wasm, interface) => Workload::Wasm(amphi_wasm::function::Function::new(
-                self.wasm_cache.open(),
-                match interface {
-                    Interface::Http => Interface::Http,
-                    Interface::Cgi => Interface::Cgi,
-                },
-                plan.memory,
-                plan.readonly_root,
-                plan.pool_slots,
-            )),
+            (Engine::Wasm, interface) => {
+                let function = amphi_wasm::function::Function::new(
+                    self.wasm_cache.open(),
+                    match interface {
+                        Interface::Http => Interface::Http,
+                        Interface::Cgi => Interface::Cgi,
+                    },
+                    plan.memory,
+                    plan.readonly_root,
+                    plan.pool_slots,
+                );
+                Workload::Wasm(match plan.reuse {
+                    // Each kept instance's /tmp goes in the envelope's.
+                    Some(max) => function.with_reuse(max, (plan.tmp > 0).then(|| "/tmp".into())),
+                    None => function,
+                })
+            }
         };
         Ok(Box::new(Worker {
             workload,

@@ -40,6 +40,8 @@ pub struct Plan {
     pub readonly_root: bool,
     /// Pooling allocator slots for a long-lived wasm envelope.
     pub pool_slots: Option<u32>,
+    /// Requests per kept instance (isolation "reuse").
+    pub reuse: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]

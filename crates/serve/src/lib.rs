@@ -3,9 +3,11 @@
 //! Each function gets envelopes (containers made through the runtime API,
 //! with the function's namespaces, cgroup limits and read-only root) whose
 //! process is a function worker ([`worker`]); every invocation is a fresh
-//! process (native) or a fresh instance (wasm) forked inside one. In the
-//! default tier a function's invocations share its warm envelope; with
-//! `strict` each invocation takes an envelope of its own from a warm pool.
+//! process (native) or a fresh instance (wasm) forked inside one. At
+//! isolation `instance` (the default) a function's invocations share its
+//! warm envelope; at `envelope` each invocation takes an envelope of its
+//! own from a warm pool; at `reuse` a `wasi:http` instance serves up to N
+//! requests in turn.
 //! Envelopes idle for `idle` are removed: an idle function holds no process.
 //!
 //! Layout: [`keeper`] (a single-threaded child that creates and deletes
@@ -24,7 +26,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use amphi_function::{Function, Interface, Source, FUNCTION_ANNOTATION};
+use amphi_function::{Function, Interface, Isolation, Source, FUNCTION_ANNOTATION};
 use amphi_wasm::detect::{is_wasm, Wasm};
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::{Capability, MountBuilder, Spec};
@@ -206,7 +208,11 @@ fn plan(f: &Function, work: &Path) -> Result<Plan> {
         // Twice the concurrency: a cancelled invocation may still hold
         // its slot when the next one starts. Beyond 128 concurrent
         // invocations the reservation grows past what it saves.
-        pool_slots: (!f.strict && f.concurrency <= 128).then(|| 2 * f.concurrency as u32),
+        pool_slots: (!f.strict() && f.concurrency <= 128).then(|| 2 * f.concurrency as u32),
+        reuse: match f.isolation {
+            Isolation::Reuse { requests } => Some(requests),
+            _ => None,
+        },
     })
 }
 

@@ -289,7 +289,7 @@ impl Server {
     pub async fn warm_up(self: &Arc<Self>) -> Result<()> {
         for func in &self.funcs {
             let e = self.make_envelope(func).await?;
-            if func.f.strict {
+            if func.f.strict() {
                 if func.f.pool > 0 {
                     func.pool_push(e);
                     self.refill(func);
@@ -483,7 +483,7 @@ impl Server {
             .await;
         *func.last_used.lock().expect("last used") = Instant::now();
         func.metrics.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if f.idle.is_zero() && !f.strict {
+        if f.idle.is_zero() && !f.strict() {
             self.scale_to_zero(func);
         }
         (result, record)
@@ -498,7 +498,7 @@ impl Server {
         record: &mut Record,
     ) -> Response<Full<Bytes>> {
         let f = &func.f;
-        let acquired = if f.strict {
+        let acquired = if f.strict() {
             self.strict_envelope(func).await
         } else {
             self.shared_envelope(func).await
@@ -564,7 +564,7 @@ impl Server {
             }
         };
         let outcome = self.call(&envelope, env, head, body, f.timeout).await;
-        if f.strict {
+        if f.strict() {
             self.retire(func, envelope);
         }
         match outcome {

@@ -176,11 +176,13 @@ impl Worker {
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        // A kept instance has a /tmp of its own, not one per invocation.
+        let scratch = (self.tmp > 0 && !function.reuses()).then(|| "/tmp".into());
         let shared = std::sync::Arc::new(InProcess {
             function,
             args: self.process.args().clone().unwrap_or_default(),
             env: process_env,
-            scratch: (self.tmp > 0).then(|| std::path::PathBuf::from("/tmp")),
+            scratch,
             cancels: std::sync::Mutex::new(HashMap::new()),
         });
         let control = self.control;

@@ -191,6 +191,37 @@ pub struct Function {
     readonly_root: bool,
     pool_slots: Option<u32>,
     linked: Option<Linked>,
+    reuse: Option<Box<Reuse>>,
+}
+
+/// Isolation "reuse": `wasi:http` instances kept between requests, each
+/// serving one request at a time and retired after `max`. What one
+/// request leaves in the instance (linear memory, globals, tables, its
+/// `/tmp`) the next request on it sees.
+struct Reuse {
+    max: u32,
+    /// Where each instance's own `/tmp` is made (none when `None`).
+    scratch_base: Option<PathBuf>,
+    idle: std::sync::Mutex<Vec<Warm>>,
+    made: std::sync::atomic::AtomicU64,
+}
+
+/// An instance between requests.
+struct Warm {
+    store: Store<P2State>,
+    proxy: wasmtime_wasi_http::p2::bindings::Proxy,
+    served: u32,
+    stderr: MemoryOutputPipe,
+    stderr_seen: usize,
+    scratch: Option<PathBuf>,
+}
+
+impl Drop for Warm {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl Function {
@@ -210,7 +241,26 @@ impl Function {
             readonly_root,
             pool_slots,
             linked: None,
+            reuse: None,
         }
+    }
+
+    /// Isolation "reuse": keep instances between requests, each for up to
+    /// `max` requests, with a `/tmp` of their own below `scratch_base`.
+    pub fn with_reuse(mut self, max: u32, scratch_base: Option<PathBuf>) -> Function {
+        self.reuse = Some(Box::new(Reuse {
+            max,
+            scratch_base,
+            idle: std::sync::Mutex::new(Vec::new()),
+            made: std::sync::atomic::AtomicU64::new(0),
+        }));
+        self
+    }
+
+    /// Whether instances outlive requests (the worker then makes no
+    /// per-invocation `/tmp`: each instance has its own).
+    pub fn reuses(&self) -> bool {
+        self.reuse.is_some()
     }
 
     pub fn inherited_fds(&self) -> Vec<std::os::fd::RawFd> {
@@ -313,6 +363,9 @@ impl Function {
     /// Run one invocation to its end. Cancel it by dropping the future.
     pub async fn invoke(&self, inv: Invocation) -> Outcome {
         let _running = Running::new();
+        if let (Some(reuse), Some(Linked::Proxy(pre))) = (&self.reuse, &self.linked) {
+            return self.invoke_reused(reuse, pre, inv).await;
+        }
         let stdout = MemoryOutputPipe::new(MAX_STDOUT);
         let stderr = MemoryOutputPipe::new(MAX_STDERR);
         let (exit, response) = match self.run(&inv, &stdout, &stderr).await {
@@ -333,6 +386,109 @@ impl Function {
             exit,
             stdout: response.unwrap_or_else(|| stdout.contents()),
             stderr: stderr.contents(),
+        }
+    }
+
+    /// One request on a kept instance (a new one when none is idle). An
+    /// instance that trapped, or whose stderr is half full, is not kept;
+    /// one cancelled mid-request is dropped with the future.
+    async fn invoke_reused(
+        &self,
+        reuse: &Reuse,
+        pre: &ProxyPre<P2State>,
+        inv: Invocation,
+    ) -> Outcome {
+        let failed = |stderr: Bytes, e: wasmtime::Error| Outcome {
+            exit: TRAP_EXIT,
+            stdout: Bytes::new(),
+            stderr: [
+                stderr,
+                Bytes::from(format!("amphi: wasm guest failed: {e:?}\n")),
+            ]
+            .concat()
+            .into(),
+        };
+        let idle = reuse.idle.lock().expect("reuse pool").pop();
+        let mut warm = match idle {
+            Some(w) => w,
+            None => match self.warm(reuse, pre, &inv).await {
+                Ok(w) => w,
+                Err(e) => return failed(Bytes::new(), e),
+            },
+        };
+        let Some(head) = inv.head.as_ref() else {
+            return failed(
+                Bytes::new(),
+                wasmtime::Error::msg("http invocation without a request head"),
+            );
+        };
+        let result = respond(&mut warm.store, &warm.proxy, head, inv.body).await;
+        let all = warm.stderr.contents();
+        let stderr = all.slice(warm.stderr_seen.min(all.len())..);
+        warm.stderr_seen = all.len();
+        match result {
+            Ok(response) => {
+                warm.served += 1;
+                if warm.served < reuse.max && warm.stderr_seen < MAX_STDERR / 2 {
+                    reuse.idle.lock().expect("reuse pool").push(warm);
+                }
+                Outcome {
+                    exit: 0,
+                    stdout: response,
+                    stderr,
+                }
+            }
+            Err(e) => failed(stderr, e),
+        }
+    }
+
+    /// A new kept instance: the function's arguments and environment, its
+    /// own `/tmp`, stdout unused (responses go through wasi:http).
+    async fn warm(
+        &self,
+        reuse: &Reuse,
+        pre: &ProxyPre<P2State>,
+        inv: &Invocation,
+    ) -> wasmtime::Result<Warm> {
+        let n = reuse
+            .made
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let scratch = reuse
+            .scratch_base
+            .as_ref()
+            .map(|b| b.join(format!(".amphi-instance-{n}")));
+        if let Some(dir) = &scratch {
+            std::fs::create_dir(dir)
+                .map_err(|e| wasmtime::Error::msg(format!("{}: {e}", dir.display())))?;
+        }
+        let stderr = MemoryOutputPipe::new(MAX_STDERR);
+        let at_start = Invocation {
+            args: inv.args.clone(),
+            env: inv.env.clone(),
+            body: Bytes::new(),
+            head: None,
+            scratch: scratch.clone(),
+        };
+        let built = self.wasi(&at_start, &MemoryOutputPipe::new(0), &stderr);
+        let mut store = self.p2_store(
+            built.map_err(wasmtime::Error::msg)?.build(),
+            store_limits(self.memory_limit),
+        );
+        match pre.instantiate_async(&mut store).await {
+            Ok(proxy) => Ok(Warm {
+                store,
+                proxy,
+                served: 0,
+                stderr,
+                stderr_seen: 0,
+                scratch,
+            }),
+            Err(e) => {
+                if let Some(dir) = &scratch {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                Err(e)
+            }
         }
     }
 
@@ -462,10 +618,23 @@ where
     Ok((guest, rx))
 }
 
-/// One request through a proxy component; the response as CGI output.
+/// One request through a fresh instance of a proxy component; the
+/// response as CGI output.
 async fn proxy(
     pre: ProxyPre<P2State>,
-    store: Store<P2State>,
+    mut store: Store<P2State>,
+    head: &RequestHead,
+    body: Bytes,
+) -> wasmtime::Result<Bytes> {
+    let proxy = pre.instantiate_async(&mut store).await?;
+    respond(&mut store, &proxy, head, body).await
+}
+
+/// One request through an instance of a proxy component; the response as
+/// CGI output.
+async fn respond(
+    store: &mut Store<P2State>,
+    proxy: &wasmtime_wasi_http::p2::bindings::Proxy,
     head: &RequestHead,
     body: Bytes,
 ) -> wasmtime::Result<Bytes> {
@@ -476,7 +645,15 @@ async fn proxy(
         request = request.header(k.as_str(), v.as_str());
     }
     let request = request.body(Full::new(body))?;
-    let (guest, rx) = handle_in_guest(pre, store, request)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let req = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, request)?;
+    let out = store.data_mut().http().new_response_outparam(tx)?;
+    let guest = proxy
+        .wasi_http_incoming_handler()
+        .call_handle(&mut *store, req, out);
     // The guest writes the body after it set the response: run both.
     let collect = async move {
         let resp = match rx.await {
@@ -503,10 +680,19 @@ async fn proxy(
         }
         Ok(Bytes::from(out))
     };
-    let (guest, response) = tokio::join!(guest, collect);
-    match (guest, response) {
-        (Err(e), _) => Err(e),
-        (Ok(()), r) => r,
+    // A guest that traps never drops what it held (the response outparam,
+    // its body's sender), and the store outlives this call: stop at its
+    // error rather than wait for a response that cannot come.
+    tokio::pin!(guest, collect);
+    tokio::select! {
+        g = &mut guest => {
+            g?;
+            collect.await
+        }
+        r = &mut collect => {
+            guest.await?;
+            r
+        }
     }
 }
 

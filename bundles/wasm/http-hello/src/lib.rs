@@ -1,10 +1,15 @@
 //! Answers every request with a greeting, the method, the path and, for a
-//! body, its length; `/trap` traps, `/echo` returns the body.
+//! body, its length; `/http/trap` (or any path ending `/trap`) traps,
+//! `/http/echo` returns the body, a path ending `/count` the requests
+//! this instance has counted (a global: 1 on a fresh
+//! instance, more where instances are reused).
 use wasip2::http::types::{
     Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 struct Hello;
+
+static COUNTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 wasip2::http::proxy::export!(Hello);
 
@@ -22,7 +27,7 @@ fn read_body(request: &IncomingRequest) -> Vec<u8> {
 impl wasip2::exports::http::incoming_handler::Guest for Hello {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
-        if path.starts_with("/http/trap") {
+        if path.ends_with("/trap") {
             panic!("trapping on purpose");
         }
         let method = format!("{:?}", request.method());
@@ -36,6 +41,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         ResponseOutparam::set(out, Ok(response));
         let text = if path.starts_with("/http/echo") {
             body
+        } else if path.ends_with("/count") {
+            let n = COUNTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            format!("count={n}\n").into_bytes()
         } else {
             format!("hello from wasi:http\nmethod={method}\npath={path}\nbody={}\n", body.len()).into_bytes()
         };
