@@ -52,7 +52,7 @@ pub struct World {
     pub floor_cgroup: String,
 }
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("repo")
