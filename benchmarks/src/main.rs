@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release -p amphi-bench -- all          # full run, updates README and benchmarks/results
-//! cargo run --release -p amphi-bench -- start        # one group: start | throughput | memory | compute | shim | pods | serve | wasm
+//! cargo run --release -p amphi-bench -- start        # one group (to target/amphi-bench/GROUP): start | throughput | memory | compute | shim | pods | serve | wasm
 //! cargo run -p amphi-bench -- all --smoke --out DIR  # tiny run (the test suite's)
 //! ```
 //!
@@ -92,6 +92,11 @@ impl Opts {
         .contains(&group.as_str())
         {
             bail!("unknown group {group:?}: use all, start, throughput, memory, compute, shim, pods, serve or wasm");
+        }
+        // The committed results and the README's table are a full run's:
+        // one group alone writes elsewhere unless told where.
+        if group != "all" && o.out == report::default_out() {
+            o.out = world::repo_root().join("target/amphi-bench").join(&group);
         }
         Ok((group, o))
     }
