@@ -185,6 +185,172 @@ fn isolation_levels_decide_what_a_request_sees() {
     s.assert_clean(&env);
 }
 
+/// A loopback HTTP/1.1 backend that answers every request with what it
+/// saw, and records it.
+struct Backend {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Backend {
+    fn start() -> Backend {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        // The thread ends with the test process; it holds no other resource.
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let (mut host, mut length, mut chunked) = (String::new(), 0usize, false);
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    let (name, value) = h.split_once(':').unwrap_or((&h, ""));
+                    match name.to_ascii_lowercase().as_str() {
+                        "host" => host = value.trim().to_string(),
+                        "content-length" => length = value.trim().parse().unwrap_or(0),
+                        "transfer-encoding" => chunked = value.trim() == "chunked",
+                        _ => {}
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                while chunked {
+                    let mut size = String::new();
+                    let _ = reader.read_line(&mut size);
+                    let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                    let mut chunk = vec![0; n + 2];
+                    let _ = reader.read_exact(&mut chunk);
+                    body.extend_from_slice(&chunk[..n]);
+                    chunked = n > 0;
+                }
+                let mut words = line.split_whitespace();
+                let saw = format!(
+                    "{} {} host={host} body={}",
+                    words.next().unwrap_or(""),
+                    words.next().unwrap_or(""),
+                    String::from_utf8_lossy(&body)
+                );
+                record.lock().unwrap().push(saw.clone());
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{saw}",
+                    saw.len()
+                );
+            }
+        });
+        Backend { port, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Outgoing wasi:http requests leave through the host, to exactly the
+/// URL prefixes of `allowed_outbound_hosts`: the rest fail that request
+/// with the guest seeing `HTTP-request-denied`, the host logging why, and
+/// no connection made; a function without the list calls nothing.
+#[test]
+fn outbound_requests_reach_exactly_the_allowed_hosts() {
+    let env = Env::new();
+    let dir = functions(&env);
+    let component = wasm_guest("http-hello.wasm");
+    let (allowed, other) = (Backend::start(), Backend::start());
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    manifest(
+        &dir,
+        "out",
+        &format!(
+            "module = {component:?}\ninterface = \"http\"\nallowed_outbound_hosts = [\"http://127.0.0.1:{}/allowed\", \"http://127.0.0.1:{down}\"]\n",
+            allowed.port
+        ),
+    );
+    manifest(
+        &dir,
+        "closed",
+        &format!("module = {component:?}\ninterface = \"http\"\n"),
+    );
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    let fetch = |s: &Serve, route: &str, spec: String| {
+        let r = s
+            .client()
+            .request("POST", &format!("/{route}/fetch"), &[], spec.as_bytes());
+        (r.status, r.text())
+    };
+    let a = allowed.port;
+    assert_eq!(
+        fetch(&s, "out", format!("http://127.0.0.1:{a}/allowed/x\nping")),
+        (
+            200,
+            format!("status=200\nPOST /allowed/x host=127.0.0.1:{a} body=ping")
+        )
+    );
+    for url in [
+        format!("http://127.0.0.1:{a}/other"),
+        format!("http://127.0.0.1:{a}/allowedx"),
+        format!("http://127.0.0.1:{a}/allowed/%2e%2e/other"),
+        format!("http://localhost:{a}/allowed/x"),
+        format!("http://127.0.0.1:{}/allowed/x", other.port),
+    ] {
+        let (status, text) = fetch(&s, "out", url.clone());
+        assert_eq!(
+            (status, text.as_str()),
+            (502, "error=ErrorCode::HttpRequestDenied\n"),
+            "{url}"
+        );
+    }
+    let (status, text) = fetch(&s, "out", format!("http://127.0.0.1:{down}/"));
+    assert_eq!(status, 502);
+    assert!(text.contains("ConnectionRefused"), "{text}");
+    assert_eq!(
+        fetch(&s, "closed", format!("http://127.0.0.1:{a}/allowed/x")),
+        (502, "error=ErrorCode::HttpRequestDenied\n".to_string()),
+        "a function without allowed_outbound_hosts called out"
+    );
+    assert_eq!(s.get("/out/hi").status, 200, "the server lives on");
+    assert_eq!(
+        allowed.seen(),
+        [format!("POST /allowed/x host=127.0.0.1:{a} body=ping")],
+        "the backend saw more than the allowed request"
+    );
+    assert!(other.seen().is_empty(), "a host off the list was reached");
+    let denied: Vec<_> = s
+        .log()
+        .into_iter()
+        .filter(|l| l["msg"] == "outbound" && l["outcome"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 5, "{denied:?}");
+    for l in &denied {
+        assert_eq!(l["function"], "out");
+        let error = l["error"].as_str().unwrap();
+        assert!(error.contains("not in allowed_outbound_hosts"), "{error}");
+    }
+    let text = s.get("/metrics").text();
+    for want in [
+        "amphi_outbound_requests_total{function=\"out\",outcome=\"sent\"} 1",
+        "amphi_outbound_requests_total{function=\"out\",outcome=\"denied\"} 5",
+        "amphi_outbound_requests_total{function=\"out\",outcome=\"failed\"} 1",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in:\n{text}");
+    }
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
 #[test]
 fn an_oci_bundle_is_a_function() {
     let env = Env::new();
@@ -557,6 +723,20 @@ fn bad_manifests_and_bundles_stop_start_up_with_the_function_and_field_named() {
             "reusecgi",
             format!("module = {module:?}\nisolation = \"reuse\"\n"),
             vec!["function reusecgi: isolation", "runs once per instance"],
+        ),
+        (
+            "badoutbound",
+            format!("module = {module:?}\ninterface = \"http\"\nallowed_outbound_hosts = [\"ftp://example.com\"]\n"),
+            vec![
+                "function badoutbound: allowed_outbound_hosts[0]",
+                "\"ftp://example.com\"",
+                "give a URL prefix",
+            ],
+        ),
+        (
+            "outboundcgi",
+            format!("module = {module:?}\nallowed_outbound_hosts = [\"http://127.0.0.1\"]\n"),
+            vec!["function outboundcgi: allowed_outbound_hosts", "CGI"],
         ),
         (
             "badlevel",

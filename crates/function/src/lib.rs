@@ -122,6 +122,22 @@ pub struct Function {
     pub pool: usize,
     /// Envelopes idle this long are removed (scale to zero).
     pub idle: Duration,
+    /// Where the function's outgoing `wasi:http` requests may go; the host
+    /// makes them (the envelope has no network) and refuses the rest.
+    pub allowed_outbound_hosts: Vec<OutboundPrefix>,
+}
+
+/// One `allowed_outbound_hosts` entry: `scheme://host[:port][/path]`. A
+/// request is allowed when scheme, host and port are equal and its path is
+/// the entry's path or below it (at a `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundPrefix {
+    pub scheme: String,
+    /// Lower case, as DNS compares names.
+    pub host: String,
+    pub port: u16,
+    /// Empty for every path; else starts with / and does not end with one.
+    pub path: String,
 }
 
 #[derive(Deserialize)]
@@ -149,6 +165,7 @@ struct Raw {
     strict: Option<bool>,
     pool: Option<i64>,
     idle: Option<Quantity>,
+    allowed_outbound_hosts: Option<Vec<String>>,
 }
 
 /// A size or a duration: a bare number or a string with a unit.
@@ -362,6 +379,28 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
         interface,
     )?;
     let idle = duration(name, "idle", raw.idle, Duration::from_secs(60))?;
+    let allowed_outbound_hosts = raw
+        .allowed_outbound_hosts
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            OutboundPrefix::parse(entry).map_err(|why| {
+                bad(
+                    name,
+                    &format!("allowed_outbound_hosts[{i}]"),
+                    format!("{entry:?}: {why}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if !allowed_outbound_hosts.is_empty() && interface != Interface::Http {
+        return Err(bad(
+            name,
+            "allowed_outbound_hosts",
+            "outgoing requests are wasi:http's (interface = \"http\"); a CGI function has no outbound proxy",
+        ));
+    }
     let strict = isolation == Isolation::Envelope;
     Ok(Function {
         name: name.into(),
@@ -387,6 +426,7 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
         isolation,
         pool: count(name, "pool", raw.pool, if strict { 2 } else { 0 }, 0, 256)?,
         idle,
+        allowed_outbound_hosts,
     })
 }
 
@@ -448,6 +488,104 @@ impl Function {
     /// An envelope per invocation.
     pub fn strict(&self) -> bool {
         self.isolation == Isolation::Envelope
+    }
+
+    /// Whether an outgoing request to `scheme://host:port/path` is allowed.
+    pub fn allows_outbound(&self, scheme: &str, host: &str, port: u16, path: &str) -> bool {
+        self.allowed_outbound_hosts
+            .iter()
+            .any(|p| p.allows(scheme, host, port, path))
+    }
+}
+
+impl OutboundPrefix {
+    pub fn parse(entry: &str) -> std::result::Result<OutboundPrefix, String> {
+        const FORM: &str =
+            "give a URL prefix: http:// or https://, a host, an optional :port and path";
+        let (scheme, rest) = entry
+            .split_once("://")
+            .ok_or_else(|| format!("no scheme; {FORM}"))?;
+        let default_port = match scheme {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err(format!("scheme {scheme:?}; {FORM}")),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if rest.contains(['?', '#', '%', '*', ' ', '\\', '\0']) || !rest.is_ascii() {
+            return Err(format!(
+                "no query, fragment, escapes, wildcards or spaces; {FORM}"
+            ));
+        }
+        if authority.contains('@') {
+            return Err(format!("no user name or password; {FORM}"));
+        }
+        // An IPv6 address is bracketed, so the port follows the last ']'.
+        let port_colon = match authority.rfind(']') {
+            Some(end) => authority[end..].find(':').map(|i| end + i),
+            None => authority.find(':'),
+        };
+        let (host, port) = match port_colon {
+            Some(i) => {
+                let p = &authority[i + 1..];
+                let port = p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("port {p:?}; {FORM}"))?;
+                (&authority[..i], port)
+            }
+            None => (authority, default_port),
+        };
+        if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+            return Err(format!("an IPv6 address goes in brackets; {FORM}"));
+        }
+        if host.is_empty() {
+            return Err(format!("no host; {FORM}"));
+        }
+        if path.split('/').any(|s| s == "." || s == "..") {
+            return Err(format!("no . or .. segments; {FORM}"));
+        }
+        Ok(OutboundPrefix {
+            scheme: scheme.into(),
+            host: host.to_ascii_lowercase(),
+            port,
+            path: path.trim_end_matches('/').into(),
+        })
+    }
+
+    /// `path` is the request's, still percent-encoded: a path that could
+    /// name something else once the backend decodes or normalises it
+    /// (dot segments, encoded dots or slashes) is below no prefix.
+    pub fn allows(&self, scheme: &str, host: &str, port: u16, path: &str) -> bool {
+        if self.scheme != scheme || !self.host.eq_ignore_ascii_case(host) || self.port != port {
+            return false;
+        }
+        if self.path.is_empty() {
+            return true;
+        }
+        let lower = path.to_ascii_lowercase();
+        let ambiguous = path.split('/').any(|s| s == "." || s == "..")
+            || lower.contains("%2e")
+            || lower.contains("%2f")
+            || lower.contains("%5c")
+            || path.contains('\\');
+        !ambiguous
+            && path
+                .strip_prefix(&self.path)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+}
+
+impl std::fmt::Display for OutboundPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}://{}:{}{}",
+            self.scheme, self.host, self.port, self.path
+        )
     }
 }
 
@@ -803,6 +941,48 @@ mod tests {
         assert!(err("module = \"m\"\nisolation = \"reuse\"").contains("wasi:http"));
         assert!(err("module = \"m\"\nreuse = 5").contains("reuse"));
         assert!(err("module = \"m\"\nstrict = true\nisolation = \"instance\"").contains("strict"));
+        let outbound = |entry: &str| {
+            err(&format!(
+                "module = \"m\"\ninterface = \"http\"\nallowed_outbound_hosts = [\"http://ok\", {entry:?}]"
+            ))
+        };
+        for entry in [
+            "example.com",
+            "ftp://example.com",
+            "http://",
+            "http://example.com:0",
+            "http://example.com:http",
+            "http://u:p@example.com",
+            "http://*.example.com",
+            "http://example.com/a?b",
+            "http://example.com/a/../b",
+            "http://::1:80",
+        ] {
+            let e = outbound(entry);
+            assert!(e.contains("allowed_outbound_hosts[1]"), "{entry}: {e}");
+        }
+        assert!(err("module = \"m\"\nallowed_outbound_hosts = [\"http://x\"]").contains("CGI"));
+    }
+
+    #[test]
+    fn outbound_prefixes_match_at_path_segments() {
+        let p = |s: &str| OutboundPrefix::parse(s).unwrap();
+        let api = p("https://API.example.com/v1/");
+        assert_eq!(api.to_string(), "https://api.example.com:443/v1");
+        assert!(api.allows("https", "api.example.com", 443, "/v1"));
+        assert!(api.allows("https", "Api.Example.com", 443, "/v1/users"));
+        assert!(!api.allows("https", "api.example.com", 443, "/v10"));
+        assert!(!api.allows("http", "api.example.com", 443, "/v1"));
+        assert!(!api.allows("https", "api.example.com", 8443, "/v1"));
+        assert!(!api.allows("https", "api.example.com.evil", 443, "/v1"));
+        assert!(!api.allows("https", "api.example.com", 443, "/v1/../admin"));
+        assert!(!api.allows("https", "api.example.com", 443, "/v1/%2e%2e/admin"));
+        assert!(!api.allows("https", "api.example.com", 443, "/v1%2F..%2Fadmin"));
+        let any = p("http://127.0.0.1:9000");
+        assert!(any.allows("http", "127.0.0.1", 9000, "/"));
+        assert!(any.allows("http", "127.0.0.1", 9000, "/a/../b"));
+        assert!(!any.allows("http", "127.0.0.1", 9001, "/"));
+        assert_eq!(p("http://[::1]").port, 80);
     }
 
     #[test]

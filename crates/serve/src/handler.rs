@@ -92,6 +92,7 @@ impl Handler for FunctionHandler {
             process: plan.process.clone(),
             seccomp: plan.seccomp.clone(),
             tmp: plan.tmp,
+            outbound: plan.outbound,
         }))
     }
 }

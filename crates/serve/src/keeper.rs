@@ -42,6 +42,8 @@ pub struct Plan {
     pub pool_slots: Option<u32>,
     /// Requests per kept instance (isolation "reuse").
     pub reuse: Option<u32>,
+    /// Whether outgoing requests may leave (an allow-list is given).
+    pub outbound: bool,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -19,6 +19,7 @@ pub mod cgi;
 pub mod handler;
 pub mod keeper;
 pub mod metrics;
+mod outbound;
 pub mod server;
 pub mod worker;
 
@@ -213,6 +214,7 @@ fn plan(f: &Function, work: &Path) -> Result<Plan> {
             Isolation::Reuse { requests } => Some(requests),
             _ => None,
         },
+        outbound: !f.allowed_outbound_hosts.is_empty(),
     })
 }
 

@@ -64,6 +64,8 @@ pub struct FunctionMetrics {
     pub envelopes: AtomicUsize,
     /// Envelopes ready in a strict function's pool.
     pub pooled: AtomicUsize,
+    /// Outgoing requests by outcome (sent, denied, failed).
+    pub outbound: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl FunctionMetrics {
@@ -83,6 +85,15 @@ impl FunctionMetrics {
             .lock()
             .expect("metrics")
             .entry(kind)
+            .or_default() += 1;
+    }
+
+    pub fn outbound(&self, outcome: &'static str) {
+        *self
+            .outbound
+            .lock()
+            .expect("metrics")
+            .entry(outcome)
             .or_default() += 1;
     }
 
@@ -174,6 +185,19 @@ pub fn render<'a>(functions: impl Iterator<Item = (&'a str, &'a FunctionMetrics)
         "Failed requests, by function and kind (timeout, crash, overload, too_large, envelope).",
         |m| {
             m.errors
+                .lock()
+                .expect("metrics")
+                .iter()
+                .map(|(k, n)| (*k, *n))
+                .collect()
+        },
+    );
+    fam.labelled(
+        "amphi_outbound_requests_total",
+        "outcome",
+        "Outgoing requests of functions, by outcome (sent, denied by allowed_outbound_hosts, failed).",
+        |m| {
+            m.outbound
                 .lock()
                 .expect("metrics")
                 .iter()

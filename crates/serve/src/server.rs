@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, Semaphore};
 use crate::cgi;
 use crate::keeper::Keeper;
 use crate::metrics::{self, FunctionMetrics};
-use crate::worker::{recv, send, Done, Head, ToWorker};
+use crate::worker::{recv, send, Done, FromWorker, Head, ToWorker};
 
 /// The most a function may answer (headers and body).
 const MAX_RESPONSE: usize = 16 << 20;
@@ -60,9 +60,10 @@ impl Envelope {
             .await
     }
 
-    /// Route each worker report to its invocation; at the end of the
-    /// stream the envelope is dead and every waiting invocation learns it.
-    async fn read_reports(self: Arc<Self>) {
+    /// Route each worker report to its invocation, and each outgoing
+    /// request to the proxy; at the end of the stream the envelope is dead
+    /// and every waiting invocation learns it.
+    async fn read_reports(self: Arc<Self>, func: Arc<Func>) {
         let mut buf = vec![0u8; 64 << 10];
         loop {
             let r = self
@@ -72,13 +73,21 @@ impl Envelope {
                 })
                 .await;
             match r {
-                Ok(Some((n, _))) => {
-                    if let Ok(done) = serde_json::from_slice::<Done>(&buf[..n]) {
+                Ok(Some((n, fds))) => match serde_json::from_slice::<FromWorker>(&buf[..n]) {
+                    Ok(FromWorker::Done(done)) => {
                         if let Some(tx) = self.pending.lock().expect("pending").remove(&done.id) {
                             let _ = tx.send(done);
                         }
                     }
-                }
+                    Ok(FromWorker::Outbound) => {
+                        // A worker of a function without an allow-list
+                        // never sends this; one that does is refused too.
+                        if let Some(stream) = fds.into_iter().next() {
+                            tokio::spawn(crate::outbound::serve(func.clone(), stream));
+                        }
+                    }
+                    Err(_) => {}
+                },
                 Ok(None) | Err(_) => break,
             }
         }
@@ -108,9 +117,9 @@ impl Func {
     }
 }
 
-struct Func {
+pub(crate) struct Func {
     index: usize,
-    f: Function,
+    pub(crate) f: Function,
     engine: crate::Engine,
     permits: Semaphore,
     waiting: AtomicUsize,
@@ -118,7 +127,7 @@ struct Func {
     pool: Mutex<Vec<Arc<Envelope>>>,
     filling: AtomicUsize,
     last_used: Mutex<Instant>,
-    metrics: FunctionMetrics,
+    pub(crate) metrics: FunctionMetrics,
 }
 
 pub struct Server {
@@ -179,7 +188,7 @@ impl Server {
         })
     }
 
-    async fn make_envelope(self: &Arc<Self>, func: &Func) -> Result<Arc<Envelope>> {
+    async fn make_envelope(self: &Arc<Self>, func: &Arc<Func>) -> Result<Arc<Envelope>> {
         let (ours, theirs) = nix::sys::socket::socketpair(
             nix::sys::socket::AddressFamily::Unix,
             nix::sys::socket::SockType::SeqPacket,
@@ -211,7 +220,7 @@ impl Server {
             pending: Mutex::new(HashMap::new()),
             dead: AtomicBool::new(false),
         });
-        tokio::spawn(envelope.clone().read_reports());
+        tokio::spawn(envelope.clone().read_reports(func.clone()));
         func.metrics.envelopes.fetch_add(1, Ordering::Relaxed);
         Ok(envelope)
     }

@@ -8,7 +8,10 @@
 //!
 //! The host talks to the worker over a SOCK_SEQPACKET socket: one message
 //! per invocation carrying its stream socket (body in, CGI response out)
-//! and a pipe for its stderr; one message back with how it ended.
+//! and a pipe for its stderr; one message back with how it ended. A
+//! function allowed outgoing requests sends one more per request: a
+//! stream socket on which the host proxies it
+//! ([`amphi_wasm::outbound`]).
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
@@ -51,6 +54,14 @@ pub struct Head {
     pub headers: Vec<(String, String)>,
 }
 
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum FromWorker {
+    Done(Done),
+    /// An outgoing request; fd: the stream socket to proxy it on.
+    Outbound,
+}
+
 /// How an invocation ended.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Done {
@@ -79,6 +90,8 @@ pub struct Worker {
     pub seccomp: Option<Program>,
     /// Bytes of the tmpfs each invocation gets at /tmp (0: none).
     pub tmp: u64,
+    /// Whether the function may make outgoing requests (through the host).
+    pub outbound: bool,
 }
 
 impl Executor for Worker {
@@ -159,7 +172,7 @@ impl Worker {
     fn serve_in_process(self) -> Result<()> {
         // Before any thread exists: credentials and the filter are per thread.
         amphi_core::init::assume_process(&self.process, self.seccomp.as_ref())?;
-        let Workload::Wasm(function) = self.workload else {
+        let Workload::Wasm(mut function) = self.workload else {
             unreachable!("in-process serving is for wasm")
         };
         amphi_wasm::function::start_epoch_ticker();
@@ -168,6 +181,22 @@ impl Worker {
             .enable_all()
             .build()
             .map_err(|e| Error::Init(format!("tokio runtime: {e}")))?;
+        nix::fcntl::fcntl(
+            &self.control,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| sys("nonblocking control socket", e))?;
+        let control = {
+            let _in_runtime = runtime.enter();
+            // SAFETY: the AsyncFd owns the socket; nothing else closes it.
+            std::sync::Arc::new(
+                unsafe { tokio::io::unix::AsyncFd::register(self.control) }
+                    .map_err(|e| Error::Init(format!("register control socket: {e}")))?,
+            )
+        };
+        if self.outbound {
+            function = function.with_outbound(dialer(control.clone()));
+        }
         let process_env: Vec<(String, String)> = self
             .process
             .env()
@@ -185,18 +214,7 @@ impl Worker {
             scratch,
             cancels: std::sync::Mutex::new(HashMap::new()),
         });
-        let control = self.control;
         runtime.block_on(async move {
-            nix::fcntl::fcntl(
-                &control,
-                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-            )
-            .map_err(|e| sys("nonblocking control socket", e))?;
-            // SAFETY: the AsyncFd owns the socket; nothing else closes it.
-            let control = std::sync::Arc::new(
-                unsafe { tokio::io::unix::AsyncFd::register(control) }
-                    .map_err(|e| Error::Init(format!("register control socket: {e}")))?,
-            );
             let mut buf = vec![0u8; MAX_MESSAGE];
             loop {
                 let received = control
@@ -221,6 +239,7 @@ impl Worker {
                         tokio::spawn(async move {
                             let done = shared.invoke(id, env, head, fds, cancel).await;
                             shared.cancels.lock().expect("cancels").remove(&id);
+                            let done = FromWorker::Done(done);
                             let _ = control
                                 .async_io(tokio::io::Interest::WRITABLE, |fd| {
                                     send(fd.as_fd(), &done, &[]).map_err(std::io::Error::from)
@@ -316,7 +335,7 @@ impl Worker {
     }
 
     fn report(&self, done: Done) {
-        let _ = send(self.control.as_fd(), &done, &[]);
+        let _ = send(self.control.as_fd(), &FromWorker::Done(done), &[]);
     }
 
     /// Collect every exited child (the worker may be its pid namespace's
@@ -496,6 +515,27 @@ impl InProcess {
             }
         }
     }
+}
+
+/// Outgoing requests leave through the host: a stream socket pair per
+/// request, one end sent to the host over the control socket.
+fn dialer(
+    control: std::sync::Arc<tokio::io::unix::AsyncFd<OwnedFd>>,
+) -> amphi_wasm::outbound::Dialer {
+    std::sync::Arc::new(move || {
+        let control = control.clone();
+        Box::pin(async move {
+            let (ours, theirs) = tokio::net::UnixStream::pair()?;
+            let theirs = theirs.into_std()?;
+            control
+                .async_io(tokio::io::Interest::WRITABLE, |fd| {
+                    send(fd.as_fd(), &FromWorker::Outbound, &[theirs.as_raw_fd()])
+                        .map_err(std::io::Error::from)
+                })
+                .await?;
+            Ok(ours)
+        })
+    })
 }
 
 /// A mount namespace of the invocation's own with a fresh tmpfs on /tmp:

@@ -31,9 +31,7 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::{
-    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
-};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::engine::{Kind, POOL_SLOTS};
 use crate::{compile_error, fail, flavor, store_limits, Cache, Flavor, TRAP_EXIT};
@@ -135,7 +133,7 @@ struct P2State {
     ctx: WasiCtx,
     table: ResourceTable,
     http: WasiHttpCtx,
-    hooks: NoNetwork,
+    hooks: crate::outbound::Hooks,
     limits: StoreLimits,
 }
 
@@ -158,26 +156,6 @@ impl WasiHttpView for P2State {
     }
 }
 
-/// A function's envelope has no network: outgoing requests are refused.
-struct NoNetwork;
-
-type Pending = Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
-
-impl WasiHttpHooks for NoNetwork {
-    fn send_request(
-        &mut self,
-        _request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
-        _response_done: Pending,
-    ) -> Box<
-        dyn std::future::Future<
-                Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, Pending)>,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
-    }
-}
-
 enum Linked {
     Module(InstancePre<P1State>),
     Command(CommandPre<P2State>),
@@ -192,6 +170,7 @@ pub struct Function {
     pool_slots: Option<u32>,
     linked: Option<Linked>,
     reuse: Option<Box<Reuse>>,
+    outbound: crate::outbound::Hooks,
 }
 
 /// Isolation "reuse": `wasi:http` instances kept between requests, each
@@ -242,6 +221,7 @@ impl Function {
             pool_slots,
             linked: None,
             reuse: None,
+            outbound: Default::default(),
         }
     }
 
@@ -254,6 +234,13 @@ impl Function {
             idle: std::sync::Mutex::new(Vec::new()),
             made: std::sync::atomic::AtomicU64::new(0),
         }));
+        self
+    }
+
+    /// Let outgoing `wasi:http` requests out through `dial` (without it
+    /// every one is denied).
+    pub fn with_outbound(mut self, dial: crate::outbound::Dialer) -> Function {
+        self.outbound.dial = Some(dial);
         self
     }
 
@@ -572,7 +559,7 @@ impl Function {
                 ctx,
                 table: ResourceTable::new(),
                 http: WasiHttpCtx::new(),
-                hooks: NoNetwork,
+                hooks: self.outbound.clone(),
                 limits,
             },
         );

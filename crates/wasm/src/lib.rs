@@ -39,6 +39,8 @@ mod executor;
 #[cfg(feature = "engine")]
 pub mod function;
 #[cfg(feature = "engine")]
+pub mod outbound;
+#[cfg(feature = "engine")]
 pub mod service;
 
 #[cfg(feature = "engine")]
