@@ -351,6 +351,72 @@ fn outbound_requests_reach_exactly_the_allowed_hosts() {
     s.assert_clean(&env);
 }
 
+/// A function's envelope has a user namespace of its own: its uid 0 (the
+/// worker's, which holds CAP_SYS_ADMIN to set invocations up, and the
+/// invocation's) is an unprivileged host uid, so a file only host root may
+/// read stays unread, where the same function without the namespace reads
+/// it as the file's owner.
+#[test]
+fn a_function_is_not_root_on_the_host() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let rootfs = env.tmp.path().join("fn-rootfs");
+    for d in ["bin", "proc", "dev", "tmp", "sys"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(native_cgi(), rootfs.join("bin/cgi")).unwrap();
+    let secret = rootfs.join("secret");
+    std::fs::write(&secret, "host root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let dir = functions(&env);
+    let function = format!("rootfs = {rootfs:?}\nprogram = \"bin/cgi\"\n");
+    manifest(&dir, "inns", &function);
+    manifest(
+        &dir,
+        "hostns",
+        &format!("{function}user_namespace = false\n"),
+    );
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    let me = s.get("/inns/self").text();
+    assert!(me.contains("Uid: 0 0 0 0"), "{me}");
+    let map: Vec<u64> = me
+        .lines()
+        .find_map(|l| l.strip_prefix("uid_map: "))
+        .unwrap_or_else(|| panic!("no uid_map in:\n{me}"))
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!((map[0], map[2]), (0, 65536), "{me}");
+    assert!(map[1] >= 1 << 30, "uid 0 is host uid {}", map[1]);
+    assert_eq!(s.get("/inns/read?/secret").text(), "error: 13");
+    assert_eq!(
+        s.get("/hostns/read?/secret").text(),
+        "read: host root only\n",
+        "without the namespace the function is the file's owner"
+    );
+    assert!(s
+        .get("/hostns/self")
+        .text()
+        .contains("uid_map: 0 0 4294967295"));
+    // The worker, seen from the host: the uid it runs as there.
+    let envelope = s
+        .log()
+        .into_iter()
+        .find(|l| l["function"] == "inns")
+        .and_then(|l| l["envelope"].as_str().map(String::from))
+        .expect("an invocation log line with its envelope");
+    let pid = env.state(&envelope)["pid"].as_i64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid.split_whitespace().nth(1).unwrap(),
+        map[1].to_string(),
+        "the worker's host uid"
+    );
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
 #[test]
 fn an_oci_bundle_is_a_function() {
     let env = Env::new();
@@ -800,35 +866,38 @@ fn sigterm_finishes_in_flight_requests_then_removes_every_envelope() {
 #[test]
 fn a_killed_server_leaves_nothing_behind() {
     let env = Env::new();
-    let s = Serve::start(&env, &cgi_pair(&env, ""), &[]).unwrap();
+    let s = Serve::start(&env, &cgi_pair(&env, ""), &["--keepers", "2"]).unwrap();
     assert_eq!(s.get("/w").status, 200);
-    // SIGKILL: no graceful shutdown; the keeper sees its socket end and
-    // deletes the envelopes itself.
-    let keeper: Vec<i32> =
+    // SIGKILL: no graceful shutdown; each keeper sees its socket end and
+    // deletes the envelopes it made itself.
+    let keepers: Vec<i32> =
         std::fs::read_to_string(format!("/proc/{}/task/{}/children", s.pid, s.pid))
             .unwrap()
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
             .collect();
-    assert_eq!(keeper.len(), 1, "one keeper child: {keeper:?}");
+    assert_eq!(keepers.len(), 2, "two keeper children: {keepers:?}");
     unsafe { libc::kill(s.pid, libc::SIGKILL) };
-    amphi_tests::remember_init(keeper[0]);
+    for k in &keepers {
+        amphi_tests::remember_init(*k);
+    }
     assert!(
         wait_for(30, || s.envelopes(&env).is_empty()),
         "{:?}",
         s.envelopes(&env)
     );
-    // Generous: on a loaded machine the keeper's last deletes (cgroup
+    // Generous: on a loaded machine a keeper's last deletes (cgroup
     // directories that stay busy for a moment each) can take seconds.
-    assert!(
-        wait_for(60, || {
-            amphi_tests::reap_inits();
-            !Path::new(&format!("/proc/{}", keeper[0])).exists()
-        }),
-        "the keeper {} outlived its server: {:?}",
-        keeper[0],
-        std::fs::read_to_string(format!("/proc/{}/stat", keeper[0]))
-    );
+    for k in keepers {
+        assert!(
+            wait_for(60, || {
+                amphi_tests::reap_inits();
+                !Path::new(&format!("/proc/{k}")).exists()
+            }),
+            "the keeper {k} outlived its server: {:?}",
+            std::fs::read_to_string(format!("/proc/{k}/stat"))
+        );
+    }
     // The work dir of a killed server stays (no one is left to remove it);
     // everything else is gone.
     let _ = std::fs::remove_dir_all(&s.work_dir);

@@ -215,6 +215,18 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             format!("module = {cgi_wasm:?}"),
             "isolation = \"envelope\"\npool = 0\n",
         ),
+        // What a user namespace per function costs: where envelopes are
+        // made per request.
+        (
+            "wasm-strict-nopool-hostns",
+            format!("module = {cgi_wasm:?}"),
+            "isolation = \"envelope\"\npool = 0\nuser_namespace = false\n",
+        ),
+        (
+            "native-cold-hostns",
+            format!("program = {cgi_native:?}"),
+            "idle = \"0s\"\nuser_namespace = false\n",
+        ),
     ] {
         manifest(&dir, name, &format!("{source}\n{common}{extra}"));
     }
@@ -271,6 +283,10 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             "amphi serve, wasm CGI (strict, no pool)",
             "/wasm-strict-nopool",
         ),
+        (
+            "amphi serve, wasm CGI (strict, no pool, no user namespace)",
+            "/wasm-strict-nopool-hostns",
+        ),
     ];
     for (name, path) in strict {
         let l = load(serve.addr, path, clients, secs);
@@ -283,6 +299,10 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
     let cold = [
         ("amphi serve, wasm CGI (cold)", "/wasm-cold"),
         ("amphi serve, native CGI (cold)", "/native-cold"),
+        (
+            "amphi serve, native CGI (cold, no user namespace)",
+            "/native-cold-hostns",
+        ),
     ];
     let mut cold_lat: Vec<Vec<f64>> = vec![Vec::new(); cold.len()];
     let mut c = Client::new(serve.addr);
@@ -307,6 +327,24 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
     let cold_starts = log.iter().filter(|l| l["cold"] == true).count();
     drop(serve);
 
+    // The strict tier with one envelope keeper (the default is one per
+    // CPU): how far making envelopes side by side carries.
+    let one_dir = env.tmp.path().join("one-keeper");
+    manifest(
+        &one_dir,
+        "wasm-strict-nopool",
+        &format!("module = {cgi_wasm:?}\n{common}isolation = \"envelope\"\npool = 0\n"),
+    );
+    let one = Serve::start(&env, &one_dir, &["--keepers", "1"])
+        .map_err(|f| anyhow::anyhow!("amphi serve --keepers 1: {}", f.stderr))?;
+    let l = load(one.addr, "/wasm-strict-nopool", clients, secs);
+    rows.push(row(
+        "amphi serve, wasm CGI (strict, no pool, 1 keeper)",
+        "envelope made, used once, deleted; one envelope keeper",
+        &[l],
+    ));
+    drop(one);
+
     // wasmtime serve, same component, same load.
     let wasmtime_row = match wasmtime(o)? {
         None => {
@@ -330,20 +368,28 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             )
         }
     };
-    let ratio = |a: usize, b: usize| {
-        rows[a]["rps"].as_f64().unwrap_or(f64::NAN) / rows[b]["rps"].as_f64().unwrap_or(f64::NAN)
+    let stat = |variant: &str, key: &str| {
+        rows.iter()
+            .find(|r| r["variant"] == variant)
+            .and_then(|r| r[key].as_f64())
+            .unwrap_or(f64::NAN)
     };
+    let rps = |variant: &str| stat(&format!("amphi serve, {variant}"), "rps");
+    let p50 = |variant: &str| stat(&format!("amphi serve, {variant}"), "p50_ms");
     let mut ratios = json!({
-        "wasm_over_native_rps_warm": ratio(0, 1),
-        "wasm_over_native_p50_cold": rows[7]["p50_ms"].as_f64().unwrap_or(f64::NAN) / rows[8]["p50_ms"].as_f64().unwrap_or(f64::NAN),
-        "strict_pool_over_nopool_rps": ratio(4, 6),
-        "http_reuse_over_instance_rps": ratio(3, 2),
+        "wasm_over_native_rps_warm": rps("wasm CGI (warm)") / rps("native CGI (warm)"),
+        "wasm_over_native_p50_cold": p50("wasm CGI (cold)") / p50("native CGI (cold)"),
+        "strict_pool_over_nopool_rps": rps("wasm CGI (strict, pool 8)") / rps("wasm CGI (strict, no pool)"),
+        "http_reuse_over_instance_rps": rps("wasi:http (warm, isolation reuse)") / rps("wasi:http (warm)"),
+        "userns_over_hostns_rps_strict": rps("wasm CGI (strict, no pool)") / rps("wasm CGI (strict, no pool, no user namespace)"),
+        "userns_over_hostns_p50_cold": p50("native CGI (cold)") / p50("native CGI (cold, no user namespace)"),
+        "keepers_over_one_rps_strict": rps("wasm CGI (strict, no pool)") / rps("wasm CGI (strict, no pool, 1 keeper)"),
     });
     if let Some(rps) = wasmtime_row["rps"].as_f64() {
         ratios["amphi_http_over_wasmtime_serve_rps"] =
-            json!(rows[2]["rps"].as_f64().unwrap_or(f64::NAN) / rps);
+            json!(stat("amphi serve, wasi:http (warm)", "rps") / rps);
         ratios["amphi_http_reuse_over_wasmtime_serve_rps"] =
-            json!(rows[3]["rps"].as_f64().unwrap_or(f64::NAN) / rps);
+            json!(stat("amphi serve, wasi:http (warm, isolation reuse)", "rps") / rps);
     }
     Ok(
         json!({"clients": clients, "seconds_per_round": secs, "rounds": rounds,

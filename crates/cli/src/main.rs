@@ -256,6 +256,9 @@ enum Command {
         /// How long SIGTERM waits for in-flight requests.
         #[arg(long, default_value = "10s")]
         shutdown_timeout: String,
+        /// How many envelopes are made at once (default: one per CPU).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+        keepers: Option<u16>,
     },
 }
 
@@ -505,9 +508,13 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             listen,
             work_dir,
             shutdown_timeout,
+            keepers,
         } => {
             let shutdown_timeout =
                 parse_duration(shutdown_timeout).context("--shutdown-timeout")?;
+            let keepers = keepers.map(usize::from).unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| n.get().min(64))
+            });
             amphi_serve::run(amphi_serve::Options {
                 functions: functions.clone(),
                 listen: *listen,
@@ -515,6 +522,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 wasm_cache: wasm_cache.clone(),
                 work_dir: work_dir.clone(),
                 shutdown_timeout,
+                keepers,
             })
             .context("serve")?;
         }

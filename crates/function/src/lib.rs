@@ -125,6 +125,25 @@ pub struct Function {
     /// Where the function's outgoing `wasi:http` requests may go; the host
     /// makes them (the envelope has no network) and refuses the rest.
     pub allowed_outbound_hosts: Vec<OutboundPrefix>,
+    /// The first host uid and gid of the function's user namespace (its
+    /// ids 0 to 65535), or `None` when it runs in the host's.
+    pub user_namespace: Option<u32>,
+}
+
+/// Functions' user namespaces map 65536 ids each onto host ids from here
+/// up, in one of 16383 slots picked by the function's name: far from the
+/// ids of the host's users and of rootless containers (`/etc/subuid`
+/// ranges start at 100000 and are small).
+pub const USERNS_HOST_BASE: u32 = 0x4000_0000;
+pub const USERNS_SIZE: u32 = 65536;
+
+/// The host id that a function's id 0 maps to.
+pub fn userns_host_base(name: &str) -> u32 {
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    USERNS_HOST_BASE + (hash % 16383) as u32 * USERNS_SIZE
 }
 
 /// One `allowed_outbound_hosts` entry: `scheme://host[:port][/path]`. A
@@ -166,6 +185,7 @@ struct Raw {
     pool: Option<i64>,
     idle: Option<Quantity>,
     allowed_outbound_hosts: Option<Vec<String>>,
+    user_namespace: Option<bool>,
 }
 
 /// A size or a duration: a bare number or a string with a unit.
@@ -401,6 +421,16 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
             "outgoing requests are wasi:http's (interface = \"http\"); a CGI function has no outbound proxy",
         ));
     }
+    let user_namespace =
+        match (raw.user_namespace, &source) {
+            (Some(true), Source::Bundle(_)) => return Err(bad(
+                name,
+                "user_namespace",
+                "a bundle's config.json says its namespaces and id mappings; drop user_namespace",
+            )),
+            (_, Source::Bundle(_)) | (Some(false), _) => None,
+            (None | Some(true), _) => Some(userns_host_base(name)),
+        };
     let strict = isolation == Isolation::Envelope;
     Ok(Function {
         name: name.into(),
@@ -427,6 +457,7 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
         pool: count(name, "pool", raw.pool, if strict { 2 } else { 0 }, 0, 256)?,
         idle,
         allowed_outbound_hosts,
+        user_namespace,
     })
 }
 
@@ -841,8 +872,28 @@ impl Function {
         mounts.extend(extra);
         spec.set_mounts(Some(mounts));
         let default_linux = spec.linux().clone().unwrap_or_default();
+        let mut namespaces = default_linux.namespaces().clone().unwrap_or_default();
+        let mut mappings = Vec::new();
+        if let Some(host_id) = self.user_namespace {
+            namespaces.push(
+                oci_spec::runtime::LinuxNamespaceBuilder::default()
+                    .typ(oci_spec::runtime::LinuxNamespaceType::User)
+                    .build()
+                    .expect("namespace"),
+            );
+            mappings.push(
+                oci_spec::runtime::LinuxIdMappingBuilder::default()
+                    .container_id(0u32)
+                    .host_id(host_id)
+                    .size(USERNS_SIZE)
+                    .build()
+                    .expect("id mapping"),
+            );
+        }
         let linux = LinuxBuilder::default()
-            .namespaces(default_linux.namespaces().clone().unwrap_or_default())
+            .uid_mappings(mappings.clone())
+            .gid_mappings(mappings)
+            .namespaces(namespaces)
             .masked_paths(default_linux.masked_paths().clone().unwrap_or_default())
             .readonly_paths(default_linux.readonly_paths().clone().unwrap_or_default())
             .seccomp(amphi_core::seccomp::default_profile())
@@ -922,6 +973,34 @@ mod tests {
         assert_eq!(f.max_body, 1024);
         assert_eq!(f.pool, 2);
         assert_eq!(f.env, vec![("GREETING".into(), "hey".into())]);
+        assert_eq!(f.user_namespace, Some(userns_host_base("hello")));
+    }
+
+    #[test]
+    fn a_function_gets_a_user_namespace_of_its_own() {
+        let f = parse("one", "module = \"m\"").unwrap();
+        let base = userns_host_base("one");
+        assert!((USERNS_HOST_BASE..=u32::MAX / 2 - USERNS_SIZE).contains(&base));
+        assert_ne!(base, userns_host_base("two"));
+        let spec = f.generated(Path::new("/r"), MODULE_PATH, Kind::Module, Vec::new());
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User));
+        for maps in [linux.uid_mappings(), linux.gid_mappings()] {
+            let m = &maps.as_ref().unwrap()[0];
+            assert_eq!(
+                (m.container_id(), m.host_id(), m.size()),
+                (0, base, USERNS_SIZE)
+            );
+        }
+        let off = parse("one", "module = \"m\"\nuser_namespace = false").unwrap();
+        assert_eq!(off.user_namespace, None);
+        let err = parse("b", "bundle = \"b\"\nuser_namespace = true").unwrap_err();
+        assert!(err.to_string().contains("user_namespace"), "{err}");
+        assert_eq!(parse("b", "bundle = \"b\"").unwrap().user_namespace, None);
     }
 
     #[test]

@@ -1,16 +1,20 @@
-//! The envelope keeper: a single-threaded child of `amphi serve`, forked
-//! before the server starts its threads, that creates and deletes function
+//! The envelope keepers: single-threaded children of `amphi serve`, forked
+//! before the server starts its threads, that create and delete function
 //! envelopes through the runtime API. The runtime clones the container's
-//! init from the calling process, which must be single-threaded; the
-//! keeper is, and the multi-threaded server only talks to it.
+//! init from the calling process, which must be single-threaded; a
+//! keeper is, and the multi-threaded server only talks to them. Several
+//! keepers make envelopes side by side (the runtime locks per container),
+//! so the strict tier is not one keeper's pace.
 //!
-//! The keeper is the parent of every envelope's init and reaps them. When
-//! the server goes away (even by SIGKILL), its socket ends and the keeper
-//! deletes every envelope it made before it exits.
+//! A keeper is the parent of the envelope inits it made and reaps them;
+//! an envelope is deleted by the keeper that made it. When the server goes
+//! away (even by SIGKILL), its sockets end and each keeper deletes every
+//! envelope it made before it exits.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use amphi_core::seccomp::Program;
@@ -27,6 +31,7 @@ use crate::worker::{recv, send, MAX_MESSAGE};
 use crate::Engine;
 
 /// What the keeper needs of a function to make its envelopes.
+#[derive(Clone)]
 pub struct Plan {
     pub name: String,
     /// The bundle directory written for the worker (config.json).
@@ -68,80 +73,148 @@ enum Reply {
 }
 
 pub struct Keeper {
+    procs: Vec<KeeperProcess>,
+    next: AtomicUsize,
+    /// Which keeper made each live envelope.
+    maker: Mutex<HashMap<String, usize>>,
+}
+
+struct KeeperProcess {
     sock: Mutex<Option<OwnedFd>>,
     pid: nix::unistd::Pid,
 }
 
 impl Keeper {
-    /// Fork the keeper. Call before any other thread exists.
+    /// Fork `count` keepers. Call before any other thread exists.
     pub fn spawn(
+        count: usize,
         runtime_root: PathBuf,
         wasm_cache: amphi_wasm::CacheDir,
         plans: Vec<Plan>,
     ) -> Result<Keeper> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .context("socketpair for the envelope keeper")?;
-        // SAFETY: the caller guarantees a single-threaded process.
-        match unsafe { nix::unistd::fork() }.context("fork the envelope keeper")? {
-            nix::unistd::ForkResult::Parent { child } => Ok(Keeper {
-                sock: Mutex::new(Some(ours)),
-                pid: child,
-            }),
-            nix::unistd::ForkResult::Child => {
-                drop(ours);
-                let code = match serve(theirs, &runtime_root, wasm_cache, plans) {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        eprintln!("amphi serve: envelope keeper: {e:#}");
-                        1
-                    }
-                };
-                // SAFETY: leave without the parent's destructors.
-                unsafe { libc::_exit(code) }
+        let mut keeper = Keeper {
+            procs: Vec::with_capacity(count),
+            next: AtomicUsize::new(0),
+            maker: Mutex::new(HashMap::new()),
+        };
+        for _ in 0..count {
+            match spawn_one(&mut keeper.procs, &runtime_root, &wasm_cache, &plans) {
+                Ok(p) => keeper.procs.push(p),
+                Err(e) => {
+                    keeper.shutdown();
+                    return Err(e);
+                }
             }
         }
+        Ok(keeper)
     }
 
-    fn call(&self, req: &Request, fds: &[std::os::fd::RawFd]) -> Result<()> {
-        let sock = self.sock.lock().expect("keeper socket");
+    /// Ask a keeper that is free now (or, if none is, the next in turn).
+    fn call(
+        &self,
+        keeper: Option<usize>,
+        req: &Request,
+        fds: &[std::os::fd::RawFd],
+    ) -> Result<usize> {
+        let n = self.procs.len();
+        let (index, sock) = match keeper {
+            Some(i) => (i, self.procs[i].sock.lock().expect("keeper socket")),
+            None => {
+                let first = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| (first + k) % n)
+                    .find_map(|i| self.procs[i].sock.try_lock().ok().map(|s| (i, s)))
+                    .unwrap_or_else(|| {
+                        let i = first % n;
+                        (i, self.procs[i].sock.lock().expect("keeper socket"))
+                    })
+            }
+        };
         let sock = sock
             .as_ref()
             .ok_or_else(|| anyhow!("envelope keeper shut down"))?;
         send(sock.as_fd(), req, fds).context("envelope keeper is gone")?;
         let mut buf = vec![0u8; 64 << 10];
-        let (n, _) = recv(sock.as_fd(), &mut buf)
+        let (len, _) = recv(sock.as_fd(), &mut buf)
             .context("envelope keeper")?
             .ok_or_else(|| anyhow!("envelope keeper is gone"))?;
-        match serde_json::from_slice(&buf[..n])? {
-            Reply::Ok => Ok(()),
+        match serde_json::from_slice(&buf[..len])? {
+            Reply::Ok => Ok(index),
             Reply::Failed { error } => bail!("{error}"),
         }
     }
 
     /// Make and start an envelope; `control` is the worker's end of its socket.
     pub fn create(&self, id: &str, function: usize, control: &OwnedFd) -> Result<()> {
-        self.call(
+        let index = self.call(
+            None,
             &Request::Create {
                 id: id.into(),
                 function,
             },
             &[control.as_raw_fd()],
-        )
+        )?;
+        self.maker.lock().expect("makers").insert(id.into(), index);
+        Ok(())
     }
 
     pub fn delete(&self, id: &str) -> Result<()> {
-        self.call(&Request::Delete { id: id.into() }, &[])
+        let index = self
+            .maker
+            .lock()
+            .expect("makers")
+            .remove(id)
+            .ok_or_else(|| anyhow!("no envelope {id}"))?;
+        self.call(Some(index), &Request::Delete { id: id.into() }, &[])
+            .map(drop)
     }
 
-    /// Close the socket (the keeper deletes what is left) and wait for it.
+    /// Close the sockets (each keeper deletes what it has left) and wait
+    /// for the keepers.
     pub fn shutdown(&self) {
-        drop(self.sock.lock().expect("keeper socket").take());
-        let _ = waitpid(self.pid, None);
+        for p in &self.procs {
+            drop(p.sock.lock().expect("keeper socket").take());
+        }
+        for p in &self.procs {
+            let _ = waitpid(p.pid, None);
+        }
+    }
+}
+
+fn spawn_one(
+    earlier: &mut Vec<KeeperProcess>,
+    runtime_root: &std::path::Path,
+    wasm_cache: &amphi_wasm::CacheDir,
+    plans: &[Plan],
+) -> Result<KeeperProcess> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .context("socketpair for an envelope keeper")?;
+    // SAFETY: the caller guarantees a single-threaded process.
+    match unsafe { nix::unistd::fork() }.context("fork an envelope keeper")? {
+        nix::unistd::ForkResult::Parent { child } => Ok(KeeperProcess {
+            sock: Mutex::new(Some(ours)),
+            pid: child,
+        }),
+        nix::unistd::ForkResult::Child => {
+            drop(ours);
+            // The server's ends of the earlier keepers' sockets: holding
+            // them would keep those keepers from seeing the server go.
+            earlier.clear();
+            let code = match serve(theirs, runtime_root, wasm_cache.clone(), plans.to_vec()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("amphi serve: envelope keeper: {e:#}");
+                    1
+                }
+            };
+            // SAFETY: leave without the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
     }
 }
 

@@ -45,6 +45,8 @@ pub struct Options {
     /// directory, removed at exit).
     pub work_dir: Option<PathBuf>,
     pub shutdown_timeout: Duration,
+    /// Envelope keepers: how many envelopes are made at once.
+    pub keepers: usize,
 }
 
 /// Capabilities the worker keeps beyond the function's own, to give each
@@ -79,7 +81,7 @@ pub fn run(o: Options) -> Result<()> {
         engines.push(plan.engine);
         plans.push(plan);
     }
-    let keeper = Keeper::spawn(o.root.clone(), o.wasm_cache.clone(), plans)?;
+    let keeper = Keeper::spawn(o.keepers, o.root.clone(), o.wasm_cache.clone(), plans)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

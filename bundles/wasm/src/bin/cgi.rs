@@ -3,7 +3,8 @@
 //! `/` greets, `/echo` returns what it was given, `/tmp?ID` shows what an
 //! invocation sees of /tmp while it writes there, `/sleep?MS`, `/alloc?MIB`,
 //! `/crash`, `/status?CODE`, `/location` and `/garbage` exercise the host,
-//! `/self` shows the invocation's credentials (native only: /proc).
+//! `/self` shows the invocation's credentials and user namespace (native
+//! only: /proc), `/read?PATH` whether it may read a file.
 use std::io::{Read, Write};
 
 fn var(k: &str) -> String {
@@ -75,6 +76,17 @@ fn main() {
                 ["Uid:", "CapEff:", "CapPrm:", "CapBnd:", "NoNewPrivs:", "Seccomp:"].iter().any(|k| l.starts_with(k))
             }) {
                 writeln!(out, "{}", l.split_whitespace().collect::<Vec<_>>().join(" ")).unwrap();
+            }
+            let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+            for l in map.lines() {
+                writeln!(out, "uid_map: {}", l.split_whitespace().collect::<Vec<_>>().join(" ")).unwrap();
+            }
+        }
+        "/read" => {
+            write!(out, "Content-Type: text/plain\n\n").unwrap();
+            match std::fs::read_to_string(&query) {
+                Ok(text) => write!(out, "read: {text}").unwrap(),
+                Err(e) => write!(out, "error: {}", e.raw_os_error().unwrap_or(0)).unwrap(),
             }
         }
         "/garbage" => {
