@@ -351,6 +351,60 @@ fn outbound_requests_reach_exactly_the_allowed_hosts() {
     s.assert_clean(&env);
 }
 
+/// A native CGI function reaches the same allow-list through the proxy its
+/// invocations find in `http_proxy` and `https_proxy`: plain requests in
+/// the forward-proxy form, and CONNECT tunnels to hosts an https entry
+/// without a path allows.
+#[test]
+fn native_cgi_requests_go_out_through_the_hosts_proxy() {
+    let env = Env::new();
+    let (backend, other) = (Backend::start(), Backend::start());
+    let a = backend.port;
+    let dir = functions(&env);
+    manifest(
+        &dir,
+        "nout",
+        &format!(
+            "program = {:?}\nallowed_outbound_hosts = [\"http://127.0.0.1:{a}/allowed\", \"https://127.0.0.1:{a}\"]\n",
+            native_cgi()
+        ),
+    );
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    let fetched = s
+        .get(&format!("/nout/fetch?http://127.0.0.1:{a}/allowed/n"))
+        .text();
+    assert!(fetched.starts_with("HTTP/1.1 200 OK\r\n"), "{fetched}");
+    assert!(
+        fetched.ends_with(&format!("GET /allowed/n host=127.0.0.1:{a} body=")),
+        "{fetched}"
+    );
+    let denied = s
+        .get(&format!("/nout/fetch?http://127.0.0.1:{a}/other"))
+        .text();
+    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
+    assert!(denied.contains("amphi-outbound-error: denied"), "{denied}");
+    let tunnelled = s.get(&format!("/nout/tunnel?127.0.0.1:{a}/through")).text();
+    assert!(tunnelled.starts_with("HTTP/1.1 200 OK\r\n"), "{tunnelled}");
+    assert!(
+        tunnelled.ends_with(&format!("GET /through host=127.0.0.1:{a} body=")),
+        "{tunnelled}"
+    );
+    let refused = s
+        .get(&format!("/nout/tunnel?127.0.0.1:{}/x", other.port))
+        .text();
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert_eq!(
+        backend.seen(),
+        [
+            format!("GET /allowed/n host=127.0.0.1:{a} body="),
+            format!("GET /through host=127.0.0.1:{a} body="),
+        ]
+    );
+    assert!(other.seen().is_empty(), "a host off the list was reached");
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
 /// A function's envelope has a user namespace of its own: its uid 0 (the
 /// worker's, which holds CAP_SYS_ADMIN to set invocations up, and the
 /// invocation's) is an unprivileged host uid, so a file only host root may

@@ -414,11 +414,23 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    if !allowed_outbound_hosts.is_empty() && interface != Interface::Http {
+    if !allowed_outbound_hosts.is_empty()
+        && interface == Interface::Cgi
+        && matches!(
+            source,
+            Source::File {
+                kind: Kind::Module,
+                ..
+            } | Source::InRoot {
+                kind: Kind::Module,
+                ..
+            }
+        )
+    {
         return Err(bad(
             name,
             "allowed_outbound_hosts",
-            "outgoing requests are wasi:http's (interface = \"http\"); a CGI function has no outbound proxy",
+            "a wasm CGI module has no sockets to make requests with; use interface = \"http\" (wasi:http) or a native program",
         ));
     }
     let user_namespace =
@@ -1040,7 +1052,14 @@ mod tests {
             let e = outbound(entry);
             assert!(e.contains("allowed_outbound_hosts[1]"), "{entry}: {e}");
         }
-        assert!(err("module = \"m\"\nallowed_outbound_hosts = [\"http://x\"]").contains("CGI"));
+        assert!(
+            err("module = \"m\"\nallowed_outbound_hosts = [\"http://x\"]").contains("wasm CGI")
+        );
+        assert!(parse(
+            "p",
+            "program = \"p\"\nallowed_outbound_hosts = [\"http://x\"]"
+        )
+        .is_ok());
     }
 
     #[test]

@@ -61,6 +61,10 @@ pub fn variables(r: &Request) -> Vec<(String, String)> {
             "content-type" => v.push(("CONTENT_TYPE".into(), value.clone())),
             // Given as CONTENT_LENGTH, of the body as received.
             "content-length" => {}
+            // As HTTP_PROXY it would name a proxy to programs that read
+            // that variable ("httpoxy"): a client must not pick where a
+            // function's outgoing requests go.
+            "proxy" => {}
             _ => {
                 let key = format!("HTTP_{}", lower.replace('-', "_").to_ascii_uppercase());
                 match v.iter_mut().find(|(k, _)| *k == key) {
@@ -187,6 +191,7 @@ mod tests {
             ("Content-Type".to_string(), "text/plain".to_string()),
             ("X-Trace".to_string(), "a".to_string()),
             ("x-trace".to_string(), "b".to_string()),
+            ("Proxy".to_string(), "http://attacker.example".to_string()),
         ];
         let v = variables(&Request {
             method: "POST",
@@ -205,6 +210,7 @@ mod tests {
         assert_eq!(get("CONTENT_LENGTH"), Some("5"));
         assert_eq!(get("CONTENT_TYPE"), Some("text/plain"));
         assert_eq!(get("HTTP_X_TRACE"), Some("a, b"));
+        assert_eq!(get("HTTP_PROXY"), None, "httpoxy");
         assert_eq!(get("SERVER_PORT"), Some("8080"));
     }
 }

@@ -194,6 +194,16 @@ fn plan(f: &Function, work: &Path) -> Result<Plan> {
             f.name
         );
     }
+    if f.interface == Interface::Cgi
+        && engine == Engine::Wasm
+        && !f.allowed_outbound_hosts.is_empty()
+    {
+        return Err(bad(
+            "allowed_outbound_hosts",
+            "the bundle runs a wasm CGI module, which has no sockets to make requests with",
+        )
+        .into());
+    }
     Ok(Plan {
         name: f.name.clone(),
         bundle: dir,

@@ -5,7 +5,7 @@
 //! worker's end and the request itself).
 
 use std::convert::Infallible;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,14 +22,27 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 16 << 20;
 
 /// Serve one worker's outgoing request (or several in turn, if its client
-/// keeps the connection) on `stream`.
+/// keeps the connection) on `stream`: a socket pair's end (wasi:http) or a
+/// connection a native invocation made to its `http_proxy`.
 pub(crate) async fn serve(func: Arc<Func>, stream: OwnedFd) {
-    let stream = std::os::unix::net::UnixStream::from(stream);
-    let stream = match stream
-        .set_nonblocking(true)
-        .and_then(|()| tokio::net::UnixStream::from_std(stream))
-    {
-        Ok(s) => s,
+    let unix = matches!(
+        nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(stream.as_raw_fd())
+            .map(|a| nix::sys::socket::SockaddrLike::family(&a)),
+        Ok(Some(nix::sys::socket::AddressFamily::Unix))
+    );
+    let io: Result<Box<dyn Stream>, std::io::Error> = if unix {
+        let s = std::os::unix::net::UnixStream::from(stream);
+        s.set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(s))
+            .map(|s| Box::new(s) as Box<dyn Stream>)
+    } else {
+        let s = std::net::TcpStream::from(stream);
+        s.set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(s))
+            .map(|s| Box::new(s) as Box<dyn Stream>)
+    };
+    let io = match io {
+        Ok(io) => io,
         Err(e) => {
             log_line(
                 serde_json::json!({"msg": "outbound", "function": func.f.name, "error": format!("the worker's socket: {e}")}),
@@ -39,14 +52,18 @@ pub(crate) async fn serve(func: Arc<Func>, stream: OwnedFd) {
     };
     let service = hyper::service::service_fn(move |req| {
         let func = func.clone();
-        async move { Ok::<_, Infallible>(proxy(&func, req).await) }
+        async move { Ok::<_, Infallible>(proxy(func, req).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades()
         .await;
 }
 
-async fn proxy(func: &Func, req: Request<Incoming>) -> hyper::Response<WasiBody> {
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
+
+async fn proxy(func: Arc<Func>, req: Request<Incoming>) -> hyper::Response<WasiBody> {
     let f = &func.f;
     let uri = req.uri().clone();
     let method = req.method().to_string();
@@ -58,7 +75,15 @@ async fn proxy(func: &Func, req: Request<Incoming>) -> hyper::Response<WasiBody>
         }
         log_line(line);
     };
-    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+    // CONNECT host:port: a tunnel, for https through `https_proxy`. The
+    // path is inside it, so only an https entry without a path allows it.
+    let connect = req.method() == hyper::Method::CONNECT;
+    let scheme = if connect {
+        Some("https")
+    } else {
+        uri.scheme_str()
+    };
+    let (Some(scheme), Some(authority)) = (scheme, uri.authority()) else {
         let why = "not an absolute URI";
         log("failed", serde_json::json!({"error": why}));
         return refusal(&Error::HttpRequestUriInvalid, why);
@@ -66,7 +91,8 @@ async fn proxy(func: &Func, req: Request<Incoming>) -> hyper::Response<WasiBody>
     let port = authority
         .port_u16()
         .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    if !f.allows_outbound(scheme, authority.host(), port, uri.path()) {
+    let path = if connect { "" } else { uri.path() };
+    if !f.allows_outbound(scheme, authority.host(), port, path) {
         let why = format!(
             "function {}: {uri} is not in allowed_outbound_hosts ({})",
             f.name,
@@ -78,6 +104,37 @@ async fn proxy(func: &Func, req: Request<Incoming>) -> hyper::Response<WasiBody>
         );
         log("denied", serde_json::json!({"error": why}));
         return refusal(&Error::HttpRequestDenied, &why);
+    }
+    if connect {
+        let target = format!("{}:{port}", authority.host());
+        return match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&target))
+            .await
+        {
+            Ok(Ok(backend)) => {
+                log("sent", serde_json::json!({"status": 200, "tunnel": true}));
+                let name = f.name.clone();
+                let idle = f.timeout;
+                tokio::spawn(async move {
+                    if let Ok(upgraded) = hyper::upgrade::on(req).await {
+                        tunnel(upgraded, backend, idle, &name).await;
+                    }
+                });
+                hyper::Response::new(WasiBody::default())
+            }
+            Ok(Err(e)) => {
+                let why = format!("function {}: CONNECT {target}: {e}", f.name);
+                log("failed", serde_json::json!({"error": why}));
+                refusal(&Error::ConnectionRefused, &why)
+            }
+            Err(_) => {
+                let why = format!(
+                    "function {}: CONNECT {target}: no connection within {CONNECT_TIMEOUT:?}",
+                    f.name
+                );
+                log("failed", serde_json::json!({"error": why}));
+                refusal(&Error::ConnectionTimeout, &why)
+            }
+        };
     }
     let limits = Limits {
         connect: CONNECT_TIMEOUT,
@@ -97,5 +154,46 @@ async fn proxy(func: &Func, req: Request<Incoming>) -> hyper::Response<WasiBody>
             log("failed", serde_json::json!({"error": why}));
             refusal(&e, &why)
         }
+    }
+}
+
+/// Copy both ways until either side closes or the tunnel idles for a
+/// function timeout, at most [`MAX_BODY`] each way.
+async fn tunnel(
+    upgraded: hyper::upgrade::Upgraded,
+    backend: tokio::net::TcpStream,
+    idle: Duration,
+    function: &str,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let client = hyper_util::rt::TokioIo::new(upgraded);
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut backend_read, mut backend_write) = backend.into_split();
+    async fn pump(
+        from: &mut (impl tokio::io::AsyncRead + Unpin),
+        to: &mut (impl tokio::io::AsyncWrite + Unpin),
+        idle: Duration,
+    ) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 16 << 10];
+        let mut total = 0usize;
+        loop {
+            let n = tokio::time::timeout(idle, from.read(&mut buf))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            total += n;
+            if n == 0 || total > MAX_BODY {
+                return to.shutdown().await;
+            }
+            to.write_all(&buf[..n]).await?;
+        }
+    }
+    let (up, down) = tokio::join!(
+        pump(&mut client_read, &mut backend_write, idle),
+        pump(&mut backend_read, &mut client_write, idle)
+    );
+    if let Some(e) = up.err().or(down.err()) {
+        log_line(
+            serde_json::json!({"msg": "outbound", "function": function, "tunnel": true, "error": e.to_string()}),
+        );
     }
 }

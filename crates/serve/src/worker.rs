@@ -269,12 +269,19 @@ impl Worker {
         .map_err(|e| sys("signalfd", e))?;
         // Invocation id by the pid of its process (group leader).
         let mut running: HashMap<i32, u64> = HashMap::new();
+        let proxy = self.outbound.then(outbound_proxy).transpose()?;
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
-            let mut fds = [
+            let mut fds = vec![
                 nix::poll::PollFd::new(self.control.as_fd(), nix::poll::PollFlags::POLLIN),
                 nix::poll::PollFd::new(sigchld.as_fd(), nix::poll::PollFlags::POLLIN),
             ];
+            if let Some((listener, _)) = &proxy {
+                fds.push(nix::poll::PollFd::new(
+                    listener.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                ));
+            }
             match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(sys("poll", e)),
@@ -282,6 +289,19 @@ impl Worker {
             }
             let control_ready = fds[0].any().unwrap_or(false);
             let child_ready = fds[1].any().unwrap_or(false);
+            let proxy_ready = fds.get(2).is_some_and(|f| f.any().unwrap_or(false));
+            drop(fds);
+            if let (true, Some((listener, _))) = (proxy_ready, &proxy) {
+                // The host proxies each connection itself: the worker only
+                // passes it on.
+                while let Ok((conn, _)) = listener.accept() {
+                    let _ = send(
+                        self.control.as_fd(),
+                        &FromWorker::Outbound,
+                        &[conn.as_raw_fd()],
+                    );
+                }
+            }
             if child_ready {
                 while sigchld.read_signal().ok().flatten().is_some() {}
                 self.reap(&mut running);
@@ -312,6 +332,13 @@ impl Worker {
                         });
                         continue;
                     };
+                    let mut env = env;
+                    if let Some((_, url)) = &proxy {
+                        // Lower case only: programs ignore HTTP_PROXY in a
+                        // CGI request, where a client could have set it.
+                        env.push(("http_proxy".into(), url.clone()));
+                        env.push(("https_proxy".into(), url.clone()));
+                    }
                     match self.spawn(io, err, env) {
                         Ok(pid) => {
                             running.insert(pid, id);
@@ -515,6 +542,18 @@ impl InProcess {
             }
         }
     }
+}
+
+/// The outgoing proxy native invocations see (`http_proxy`): a listener on
+/// the envelope's loopback whose connections the worker hands the host.
+fn outbound_proxy() -> Result<(std::net::TcpListener, String)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| Error::Init(format!("outgoing proxy listener: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Init(format!("outgoing proxy listener: {e}")))?;
+    Ok((listener, format!("http://{addr}")))
 }
 
 /// Outgoing requests leave through the host: a stream socket pair per

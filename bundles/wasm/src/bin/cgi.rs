@@ -4,7 +4,9 @@
 //! invocation sees of /tmp while it writes there, `/sleep?MS`, `/alloc?MIB`,
 //! `/crash`, `/status?CODE`, `/location` and `/garbage` exercise the host,
 //! `/self` shows the invocation's credentials and user namespace (native
-//! only: /proc), `/read?PATH` whether it may read a file.
+//! only: /proc), `/read?PATH` whether it may read a file, `/fetch?URL` a
+//! GET of an http URL through `http_proxy` and `/tunnel?HOST:PORT/PATH` a
+//! GET through a CONNECT tunnel of `https_proxy` (native only: sockets).
 use std::io::{Read, Write};
 
 fn var(k: &str) -> String {
@@ -82,6 +84,25 @@ fn main() {
                 writeln!(out, "uid_map: {}", l.split_whitespace().collect::<Vec<_>>().join(" ")).unwrap();
             }
         }
+        "/fetch" => {
+            write!(out, "Content-Type: text/plain\n\n").unwrap();
+            let host = query.trim_start_matches("http://").split('/').next().unwrap_or("");
+            let request = format!("GET {query} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            match through_proxy("http_proxy", &[request.as_bytes()]) {
+                Ok(answer) => out.write_all(&answer).unwrap(),
+                Err(e) => write!(out, "error: {e}").unwrap(),
+            }
+        }
+        "/tunnel" => {
+            write!(out, "Content-Type: text/plain\n\n").unwrap();
+            let (target, path) = query.split_at(query.find('/').unwrap_or(query.len()));
+            let connect = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+            let get = format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+            match through_proxy("https_proxy", &[connect.as_bytes(), get.as_bytes()]) {
+                Ok(answer) => out.write_all(&answer).unwrap(),
+                Err(e) => write!(out, "error: {e}").unwrap(),
+            }
+        }
         "/read" => {
             write!(out, "Content-Type: text/plain\n\n").unwrap();
             match std::fs::read_to_string(&query) {
@@ -96,4 +117,28 @@ fn main() {
             write!(out, "Content-Type: text/plain\n\nhello from {kind}\n").unwrap();
         }
     }
+}
+
+/// Send each of `messages` to the proxy `var` names, the next after the
+/// answer to the last has begun, and return all it answered.
+fn through_proxy(var: &str, messages: &[&[u8]]) -> std::io::Result<Vec<u8>> {
+    let proxy = std::env::var(var).map_err(|_| std::io::Error::other(format!("no {var}")))?;
+    let addr = proxy.trim_start_matches("http://").trim_end_matches('/');
+    let mut conn = std::net::TcpStream::connect(addr)?;
+    let mut answer = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        conn.write_all(m)?;
+        if i + 1 < messages.len() {
+            // The proxy's answer to CONNECT: up to its blank line.
+            let mut byte = [0u8; 1];
+            while !answer.ends_with(b"\r\n\r\n") {
+                if conn.read(&mut byte)? == 0 {
+                    return Ok(answer);
+                }
+                answer.push(byte[0]);
+            }
+        }
+    }
+    conn.read_to_end(&mut answer)?;
+    Ok(answer)
 }
