@@ -209,6 +209,7 @@ impl Backend {
                     continue;
                 }
                 let (mut host, mut length, mut chunked) = (String::new(), 0usize, false);
+                let mut traceparent = String::new();
                 loop {
                     let mut h = String::new();
                     if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
@@ -217,6 +218,7 @@ impl Backend {
                     let (name, value) = h.split_once(':').unwrap_or((&h, ""));
                     match name.to_ascii_lowercase().as_str() {
                         "host" => host = value.trim().to_string(),
+                        "traceparent" => traceparent = format!(" traceparent={}", value.trim()),
                         "content-length" => length = value.trim().parse().unwrap_or(0),
                         "transfer-encoding" => chunked = value.trim() == "chunked",
                         _ => {}
@@ -235,7 +237,7 @@ impl Backend {
                 }
                 let mut words = line.split_whitespace();
                 let saw = format!(
-                    "{} {} host={host} body={}",
+                    "{} {} host={host}{traceparent} body={}",
                     words.next().unwrap_or(""),
                     words.next().unwrap_or(""),
                     String::from_utf8_lossy(&body)
@@ -401,6 +403,121 @@ fn native_cgi_requests_go_out_through_the_hosts_proxy() {
         ]
     );
     assert!(other.seen().is_empty(), "a host off the list was reached");
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
+/// Invocations are traced over OTLP (here JSON, to a collector the test
+/// runs): a server span below the client's `traceparent` with its phases,
+/// the function seeing that span as its `traceparent`, and an outgoing
+/// request a client span below it whose context reaches the backend. A
+/// collector that is down costs nothing but the spans.
+#[test]
+fn invocations_are_traced_over_otlp() {
+    let env = Env::new();
+    let (collector, backend) = (Backend::start(), Backend::start());
+    let dir = functions(&env);
+    manifest(&dir, "traced", &format!("program = {:?}\n", native_cgi()));
+    manifest(
+        &dir,
+        "tout",
+        &format!(
+            "module = {:?}\ninterface = \"http\"\nallowed_outbound_hosts = [\"http://127.0.0.1:{}\"]\n",
+            wasm_guest("http-hello.wasm"),
+            backend.port
+        ),
+    );
+    let endpoint = format!("http://127.0.0.1:{}", collector.port);
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+    ];
+    let mut s = Serve::start_with_env(&env, &dir, &[], &otel).unwrap();
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let parent = format!("00-{trace_id}-b7ad6b7169203331-01");
+    let seen = s
+        .client()
+        .request(
+            "GET",
+            "/traced/env?HTTP_TRACEPARENT",
+            &[("traceparent", &parent)],
+            b"",
+        )
+        .text();
+    let fields: Vec<&str> = seen.split('-').collect();
+    assert_eq!(fields.len(), 4, "{seen}");
+    assert_eq!(fields[1], trace_id, "the function is in the client's trace");
+    assert_ne!(
+        fields[2], "b7ad6b7169203331",
+        "the function's parent is the invocation span"
+    );
+    let invocation_span = fields[2].to_string();
+    let spec = format!("http://127.0.0.1:{}/traced-call", backend.port);
+    let r = s.client().request(
+        "POST",
+        "/tout/fetch",
+        &[("traceparent", &parent)],
+        spec.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+
+    // The exported spans, by name.
+    let mut spans = Vec::new();
+    for export in collector.seen() {
+        let body = export.split_once(" body=").unwrap().1;
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        for rs in v["resourceSpans"].as_array().unwrap() {
+            for ss in rs["scopeSpans"].as_array().unwrap() {
+                spans.extend(ss["spans"].as_array().unwrap().iter().cloned());
+            }
+        }
+    }
+    let named = |name: &str| -> Vec<&serde_json::Value> {
+        spans.iter().filter(|s| s["name"] == name).collect()
+    };
+    let server = named("GET traced");
+    assert_eq!(server.len(), 1, "{spans:#?}");
+    let server = server[0];
+    assert_eq!(server["traceId"], trace_id);
+    assert_eq!(server["parentSpanId"], "b7ad6b7169203331");
+    assert_eq!(server["spanId"], invocation_span.as_str());
+    for phase in ["queue", "envelope", "run"] {
+        assert!(
+            named(phase)
+                .iter()
+                .any(|p| p["parentSpanId"] == server["spanId"] && p["traceId"] == trace_id),
+            "no {phase} span below the invocation: {spans:#?}"
+        );
+    }
+    let wasm = named("POST tout");
+    assert_eq!(wasm.len(), 1, "{spans:#?}");
+    let outbound = named("GET outbound");
+    assert_eq!(outbound.len(), 1, "{spans:#?}");
+    assert_eq!(outbound[0]["parentSpanId"], wasm[0]["spanId"]);
+    assert_eq!(outbound[0]["traceId"], trace_id);
+    let backend_saw = backend.seen();
+    assert_eq!(backend_saw.len(), 1);
+    assert!(
+        backend_saw[0].contains(&format!(
+            "traceparent=00-{trace_id}-{}-01",
+            outbound[0]["spanId"].as_str().unwrap()
+        )),
+        "the backend is below the outgoing span: {backend_saw:?}"
+    );
+
+    // A collector that is down: requests are answered all the same.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoint = format!("http://{down}");
+    let otel = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    let mut s = Serve::start_with_env(&env, &dir, &[], &otel).unwrap();
+    for _ in 0..20 {
+        assert_eq!(s.get("/traced/env?HTTP_TRACEPARENT").status, 200);
+    }
     assert_eq!(s.stop(), Some(0));
     s.assert_clean(&env);
 }

@@ -40,6 +40,16 @@ impl Serve {
     /// `amphi --root ROOT serve --functions FUNCTIONS --listen 127.0.0.1:0`,
     /// up once it logs where it listens.
     pub fn start(env: &Env, functions: &Path, extra: &[&str]) -> Result<Serve, Failed> {
+        Serve::start_with_env(env, functions, extra, &[])
+    }
+
+    /// [`Serve::start`] with variables added to the server's environment.
+    pub fn start_with_env(
+        env: &Env,
+        functions: &Path,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Result<Serve, Failed> {
         let n = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -56,6 +66,7 @@ impl Serve {
             ])
             .args(["--work-dir", work_dir.to_str().unwrap()])
             .args(extra)
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()

@@ -21,6 +21,7 @@ pub mod keeper;
 pub mod metrics;
 mod outbound;
 pub mod server;
+pub mod trace;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -82,6 +83,10 @@ pub fn run(o: Options) -> Result<()> {
         plans.push(plan);
     }
     let keeper = Keeper::spawn(o.keepers, o.root.clone(), o.wasm_cache.clone(), plans)?;
+    if let Err(e) = trace::init() {
+        keeper.shutdown();
+        return Err(e);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -95,6 +100,7 @@ pub fn run(o: Options) -> Result<()> {
         },
     ));
     runtime.shutdown_timeout(Duration::from_secs(1));
+    trace::shutdown();
     drop(work);
     result
 }

@@ -63,11 +63,26 @@ pub(crate) async fn serve(func: Arc<Func>, stream: OwnedFd) {
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
 
-async fn proxy(func: Arc<Func>, req: Request<Incoming>) -> hyper::Response<WasiBody> {
+async fn proxy(func: Arc<Func>, mut req: Request<Incoming>) -> hyper::Response<WasiBody> {
     let f = &func.f;
     let uri = req.uri().clone();
     let method = req.method().to_string();
+    let span = crate::trace::outbound(&f.name, &method, &uri.to_string(), req.headers());
+    if let Some(tp) = span.as_ref().and_then(|s| s.traceparent().parse().ok()) {
+        // The backend's work is a child of this request's span.
+        req.headers_mut().insert("traceparent", tp);
+    }
+    let span = std::sync::Mutex::new(span);
     let log = |outcome: &'static str, detail: serde_json::Value| {
+        if let Some(span) = span.lock().expect("span").take() {
+            let status = detail["status"].as_u64().map(|s| s as u16);
+            let error = detail["error"].as_str().map(String::from);
+            span.end(
+                status,
+                vec![opentelemetry::KeyValue::new("amphi.outcome", outcome)],
+                error.as_deref(),
+            );
+        }
         func.metrics.outbound(outcome);
         let mut line = serde_json::json!({"msg": "outbound", "function": f.name, "method": method, "url": uri.to_string(), "outcome": outcome});
         if let (Some(line), Some(detail)) = (line.as_object_mut(), detail.as_object()) {

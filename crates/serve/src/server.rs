@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use amphi_function::{Function, Interface, METRICS_ROUTE};
 use anyhow::{Context, Result};
@@ -398,7 +398,12 @@ impl Server {
         };
         let started = Instant::now();
         let method = req.method().to_string();
-        let (response, record) = self.invoke(&func, req, remote).await;
+        let span = crate::trace::invocation(&func.f.name, &method, &path, req.headers());
+        let record = Record {
+            traceparent: span.as_ref().map(|s| s.traceparent()),
+            ..Record::default()
+        };
+        let (response, record) = self.invoke(&func, req, remote, record).await;
         let took = started.elapsed();
         func.metrics.response(response.status().as_u16(), took);
         let mut line = serde_json::json!({
@@ -410,16 +415,30 @@ impl Server {
             "executor": func.engine.name(),
             "cold": record.cold,
         });
-        if let Some(envelope) = record.envelope {
-            line["envelope"] = envelope.into();
+        if let Some(envelope) = &record.envelope {
+            line["envelope"] = envelope.as_str().into();
         }
-        if let Some(error) = record.error {
-            line["error"] = error.into();
+        if let Some(error) = &record.error {
+            line["error"] = error.as_str().into();
         }
         if !record.stderr.is_empty() {
             line["stderr"] = String::from_utf8_lossy(&record.stderr).into_owned().into();
         }
         log_line(line);
+        if let Some(span) = span {
+            for (name, from, to) in &record.phases {
+                span.phase(name, *from, *to);
+            }
+            let mut attributes = vec![opentelemetry::KeyValue::new("faas.coldstart", record.cold)];
+            if let Some(e) = &record.envelope {
+                attributes.push(opentelemetry::KeyValue::new("amphi.envelope", e.clone()));
+            }
+            span.end(
+                Some(response.status().as_u16()),
+                attributes,
+                record.error.as_deref(),
+            );
+        }
         response
     }
 
@@ -428,8 +447,8 @@ impl Server {
         func: &Arc<Func>,
         req: Request<Incoming>,
         remote: SocketAddr,
+        mut record: Record,
     ) -> (Response<Full<Bytes>>, Record) {
-        let mut record = Record::default();
         let f = &func.f;
         let too_large = |record: &mut Record| {
             func.metrics.error("too_large");
@@ -463,6 +482,7 @@ impl Server {
         };
 
         // Admission: a slot now, or a place in the bounded queue.
+        let queued = SystemTime::now();
         let _permit = match func.permits.try_acquire() {
             Ok(p) => p,
             Err(_) => {
@@ -486,6 +506,7 @@ impl Server {
                 p
             }
         };
+        record.phases.push(("queue", queued, SystemTime::now()));
         func.metrics.in_flight.fetch_add(1, Ordering::AcqRel);
         let result = self
             .run_invocation(func, &parts, body, remote, &mut record)
@@ -507,6 +528,7 @@ impl Server {
         record: &mut Record,
     ) -> Response<Full<Bytes>> {
         let f = &func.f;
+        let asked = SystemTime::now();
         let acquired = if f.strict() {
             self.strict_envelope(func).await
         } else {
@@ -526,10 +548,12 @@ impl Server {
                 );
             }
         };
+        record.phases.push(("envelope", asked, SystemTime::now()));
         record.envelope = Some(envelope.id.clone());
-        let headers: Vec<(String, String)> = parts
+        let mut headers: Vec<(String, String)> = parts
             .headers
             .iter()
+            .filter(|(k, _)| record.traceparent.is_none() || *k != "traceparent")
             .map(|(k, v)| {
                 (
                     k.as_str().to_string(),
@@ -537,6 +561,10 @@ impl Server {
                 )
             })
             .collect();
+        // The function's work is a child of the invocation span.
+        if let Some(tp) = &record.traceparent {
+            headers.push(("traceparent".into(), tp.clone()));
+        }
         let (env, head) = match f.interface {
             Interface::Cgi => {
                 let local = *self.local.lock().expect("local");
@@ -572,7 +600,9 @@ impl Server {
                 )
             }
         };
+        let running = SystemTime::now();
         let outcome = self.call(&envelope, env, head, body, f.timeout).await;
+        record.phases.push(("run", running, SystemTime::now()));
         if f.strict() {
             self.retire(func, envelope);
         }
@@ -751,6 +781,10 @@ struct Record {
     envelope: Option<String>,
     error: Option<String>,
     stderr: Vec<u8>,
+    /// The invocation span's, for the function (when tracing).
+    traceparent: Option<String>,
+    /// Phases of the invocation with their times, for its trace.
+    phases: Vec<(&'static str, SystemTime, SystemTime)>,
 }
 
 /// One JSON line on stderr.

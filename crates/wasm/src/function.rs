@@ -632,6 +632,8 @@ async fn respond(
         request = request.header(k.as_str(), v.as_str());
     }
     let request = request.body(Full::new(body))?;
+    // What this request's outgoing requests carry unless the guest says.
+    store.data_mut().hooks.traceparent = request.headers().get("traceparent").cloned();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let req = store
         .data_mut()

@@ -43,18 +43,26 @@ const GUEST_DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 #[derive(Clone, Default)]
 pub struct Hooks {
     pub(crate) dial: Option<Dialer>,
+    /// The W3C trace context of the request being handled, given to its
+    /// outgoing requests that have none (the host's trace links them).
+    pub(crate) traceparent: Option<http::HeaderValue>,
 }
 
 impl WasiHttpHooks for Hooks {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _response_done: Pending,
     ) -> Box<
         dyn Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, Pending)>> + Send,
     > {
         let dial = self.dial.clone();
+        if let Some(tp) = &self.traceparent {
+            if !request.headers().contains_key("traceparent") {
+                request.headers_mut().insert("traceparent", tp.clone());
+            }
+        }
         Box::new(async move {
             let dial = dial.ok_or(Error::HttpRequestDenied)?;
             let connect = options

@@ -4,7 +4,7 @@
 //! invocation sees of /tmp while it writes there, `/sleep?MS`, `/alloc?MIB`,
 //! `/crash`, `/status?CODE`, `/location` and `/garbage` exercise the host,
 //! `/self` shows the invocation's credentials and user namespace (native
-//! only: /proc), `/read?PATH` whether it may read a file, `/fetch?URL` a
+//! only: /proc), `/env?NAME` a variable, `/read?PATH` whether it may read a file, `/fetch?URL` a
 //! GET of an http URL through `http_proxy` and `/tunnel?HOST:PORT/PATH` a
 //! GET through a CONNECT tunnel of `https_proxy` (native only: sockets).
 use std::io::{Read, Write};
@@ -102,6 +102,9 @@ fn main() {
                 Ok(answer) => out.write_all(&answer).unwrap(),
                 Err(e) => write!(out, "error: {e}").unwrap(),
             }
+        }
+        "/env" => {
+            write!(out, "Content-Type: text/plain\n\n{}", var(&query)).unwrap();
         }
         "/read" => {
             write!(out, "Content-Type: text/plain\n\n").unwrap();
