@@ -442,11 +442,12 @@ fn serve_table(md: &mut String, sv: &Value, o: &Opts) -> Result<()> {
     let r = &sv["ratios"];
     write!(
         md,
-        "\nRatios: wasm/native requests/s (warm) {:.2}; wasm/native p50 (cold) {:.2}; strict with pool / without, requests/s {:.2}; wasi:http reuse / instance, requests/s {:.2}; with a user namespace / without, requests/s (strict, no pool) {:.2}, p50 (native cold) {:.2}; a keeper per CPU / one keeper, requests/s (strict, no pool) {:.2}",
+        "\nRatios: wasm/native requests/s (warm) {:.2}; wasm/native p50 (cold) {:.2}; strict with pool / without, requests/s {:.2}; wasi:http reuse / instance, requests/s {:.2}; with a user namespace / without, requests/s (warm) {:.2}, (strict, no pool) {:.2}, p50 (native cold) {:.2}; a keeper per CPU / one keeper, requests/s (strict, no pool) {:.2}",
         f(&r["wasm_over_native_rps_warm"]),
         f(&r["wasm_over_native_p50_cold"]),
         f(&r["strict_pool_over_nopool_rps"]),
         f(&r["http_reuse_over_instance_rps"]),
+        f(&r["userns_over_hostns_rps_warm"]),
         f(&r["userns_over_hostns_rps_strict"]),
         f(&r["userns_over_hostns_p50_cold"]),
         f(&r["keepers_over_one_rps_strict"])

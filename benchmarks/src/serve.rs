@@ -215,8 +215,13 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             format!("module = {cgi_wasm:?}"),
             "isolation = \"envelope\"\npool = 0\n",
         ),
-        // What a user namespace per function costs: where envelopes are
-        // made per request.
+        // What a user namespace per function costs: per warm request, and
+        // where envelopes are made per request.
+        (
+            "wasm-hostns",
+            format!("module = {cgi_wasm:?}"),
+            "user_namespace = false\n",
+        ),
         (
             "wasm-strict-nopool-hostns",
             format!("module = {cgi_wasm:?}"),
@@ -242,6 +247,7 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
         ("native", "/native"),
         ("http", "/http"),
         ("http-reuse", "/http-reuse"),
+        ("wasm-hostns", "/wasm-hostns"),
     ];
     let mut warm_loads: Vec<Vec<Load>> = warm.iter().map(|_| Vec::new()).collect();
     for (_, path) in &warm {
@@ -272,6 +278,11 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             "amphi serve, wasi:http (warm, isolation reuse)",
             "component instance kept for up to 1000 requests, envelope shared",
             &warm_loads[3],
+        ),
+        row(
+            "amphi serve, wasm CGI (warm, no user namespace)",
+            "module instance per request, envelope shared, in the host's user namespace",
+            &warm_loads[4],
         ),
     ];
 
@@ -381,6 +392,7 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
         "wasm_over_native_p50_cold": p50("wasm CGI (cold)") / p50("native CGI (cold)"),
         "strict_pool_over_nopool_rps": rps("wasm CGI (strict, pool 8)") / rps("wasm CGI (strict, no pool)"),
         "http_reuse_over_instance_rps": rps("wasi:http (warm, isolation reuse)") / rps("wasi:http (warm)"),
+        "userns_over_hostns_rps_warm": rps("wasm CGI (warm)") / rps("wasm CGI (warm, no user namespace)"),
         "userns_over_hostns_rps_strict": rps("wasm CGI (strict, no pool)") / rps("wasm CGI (strict, no pool, no user namespace)"),
         "userns_over_hostns_p50_cold": p50("native CGI (cold)") / p50("native CGI (cold, no user namespace)"),
         "keepers_over_one_rps_strict": rps("wasm CGI (strict, no pool)") / rps("wasm CGI (strict, no pool, 1 keeper)"),
