@@ -493,6 +493,14 @@ fn invocations_are_traced_over_otlp() {
     }
     let wasm = named("POST tout");
     assert_eq!(wasm.len(), 1, "{spans:#?}");
+    for phase in ["queue", "envelope", "run", "instance", "guest"] {
+        assert!(
+            named(phase)
+                .iter()
+                .any(|p| p["parentSpanId"] == wasm[0]["spanId"]),
+            "no {phase} span below the wasm invocation: {spans:#?}"
+        );
+    }
     let outbound = named("GET outbound");
     assert_eq!(outbound.len(), 1, "{spans:#?}");
     assert_eq!(outbound[0]["parentSpanId"], wasm[0]["spanId"]);

@@ -632,6 +632,15 @@ impl Server {
                 stderr,
             } => {
                 record.stderr = stderr;
+                let at = |ns: u64| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns);
+                for (name, from, to) in done.iter().flat_map(|d| &d.phases) {
+                    let name = match name.as_str() {
+                        "instance" => "instance",
+                        "guest" => "guest",
+                        _ => continue,
+                    };
+                    record.phases.push((name, at(*from), at(*to)));
+                }
                 self.respond(func, done, stdout, record)
             }
         }

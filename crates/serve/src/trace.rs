@@ -3,7 +3,8 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; `OTEL_EXPORTER_OTLP_PROTOCOL`
 //! `http/protobuf` or `http/json`). An invocation is a server span, the
 //! child of the request's W3C `traceparent` if it has one, with a span per
-//! phase (queue, envelope, run); the function gets the invocation span as
+//! phase (queue, envelope, run; for wasm, instance and guest as the
+//! worker timed them); the function gets the invocation span as
 //! its `traceparent` (CGI `HTTP_TRACEPARENT`, the `wasi:http` request
 //! header), and an outgoing request is a client span below whatever
 //! `traceparent` it carries. Spans are exported in batches from a thread of

@@ -69,6 +69,10 @@ pub struct Done {
     pub exit: Option<i32>,
     pub signal: Option<i32>,
     pub error: Option<String>,
+    /// Timed steps in the worker (wasm: instance, guest), as names and
+    /// nanoseconds since the epoch, for the invocation's trace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<(String, u64, u64)>,
 }
 
 /// What the worker runs per invocation.
@@ -329,6 +333,7 @@ impl Worker {
                             exit: None,
                             signal: None,
                             error: Some("invocation without its sockets".into()),
+                            phases: Vec::new(),
                         });
                         continue;
                     };
@@ -348,6 +353,7 @@ impl Worker {
                             exit: None,
                             signal: None,
                             error: Some(format!("fork: {e}")),
+                            phases: Vec::new(),
                         }),
                     }
                 }
@@ -384,6 +390,7 @@ impl Worker {
                     exit,
                     signal,
                     error: None,
+                    phases: Vec::new(),
                 });
             }
         }
@@ -472,6 +479,7 @@ impl InProcess {
             exit,
             signal,
             error,
+            phases: Vec::new(),
         };
         let mut fds = fds.into_iter();
         let (Some(io), Some(err)) = (fds.next(), fds.next()) else {
@@ -538,7 +546,20 @@ impl InProcess {
                 let _ = io.write_all(&o.stdout).await;
                 let _ = io.shutdown().await;
                 let _ = err.write_all(&o.stderr).await;
-                report(Some(o.exit), None, None)
+                let since_epoch = |t: std::time::SystemTime| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64)
+                };
+                Done {
+                    phases: o
+                        .phases
+                        .iter()
+                        .map(|(name, from, to)| {
+                            (name.to_string(), since_epoch(*from), since_epoch(*to))
+                        })
+                        .collect(),
+                    ..report(Some(o.exit), None, None)
+                }
             }
         }
     }

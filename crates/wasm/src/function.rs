@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use amphi_core::executor::PrepareContext;
 use amphi_core::Result;
@@ -122,6 +122,23 @@ pub struct Outcome {
     pub exit: i32,
     pub stdout: Bytes,
     pub stderr: Bytes,
+    /// When the instance was made and the guest ran (for traces).
+    pub phases: Vec<Phase>,
+}
+
+/// A timed step of an invocation: `instance` (instantiation) or `guest`.
+pub type Phase = (&'static str, SystemTime, SystemTime);
+
+/// Time `step` as phase `name`, whether it succeeds or not.
+async fn timed<T>(
+    phases: &mut Vec<Phase>,
+    name: &'static str,
+    step: impl std::future::Future<Output = T>,
+) -> T {
+    let from = SystemTime::now();
+    let out = step.await;
+    phases.push((name, from, SystemTime::now()));
+    out
 }
 
 struct P1State {
@@ -355,7 +372,8 @@ impl Function {
         }
         let stdout = MemoryOutputPipe::new(MAX_STDOUT);
         let stderr = MemoryOutputPipe::new(MAX_STDERR);
-        let (exit, response) = match self.run(&inv, &stdout, &stderr).await {
+        let mut phases = Vec::new();
+        let (exit, response) = match self.run(&inv, &stdout, &stderr, &mut phases).await {
             Ok(r) => r,
             Err(e) => match e.downcast_ref::<I32Exit>() {
                 Some(I32Exit(code)) => (*code, None),
@@ -365,6 +383,7 @@ impl Function {
                         exit: TRAP_EXIT,
                         stdout: stdout.contents(),
                         stderr: [stderr.contents(), Bytes::from(note)].concat().into(),
+                        phases,
                     };
                 }
             },
@@ -373,6 +392,7 @@ impl Function {
             exit,
             stdout: response.unwrap_or_else(|| stdout.contents()),
             stderr: stderr.contents(),
+            phases,
         }
     }
 
@@ -385,7 +405,8 @@ impl Function {
         pre: &ProxyPre<P2State>,
         inv: Invocation,
     ) -> Outcome {
-        let failed = |stderr: Bytes, e: wasmtime::Error| Outcome {
+        let mut phases = Vec::new();
+        let failed = |stderr: Bytes, e: wasmtime::Error, phases: Vec<Phase>| Outcome {
             exit: TRAP_EXIT,
             stdout: Bytes::new(),
             stderr: [
@@ -394,22 +415,29 @@ impl Function {
             ]
             .concat()
             .into(),
+            phases,
         };
         let idle = reuse.idle.lock().expect("reuse pool").pop();
         let mut warm = match idle {
             Some(w) => w,
-            None => match self.warm(reuse, pre, &inv).await {
+            None => match timed(&mut phases, "instance", self.warm(reuse, pre, &inv)).await {
                 Ok(w) => w,
-                Err(e) => return failed(Bytes::new(), e),
+                Err(e) => return failed(Bytes::new(), e, phases),
             },
         };
         let Some(head) = inv.head.as_ref() else {
             return failed(
                 Bytes::new(),
                 wasmtime::Error::msg("http invocation without a request head"),
+                phases,
             );
         };
-        let result = respond(&mut warm.store, &warm.proxy, head, inv.body).await;
+        let result = timed(
+            &mut phases,
+            "guest",
+            respond(&mut warm.store, &warm.proxy, head, inv.body),
+        )
+        .await;
         let all = warm.stderr.contents();
         let stderr = all.slice(warm.stderr_seen.min(all.len())..);
         warm.stderr_seen = all.len();
@@ -423,9 +451,10 @@ impl Function {
                     exit: 0,
                     stdout: response,
                     stderr,
+                    phases,
                 }
             }
-            Err(e) => failed(stderr, e),
+            Err(e) => failed(stderr, e, phases),
         }
     }
 
@@ -485,6 +514,7 @@ impl Function {
         inv: &Invocation,
         stdout: &MemoryOutputPipe,
         stderr: &MemoryOutputPipe,
+        phases: &mut Vec<Phase>,
     ) -> wasmtime::Result<(i32, Option<Bytes>)> {
         let mut wasi = self
             .wasi(inv, stdout, stderr)
@@ -501,23 +531,29 @@ impl Function {
                 );
                 store.limiter(|s| &mut s.limits);
                 store.epoch_deadline_async_yield_and_update(1);
-                let instance = pre.instantiate_async(&mut store).await?;
+                let instance = timed(phases, "instance", pre.instantiate_async(&mut store)).await?;
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-                start.call_async(&mut store, ()).await?;
+                timed(phases, "guest", start.call_async(&mut store, ())).await?;
                 Ok((0, None))
             }
             Linked::Command(pre) => {
                 let mut store = self.p2_store(wasi.build(), limits);
-                let cmd = pre.instantiate_async(&mut store).await?;
-                let r = cmd.wasi_cli_run().call_run(&mut store).await?;
+                let cmd = timed(phases, "instance", pre.instantiate_async(&mut store)).await?;
+                let r = timed(phases, "guest", cmd.wasi_cli_run().call_run(&mut store)).await?;
                 Ok((if r.is_ok() { 0 } else { 1 }, None))
             }
             Linked::Proxy(pre) => {
                 let head = inv.head.as_ref().ok_or_else(|| {
                     wasmtime::Error::msg("http invocation without a request head")
                 })?;
-                let store = self.p2_store(wasi.build(), limits);
-                let response = proxy(pre.clone(), store, head, inv.body.clone()).await?;
+                let mut store = self.p2_store(wasi.build(), limits);
+                let proxy = timed(phases, "instance", pre.instantiate_async(&mut store)).await?;
+                let response = timed(
+                    phases,
+                    "guest",
+                    respond(&mut store, &proxy, head, inv.body.clone()),
+                )
+                .await?;
                 Ok((0, Some(response)))
             }
         }
@@ -603,18 +639,6 @@ where
             .await
     };
     Ok((guest, rx))
-}
-
-/// One request through a fresh instance of a proxy component; the
-/// response as CGI output.
-async fn proxy(
-    pre: ProxyPre<P2State>,
-    mut store: Store<P2State>,
-    head: &RequestHead,
-    body: Bytes,
-) -> wasmtime::Result<Bytes> {
-    let proxy = pre.instantiate_async(&mut store).await?;
-    respond(&mut store, &proxy, head, body).await
 }
 
 /// One request through an instance of a proxy component; the response as
