@@ -4,7 +4,7 @@
 //! pivot_root, mount /proc, exec /bin/true, wait, remove the cgroups.
 
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -86,27 +86,14 @@ pub fn once(rootfs: &Path, rel: &str, layout: Layout) -> Result<Duration> {
         }
         _ => None,
     };
-    let mut args = CloneArgs {
-        flags: flags as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        ..CloneArgs::default()
-    };
-    if let Some(cg) = &unified {
-        args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = cg.as_raw_fd() as u64;
-    }
-    // SAFETY: fork-like clone3 (no CLONE_VM) from a single-threaded process,
-    // with an argument struct that outlives the call.
+    // SAFETY: the benchmark is single-threaded here, as fork needs.
     let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
+        amphi_core::launch::clone3(
+            nix::sched::CloneFlags::from_bits_retain(flags),
+            unified.as_ref().map(|cg| cg.as_fd()),
         )
-    } as i32;
-    if pid < 0 {
-        bail!("clone: {}", std::io::Error::last_os_error());
     }
+    .context("clone3")?;
     if pid == 0 {
         // SAFETY: plain syscalls on valid C strings; any failure exits 127.
         unsafe {
@@ -192,25 +179,6 @@ pub fn once(rootfs: &Path, rel: &str, layout: Layout) -> Result<Duration> {
         bail!("the floor's container failed (status {status:#x})");
     }
     Ok(elapsed)
-}
-
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
-/// The kernel's `struct clone_args` (version 2, with `cgroup`).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
 }
 
 /// Every directory is in a v1 hierarchy (controllers named).

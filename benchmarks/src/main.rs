@@ -429,26 +429,32 @@ fn shim_group(w: &World, o: &Opts) -> Result<Value> {
         ),
         ("amphi shim, wasm", RUNTIME, WASM, &[]),
     ];
+    // `ctr run --rm` of variant `v` as task `id`, in a cgroup of its own.
+    let run_task = |v: usize, id: &str| -> Result<()> {
+        let (_, runtime, image, args) = variants[v];
+        let cg = c.cgroup(id);
+        let mut a = vec![
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--cgroup",
+            &cg,
+            image,
+            id,
+        ];
+        a.extend(args.iter());
+        let out = c.ctr(&a);
+        anyhow::ensure!(out.code == 0, "ctr {a:?}: {}", out.stderr.trim());
+        Ok(())
+    };
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 0..(o.warmup + o.runs) {
-        for (k, (_, runtime, image, args)) in variants.iter().enumerate() {
-            let id = format!("b{k}-{round}");
-            let cg = c.cgroup(&id);
-            let mut a = vec![
-                "run",
-                "--rm",
-                "--runtime",
-                runtime,
-                "--cgroup",
-                &cg,
-                image,
-                &id,
-            ];
-            a.extend(args.iter());
+        for (k, sample) in samples.iter_mut().enumerate() {
             let t = Instant::now();
-            c.ok(&a);
+            run_task(k, &format!("b{k}-{round}"))?;
             if round >= o.warmup {
-                samples[k].push(ms(t.elapsed()));
+                sample.push(ms(t.elapsed()));
             }
         }
     }
@@ -471,23 +477,7 @@ fn shim_group(w: &World, o: &Opts) -> Result<Value> {
     // containerd, the shims and the runtimes together.
     let names: Vec<&str> = variants.iter().map(|(name, ..)| *name).collect();
     let parallel = throughput::table(o, &names, |v, streams, round, k, i| {
-        let (_, runtime, image, args) = variants[v];
-        let id = format!("p{v}-{streams}-{round}-{k}-{i}");
-        let cg = c.cgroup(&id);
-        let mut a = vec![
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            "--cgroup",
-            &cg,
-            image,
-            &id,
-        ];
-        a.extend(args.iter());
-        let out = c.ctr(&a);
-        anyhow::ensure!(out.code == 0, "ctr {a:?}: {}", out.stderr.trim());
-        Ok(())
+        run_task(v, &format!("p{v}-{streams}-{round}-{k}-{i}"))
     })?;
     let base = samples[0].clone();
     let rows: Vec<Value> = variants

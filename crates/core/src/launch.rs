@@ -6,7 +6,7 @@
 //! container costs one clone (two when namespaces are joined by path) and a
 //! handful of messages.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use nix::fcntl::{open, OFlag};
@@ -132,6 +132,26 @@ pub struct LaunchConfig<'a> {
 /// `cgroup`. Ok(None) where the kernel has no clone3 or cannot place it so
 /// (then the caller clones and migrates the child itself).
 fn clone_into_cgroup(flags: CloneFlags, cgroup: &OwnedFd) -> Result<Option<i32>> {
+    // SAFETY: amphi clones its init only while single-threaded.
+    match unsafe { clone3(flags, Some(cgroup.as_fd())) } {
+        Ok(pid) => Ok(Some(pid)),
+        Err(nix::Error::ENOSYS | nix::Error::E2BIG | nix::Error::EINVAL) => Ok(None),
+        Err(e) => Err(Error::sys(
+            format!("clone3({flags:?}, CLONE_INTO_CGROUP)"),
+            e,
+        )),
+    }
+}
+
+/// clone3(2), fork-like (no CLONE_VM, no stack of its own), with namespace
+/// `flags` and, given a cgroup directory, the child born in that cgroup
+/// (CLONE_INTO_CGROUP). Returns 0 in the child.
+///
+/// # Safety
+/// As for fork: the caller must be single-threaded (the child continues on
+/// a copy of this stack, and no other thread's locks come with it).
+pub unsafe fn clone3(flags: CloneFlags, cgroup: Option<BorrowedFd>) -> nix::Result<i32> {
+    /// The kernel's `struct clone_args`, version 2 (with `cgroup`).
     #[repr(C)]
     #[derive(Default)]
     struct CloneArgs {
@@ -148,13 +168,17 @@ fn clone_into_cgroup(flags: CloneFlags, cgroup: &OwnedFd) -> Result<Option<i32>>
         cgroup: u64,
     }
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-    let args = CloneArgs {
-        flags: flags.bits() as u32 as u64 | CLONE_INTO_CGROUP,
+    let mut args = CloneArgs {
+        flags: flags.bits() as u32 as u64,
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
         ..Default::default()
     };
-    // SAFETY: as for `clone`; the kernel copies `args`.
+    if let Some(cg) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = cg.as_raw_fd() as u64;
+    }
+    // SAFETY: the caller upholds fork's contract; the kernel copies
+    // `args`, which outlives the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -162,14 +186,7 @@ fn clone_into_cgroup(flags: CloneFlags, cgroup: &OwnedFd) -> Result<Option<i32>>
             std::mem::size_of::<CloneArgs>(),
         )
     };
-    match (r, nix::Error::last()) {
-        (r, _) if r >= 0 => Ok(Some(r as i32)),
-        (_, nix::Error::ENOSYS | nix::Error::E2BIG | nix::Error::EINVAL) => Ok(None),
-        (_, e) => Err(Error::sys(
-            format!("clone3({flags:?}, CLONE_INTO_CGROUP)"),
-            e,
-        )),
-    }
+    nix::Error::result(r).map(|pid| pid as i32)
 }
 
 /// fork(2) with namespace flags. The caller must be single-threaded: the
