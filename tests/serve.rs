@@ -427,6 +427,17 @@ fn invocations_are_traced_over_otlp() {
             backend.port
         ),
     );
+    // Served by its worker on a port of its own: the worker names the
+    // span the server exports afterwards.
+    manifest(
+        &dir,
+        "tport",
+        &format!(
+            "module = {:?}\ninterface = \"http\"\nlisten = \"127.0.0.1:0\"\nallowed_outbound_hosts = [\"http://127.0.0.1:{}\"]\n",
+            wasm_guest("http-hello.wasm"),
+            backend.port
+        ),
+    );
     let endpoint = format!("http://127.0.0.1:{}", collector.port);
     let otel = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
@@ -456,6 +467,14 @@ fn invocations_are_traced_over_otlp() {
     let r = s.client().request(
         "POST",
         "/tout/fetch",
+        &[("traceparent", &parent)],
+        spec.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let spec = format!("http://127.0.0.1:{}/port-call", backend.port);
+    let r = amphi_tests::serve::Client::new(s.port_of("tport")).request(
+        "POST",
+        "/tport/fetch",
         &[("traceparent", &parent)],
         spec.as_bytes(),
     );
@@ -501,19 +520,37 @@ fn invocations_are_traced_over_otlp() {
             "no {phase} span below the wasm invocation: {spans:#?}"
         );
     }
+    let port = named("POST tport");
+    assert_eq!(port.len(), 1, "{spans:#?}");
+    assert_eq!(port[0]["traceId"], trace_id);
+    assert_eq!(port[0]["parentSpanId"], "b7ad6b7169203331");
+    for phase in ["queue", "run", "instance", "guest"] {
+        assert!(
+            named(phase)
+                .iter()
+                .any(|p| p["parentSpanId"] == port[0]["spanId"]),
+            "no {phase} span below the port's invocation: {spans:#?}"
+        );
+    }
     let outbound = named("GET outbound");
-    assert_eq!(outbound.len(), 1, "{spans:#?}");
-    assert_eq!(outbound[0]["parentSpanId"], wasm[0]["spanId"]);
-    assert_eq!(outbound[0]["traceId"], trace_id);
+    assert_eq!(outbound.len(), 2, "{spans:#?}");
     let backend_saw = backend.seen();
-    assert_eq!(backend_saw.len(), 1);
-    assert!(
-        backend_saw[0].contains(&format!(
+    assert_eq!(backend_saw.len(), 2);
+    for invocation in [wasm[0], port[0]] {
+        let out = outbound
+            .iter()
+            .find(|o| o["parentSpanId"] == invocation["spanId"])
+            .unwrap_or_else(|| panic!("no outgoing span below {invocation}: {spans:#?}"));
+        assert_eq!(out["traceId"], trace_id);
+        let below = format!(
             "traceparent=00-{trace_id}-{}-01",
-            outbound[0]["spanId"].as_str().unwrap()
-        )),
-        "the backend is below the outgoing span: {backend_saw:?}"
-    );
+            out["spanId"].as_str().unwrap()
+        );
+        assert!(
+            backend_saw.iter().any(|b| b.contains(&below)),
+            "the backend is below the outgoing span: {backend_saw:?}"
+        );
+    }
 
     // A collector that is down: requests are answered all the same.
     let down = std::net::TcpListener::bind("127.0.0.1:0")
@@ -746,6 +783,182 @@ fn concurrent_invocations_do_not_share_a_filesystem_write() {
         envelopes[0], envelopes[1],
         "both invocations shared one envelope"
     );
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
+/// The inode of the host-side socket of a TCP connection on loopback
+/// (`local` is that socket's port, `remote` its peer's), from the test's
+/// network namespace, which is the server's.
+fn tcp_socket_inode(local: u16, remote: u16) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap(), 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (port(f[1]) == Some(local) && port(f[2]) == Some(remote)).then(|| f[9].to_string())
+    })
+}
+
+fn holds_socket(pid: i64, inode: &str) -> bool {
+    let want = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == want))
+}
+
+fn envelope_pid(env: &Env, id: &str) -> i64 {
+    let state = env.amphi(&["state", id]);
+    state.ok();
+    let state: serde_json::Value = serde_json::from_str(&state.stdout).unwrap();
+    state["pid"].as_i64().unwrap()
+}
+
+/// A function with a port of its own (`listen`) is served by the worker
+/// in its envelope: the accepted connection is the worker's and never the
+/// server's; the function's limits hold there as on the server's port;
+/// the server still logs and counts each request, scales the function to
+/// zero and hands the port to the next envelope, also after a worker dies.
+#[test]
+fn a_function_with_its_own_port_is_served_by_its_envelope() {
+    use std::io::{Read, Write};
+    let env = Env::new();
+    let dir = functions(&env);
+    manifest(
+        &dir,
+        "w",
+        &format!(
+            "module = {:?}\nlisten = \"127.0.0.1:0\"\ntimeout = \"1s\"\nmax_body = 1000\nmemory = \"96Mi\"\n",
+            wasm_guest("cgi.wasm")
+        ),
+    );
+    manifest(
+        &dir,
+        "http",
+        &format!(
+            "module = {:?}\ninterface = \"http\"\nlisten = \"127.0.0.1:0\"\nidle = \"1s\"\n",
+            wasm_guest("http-hello.wasm")
+        ),
+    );
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    let (w, http) = (s.port_of("w"), s.port_of("http"));
+    let on = amphi_tests::serve::Client::new;
+
+    // Who holds the connection: a keep-alive request, then the socket's
+    // owner while the connection is still open.
+    let mut conn = std::net::TcpStream::connect(http).unwrap();
+    conn.write_all(b"GET /http/hi HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("body=0") {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    let client_port = conn.local_addr().unwrap().port();
+    let inode = tcp_socket_inode(http.port(), client_port).expect("the accepted socket");
+    let envelopes = s.envelopes(&env);
+    let http_envelope = envelopes.iter().find(|id| id.contains("-http-")).unwrap();
+    let worker = envelope_pid(&env, http_envelope);
+    assert!(
+        holds_socket(worker, &inode),
+        "the worker has the connection"
+    );
+    assert!(!holds_socket(s.pid.into(), &inode), "the server does not");
+    drop(conn);
+
+    // The same function at its route on the server's port, and the same
+    // answer on its own.
+    assert_eq!(
+        on(w).request("GET", "/w", &[], b"").text(),
+        s.get("/w").text()
+    );
+    assert_eq!(on(w).request("GET", "/elsewhere", &[], b"").status, 404);
+
+    // The function's limits, on its port.
+    let r = on(w).request("GET", "/w/sleep?20000", &[], b"");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(on(w).request("GET", "/w/crash", &[], b"").status, 502);
+    assert_eq!(
+        on(w).request("POST", "/w/echo", &[], &[b'x'; 1001]).status,
+        413
+    );
+    assert_eq!(on(w).request("GET", "/w", &[], b"").status, 200);
+    // The worker reports requests after answering them.
+    let wants = [
+        "amphi_requests_total{function=\"w\",code=\"200\"} 3",
+        "amphi_requests_total{function=\"w\",code=\"504\"} 1",
+        "amphi_errors_total{function=\"w\",kind=\"timeout\"} 1",
+        "amphi_errors_total{function=\"w\",kind=\"too_large\"} 1",
+        "amphi_errors_total{function=\"w\",kind=\"crash\"} 1",
+    ];
+    let mut m = String::new();
+    assert!(
+        wait_for(10, || {
+            m = s.get("/metrics").text();
+            wants.iter().all(|w| m.contains(w))
+        }),
+        "{wants:?} not all in:\n{m}"
+    );
+    let logged = || -> Vec<serde_json::Value> {
+        s.log()
+            .into_iter()
+            .filter(|l| l["function"] == "w" && l["status"].is_u64())
+            .collect()
+    };
+    assert!(
+        wait_for(10, || logged().len() == 6),
+        "one line per request: {:?}",
+        logged()
+    );
+    let logged = logged();
+    assert!(logged
+        .iter()
+        .any(|l| l["error"].as_str().is_some_and(|e| e.contains("timed out"))));
+    // The timed-out guest is gone: nothing runs in the envelope but its
+    // worker.
+    let w_envelope = s
+        .envelopes(&env)
+        .into_iter()
+        .find(|id| id.contains("-w-"))
+        .unwrap();
+    let pids = env.amphi(&["ps", "--format", "json", &w_envelope]);
+    pids.ok();
+    let pids: Vec<i64> = serde_json::from_str(&pids.stdout).unwrap();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+
+    // Idle: the port's envelope goes; a connection brings a new one.
+    assert!(
+        wait_for(20, || !s
+            .envelopes(&env)
+            .iter()
+            .any(|id| id.contains("-http-"))),
+        "the idle function's envelope is still there"
+    );
+    assert_eq!(on(http).request("GET", "/http/again", &[], b"").status, 200);
+    let cold = || {
+        s.log()
+            .into_iter()
+            .filter(|l| l["function"] == "http" && l["cold"] == true)
+            .count()
+    };
+    assert!(wait_for(10, || cold() == 1), "one cold start: {}", cold());
+
+    // A worker killed: the next connection gets a new envelope.
+    let pid = envelope_pid(&env, &w_envelope);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        wait_for(20, || !s.envelopes(&env).contains(&w_envelope)),
+        "the dead envelope is removed"
+    );
+    assert_eq!(on(w).request("GET", "/w", &[], b"").status, 200);
     assert_eq!(s.stop(), Some(0));
     s.assert_clean(&env);
 }
@@ -984,6 +1197,21 @@ fn bad_manifests_and_bundles_stop_start_up_with_the_function_and_field_named() {
             vec!["function outboundcgi: allowed_outbound_hosts", "CGI"],
         ),
         (
+            "badport",
+            format!("module = {module:?}\nlisten = \"8081\"\n"),
+            vec!["function badport: listen", "an address and port"],
+        ),
+        (
+            "strictport",
+            format!("module = {module:?}\nisolation = \"envelope\"\nlisten = \"127.0.0.1:0\"\n"),
+            vec!["function strictport: listen", "envelope"],
+        ),
+        (
+            "nativeport",
+            format!("program = {:?}\nlisten = \"127.0.0.1:0\"\n", native_cgi()),
+            vec!["function nativeport: listen", "wasm"],
+        ),
+        (
             "badlevel",
             format!("module = {module:?}\nisolation = \"shared\"\n"),
             vec![
@@ -999,6 +1227,26 @@ fn bad_manifests_and_bundles_stop_start_up_with_the_function_and_field_named() {
         manifest(&dir, name, &text);
         fails_to_start(&env, &dir, &needles);
     }
+    // A port already taken, and one given twice.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap();
+    let dir = env.tmp.path().join("fn-port-taken");
+    manifest(&dir, "good", &format!("module = {module:?}\n"));
+    manifest(
+        &dir,
+        "busy",
+        &format!("module = {module:?}\nlisten = \"{taken}\"\n"),
+    );
+    fails_to_start(&env, &dir, &["function busy: listen", &taken.to_string()]);
+    let dir = env.tmp.path().join("fn-port-twice");
+    for name in ["a", "b"] {
+        manifest(
+            &dir,
+            name,
+            &format!("module = {module:?}\nlisten = \"{taken}\"\n"),
+        );
+    }
+    fails_to_start(&env, &dir, &["function b: listen", "function a listens"]);
     let dir = env.tmp.path().join("fn-dup");
     manifest(
         &dir,

@@ -442,11 +442,13 @@ fn serve_table(md: &mut String, sv: &Value, o: &Opts) -> Result<()> {
     let r = &sv["ratios"];
     write!(
         md,
-        "\nRatios: wasm/native requests/s (warm) {:.2}; wasm/native p50 (cold) {:.2}; strict with pool / without, requests/s {:.2}; wasi:http reuse / instance, requests/s {:.2}; with a user namespace / without, requests/s (warm) {:.2}, (strict, no pool) {:.2}, p50 (native cold) {:.2}; a keeper per CPU / one keeper, requests/s (strict, no pool) {:.2}",
+        "\nRatios: wasm/native requests/s (warm) {:.2}; wasm/native p50 (cold) {:.2}; strict with pool / without, requests/s {:.2}; wasi:http reuse / instance, requests/s {:.2}; own port / server's port, requests/s, wasi:http {:.2}, wasm CGI {:.2}; with a user namespace / without, requests/s (warm) {:.2}, (strict, no pool) {:.2}, p50 (native cold) {:.2}; a keeper per CPU / one keeper, requests/s (strict, no pool) {:.2}",
         f(&r["wasm_over_native_rps_warm"]),
         f(&r["wasm_over_native_p50_cold"]),
         f(&r["strict_pool_over_nopool_rps"]),
         f(&r["http_reuse_over_instance_rps"]),
+        f(&r["port_over_routed_rps_http"]),
+        f(&r["port_over_routed_rps_wasm_cgi"]),
         f(&r["userns_over_hostns_rps_warm"]),
         f(&r["userns_over_hostns_rps_strict"]),
         f(&r["userns_over_hostns_p50_cold"]),
@@ -455,8 +457,11 @@ fn serve_table(md: &mut String, sv: &Value, o: &Opts) -> Result<()> {
     if let Some(x) = r["amphi_http_over_wasmtime_serve_rps"].as_f64() {
         writeln!(
             md,
-            "; amphi wasi:http / wasmtime serve, requests/s {x:.2} (isolation instance), {:.2} (isolation reuse).",
-            f(&r["amphi_http_reuse_over_wasmtime_serve_rps"])
+            "; amphi / wasmtime serve, requests/s: wasi:http {x:.2} (isolation instance), {:.2} (isolation reuse); on the function's own port, wasi:http {:.2} (instance), {:.2} (reuse), wasm CGI {:.2}.",
+            f(&r["amphi_http_reuse_over_wasmtime_serve_rps"]),
+            f(&r["amphi_http_port_over_wasmtime_serve_rps"]),
+            f(&r["amphi_http_reuse_port_over_wasmtime_serve_rps"]),
+            f(&r["amphi_wasm_cgi_port_over_wasmtime_serve_rps"])
         )?;
     } else {
         writeln!(md, ".")?;

@@ -190,6 +190,22 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             format!("module = {http:?}\ninterface = \"http\""),
             "isolation = \"reuse\"\n",
         ),
+        // Served on ports of their own by the envelope's worker: no hop.
+        (
+            "wasm-port",
+            format!("module = {cgi_wasm:?}"),
+            "listen = \"127.0.0.1:0\"\n",
+        ),
+        (
+            "http-port",
+            format!("module = {http:?}\ninterface = \"http\""),
+            "listen = \"127.0.0.1:0\"\n",
+        ),
+        (
+            "http-reuse-port",
+            format!("module = {http:?}\ninterface = \"http\""),
+            "isolation = \"reuse\"\nlisten = \"127.0.0.1:0\"\n",
+        ),
         (
             "wasm-cold",
             format!("module = {cgi_wasm:?}"),
@@ -242,20 +258,24 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
 
     // Warm: a fresh instance (wasm) or process (native) per request in a
     // warm envelope.
+    let routed = serve.addr;
     let warm = [
-        ("wasm", "/wasm"),
-        ("native", "/native"),
-        ("http", "/http"),
-        ("http-reuse", "/http-reuse"),
-        ("wasm-hostns", "/wasm-hostns"),
+        (routed, "/wasm"),
+        (routed, "/native"),
+        (routed, "/http"),
+        (routed, "/http-reuse"),
+        (routed, "/wasm-hostns"),
+        (serve.port_of("wasm-port"), "/wasm-port"),
+        (serve.port_of("http-port"), "/http-port"),
+        (serve.port_of("http-reuse-port"), "/http-reuse-port"),
     ];
     let mut warm_loads: Vec<Vec<Load>> = warm.iter().map(|_| Vec::new()).collect();
-    for (_, path) in &warm {
-        let _warm_up = load(serve.addr, path, clients, secs / 4.0);
+    for (addr, path) in &warm {
+        let _warm_up = load(*addr, path, clients, secs / 4.0);
     }
     for _ in 0..rounds {
-        for (i, (_, path)) in warm.iter().enumerate() {
-            warm_loads[i].push(load(serve.addr, path, clients, secs));
+        for (i, (addr, path)) in warm.iter().enumerate() {
+            warm_loads[i].push(load(*addr, path, clients, secs));
         }
     }
     let mut rows = vec![
@@ -283,6 +303,21 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             "amphi serve, wasm CGI (warm, no user namespace)",
             "module instance per request, envelope shared, in the host's user namespace",
             &warm_loads[4],
+        ),
+        row(
+            "amphi serve, wasm CGI (warm, own port)",
+            "module instance per request; the envelope's worker serves the function's port",
+            &warm_loads[5],
+        ),
+        row(
+            "amphi serve, wasi:http (warm, own port)",
+            "component instance per request; the envelope's worker serves the function's port",
+            &warm_loads[6],
+        ),
+        row(
+            "amphi serve, wasi:http (warm, isolation reuse, own port)",
+            "component instance kept for up to 1000 requests; the worker serves the port",
+            &warm_loads[7],
         ),
     ];
 
@@ -396,12 +431,24 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
         "userns_over_hostns_rps_strict": rps("wasm CGI (strict, no pool)") / rps("wasm CGI (strict, no pool, no user namespace)"),
         "userns_over_hostns_p50_cold": p50("native CGI (cold)") / p50("native CGI (cold, no user namespace)"),
         "keepers_over_one_rps_strict": rps("wasm CGI (strict, no pool)") / rps("wasm CGI (strict, no pool, 1 keeper)"),
+        "port_over_routed_rps_http": rps("wasi:http (warm, own port)") / rps("wasi:http (warm)"),
+        "port_over_routed_rps_wasm_cgi": rps("wasm CGI (warm, own port)") / rps("wasm CGI (warm)"),
     });
     if let Some(rps) = wasmtime_row["rps"].as_f64() {
         ratios["amphi_http_over_wasmtime_serve_rps"] =
             json!(stat("amphi serve, wasi:http (warm)", "rps") / rps);
         ratios["amphi_http_reuse_over_wasmtime_serve_rps"] =
             json!(stat("amphi serve, wasi:http (warm, isolation reuse)", "rps") / rps);
+        ratios["amphi_http_port_over_wasmtime_serve_rps"] =
+            json!(stat("amphi serve, wasi:http (warm, own port)", "rps") / rps);
+        ratios["amphi_http_reuse_port_over_wasmtime_serve_rps"] = json!(
+            stat(
+                "amphi serve, wasi:http (warm, isolation reuse, own port)",
+                "rps"
+            ) / rps
+        );
+        ratios["amphi_wasm_cgi_port_over_wasmtime_serve_rps"] =
+            json!(stat("amphi serve, wasm CGI (warm, own port)", "rps") / rps);
     }
     Ok(
         json!({"clients": clients, "seconds_per_round": secs, "rounds": rounds,

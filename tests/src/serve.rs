@@ -103,6 +103,14 @@ impl Serve {
         Client::new(self.addr)
     }
 
+    /// The address of function `name`'s own port (`listen`).
+    pub fn port_of(&self, name: &str) -> SocketAddr {
+        self.log_text()
+            .lines()
+            .find_map(|l| function_address(l, name))
+            .unwrap_or_else(|| panic!("function {name} has no port of its own"))
+    }
+
     pub fn get(&self, path: &str) -> Response {
         self.client().request("GET", path, &[], b"")
     }
@@ -205,6 +213,15 @@ impl Drop for Serve {
         }
         reap_inits();
     }
+}
+
+/// Where function `name` listens on a port of its own (`listen`).
+fn function_address(line: &str, name: &str) -> Option<SocketAddr> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v["msg"] != "function listening" || v["function"] != name {
+        return None;
+    }
+    v["address"].as_str()?.strip_prefix("http://")?.parse().ok()
 }
 
 fn listening_address(line: &str) -> Option<SocketAddr> {

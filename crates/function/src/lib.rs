@@ -128,6 +128,9 @@ pub struct Function {
     /// The first host uid and gid of the function's user namespace (its
     /// ids 0 to 65535), or `None` when it runs in the host's.
     pub user_namespace: Option<u32>,
+    /// A port of the function's own: its envelope's worker accepts and
+    /// serves these connections itself, with no hop through the server.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Functions' user namespaces map 65536 ids each onto host ids from here
@@ -148,13 +151,17 @@ pub fn userns_host_base(name: &str) -> u32 {
 
 /// One `allowed_outbound_hosts` entry: `scheme://host[:port][/path]`. A
 /// request is allowed when scheme, host and port are equal and its path is
-/// the entry's path or below it (at a `/`).
+/// the entry's path or below it (at a `/`). A host `*.example.com` stands
+/// for every name below `example.com` (not that name itself, and never an
+/// address); a port `*` for every port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundPrefix {
     pub scheme: String,
-    /// Lower case, as DNS compares names.
+    /// Lower case, as DNS compares names; `*.` then a domain for a
+    /// wildcard.
     pub host: String,
-    pub port: u16,
+    /// `None`: any port.
+    pub port: Option<u16>,
     /// Empty for every path; else starts with / and does not end with one.
     pub path: String,
 }
@@ -186,6 +193,7 @@ struct Raw {
     idle: Option<Quantity>,
     allowed_outbound_hosts: Option<Vec<String>>,
     user_namespace: Option<bool>,
+    listen: Option<String>,
 }
 
 /// A size or a duration: a bare number or a string with a unit.
@@ -226,6 +234,20 @@ pub fn load(path: &Path) -> Result<Vec<Function>> {
                 &f.name,
                 "route",
                 format!("{:?} is also the route of function {}", f.route, other.name),
+            ));
+        }
+        if let Some(other) = functions
+            .iter()
+            .find(|o| o.listen.is_some_and(|a| a.port() != 0) && o.listen == f.listen)
+        {
+            return Err(bad(
+                &f.name,
+                "listen",
+                format!(
+                    "{} is also where function {} listens",
+                    f.listen.expect("some"),
+                    other.name
+                ),
             ));
         }
         if let Some(other) = functions.iter().find(|o| o.name == f.name) {
@@ -444,6 +466,43 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
             (None | Some(true), _) => Some(userns_host_base(name)),
         };
     let strict = isolation == Isolation::Envelope;
+    let listen = raw
+        .listen
+        .map(|l| {
+            l.parse::<std::net::SocketAddr>().map_err(|_| {
+                bad(
+                    name,
+                    "listen",
+                    format!("{l:?}; give an address and port, e.g. \"127.0.0.1:8081\""),
+                )
+            })
+        })
+        .transpose()?;
+    if listen.is_some() && strict {
+        return Err(bad(
+            name,
+            "listen",
+            "a port of its own is served by the function's one warm envelope; isolation = \"envelope\" makes an envelope per request: drop listen or use \"instance\"",
+        ));
+    }
+    if listen.is_some()
+        && matches!(
+            source,
+            Source::File {
+                kind: Kind::Program,
+                ..
+            } | Source::InRoot {
+                kind: Kind::Program,
+                ..
+            }
+        )
+    {
+        return Err(bad(
+            name,
+            "listen",
+            "a port of its own is for wasm functions (module = FILE); a native program is served through the server's port",
+        ));
+    }
     Ok(Function {
         name: name.into(),
         route,
@@ -470,6 +529,7 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
         idle,
         allowed_outbound_hosts,
         user_namespace,
+        listen,
     })
 }
 
@@ -557,10 +617,8 @@ impl OutboundPrefix {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
         };
-        if rest.contains(['?', '#', '%', '*', ' ', '\\', '\0']) || !rest.is_ascii() {
-            return Err(format!(
-                "no query, fragment, escapes, wildcards or spaces; {FORM}"
-            ));
+        if rest.contains(['?', '#', '%', ' ', '\\', '\0']) || !rest.is_ascii() {
+            return Err(format!("no query, fragment, escapes or spaces; {FORM}"));
         }
         if authority.contains('@') {
             return Err(format!("no user name or password; {FORM}"));
@@ -571,6 +629,7 @@ impl OutboundPrefix {
             None => authority.find(':'),
         };
         let (host, port) = match port_colon {
+            Some(i) if &authority[i + 1..] == "*" => (&authority[..i], None),
             Some(i) => {
                 let p = &authority[i + 1..];
                 let port = p
@@ -578,10 +637,30 @@ impl OutboundPrefix {
                     .ok()
                     .filter(|p| *p > 0)
                     .ok_or_else(|| format!("port {p:?}; {FORM}"))?;
-                (&authority[..i], port)
+                (&authority[..i], Some(port))
             }
-            None => (authority, default_port),
+            None => (authority, Some(default_port)),
         };
+        if let Some(domain) = host.strip_prefix("*.") {
+            // At least two labels, one with a letter: a domain, not an
+            // address's tail and not a whole top-level domain.
+            let labels: Vec<&str> = domain.split('.').collect();
+            if labels.len() < 2
+                || labels.iter().any(|l| l.is_empty() || l.contains('*'))
+                || !domain.bytes().any(|b| b.is_ascii_alphabetic())
+            {
+                return Err(format!(
+                    "a wildcard host is *. then a domain of two or more labels (*.example.com); {FORM}"
+                ));
+            }
+        } else if host.contains('*') {
+            return Err(format!(
+                "a wildcard stands for the first labels of a host (*.example.com) or for the port (:*); {FORM}"
+            ));
+        }
+        if path.contains('*') {
+            return Err(format!("no wildcard in the path; {FORM}"));
+        }
         if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
             return Err(format!("an IPv6 address goes in brackets; {FORM}"));
         }
@@ -603,7 +682,8 @@ impl OutboundPrefix {
     /// name something else once the backend decodes or normalises it
     /// (dot segments, encoded dots or slashes) is below no prefix.
     pub fn allows(&self, scheme: &str, host: &str, port: u16, path: &str) -> bool {
-        if self.scheme != scheme || !self.host.eq_ignore_ascii_case(host) || self.port != port {
+        if self.scheme != scheme || !self.allows_host(host) || self.port.is_some_and(|p| p != port)
+        {
             return false;
         }
         if self.path.is_empty() {
@@ -622,13 +702,28 @@ impl OutboundPrefix {
     }
 }
 
+impl OutboundPrefix {
+    fn allows_host(&self, host: &str) -> bool {
+        let Some(domain) = self.host.strip_prefix("*.") else {
+            return self.host.eq_ignore_ascii_case(host);
+        };
+        let host = host.to_ascii_lowercase();
+        // A name ending in the domain's labels could still be an address
+        // (an IPv4 literal's tail): those never match a wildcard.
+        host.parse::<std::net::Ipv4Addr>().is_err()
+            && !host.starts_with('[')
+            && host
+                .strip_suffix(domain)
+                .is_some_and(|below| below.len() > 1 && below.ends_with('.'))
+    }
+}
+
 impl std::fmt::Display for OutboundPrefix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}://{}:{}{}",
-            self.scheme, self.host, self.port, self.path
-        )
+        match self.port {
+            Some(port) => write!(f, "{}://{}:{port}{}", self.scheme, self.host, self.path),
+            None => write!(f, "{}://{}:*{}", self.scheme, self.host, self.path),
+        }
     }
 }
 
@@ -1016,6 +1111,19 @@ mod tests {
     }
 
     #[test]
+    fn a_port_of_its_own() {
+        let f = parse("f", "module = \"m\"\nlisten = \"127.0.0.1:8081\"").unwrap();
+        assert_eq!(f.listen, Some("127.0.0.1:8081".parse().unwrap()));
+        let err = |text: &str| parse("f", text).unwrap_err().to_string();
+        assert!(err("module = \"m\"\nlisten = \"8081\"").contains("listen"));
+        assert!(
+            err("module = \"m\"\nlisten = \"127.0.0.1:8081\"\nisolation = \"envelope\"")
+                .contains("listen")
+        );
+        assert!(err("program = \"p\"\nlisten = \"127.0.0.1:8081\"").contains("listen"));
+    }
+
+    #[test]
     fn names_the_bad_field() {
         let err = |text: &str| parse("f", text).unwrap_err().to_string();
         assert!(err("module = \"m\"\nmemroy = 1").contains("unknown field `memroy`"));
@@ -1044,7 +1152,7 @@ mod tests {
             "http://example.com:0",
             "http://example.com:http",
             "http://u:p@example.com",
-            "http://*.example.com",
+            "http://*.com",
             "http://example.com/a?b",
             "http://example.com/a/../b",
             "http://::1:80",
@@ -1080,7 +1188,38 @@ mod tests {
         assert!(any.allows("http", "127.0.0.1", 9000, "/"));
         assert!(any.allows("http", "127.0.0.1", 9000, "/a/../b"));
         assert!(!any.allows("http", "127.0.0.1", 9001, "/"));
-        assert_eq!(p("http://[::1]").port, 80);
+        assert_eq!(p("http://[::1]").port, Some(80));
+    }
+
+    #[test]
+    fn outbound_wildcards_stand_for_subdomains_and_ports() {
+        let p = |s: &str| OutboundPrefix::parse(s).unwrap();
+        let sub = p("https://*.Example.com");
+        assert_eq!(sub.to_string(), "https://*.example.com:443");
+        assert!(sub.allows("https", "api.example.com", 443, "/"));
+        assert!(sub.allows("https", "a.b.EXAMPLE.com", 443, "/x"));
+        assert!(!sub.allows("https", "example.com", 443, "/"));
+        assert!(!sub.allows("https", "evilexample.com", 443, "/"));
+        assert!(!sub.allows("https", "api.example.com.evil", 443, "/"));
+        assert!(!sub.allows("https", "api.example.com", 8443, "/"));
+        let ports = p("http://127.0.0.1:*/api");
+        assert_eq!(ports.to_string(), "http://127.0.0.1:*/api");
+        assert!(ports.allows("http", "127.0.0.1", 9000, "/api/x"));
+        assert!(ports.allows("http", "127.0.0.1", 80, "/api"));
+        assert!(!ports.allows("http", "127.0.0.1", 80, "/apix"));
+        let ip_tail = p("http://*.0.0.1.example");
+        assert!(!ip_tail.allows("http", "127.0.0.1", 80, "/"));
+        for bad in [
+            "http://*",
+            "http://*.com",
+            "http://*.0.0.1",
+            "http://api.*.com",
+            "http://a*.example.com",
+            "http://*.example.com/a*",
+            "http://example.com:8*",
+        ] {
+            assert!(OutboundPrefix::parse(bad).is_err(), "{bad} must be refused");
+        }
     }
 
     #[test]

@@ -93,6 +93,7 @@ impl Handler for FunctionHandler {
             seccomp: plan.seccomp.clone(),
             tmp: plan.tmp,
             outbound: plan.outbound,
+            direct: plan.direct.clone(),
         }))
     }
 }

@@ -49,6 +49,8 @@ pub struct Plan {
     pub reuse: Option<u32>,
     /// Whether outgoing requests may leave (an allow-list is given).
     pub outbound: bool,
+    /// For a function with a port of its own.
+    pub direct: Option<std::sync::Arc<crate::direct::Plan>>,
 }
 
 #[derive(Serialize, Deserialize)]

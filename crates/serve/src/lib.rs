@@ -16,7 +16,9 @@
 //! (HTTP, limits, metrics), [`cgi`] (the CGI/1.1 mapping).
 
 pub mod cgi;
+mod direct;
 pub mod handler;
+mod invocation;
 pub mod keeper;
 pub mod metrics;
 mod outbound;
@@ -64,6 +66,12 @@ const WORKER_CAPS: [Capability; 4] = [
 /// Run the server until SIGTERM. Must be called while the process is
 /// still single-threaded: it forks the envelope keeper first.
 pub fn run(o: Options) -> Result<()> {
+    // Errors are logged as messages, never with a backtrace; with
+    // RUST_BACKTRACE=1 in the environment, capturing one for each error
+    // a warm wasi:http request meets inside wasmtime showed in profiles
+    // of the worker. Panics still honour RUST_BACKTRACE. Set while the
+    // process has one thread: envelopes' workers inherit it.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     let functions = amphi_function::load(&o.functions)?;
     let work = match &o.work_dir {
         Some(d) => {
@@ -210,6 +218,13 @@ fn plan(f: &Function, work: &Path) -> Result<Plan> {
         )
         .into());
     }
+    if f.listen.is_some() && engine == Engine::Native {
+        return Err(bad(
+            "listen",
+            "the bundle runs a native program; a port of its own is for wasm functions",
+        )
+        .into());
+    }
     Ok(Plan {
         name: f.name.clone(),
         bundle: dir,
@@ -233,6 +248,17 @@ fn plan(f: &Function, work: &Path) -> Result<Plan> {
             _ => None,
         },
         outbound: !f.allowed_outbound_hosts.is_empty(),
+        direct: f.listen.map(|_| {
+            std::sync::Arc::new(direct::Plan {
+                name: f.name.clone(),
+                route: f.route.clone(),
+                interface: f.interface,
+                timeout: f.timeout,
+                max_body: f.max_body,
+                concurrency: f.concurrency,
+                queue: f.queue,
+            })
+        }),
     })
 }
 

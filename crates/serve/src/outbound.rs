@@ -81,6 +81,7 @@ async fn proxy(func: Arc<Func>, mut req: Request<Incoming>) -> hyper::Response<W
                 status,
                 vec![opentelemetry::KeyValue::new("amphi.outcome", outcome)],
                 error.as_deref(),
+                None,
             );
         }
         func.metrics.outbound(outcome);

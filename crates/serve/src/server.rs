@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use amphi_function::{Function, Interface, METRICS_ROUTE};
+use amphi_function::{Function, METRICS_ROUTE};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -19,20 +19,19 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 
-use crate::cgi;
+use crate::invocation::{
+    self, busy_response, failed, text, timed_out, too_large_response, Admission, Ending, Input,
+    MAX_RESPONSE, MAX_STDERR_LOGGED,
+};
 use crate::keeper::Keeper;
 use crate::metrics::{self, FunctionMetrics};
-use crate::worker::{recv, send, Done, FromWorker, Head, ToWorker};
+use crate::worker::{recv, send, Done, FromWorker, Head, Served, ToWorker};
 
-/// The most a function may answer (headers and body).
-const MAX_RESPONSE: usize = 16 << 20;
 /// The largest request head read (hyper answers 431 beyond it); with its
 /// CGI variables it fits a worker message ([`crate::worker::MAX_MESSAGE`]).
 const MAX_REQUEST_HEAD: usize = 64 << 10;
-/// The most of an invocation's stderr kept for the log.
-const MAX_STDERR_LOGGED: usize = 2048;
 
 pub struct Settings {
     pub listen: SocketAddr,
@@ -45,11 +44,22 @@ struct Envelope {
     control: AsyncFd<OwnedFd>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Done>>>,
     dead: AtomicBool,
+    /// The worker gave the function's port back.
+    drained: AtomicBool,
+    /// Woken when the envelope ends or is drained.
+    changed: tokio::sync::Notify,
 }
 
 impl Envelope {
     fn alive(&self) -> bool {
         !self.dead.load(Ordering::Acquire)
+    }
+
+    /// Until the worker has given the port back (or is gone).
+    async fn drained(&self) {
+        while self.alive() && !self.drained.load(Ordering::Acquire) {
+            self.changed.notified().await;
+        }
     }
 
     async fn send(&self, msg: &ToWorker, fds: &[std::os::fd::RawFd]) -> std::io::Result<()> {
@@ -64,7 +74,7 @@ impl Envelope {
     /// request to the proxy; at the end of the stream the envelope is dead
     /// and every waiting invocation learns it.
     async fn read_reports(self: Arc<Self>, func: Arc<Func>) {
-        let mut buf = vec![0u8; 64 << 10];
+        let mut buf = vec![0u8; crate::worker::MAX_MESSAGE];
         loop {
             let r = self
                 .control
@@ -78,6 +88,16 @@ impl Envelope {
                         if let Some(tx) = self.pending.lock().expect("pending").remove(&done.id) {
                             let _ = tx.send(done);
                         }
+                    }
+                    Ok(FromWorker::Served { reports }) => log_lines(
+                        reports
+                            .into_iter()
+                            .map(|s| served(&func, &self.id, s))
+                            .collect(),
+                    ),
+                    Ok(FromWorker::Drained) => {
+                        self.drained.store(true, Ordering::Release);
+                        self.changed.notify_one();
                     }
                     Ok(FromWorker::Outbound) => {
                         // A worker of a function without an allow-list
@@ -93,6 +113,7 @@ impl Envelope {
         }
         self.dead.store(true, Ordering::Release);
         self.pending.lock().expect("pending").clear();
+        self.changed.notify_one();
     }
 }
 
@@ -121,13 +142,14 @@ pub(crate) struct Func {
     index: usize,
     pub(crate) f: Function,
     engine: crate::Engine,
-    permits: Semaphore,
-    waiting: AtomicUsize,
+    admission: Admission,
     warm: tokio::sync::Mutex<Option<Arc<Envelope>>>,
     pool: Mutex<Vec<Arc<Envelope>>>,
     filling: AtomicUsize,
     last_used: Mutex<Instant>,
     pub(crate) metrics: FunctionMetrics,
+    /// The function's own port (`listen`), bound at start.
+    port: std::sync::OnceLock<std::net::TcpListener>,
 }
 
 pub struct Server {
@@ -150,14 +172,6 @@ enum Outcome {
     Unreachable(String),
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(body.into()))
-        .expect("response")
-}
-
 impl Server {
     pub fn new(functions: Vec<Function>, engines: &[crate::Engine], keeper: Keeper) -> Arc<Server> {
         let funcs = functions
@@ -167,13 +181,13 @@ impl Server {
                 Arc::new(Func {
                     index,
                     engine: engines[index],
-                    permits: Semaphore::new(f.concurrency),
-                    waiting: AtomicUsize::new(0),
+                    admission: Admission::new(f.concurrency, f.queue),
                     warm: tokio::sync::Mutex::new(None),
                     pool: Mutex::new(Vec::new()),
                     filling: AtomicUsize::new(0),
                     last_used: Mutex::new(Instant::now()),
                     metrics: FunctionMetrics::default(),
+                    port: std::sync::OnceLock::new(),
                     f,
                 })
             })
@@ -219,6 +233,8 @@ impl Server {
             control,
             pending: Mutex::new(HashMap::new()),
             dead: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
         });
         tokio::spawn(envelope.clone().read_reports(func.clone()));
         func.metrics.envelopes.fetch_add(1, Ordering::Relaxed);
@@ -239,8 +255,14 @@ impl Server {
         });
     }
 
-    /// The function's warm envelope, made first if there is none.
-    async fn shared_envelope(self: &Arc<Self>, func: &Arc<Func>) -> Result<(Arc<Envelope>, bool)> {
+    /// The function's warm envelope, made first if there is none (and
+    /// given the function's port if it has one; `for_port`: a connection
+    /// waits there, its first request is the cold one).
+    async fn shared_envelope(
+        self: &Arc<Self>,
+        func: &Arc<Func>,
+        for_port: bool,
+    ) -> Result<(Arc<Envelope>, bool)> {
         let mut warm = func.warm.lock().await;
         if let Some(e) = warm.as_ref().filter(|e| e.alive()) {
             return Ok((e.clone(), false));
@@ -250,7 +272,14 @@ impl Server {
         }
         let started = Instant::now();
         let e = self.make_envelope(func).await?;
+        if func.port.get().is_some() {
+            if let Err(err) = self.hand_port(func, &e, for_port).await {
+                self.retire(func, e);
+                return Err(err);
+            }
+        }
         func.metrics.cold_start(started.elapsed());
+        *func.last_used.lock().expect("last used") = Instant::now();
         *warm = Some(e.clone());
         Ok((e, true))
     }
@@ -306,6 +335,9 @@ impl Server {
                     self.retire(func, e);
                 }
             } else {
+                if func.port.get().is_some() {
+                    self.hand_port(func, &e, false).await?;
+                }
                 *func.warm.lock().await = Some(e);
             }
             *func.last_used.lock().expect("last used") = Instant::now();
@@ -313,8 +345,134 @@ impl Server {
         Ok(())
     }
 
+    /// Bind each function's own port: a port in use fails start-up.
+    fn bind_ports(&self) -> Result<()> {
+        for func in &self.funcs {
+            let Some(addr) = func.f.listen else { continue };
+            let port = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("function {}: listen = \"{addr}\"", func.f.name))?;
+            port.set_nonblocking(true).context("nonblocking listener")?;
+            log_line(serde_json::json!({
+                "msg": "function listening",
+                "function": func.f.name,
+                "address": format!("http://{}", port.local_addr()?),
+            }));
+            let _ = func.port.set(port);
+        }
+        Ok(())
+    }
+
+    async fn hand_port(&self, func: &Func, e: &Envelope, cold: bool) -> Result<()> {
+        let port = func.port.get().expect("a function with a port");
+        let msg = ToWorker::Listen {
+            traced: crate::trace::enabled(),
+            cold,
+        };
+        e.send(&msg, &[port.as_raw_fd()])
+            .await
+            .with_context(|| format!("hand envelope {} the function's port", e.id))
+    }
+
+    /// A function's own port: its envelope serves it while it lives and
+    /// is not idle; without one, the server waits for a connection, makes
+    /// an envelope and hands it the port.
+    async fn port_loop(self: Arc<Self>, func: Arc<Func>) {
+        let tick = (func.f.idle / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        loop {
+            let current = func.warm.lock().await.clone();
+            match current {
+                Some(e) if e.alive() => {
+                    let idle = func.last_used.lock().expect("last used").elapsed() >= func.f.idle;
+                    if !idle {
+                        tokio::select! {
+                            _ = e.changed.notified() => {}
+                            _ = tokio::time::sleep(tick) => {}
+                        }
+                        continue;
+                    }
+                    // Scale to zero: the worker finishes what it has.
+                    let _ = e.send(&ToWorker::Drain, &[]).await;
+                    e.drained().await;
+                    if let Some(e) = func.warm.lock().await.take() {
+                        self.retire(&func, e);
+                    }
+                }
+                Some(_) => {
+                    if let Some(dead) = func.warm.lock().await.take() {
+                        log_line(
+                            serde_json::json!({"msg": "envelope ended", "function": func.f.name, "envelope": dead.id}),
+                        );
+                        self.retire(&func, dead);
+                    }
+                }
+                None => {
+                    if let Err(e) = self.wait_for_connection(&func).await {
+                        log_line(
+                            serde_json::json!({"msg": "function port", "function": func.f.name, "error": format!("{e:#}")}),
+                        );
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    if let Err(e) = self.shared_envelope(&func, true).await {
+                        // The waiting client learns it; the next one
+                        // brings the next attempt.
+                        func.metrics.error("envelope");
+                        log_line(
+                            serde_json::json!({"msg": "making an envelope", "function": func.f.name, "error": format!("{e:#}")}),
+                        );
+                        self.refuse_waiting(&func);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Until a connection waits on the function's port.
+    async fn wait_for_connection(&self, func: &Func) -> Result<()> {
+        let port = func.port.get().expect("a function with a port");
+        // A registration of its own each time: readiness seen while a
+        // worker had the port says nothing of now.
+        let dup = OwnedFd::from(port.try_clone()?);
+        // SAFETY: the AsyncFd owns the duplicate; nothing else closes it.
+        let watch = unsafe { AsyncFd::register_with_interest(dup, Interest::READABLE) }?;
+        let _ = watch.readable().await?;
+        Ok(())
+    }
+
+    /// Answer the connections waiting on a port no envelope can serve.
+    fn refuse_waiting(&self, func: &Func) {
+        let port = func.port.get().expect("a function with a port");
+        while let Ok((mut conn, _)) = port.accept() {
+            let body = format!("function {} could not be started\n", func.f.name);
+            let reply = format!(
+                "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.set_nonblocking(true);
+            let _ = std::io::Write::write_all(&mut conn, reply.as_bytes());
+        }
+    }
+
+    /// Take every function's port back, letting in-flight requests end.
+    async fn drain_ports(&self) {
+        let mut draining = Vec::new();
+        for func in self.funcs.iter().filter(|f| f.port.get().is_some()) {
+            if let Some(e) = func.warm.lock().await.clone() {
+                let _ = e.send(&ToWorker::Drain, &[]).await;
+                draining.push(e);
+            }
+        }
+        for e in draining {
+            e.drained().await;
+        }
+    }
+
     /// Remove the envelopes of functions idle for their `idle` time.
     fn scale_to_zero(self: &Arc<Self>, func: &Arc<Func>) {
+        // A port's envelope is drained by its own loop.
+        if func.port.get().is_some() {
+            return;
+        }
         if func.metrics.in_flight.load(Ordering::Acquire) > 0
             || func.last_used.lock().expect("last used").elapsed() < func.f.idle
         {
@@ -369,14 +527,7 @@ impl Server {
     fn route(&self, path: &str) -> Option<&Arc<Func>> {
         self.funcs
             .iter()
-            .filter(|f| {
-                let r = f.f.route.as_str();
-                r == "/"
-                    || path == r
-                    || path
-                        .strip_prefix(r)
-                        .is_some_and(|rest| rest.starts_with('/'))
-            })
+            .filter(|f| invocation::routed(&f.f.route, path))
             .max_by_key(|f| f.f.route.len())
     }
 
@@ -406,37 +557,26 @@ impl Server {
         let (response, record) = self.invoke(&func, req, remote, record).await;
         let took = started.elapsed();
         func.metrics.response(response.status().as_u16(), took);
-        let mut line = serde_json::json!({
-            "function": func.f.name,
-            "method": method,
-            "path": path,
-            "status": response.status().as_u16(),
-            "duration_ms": (took.as_secs_f64() * 1e6).round() / 1e3,
-            "executor": func.engine.name(),
-            "cold": record.cold,
-        });
-        if let Some(envelope) = &record.envelope {
-            line["envelope"] = envelope.as_str().into();
-        }
-        if let Some(error) = &record.error {
-            line["error"] = error.as_str().into();
-        }
-        if !record.stderr.is_empty() {
-            line["stderr"] = String::from_utf8_lossy(&record.stderr).into_owned().into();
-        }
-        log_line(line);
+        log_line(invocation_line(&Invocation {
+            func: &func,
+            method: &method,
+            path: &path,
+            status: response.status().as_u16(),
+            took,
+            cold: record.cold,
+            envelope: record.envelope.as_deref(),
+            error: record.error.as_deref(),
+            stderr: &String::from_utf8_lossy(&record.stderr),
+        }));
         if let Some(span) = span {
             for (name, from, to) in &record.phases {
                 span.phase(name, *from, *to);
             }
-            let mut attributes = vec![opentelemetry::KeyValue::new("faas.coldstart", record.cold)];
-            if let Some(e) = &record.envelope {
-                attributes.push(opentelemetry::KeyValue::new("amphi.envelope", e.clone()));
-            }
             span.end(
                 Some(response.status().as_u16()),
-                attributes,
+                span_attributes(record.cold, record.envelope.as_deref()),
                 record.error.as_deref(),
+                None,
             );
         }
         response
@@ -453,10 +593,7 @@ impl Server {
         let too_large = |record: &mut Record| {
             func.metrics.error("too_large");
             record.error = Some(format!("request body over max_body ({} bytes)", f.max_body));
-            text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body larger than {} bytes\n", f.max_body),
-            )
+            too_large_response(f.max_body)
         };
         let declared = req
             .headers()
@@ -483,28 +620,10 @@ impl Server {
 
         // Admission: a slot now, or a place in the bounded queue.
         let queued = SystemTime::now();
-        let _permit = match func.permits.try_acquire() {
-            Ok(p) => p,
-            Err(_) => {
-                if func.waiting.fetch_add(1, Ordering::AcqRel) >= f.queue {
-                    func.waiting.fetch_sub(1, Ordering::AcqRel);
-                    func.metrics.error("overload");
-                    record.error = Some(format!(
-                        "{} invocations running and {} waiting",
-                        f.concurrency, f.queue
-                    ));
-                    let mut r = text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "function busy, retry later\n",
-                    );
-                    r.headers_mut()
-                        .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
-                    return (r, record);
-                }
-                let p = func.permits.acquire().await.expect("semaphore open");
-                func.waiting.fetch_sub(1, Ordering::AcqRel);
-                p
-            }
+        let Some(_permit) = func.admission.enter().await else {
+            func.metrics.error("overload");
+            record.error = Some(func.admission.busy());
+            return (busy_response(), record);
         };
         record.phases.push(("queue", queued, SystemTime::now()));
         func.metrics.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -532,7 +651,7 @@ impl Server {
         let acquired = if f.strict() {
             self.strict_envelope(func).await
         } else {
-            self.shared_envelope(func).await
+            self.shared_envelope(func, false).await
         };
         let envelope = match acquired {
             Ok((e, cold)) => {
@@ -550,56 +669,15 @@ impl Server {
         };
         record.phases.push(("envelope", asked, SystemTime::now()));
         record.envelope = Some(envelope.id.clone());
-        let mut headers: Vec<(String, String)> = parts
-            .headers
-            .iter()
-            .filter(|(k, _)| record.traceparent.is_none() || *k != "traceparent")
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        // The function's work is a child of the invocation span.
-        if let Some(tp) = &record.traceparent {
-            headers.push(("traceparent".into(), tp.clone()));
-        }
-        let (env, head) = match f.interface {
-            Interface::Cgi => {
-                let local = *self.local.lock().expect("local");
-                let env = cgi::variables(&cgi::Request {
-                    method: parts.method.as_str(),
-                    route: &f.route,
-                    path: parts.uri.path(),
-                    query: parts.uri.query().unwrap_or(""),
-                    headers: &headers,
-                    content_length: body.len(),
-                    local,
-                    remote,
-                });
-                (env, None)
-            }
-            Interface::Http => {
-                let uri = parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.as_str().to_string())
-                    .unwrap_or_else(|| "/".into());
-                let mut headers = headers;
-                if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-                    headers.push(("host".into(), self.local.lock().expect("local").to_string()));
-                }
-                (
-                    Vec::new(),
-                    Some(Head {
-                        method: parts.method.to_string(),
-                        uri,
-                        headers,
-                    }),
-                )
-            }
-        };
+        let (env, head) = invocation::input(&Input {
+            interface: f.interface,
+            route: &f.route,
+            parts,
+            traceparent: record.traceparent.as_deref(),
+            body_len: body.len(),
+            local: *self.local.lock().expect("local"),
+            remote,
+        });
         let running = SystemTime::now();
         let outcome = self.call(&envelope, env, head, body, f.timeout).await;
         record.phases.push(("run", running, SystemTime::now()));
@@ -613,18 +691,12 @@ impl Server {
                     "timed out after {:?}; invocation killed",
                     f.timeout
                 ));
-                text(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("function {} timed out\n", f.name),
-                )
+                timed_out(&f.name)
             }
             Outcome::Unreachable(why) => {
                 func.metrics.error("envelope");
                 record.error = Some(why);
-                text(
-                    StatusCode::BAD_GATEWAY,
-                    format!("function {} failed\n", f.name),
-                )
+                failed(&f.name)
             }
             Outcome::Finished {
                 done,
@@ -653,46 +725,23 @@ impl Server {
         stdout: Vec<u8>,
         record: &mut Record,
     ) -> Response<Full<Bytes>> {
-        let name = &func.f.name;
-        let crashed = |record: &mut Record, why: String| {
+        let ending = match done {
+            None => Ending {
+                exit: None,
+                signal: None,
+                error: Some("the envelope ended during the invocation".into()),
+            },
+            Some(d) => Ending {
+                exit: d.exit,
+                signal: d.signal,
+                error: d.error,
+            },
+        };
+        invocation::response(ending, &stdout).unwrap_or_else(|why| {
             func.metrics.error("crash");
             record.error = Some(why);
-            text(StatusCode::BAD_GATEWAY, format!("function {name} failed\n"))
-        };
-        match done {
-            None => return crashed(record, "the envelope ended during the invocation".into()),
-            Some(Done { error: Some(e), .. }) => return crashed(record, e),
-            Some(Done {
-                signal: Some(s), ..
-            }) => {
-                let why = if s == libc::SIGKILL {
-                    "killed (SIGKILL: out of memory in the envelope?)".to_string()
-                } else {
-                    format!("killed by signal {s}")
-                };
-                return crashed(record, why);
-            }
-            Some(Done {
-                exit: Some(code), ..
-            }) if code != 0 => return crashed(record, format!("exited with status {code}")),
-            Some(_) => {}
-        }
-        if stdout.len() > MAX_RESPONSE {
-            return crashed(record, format!("response over {MAX_RESPONSE} bytes"));
-        }
-        match cgi::parse_response(&stdout) {
-            Err(e) => crashed(record, e),
-            Ok(r) => {
-                let mut b = Response::builder().status(r.status);
-                for (k, v) in &r.headers {
-                    b = b.header(k.as_str(), v.as_str());
-                }
-                match b.body(Full::new(Bytes::copy_from_slice(&stdout[r.body_offset..]))) {
-                    Ok(resp) => resp,
-                    Err(e) => crashed(record, format!("bad response header: {e}")),
-                }
-            }
-        }
+            failed(&func.f.name)
+        })
     }
 
     async fn call(
@@ -784,6 +833,113 @@ async fn read_capped(r: &mut (impl AsyncRead + Unpin), cap: usize) -> std::io::R
     }
 }
 
+/// One invocation, for its log line.
+struct Invocation<'a> {
+    func: &'a Func,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    took: Duration,
+    cold: bool,
+    envelope: Option<&'a str>,
+    error: Option<&'a str>,
+    stderr: &'a str,
+}
+
+fn invocation_line(i: &Invocation) -> serde_json::Value {
+    let mut line = serde_json::json!({
+        "function": i.func.f.name,
+        "method": i.method,
+        "path": i.path,
+        "status": i.status,
+        "duration_ms": (i.took.as_secs_f64() * 1e6).round() / 1e3,
+        "executor": i.func.engine.name(),
+        "cold": i.cold,
+    });
+    if let Some(envelope) = i.envelope {
+        line["envelope"] = envelope.into();
+    }
+    if let Some(error) = i.error {
+        line["error"] = error.into();
+    }
+    if !i.stderr.is_empty() {
+        line["stderr"] = i.stderr.into();
+    }
+    line
+}
+
+fn span_attributes(cold: bool, envelope: Option<&str>) -> Vec<opentelemetry::KeyValue> {
+    let mut attributes = vec![opentelemetry::KeyValue::new("faas.coldstart", cold)];
+    if let Some(e) = envelope {
+        attributes.push(opentelemetry::KeyValue::new(
+            "amphi.envelope",
+            e.to_string(),
+        ));
+    }
+    attributes
+}
+
+/// Log, count and trace a request a worker served on its function's
+/// port; its log line is returned, to be written with its batch's.
+fn served(func: &Func, envelope: &str, s: Served) -> serde_json::Value {
+    let at = |ns: u64| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns);
+    let took = Duration::from_nanos(s.ended.saturating_sub(s.started));
+    func.metrics.response(s.status, took);
+    let kind = match s.error_kind.as_deref() {
+        Some("overload") => Some("overload"),
+        Some("too_large") => Some("too_large"),
+        Some("timeout") => Some("timeout"),
+        Some("crash") => Some("crash"),
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        func.metrics.error(kind);
+    }
+    func.metrics.in_flight.store(s.in_flight, Ordering::Relaxed);
+    *func.last_used.lock().expect("last used") = Instant::now();
+    let line = invocation_line(&Invocation {
+        func,
+        method: &s.method,
+        path: &s.path,
+        status: s.status,
+        took,
+        cold: s.cold,
+        envelope: Some(envelope),
+        error: s.error.as_deref(),
+        stderr: &s.stderr,
+    });
+    let Some((client, ours)) = &s.trace else {
+        return line;
+    };
+    let span = crate::trace::served_invocation(
+        &func.f.name,
+        &s.method,
+        &s.path,
+        client.as_deref(),
+        ours,
+        at(s.started),
+    );
+    if let Some(span) = span {
+        for (name, from, to) in &s.phases {
+            let name = match name.as_str() {
+                "queue" => "queue",
+                "run" => "run",
+                "instance" => "instance",
+                "guest" => "guest",
+                _ => continue,
+            };
+            span.phase(name, at(*from), at(*to));
+        }
+        span.end(
+            Some(s.status),
+            span_attributes(s.cold, Some(envelope)),
+            s.error.as_deref(),
+            Some(at(s.ended)),
+        );
+    }
+    line
+}
+
 #[derive(Default)]
 struct Record {
     cold: bool,
@@ -797,14 +953,30 @@ struct Record {
 }
 
 /// One JSON line on stderr.
-pub fn log_line(mut v: serde_json::Value) {
-    v["time"] = amphi_core::util::rfc3339_now().into();
-    eprintln!("{v}");
+pub fn log_line(v: serde_json::Value) {
+    log_lines(vec![v]);
+}
+
+/// JSON lines on stderr, in one write.
+fn log_lines(lines: Vec<serde_json::Value>) {
+    let time = amphi_core::util::rfc3339_now();
+    let mut out = String::new();
+    for mut v in lines {
+        v["time"] = time.as_str().into();
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(out.as_bytes());
 }
 
 /// Serve until SIGTERM or SIGINT, then finish in-flight requests (up to the
 /// shutdown timeout) and remove every envelope.
 pub async fn serve(server: Arc<Server>, settings: Settings) -> Result<()> {
+    if let Err(e) = server.bind_ports() {
+        server.teardown().await;
+        return Err(e);
+    }
     if let Err(e) = server.warm_up().await {
         server.teardown().await;
         return Err(e);
@@ -824,6 +996,12 @@ pub async fn serve(server: Arc<Server>, settings: Settings) -> Result<()> {
         "functions": server.funcs.iter().map(|f| serde_json::json!({"name": f.f.name, "route": f.f.route, "executor": f.engine.name()})).collect::<Vec<_>>(),
     }));
     let idle = tokio::spawn(server.clone().idle_loop());
+    let ports: Vec<_> = server
+        .funcs
+        .iter()
+        .filter(|f| f.port.get().is_some())
+        .map(|f| tokio::spawn(server.clone().port_loop(f.clone())))
+        .collect();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -857,7 +1035,13 @@ pub async fn serve(server: Arc<Server>, settings: Settings) -> Result<()> {
     log_line(
         serde_json::json!({"msg": "shutting down", "deadline_s": settings.shutdown_timeout.as_secs_f64()}),
     );
-    let finished = tokio::time::timeout(settings.shutdown_timeout, graceful.shutdown()).await;
+    for port in &ports {
+        port.abort();
+    }
+    let finished = tokio::time::timeout(settings.shutdown_timeout, async {
+        tokio::join!(graceful.shutdown(), server.drain_ports())
+    })
+    .await;
     if finished.is_err() {
         log_line(serde_json::json!({"msg": "shutdown deadline passed; ending in-flight requests"}));
     }

@@ -45,6 +45,16 @@ pub enum ToWorker {
     },
     /// The host gave up on an invocation (timeout): kill it.
     Cancel { id: u64 },
+    /// Serve the function's own port; fd: its listening socket.
+    Listen {
+        /// Whether the server traces invocations.
+        traced: bool,
+        /// Whether the envelope was made for a waiting connection: its
+        /// first request is a cold start.
+        cold: bool,
+    },
+    /// Stop accepting, finish what is in flight, then say [`FromWorker::Drained`].
+    Drain,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -60,6 +70,57 @@ pub enum FromWorker {
     Done(Done),
     /// An outgoing request; fd: the stream socket to proxy it on.
     Outbound,
+    /// Requests the worker served on the function's own port.
+    Served {
+        reports: Vec<Served>,
+    },
+    /// The port is given back and nothing is in flight.
+    Drained,
+}
+
+/// What the server logs, counts and traces of a request served on the
+/// function's own port.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Served {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// Nanoseconds since the epoch.
+    pub started: u64,
+    pub ended: u64,
+    pub cold: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The `amphi_errors_total` kind (overload, too_large, timeout, crash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
+    /// Timed steps (queue, run, instance, guest) as in [`Done::phases`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<(String, u64, u64)>,
+    /// Requests in flight on the port when this one ended.
+    pub in_flight: usize,
+    /// The client's `traceparent`, and the one the function got (when
+    /// tracing): the server exports the span the second one names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<(Option<String>, String)>,
+}
+
+impl Served {
+    /// At least the bytes of its JSON: paths escape at most `"` and `\`,
+    /// stderr and errors may escape every byte (`\u0000`).
+    pub fn size_estimate(&self) -> usize {
+        512 + self.method.len()
+            + 2 * self.path.len()
+            + 6 * (self.stderr.len() + self.error.as_ref().map_or(0, String::len))
+    }
+}
+
+/// Nanoseconds since the epoch.
+pub fn epoch_ns(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// How an invocation ended.
@@ -96,6 +157,8 @@ pub struct Worker {
     pub tmp: u64,
     /// Whether the function may make outgoing requests (through the host).
     pub outbound: bool,
+    /// The function has a port of its own, served here.
+    pub direct: Option<std::sync::Arc<crate::direct::Plan>>,
 }
 
 impl Executor for Worker {
@@ -218,6 +281,9 @@ impl Worker {
             scratch,
             cancels: std::sync::Mutex::new(HashMap::new()),
         });
+        let direct = self
+            .direct
+            .map(|plan| crate::direct::Direct::new(plan, shared.clone(), control.clone()));
         runtime.block_on(async move {
             let mut buf = vec![0u8; MAX_MESSAGE];
             loop {
@@ -240,7 +306,14 @@ impl Worker {
                             .expect("cancels")
                             .insert(id, cancel.clone());
                         let (shared, control) = (shared.clone(), control.clone());
+                        let direct = direct.clone();
                         tokio::spawn(async move {
+                            // The function's concurrency holds across its
+                            // port and the server's.
+                            let _slot = match &direct {
+                                Some(d) => Some(d.slot().await),
+                                None => None,
+                            };
                             let done = shared.invoke(id, env, head, fds, cancel).await;
                             shared.cancels.lock().expect("cancels").remove(&id);
                             let done = FromWorker::Done(done);
@@ -256,6 +329,18 @@ impl Worker {
                             c.notify_one();
                         }
                     }
+                    Ok(ToWorker::Listen { traced, cold }) => {
+                        match (&direct, fds.into_iter().next()) {
+                            (Some(direct), Some(listener)) => {
+                                tokio::spawn(direct.clone().serve(listener, traced, cold));
+                            }
+                            _ => eprintln!("amphi: function worker: a port without its socket, or for a function without one"),
+                        }
+                    }
+                    Ok(ToWorker::Drain) => match &direct {
+                        Some(direct) => direct.drain(),
+                        None => eprintln!("amphi: function worker: drain without a port"),
+                    },
                     Err(e) => eprintln!("amphi: function worker: bad message: {e}"),
                 }
             }
@@ -362,6 +447,9 @@ impl Worker {
                         let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
                     }
                 }
+                Ok(ToWorker::Listen { .. } | ToWorker::Drain) => {
+                    eprintln!("amphi: function worker: a native function has no port of its own")
+                }
                 Err(e) => eprintln!("amphi: function worker: bad message: {e}"),
             }
         }
@@ -456,7 +544,7 @@ impl Worker {
 }
 
 /// What the tasks of an in-process worker share.
-struct InProcess {
+pub struct InProcess {
     function: amphi_wasm::function::Function,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -466,6 +554,43 @@ struct InProcess {
 }
 
 impl InProcess {
+    /// One invocation with its body in memory. Dropping the future ends
+    /// the guest (at its next epoch tick or host call) and removes its
+    /// scratch directory.
+    pub async fn run(
+        &self,
+        id: u64,
+        env: Vec<(String, String)>,
+        head: Option<Head>,
+        body: bytes::Bytes,
+    ) -> std::result::Result<amphi_wasm::function::Outcome, String> {
+        let scratch = match &self.scratch {
+            Some(base) => {
+                let dir = amphi_wasm::function::scratch_dir(base, id);
+                std::fs::create_dir(&dir)
+                    .map_err(|e| format!("scratch directory {}: {e}", dir.display()))?;
+                Some(Scratch(dir))
+            }
+            None => None,
+        };
+        let mut all_env = self.env.clone();
+        all_env.extend(env);
+        let invocation = amphi_wasm::function::Invocation {
+            args: self.args.clone(),
+            env: all_env,
+            body,
+            head: head.map(|h| amphi_wasm::function::RequestHead {
+                method: h.method,
+                uri: h.uri,
+                headers: h.headers,
+            }),
+            scratch: scratch.as_ref().map(|s| s.0.clone()),
+        };
+        Ok(self.function.invoke(invocation).await)
+    }
+
+    /// An invocation the server routed: body in on its stream socket, the
+    /// response out on it, stderr on its pipe.
     async fn invoke(
         &self,
         id: u64,
@@ -506,61 +631,43 @@ impl InProcess {
         if let Err(e) = io.read_to_end(&mut body).await {
             return report(None, None, Some(format!("reading the request body: {e}")));
         }
-        let scratch = self
-            .scratch
-            .as_ref()
-            .map(|base| amphi_wasm::function::scratch_dir(base, id));
-        if let Some(dir) = &scratch {
-            if let Err(e) = std::fs::create_dir(dir) {
-                return report(
-                    None,
-                    None,
-                    Some(format!("scratch directory {}: {e}", dir.display())),
-                );
-            }
-        }
-        let mut all_env = self.env.clone();
-        all_env.extend(env);
-        let invocation = amphi_wasm::function::Invocation {
-            args: self.args.clone(),
-            env: all_env,
-            body: body.into(),
-            head: head.map(|h| amphi_wasm::function::RequestHead {
-                method: h.method,
-                uri: h.uri,
-                headers: h.headers,
-            }),
-            scratch: scratch.clone(),
-        };
         let outcome = tokio::select! {
-            o = self.function.invoke(invocation) => Some(o),
+            o = self.run(id, env, head, body.into()) => Some(o),
             _ = cancel.notified() => None,
         };
-        if let Some(dir) = &scratch {
-            let _ = std::fs::remove_dir_all(dir);
-        }
         match outcome {
             // Cancelled: ended as if killed.
             None => report(None, Some(libc::SIGKILL), None),
-            Some(o) => {
+            Some(Err(e)) => report(None, None, Some(e)),
+            Some(Ok(o)) => {
                 let _ = io.write_all(&o.stdout).await;
                 let _ = io.shutdown().await;
                 let _ = err.write_all(&o.stderr).await;
-                let since_epoch = |t: std::time::SystemTime| {
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as u64)
-                };
                 Done {
-                    phases: o
-                        .phases
-                        .iter()
-                        .map(|(name, from, to)| {
-                            (name.to_string(), since_epoch(*from), since_epoch(*to))
-                        })
-                        .collect(),
+                    phases: phases(&o.phases),
                     ..report(Some(o.exit), None, None)
                 }
             }
+        }
+    }
+}
+
+/// A wasm invocation's phases, for the server.
+pub fn phases(phases: &[amphi_wasm::function::Phase]) -> Vec<(String, u64, u64)> {
+    phases
+        .iter()
+        .map(|(name, from, to)| (name.to_string(), epoch_ns(*from), epoch_ns(*to)))
+        .collect()
+}
+
+/// An invocation's scratch directory, removed with it.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Most invocations write nothing: one rmdir, no walk.
+        if std::fs::remove_dir(&self.0).is_err() {
+            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 }

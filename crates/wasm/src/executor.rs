@@ -293,8 +293,27 @@ pub fn guest_memory_cap(limit: u64, runtime_anon: u64) -> u64 {
     limit.saturating_sub(runtime_anon + RUNTIME_HEADROOM)
 }
 
-/// This process's anonymous resident memory (what the cgroup charges it).
+/// This process's anonymous resident memory (what the cgroup charges it),
+/// read at most once per [`ANON_RSS_FRESH`]: a function worker makes
+/// thousands of stores a second, and reading /proc/self/status for each
+/// cost more than its guest ran (the cap is a margin below the cgroup's
+/// limit, which stays the hard bound).
 fn anon_rss() -> u64 {
+    static LAST: std::sync::Mutex<Option<(std::time::Instant, u64)>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, rss)) = *last {
+        if at.elapsed() < ANON_RSS_FRESH {
+            return rss;
+        }
+    }
+    let rss = read_anon_rss();
+    *last = Some((std::time::Instant::now(), rss));
+    rss
+}
+
+const ANON_RSS_FRESH: std::time::Duration = std::time::Duration::from_millis(20);
+
+fn read_anon_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

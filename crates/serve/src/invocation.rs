@@ -1,0 +1,216 @@
+//! What an invocation is on either side of the envelope: the server's
+//! routed requests and a worker serving its function's own port
+//! ([`crate::direct`]) admit, describe and answer requests the same way.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use amphi_function::Interface;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::cgi;
+use crate::worker::Head;
+
+/// The most a function may answer (headers and body).
+pub const MAX_RESPONSE: usize = 16 << 20;
+/// The most of an invocation's stderr kept for the log.
+pub const MAX_STDERR_LOGGED: usize = 2048;
+
+/// `concurrency` invocations at once, `queue` more waiting, the rest
+/// turned away.
+pub struct Admission {
+    permits: Semaphore,
+    waiting: AtomicUsize,
+    concurrency: usize,
+    queue: usize,
+}
+
+impl Admission {
+    pub fn new(concurrency: usize, queue: usize) -> Admission {
+        Admission {
+            permits: Semaphore::new(concurrency),
+            waiting: AtomicUsize::new(0),
+            concurrency,
+            queue,
+        }
+    }
+
+    /// A slot now, or after waiting in the queue; None when the queue is
+    /// full.
+    pub async fn enter(&self) -> Option<SemaphorePermit<'_>> {
+        if let Ok(p) = self.permits.try_acquire() {
+            return Some(p);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let p = self.permits.acquire().await.expect("semaphore open");
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        Some(p)
+    }
+
+    /// A slot, however long the wait.
+    pub async fn slot(&self) -> SemaphorePermit<'_> {
+        self.permits.acquire().await.expect("semaphore open")
+    }
+
+    pub fn busy(&self) -> String {
+        format!(
+            "{} invocations running and {} waiting",
+            self.concurrency, self.queue
+        )
+    }
+}
+
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(body.into()))
+        .expect("response")
+}
+
+/// The 503 of a full queue.
+pub fn busy_response() -> Response<Full<Bytes>> {
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "function busy, retry later\n",
+    );
+    r.headers_mut()
+        .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+    r
+}
+
+pub fn too_large_response(max_body: u64) -> Response<Full<Bytes>> {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body larger than {max_body} bytes\n"),
+    )
+}
+
+/// Whether `path` is the function's: its route or below it.
+pub fn routed(route: &str, path: &str) -> bool {
+    route == "/"
+        || path == route
+        || path
+            .strip_prefix(route)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// A request as the function sees it.
+pub struct Input<'a> {
+    pub interface: Interface,
+    pub route: &'a str,
+    pub parts: &'a hyper::http::request::Parts,
+    /// The invocation span's `traceparent`, replacing the client's.
+    pub traceparent: Option<&'a str>,
+    pub body_len: usize,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// CGI variables, or a `wasi:http` request head.
+pub fn input(i: &Input) -> (Vec<(String, String)>, Option<Head>) {
+    let mut headers: Vec<(String, String)> = i
+        .parts
+        .headers
+        .iter()
+        .filter(|(k, _)| i.traceparent.is_none() || *k != "traceparent")
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    if let Some(tp) = i.traceparent {
+        headers.push(("traceparent".into(), tp.to_string()));
+    }
+    match i.interface {
+        Interface::Cgi => {
+            let env = cgi::variables(&cgi::Request {
+                method: i.parts.method.as_str(),
+                route: i.route,
+                path: i.parts.uri.path(),
+                query: i.parts.uri.query().unwrap_or(""),
+                headers: &headers,
+                content_length: i.body_len,
+                local: i.local,
+                remote: i.remote,
+            });
+            (env, None)
+        }
+        Interface::Http => {
+            let uri = i
+                .parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+                headers.push(("host".into(), i.local.to_string()));
+            }
+            let head = Head {
+                method: i.parts.method.to_string(),
+                uri,
+                headers,
+            };
+            (Vec::new(), Some(head))
+        }
+    }
+}
+
+/// How an invocation ended, as the worker saw it.
+pub struct Ending {
+    pub exit: Option<i32>,
+    pub signal: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// The function's answer, or why it failed (a 502).
+pub fn response(ending: Ending, stdout: &[u8]) -> Result<Response<Full<Bytes>>, String> {
+    match ending {
+        Ending { error: Some(e), .. } => return Err(e),
+        Ending {
+            signal: Some(s), ..
+        } => {
+            return Err(if s == libc::SIGKILL {
+                "killed (SIGKILL: out of memory in the envelope?)".to_string()
+            } else {
+                format!("killed by signal {s}")
+            })
+        }
+        Ending {
+            exit: Some(code), ..
+        } if code != 0 => return Err(format!("exited with status {code}")),
+        _ => {}
+    }
+    if stdout.len() > MAX_RESPONSE {
+        return Err(format!("response over {MAX_RESPONSE} bytes"));
+    }
+    let r = cgi::parse_response(stdout)?;
+    let mut b = Response::builder().status(r.status);
+    for (k, v) in &r.headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    b.body(Full::new(Bytes::copy_from_slice(&stdout[r.body_offset..])))
+        .map_err(|e| format!("bad response header: {e}"))
+}
+
+pub fn failed(function: &str) -> Response<Full<Bytes>> {
+    text(
+        StatusCode::BAD_GATEWAY,
+        format!("function {function} failed\n"),
+    )
+}
+
+pub fn timed_out(function: &str) -> Response<Full<Bytes>> {
+    text(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!("function {function} timed out\n"),
+    )
+}
