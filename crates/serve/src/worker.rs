@@ -564,7 +564,7 @@ impl InProcess {
         head: Option<Head>,
         body: bytes::Bytes,
     ) -> std::result::Result<amphi_wasm::function::Outcome, String> {
-        let scratch = match &self.scratch {
+        let scratch = match self.scratch.as_ref().filter(|_| self.function.sees_files()) {
             Some(base) => {
                 let dir = amphi_wasm::function::scratch_dir(base, id);
                 std::fs::create_dir(&dir)
