@@ -502,36 +502,26 @@ fn invocations_are_traced_over_otlp() {
     assert_eq!(server["traceId"], trace_id);
     assert_eq!(server["parentSpanId"], "b7ad6b7169203331");
     assert_eq!(server["spanId"], invocation_span.as_str());
-    for phase in ["queue", "envelope", "run"] {
-        assert!(
-            named(phase)
-                .iter()
-                .any(|p| p["parentSpanId"] == server["spanId"] && p["traceId"] == trace_id),
-            "no {phase} span below the invocation: {spans:#?}"
-        );
-    }
+    let phases_below = |invocation: &serde_json::Value, phases: &[&str]| {
+        for phase in phases {
+            assert!(
+                named(phase)
+                    .iter()
+                    .any(|p| p["parentSpanId"] == invocation["spanId"] && p["traceId"] == trace_id),
+                "no {phase} span below {}: {spans:#?}",
+                invocation["name"]
+            );
+        }
+    };
+    phases_below(server, &["queue", "envelope", "run"]);
     let wasm = named("POST tout");
     assert_eq!(wasm.len(), 1, "{spans:#?}");
-    for phase in ["queue", "envelope", "run", "instance", "guest"] {
-        assert!(
-            named(phase)
-                .iter()
-                .any(|p| p["parentSpanId"] == wasm[0]["spanId"]),
-            "no {phase} span below the wasm invocation: {spans:#?}"
-        );
-    }
+    phases_below(wasm[0], &["queue", "envelope", "run", "instance", "guest"]);
     let port = named("POST tport");
     assert_eq!(port.len(), 1, "{spans:#?}");
     assert_eq!(port[0]["traceId"], trace_id);
     assert_eq!(port[0]["parentSpanId"], "b7ad6b7169203331");
-    for phase in ["queue", "run", "instance", "guest"] {
-        assert!(
-            named(phase)
-                .iter()
-                .any(|p| p["parentSpanId"] == port[0]["spanId"]),
-            "no {phase} span below the port's invocation: {spans:#?}"
-        );
-    }
+    phases_below(port[0], &["queue", "run", "instance", "guest"]);
     let outbound = named("GET outbound");
     assert_eq!(outbound.len(), 2, "{spans:#?}");
     let backend_saw = backend.seen();

@@ -82,6 +82,16 @@ pub enum Source {
     Bundle(PathBuf),
 }
 
+impl Source {
+    /// Module or program; `None` for a bundle (its config.json says).
+    pub fn kind(&self) -> Option<Kind> {
+        match self {
+            Source::File { kind, .. } | Source::InRoot { kind, .. } => Some(*kind),
+            Source::Bundle(_) => None,
+        }
+    }
+}
+
 /// How far apart a function's invocations are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isolation {
@@ -361,18 +371,7 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
             ))
         }
     };
-    if interface == Interface::Http
-        && matches!(
-            source,
-            Source::File {
-                kind: Kind::Program,
-                ..
-            } | Source::InRoot {
-                kind: Kind::Program,
-                ..
-            }
-        )
-    {
+    if interface == Interface::Http && source.kind() == Some(Kind::Program) {
         return Err(bad(
             name,
             "interface",
@@ -438,16 +437,7 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
         .collect::<Result<Vec<_>>>()?;
     if !allowed_outbound_hosts.is_empty()
         && interface == Interface::Cgi
-        && matches!(
-            source,
-            Source::File {
-                kind: Kind::Module,
-                ..
-            } | Source::InRoot {
-                kind: Kind::Module,
-                ..
-            }
-        )
+        && source.kind() == Some(Kind::Module)
     {
         return Err(bad(
             name,
@@ -485,18 +475,7 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
             "a port of its own is served by the function's one warm envelope; isolation = \"envelope\" makes an envelope per request: drop listen or use \"instance\"",
         ));
     }
-    if listen.is_some()
-        && matches!(
-            source,
-            Source::File {
-                kind: Kind::Program,
-                ..
-            } | Source::InRoot {
-                kind: Kind::Program,
-                ..
-            }
-        )
-    {
+    if listen.is_some() && source.kind() == Some(Kind::Program) {
         return Err(bad(
             name,
             "listen",

@@ -30,8 +30,6 @@ use crate::invocation::{
 };
 use crate::worker::{epoch_ns, send, FromWorker, InProcess, Served};
 
-/// The largest request head read, as on the server's port.
-const MAX_REQUEST_HEAD: usize = 64 << 10;
 /// The most bytes of reports in one message (estimated; a message may
 /// hold up to [`crate::worker::MAX_MESSAGE`]).
 const REPORT_BATCH: usize = 64 << 10;
@@ -164,39 +162,17 @@ impl Direct {
         };
         let reporter = tokio::spawn(self.clone().reporter());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.max_buf_size(MAX_REQUEST_HEAD);
-        loop {
-            let (stream, remote) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    // Out of fds or memory: let in-flight requests end.
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                },
-                _ = self.drain.notified() => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let Ok(local) = stream.local_addr() else {
-                continue;
-            };
-            let direct = self.clone();
-            let conn = http.serve_connection(
-                hyper_util::rt::TokioIo::new(stream),
-                hyper::service::service_fn(move |req| {
-                    let direct = direct.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(direct.handle(req, local, remote).await)
-                    }
-                }),
-            );
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-        }
+        let direct = self.clone();
+        invocation::accept_until(
+            &listener,
+            self.drain.notified(),
+            &graceful,
+            move |req, local, remote| {
+                let direct = direct.clone();
+                async move { direct.handle(req, local, remote).await }
+            },
+        )
+        .await;
         // Connections queue in the listener's backlog for the next
         // envelope the server makes.
         drop(listener);

@@ -18,6 +18,58 @@ use crate::worker::Head;
 pub const MAX_RESPONSE: usize = 16 << 20;
 /// The most of an invocation's stderr kept for the log.
 pub const MAX_STDERR_LOGGED: usize = 2048;
+/// The largest request head read (hyper answers 431 beyond it); with its
+/// CGI variables it fits a worker message ([`crate::worker::MAX_MESSAGE`]).
+pub const MAX_REQUEST_HEAD: usize = 64 << 10;
+
+/// Accept HTTP/1 connections until `stop`, each served by `handle`
+/// (given the request, the connection's local and remote addresses) and
+/// watched by `graceful` for the shutdown that follows.
+pub async fn accept_until<H, F>(
+    listener: &tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()>,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    handle: H,
+) where
+    H: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr, SocketAddr) -> F
+        + Clone
+        + Send
+        + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.max_buf_size(MAX_REQUEST_HEAD);
+    tokio::pin!(stop);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Out of fds or memory: let in-flight requests end.
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        let handle = handle.clone();
+        let conn = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper::service::service_fn(move |req| {
+                let reply = handle(req, local, remote);
+                async move { Ok::<_, std::convert::Infallible>(reply.await) }
+            }),
+        );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
 
 /// `concurrency` invocations at once, `queue` more waiting, the rest
 /// turned away.

@@ -4,7 +4,6 @@
 //! shutdown.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,10 +27,6 @@ use crate::invocation::{
 use crate::keeper::Keeper;
 use crate::metrics::{self, FunctionMetrics};
 use crate::worker::{recv, send, Done, FromWorker, Head, Served, ToWorker};
-
-/// The largest request head read (hyper answers 431 beyond it); with its
-/// CGI variables it fits a worker message ([`crate::worker::MAX_MESSAGE`]).
-const MAX_REQUEST_HEAD: usize = 64 << 10;
 
 pub struct Settings {
     pub listen: SocketAddr,
@@ -1005,32 +1000,18 @@ pub async fn serve(server: Arc<Server>, settings: Settings) -> Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut http = hyper::server::conn::http1::Builder::new();
-    // A request head must fit the message that carries it to the worker.
-    http.max_buf_size(MAX_REQUEST_HEAD);
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(_) => continue,
-            },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let server = server.clone();
-        let conn = http.serve_connection(
-            hyper_util::rt::TokioIo::new(stream),
-            hyper::service::service_fn(move |req| {
-                let server = server.clone();
-                async move { Ok::<_, Infallible>(server.handle(req, remote).await) }
-            }),
-        );
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-    }
+    let stop = async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    let routing = server.clone();
+    invocation::accept_until(&listener, stop, &graceful, move |req, _local, remote| {
+        let server = routing.clone();
+        async move { server.handle(req, remote).await }
+    })
+    .await;
     drop(listener);
     log_line(
         serde_json::json!({"msg": "shutting down", "deadline_s": settings.shutdown_timeout.as_secs_f64()}),
