@@ -28,6 +28,8 @@ command -v dbus-daemon >/dev/null || packages+=(dbus)
 # What clone paths amphi takes is checked with strace; CRIU runs in the lane.
 command -v strace >/dev/null || packages+=(strace)
 command -v criu >/dev/null || packages+=(criu)
+# Binaryen's wasm-opt instruments checkpointable wasm modules (Asyncify).
+command -v wasm-opt >/dev/null || packages+=(binaryen)
 # The lane indexes its kernel's modules (depmod) so CRIU's probes can load them.
 command -v depmod >/dev/null || [ -x /usr/sbin/depmod ] || packages+=(kmod)
 # The reference of the seccomp compiler's differential test; static libc

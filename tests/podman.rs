@@ -311,3 +311,49 @@ fn podman_rootless() {
     // state where that user may write, not in /run/amphi.
     assert!(!Path::new("/run/amphi").join("sleeper").exists());
 }
+
+/// podman's checkpoint and restore of a wasm container: podman drives
+/// amphi's `checkpoint` and `restore` (through conmon), and the guest
+/// counts on where it stopped, in the same container.
+#[test]
+fn podman_checkpoints_and_restores_a_wasm_container() {
+    let prefix = tempfile::tempdir().unwrap();
+    let amphi = installed(prefix.path());
+    let p = podman(false, &amphi);
+    let counted = |p: &Podman| -> Vec<u64> {
+        p.ok(&["logs", "count"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    };
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "count",
+        "--annotation",
+        "io.github.amphi.checkpoint=true",
+        "--entrypoint",
+        "/counter.wasm",
+        WASM,
+        "-",
+        "20",
+    ]);
+    assert!(wait_for(30, || counted(&p).len() >= 3), "{:?}", counted(&p));
+    p.ok(&["container", "checkpoint", "count"]);
+    let status = p.ok(&[
+        "inspect",
+        "--format",
+        "{{.State.Status}} {{.State.Checkpointed}}",
+        "count",
+    ]);
+    assert_eq!(status.trim(), "exited true");
+    let at_checkpoint = counted(&p);
+    p.ok(&["container", "restore", "count"]);
+    assert!(wait_for(30, || counted(&p).len() >= at_checkpoint.len() + 3));
+    let all = counted(&p);
+    let expected: Vec<u64> = (1..=all.len() as u64).collect();
+    assert_eq!(all, expected, "the restored guest does not count on");
+    p.ok(&["rm", "--force", "count"]);
+    assert_clean(&p);
+}

@@ -11,6 +11,7 @@
 //! interleaved (A B A B ...) after a warm-up, each is run many times, and
 //! the report gives medians, p95s and ratios taken pair by pair.
 
+mod checkpoint;
 mod floor;
 mod plot;
 mod pods;
@@ -88,10 +89,11 @@ impl Opts {
             "pods",
             "serve",
             "wasm",
+            "checkpoint",
         ]
         .contains(&group.as_str())
         {
-            bail!("unknown group {group:?}: use all, start, throughput, memory, compute, shim, pods, serve or wasm");
+            bail!("unknown group {group:?}: use all, start, throughput, memory, compute, shim, pods, serve, wasm or checkpoint");
         }
         // The committed results and the README's table are a full run's:
         // one group alone writes elsewhere unless told where.
@@ -535,6 +537,10 @@ fn main() -> Result<()> {
     if group == "all" || group == "wasm" {
         eprintln!("amphi-bench: real wasm programs, first and cached starts");
         results["wasm"] = wasm::group(&w, &o)?;
+    }
+    if group == "all" || group == "checkpoint" {
+        eprintln!("amphi-bench: checkpoint and restore of wasm containers");
+        results["checkpoint"] = checkpoint::group(&w, &o)?;
     }
     drop(w);
     report::write(&results, &o)?;

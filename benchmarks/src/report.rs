@@ -317,6 +317,10 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
         std::fs::write(o.out.join("wasm.csv"), csv)?;
     }
 
+    if let Some(ck) = r.get("checkpoint") {
+        checkpoint_table(&mut md, ck)?;
+    }
+
     for svg in [
         "start",
         "split",
@@ -517,4 +521,52 @@ fn throughput_table(md: &mut String, t: &Value, o: &Opts, file: &str, title: &st
     }
     std::fs::write(o.out.join(format!("{file}.csv")), csv)?;
     bars(&o.out.join(format!("{file}.svg")), title, "per s", &plot)
+}
+
+/// Checkpoint and restore of wasm containers, with the issue's targets.
+fn checkpoint_table(md: &mut String, ck: &Value) -> Result<()> {
+    let met = |ok: bool| if ok { "met" } else { "missed" };
+    writeln!(
+        md,
+        "\n**Checkpoint and restore (wasm)**: the checkpointable form (Asyncify plus a poll at every loop back-edge) against the plain module, same program, timed inside it:\n\n\
+         | workload | plain | checkpointable | ratio (pairwise) |\n|---|---|---|---|"
+    )?;
+    for w in ck["instrumentation"].as_array().into_iter().flatten() {
+        writeln!(
+            md,
+            "| {} | {:.1} ms | {:.1} ms | {:.2} |",
+            w["workload"].as_str().unwrap_or(""),
+            f(&w["plain_ms"]),
+            f(&w["checkpointable_ms"]),
+            f(&w["ratio"])
+        )?;
+    }
+    let worst = ck["instrumentation"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| matches!(w["workload"].as_str(), Some("sha256" | "sort")))
+        .map(|w| f(&w["ratio"]))
+        .fold(0.0, f64::max);
+    writeln!(
+        md,
+        "\nsha256 and sort at most {worst:.2}x (target < 1.5x: {})",
+        met(worst < 1.5)
+    )?;
+    let r = &ck["restore"];
+    let ratio = f(&r["checkpoint_plus_restore_over_cached_start"]);
+    let size = f(&r["image_over_touched"]);
+    writeln!(
+        md,
+        "\nA counter with a {} MiB heap: cached start to its first count {:.1} ms; checkpoint {:.1} ms (to the image written and the container removed); restore {:.1} ms (to its next count). Checkpoint plus restore {ratio:.2}x the cached start (target < 5x: {}). Image {:.1} MiB for {:.1} MiB of touched guest memory: {size:.3}x (target <= 1.1x: {}).",
+        r["heap_mib"],
+        f(&r["cached_start_ms"]),
+        f(&r["checkpoint_ms"]),
+        f(&r["restore_ms"]),
+        met(ratio < 5.0),
+        f(&r["image_bytes"]) / 1048576.0,
+        f(&r["touched_memory_bytes"]) / 1048576.0,
+        met(size <= 1.1)
+    )?;
+    Ok(())
 }

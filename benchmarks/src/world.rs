@@ -134,7 +134,7 @@ impl World {
         }
         let out = repo_root().join("bundles/out");
         std::fs::create_dir_all(rootfs.join("app"))?;
-        for g in ["hello", "idle", "bench"] {
+        for g in ["hello", "idle", "bench", "counter"] {
             std::fs::copy(
                 out.join(format!("wasm/{g}.wasm")),
                 rootfs.join(format!("app/{g}.wasm")),
@@ -273,19 +273,19 @@ impl World {
         self.tmp().join(format!("root-{name}"))
     }
 
-    fn cmd(&self, bin: &Path, global: &[&str], args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, bin: &Path, global: &[&str], args: &[&str]) -> Command {
         let mut c = Command::new(bin);
         c.arg("--root").arg(self.root(bin)).args(global).args(args);
         c.stdin(Stdio::null()).stdout(Stdio::null());
         c
     }
 
-    fn id(&self, suffix: &str) -> String {
+    pub(crate) fn id(&self, suffix: &str) -> String {
         format!("b{}-{suffix}", std::process::id())
     }
 
     /// Run a command to completion; an error carries its stderr.
-    fn check(&self, mut c: Command, what: &str) -> Result<()> {
+    pub(crate) fn check(&self, mut c: Command, what: &str) -> Result<()> {
         let out = c
             .stderr(Stdio::piped())
             .output()
@@ -498,6 +498,11 @@ impl World {
             Kind::Wasm => "/app/bench.wasm",
         };
         let bundle = self.bundle(&format!("compute-{}", kind.name()), &[prog, &mib, "/tmp"])?;
+        self.compute_in(&bundle, suffix)
+    }
+
+    /// The benchmark program's lines, run in `bundle`.
+    pub fn compute_in(&self, bundle: &Path, suffix: &str) -> Result<Vec<(String, f64)>> {
         let out = self.tmp().join("compute.out");
         let mut c = self.cmd(
             &self.amphi,
@@ -510,7 +515,7 @@ impl World {
             ],
         );
         c.stdout(std::fs::File::create(&out)?);
-        self.check(c, &format!("{} benchmark program", kind.name()))?;
+        self.check(c, &format!("{} benchmark program", bundle.display()))?;
         let text = std::fs::read_to_string(&out)?;
         Ok(text
             .lines()

@@ -11,9 +11,9 @@ for target in wasm32-wasip1 wasm32-wasip2; do
 done
 export CARGO_TARGET_DIR=$here/../out/wasm-target
 cargo build --quiet --release --manifest-path "$here/Cargo.toml" --target wasm32-wasip1
-cargo build --quiet --release --manifest-path "$here/Cargo.toml" --target wasm32-wasip2 --bin hello --bin idle
+cargo build --quiet --release --manifest-path "$here/Cargo.toml" --target wasm32-wasip2 --bin hello --bin idle --bin counter
 mkdir -p "$out"
-for bin in hello probe trap spin alloc cpu bench idle cgi; do
+for bin in hello probe trap spin spinsum counter alloc cpu bench idle cgi; do
     cp "$CARGO_TARGET_DIR/wasm32-wasip1/release/$bin.wasm" "$out/$bin.wasm"
 done
 host=$(rustc -vV | sed -n 's/^host: //p')
@@ -26,3 +26,4 @@ cargo build --quiet --release --manifest-path "$here/http-hello/Cargo.toml" --ta
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/http_hello.wasm" "$out/http-hello.wasm"
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/hello.wasm" "$out/hello-component.wasm"
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/idle.wasm" "$out/idle-component.wasm"
+cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/counter.wasm" "$out/counter-component.wasm"

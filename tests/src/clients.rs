@@ -213,7 +213,7 @@ pub fn rootfs_tarball(kind: &str, dir: &Path) -> PathBuf {
             assert!(st.success(), "busybox-rootfs.sh");
         }
         "wasm" => {
-            for guest in ["hello", "spin", "idle", "alloc"] {
+            for guest in ["hello", "spin", "idle", "alloc", "counter"] {
                 std::fs::copy(
                     crate::guests_dir().join(format!("{guest}.wasm")),
                     root.join(format!("{guest}.wasm")),

@@ -100,6 +100,88 @@ struct CreateArgs {
     no_new_keyring: bool,
 }
 
+/// runc's checkpoint flags (CRIU's where they only concern native
+/// containers).
+#[derive(clap::Args)]
+struct CriuArgs {
+    /// Where the image is written (checkpoint) or read (restore).
+    #[arg(long, default_value = "checkpoint")]
+    image_path: PathBuf,
+    /// Where CRIU writes its logs (default: the image directory).
+    #[arg(long)]
+    work_path: Option<PathBuf>,
+    #[arg(long)]
+    tcp_established: bool,
+    #[arg(long)]
+    ext_unix_sk: bool,
+    #[arg(long)]
+    shell_job: bool,
+    #[arg(long)]
+    file_locks: bool,
+    /// soft, full, strict or ignore.
+    #[arg(long, value_parser = ["soft", "full", "strict", "ignore"])]
+    manage_cgroups_mode: Option<String>,
+    /// Accepted for runc's callers; namespaces are the bundle's.
+    #[arg(long)]
+    empty_ns: Vec<String>,
+    #[arg(long)]
+    auto_dedup: bool,
+    #[arg(long)]
+    lazy_pages: bool,
+}
+
+impl CriuArgs {
+    fn options(&self) -> amphi_core::executor::CheckpointOptions {
+        amphi_core::executor::CheckpointOptions {
+            image_path: self.image_path.clone(),
+            work_path: self.work_path.clone(),
+            tcp_established: self.tcp_established,
+            ext_unix_sk: self.ext_unix_sk,
+            shell_job: self.shell_job,
+            file_locks: self.file_locks,
+            manage_cgroups_mode: self.manage_cgroups_mode.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct CheckpointArgs {
+    id: String,
+    #[command(flatten)]
+    criu: CriuArgs,
+    /// An incremental image: the previous dump's directory, relative to
+    /// the image directory (native only).
+    #[arg(long)]
+    parent_path: Option<PathBuf>,
+    #[arg(long)]
+    leave_running: bool,
+    /// Dump memory only, the container runs on (native only).
+    #[arg(long)]
+    pre_dump: bool,
+    #[arg(long)]
+    page_server: Option<String>,
+    #[arg(long)]
+    status_fd: Option<i32>,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    #[command(flatten)]
+    create: CreateArgs,
+    #[command(flatten)]
+    criu: CriuArgs,
+    /// Return once the container runs.
+    #[arg(short, long)]
+    detach: bool,
+    #[arg(long)]
+    no_subreaper: bool,
+    #[arg(long)]
+    lsm_profile: Option<String>,
+    #[arg(long)]
+    lsm_mount_context: Option<String>,
+}
+
 #[derive(clap::Args)]
 struct UpdateArgs {
     id: String,
@@ -174,6 +256,12 @@ enum Command {
         #[arg(short, long)]
         detach: bool,
     },
+    /// Write a running container's checkpoint image (wasm: amphi's own
+    /// image; native: CRIU's), then remove the container unless
+    /// --leave-running.
+    Checkpoint(CheckpointArgs),
+    /// Create and start a container from a checkpoint image (as `run`).
+    Restore(RestoreArgs),
     /// Change a running container's cgroup limits.
     Update(UpdateArgs),
     /// Print cgroup statistics and OOM events as JSON lines.
@@ -305,6 +393,7 @@ fn create_options(a: &CreateArgs) -> CreateOptions<'_> {
         no_pivot: a.no_pivot,
         preserve_fds: a.preserve_fds,
         no_new_keyring: a.no_new_keyring,
+        restore: None,
     }
 }
 
@@ -400,6 +489,36 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Delete { id, force } => runtime()?
             .delete(id, *force)
             .with_context(|| format!("delete {id}"))?,
+        Command::Checkpoint(a) => {
+            let context = || format!("checkpoint {}", a.id);
+            if a.criu.lazy_pages || a.page_server.is_some() {
+                return Err(anyhow!("--lazy-pages and --page-server are not supported"))
+                    .with_context(context);
+            }
+            let o = amphi_core::executor::CheckpointOptions {
+                parent_path: a.parent_path.clone(),
+                leave_running: a.leave_running,
+                pre_dump: a.pre_dump,
+                ..a.criu.options()
+            };
+            runtime()?.checkpoint(&a.id, &o).with_context(context)?;
+        }
+        Command::Restore(a) => {
+            let rt = runtime()?;
+            let image = a.criu.options();
+            let mut o = create_options(&a.create);
+            o.restore = Some(&image);
+            let context = || format!("restore {}", a.create.id);
+            if a.criu.lazy_pages {
+                return Err(anyhow!("--lazy-pages is not supported")).with_context(context);
+            }
+            if a.detach {
+                rt.run_detached(&o).with_context(context)?;
+            } else {
+                let code = rt.run(&o).with_context(context)?;
+                return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+            }
+        }
         Command::Run { create, detach } => {
             let rt = runtime()?;
             let o = create_options(create);

@@ -8,10 +8,11 @@
 //! An executor works in two phases, both inside the container's init.
 
 use std::os::fd::BorrowedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Process, Spec};
 
+use crate::state::ContainerState;
 use crate::Result;
 
 /// A handler's answer to "can you run this?"; a "no" says why, so that a
@@ -36,6 +37,60 @@ pub trait Handler {
     /// process `exec` adds), built in the runtime while host paths are
     /// still reachable.
     fn executor(&self, id: &str, spec: &Spec) -> Result<Box<dyn Executor>>;
+
+    /// Writes container `state`'s checkpoint image (`amphi checkpoint`);
+    /// `state_dir` is its state directory. Returns once the image is
+    /// complete; without `leave_running` the container's processes are
+    /// then gone or going (the runtime removes the container).
+    fn checkpoint(
+        &self,
+        _state: &ContainerState,
+        _state_dir: &Path,
+        _o: &CheckpointOptions,
+    ) -> Result<()> {
+        Err(crate::Error::Unsupported(format!(
+            "the {} executor cannot checkpoint containers",
+            self.name()
+        )))
+    }
+
+    /// Whether `amphi restore` of this handler's containers is CRIU's
+    /// (the runtime runs `criu restore` in place of an init).
+    fn restores_through_criu(&self) -> bool {
+        false
+    }
+
+    /// The executor of container `id`'s init continuing from the
+    /// checkpoint image in `image` (`amphi restore`), which it reads and
+    /// checks here, before anything exists.
+    fn restoring_executor(
+        &self,
+        _id: &str,
+        _spec: &Spec,
+        image: &Path,
+    ) -> Result<Box<dyn Executor>> {
+        Err(crate::Error::Unsupported(format!(
+            "--image-path {}: the {} executor cannot restore from an image",
+            image.display(),
+            self.name()
+        )))
+    }
+}
+
+/// `amphi checkpoint`'s options, runc's names.
+#[derive(Debug, Default, Clone)]
+pub struct CheckpointOptions {
+    pub image_path: PathBuf,
+    pub work_path: Option<PathBuf>,
+    pub parent_path: Option<PathBuf>,
+    pub leave_running: bool,
+    pub pre_dump: bool,
+    pub tcp_established: bool,
+    pub ext_unix_sk: bool,
+    pub shell_job: bool,
+    pub file_locks: bool,
+    /// `--manage-cgroups-mode`: soft, full, strict or ignore.
+    pub manage_cgroups_mode: Option<String>,
 }
 
 /// What an executor may look at while preparing.
@@ -47,6 +102,9 @@ pub struct PrepareContext<'a> {
     /// The rootfs, opened; resolve paths with [`crate::rootfs::open_in_root`]
     /// so symlinks cannot lead outside it.
     pub root_fd: BorrowedFd<'a>,
+    /// The container's state directory (O_PATH), for a container's init;
+    /// none for a process `exec` adds.
+    pub state_dir: Option<BorrowedFd<'a>>,
 }
 
 impl PrepareContext<'_> {

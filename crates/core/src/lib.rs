@@ -5,6 +5,7 @@
 pub mod capabilities;
 pub mod cgroups;
 pub mod console;
+pub mod criu;
 pub mod devices;
 pub mod error;
 pub mod executor;

@@ -23,6 +23,19 @@ impl amphi_core::executor::Handler for Handler {
         Verdict::Yes
     }
 
+    fn checkpoint(
+        &self,
+        state: &amphi_core::state::ContainerState,
+        _state_dir: &Path,
+        o: &amphi_core::executor::CheckpointOptions,
+    ) -> Result<()> {
+        amphi_core::criu::dump(state, o)
+    }
+
+    fn restores_through_criu(&self) -> bool {
+        true
+    }
+
     fn executor(&self, _id: &str, _: &Spec) -> Result<Box<dyn Executor>> {
         Ok(Box::new(Native::new()))
     }

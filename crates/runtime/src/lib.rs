@@ -39,6 +39,9 @@ pub struct CreateOptions<'a> {
     /// Keep the caller's session keyring instead of a fresh one (runc's
     /// `--no-new-keyring`).
     pub no_new_keyring: bool,
+    /// Continue from the checkpoint image these options name (`amphi
+    /// restore`).
+    pub restore: Option<&'a executor::CheckpointOptions>,
 }
 
 pub struct ExecOptions<'a> {
@@ -130,15 +133,19 @@ impl Runtime {
         spec: &oci_spec::runtime::Spec,
         rootfs: &Path,
         console_socket: Option<&Path>,
+        restore: Option<&executor::CheckpointOptions>,
     ) -> Result<Chosen<'_>> {
         let terminal = spec
             .process()
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
-        let console_socket = connect_console(terminal, console_socket)?;
         let handler = executor::choose(&self.handlers, spec, rootfs)?;
-        let executor = handler.executor(id, spec)?;
+        let executor = match restore {
+            Some(image) => handler.restoring_executor(id, spec, &image.image_path)?,
+            None => handler.executor(id, spec)?,
+        };
+        let console_socket = connect_console(terminal, console_socket)?;
         Ok(Chosen {
             handler,
             executor,
@@ -154,11 +161,17 @@ impl Runtime {
         for w in &bundle.warnings {
             (self.warn)(w);
         }
+        if let Some(image) = o.restore {
+            let handler = executor::choose(&self.handlers, spec, &bundle.rootfs)?;
+            if handler.restores_through_criu() {
+                return self.restore_through_criu(o, &bundle, handler, image);
+            }
+        }
         let Chosen {
             handler,
             executor,
             console_socket,
-        } = self.executor_and_console(o.id, spec, &bundle.rootfs, o.console_socket)?;
+        } = self.executor_and_console(o.id, spec, &bundle.rootfs, o.console_socket, o.restore)?;
 
         let locked = self.store.create(o.id)?;
         util::failpoint("create:dir");
@@ -255,6 +268,84 @@ impl Runtime {
         Ok(pid)
     }
 
+    /// create's counterpart for an image CRIU restores: the state
+    /// directory and cgroup as for create, then `criu restore` in place
+    /// of an init; the container runs at once (no `start`).
+    fn restore_through_criu(
+        &self,
+        o: &CreateOptions,
+        bundle: &Bundle,
+        handler: &dyn Handler,
+        image: &executor::CheckpointOptions,
+    ) -> Result<i32> {
+        let spec = &bundle.spec;
+        let locked = self.store.create(o.id)?;
+        let mut guard = CreateGuard {
+            locked: Some(locked),
+            cgroup_created: Vec::new(),
+            cgroup_paths: Vec::new(),
+            systemd_unit: None,
+        };
+        let locked = guard.locked.as_ref().expect("set above");
+        let planned = cgroups::plan(o.id, spec.linux().as_ref(), self.cgroups)?;
+        if planned.systemd.is_some() {
+            return Err(Error::Unsupported(
+                "restoring through CRIU with the systemd cgroup driver: use the cgroupfs driver"
+                    .into(),
+            ));
+        }
+        let mut state = ContainerState {
+            id: o.id.into(),
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            pid: 0,
+            start_time: 0,
+            created: util::rfc3339_now(),
+            executor: handler.name().into(),
+            no_new_keyring: o.no_new_keyring,
+            systemd_unit: None,
+            annotations: spec.annotations().clone().unwrap_or_default(),
+            cgroup_paths: planned.paths.clone(),
+            cgroup_created: planned.created.clone(),
+            spec: spec.clone(),
+        };
+        locked.save(&state)?;
+        planned.make()?;
+        guard.cgroup_created = state.cgroup_created.clone();
+        guard.cgroup_paths = state.cgroup_paths.clone();
+        // CRIU's own process exits once the tree is restored: as its
+        // subreaper this process inherits the restored init and can wait
+        // for it (`restore` without --detach).
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let pid = amphi_core::criu::restore(&amphi_core::criu::Restore {
+            options: image,
+            spec,
+            rootfs: &bundle.rootfs,
+            state_dir: &locked.dir,
+            cgroup_paths: &state.cgroup_paths,
+        })?;
+        state.pid = pid;
+        state.start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
+        locked.save(&state)?;
+        if let Some(f) = o.pid_file {
+            util::write_atomic(f, pid.to_string().as_bytes())?;
+        }
+        guard.locked = None;
+        Ok(pid)
+    }
+
+    /// start, but for a container CRIU restored, which runs already.
+    fn start_created(&self, o: &CreateOptions) -> Result<()> {
+        if o.restore.is_some() {
+            let (_locked, _state, status) = self.load(o.id)?;
+            if status == Status::Running {
+                return Ok(());
+            }
+        }
+        self.start(o.id)
+    }
+
     fn load(&self, id: &str) -> Result<(Locked, ContainerState, Status)> {
         let locked = self.store.lock(id)?;
         let state = locked.load()?;
@@ -318,6 +409,37 @@ impl Runtime {
         if let Err(e) = hooks::run_all(poststart, "poststart", &json) {
             // The spec: a failed poststart hook is logged, the container runs on.
             (self.warn)(&format!("container {id}: {e}"));
+        }
+        Ok(())
+    }
+
+    /// Writes a running container's checkpoint image through its
+    /// executor; without `leave_running` the container is then removed,
+    /// as runc does.
+    pub fn checkpoint(&self, id: &str, o: &executor::CheckpointOptions) -> Result<()> {
+        let (locked, state, status) = self.load(id)?;
+        if status != Status::Running {
+            return Err(wrong_state(
+                id,
+                status,
+                "only a running container can be checkpointed",
+            ));
+        }
+        let handler = self
+            .handlers
+            .iter()
+            .find(|h| h.name() == state.executor)
+            .ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "container {id} runs on the {} executor, which this frontend lacks",
+                    state.executor
+                ))
+            })?;
+        handler.checkpoint(&state, &locked.dir, o)?;
+        drop(locked);
+        if !o.leave_running && !o.pre_dump {
+            wait_gone(&state);
+            self.delete(id, true)?;
         }
         Ok(())
     }
@@ -489,7 +611,7 @@ impl Runtime {
             executor,
             console_socket,
             ..
-        } = self.executor_and_console(o.id, &spec, &state.rootfs, o.console_socket)?;
+        } = self.executor_and_console(o.id, &spec, &state.rootfs, o.console_socket, None)?;
         let bundle = Bundle::new(state.bundle.clone(), state.rootfs.clone(), spec)?;
         let blocked = if o.detach {
             SigSet::empty()
@@ -667,7 +789,7 @@ impl Runtime {
     /// create + start; a container that fails to start is removed.
     pub fn run_detached(&self, o: &CreateOptions) -> Result<()> {
         self.create(o)?;
-        self.start(o.id).inspect_err(|_| {
+        self.start_created(o).inspect_err(|_| {
             let _ = self.delete(o.id, true);
         })
     }
@@ -683,7 +805,7 @@ impl Runtime {
 
     fn run_blocked(&self, o: &CreateOptions, blocked: &SigSet) -> Result<i32> {
         let pid = Pid::from_raw(self.create(o)?);
-        if let Err(e) = self.start(o.id) {
+        if let Err(e) = self.start_created(o) {
             let _ = self.delete(o.id, true);
             let _ = waitpid(pid, None);
             return Err(e);

@@ -300,6 +300,7 @@ fn create(runtime: &Runtime, plan: &Plan, id: &str) -> Result<()> {
         no_pivot: false,
         preserve_fds: 0,
         no_new_keyring: false,
+        restore: None,
     };
     runtime
         .create(&options)

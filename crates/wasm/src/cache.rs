@@ -402,9 +402,34 @@ impl Cache {
         self.get(kind, bytes)
     }
 
-    fn get<T: Artifact>(&mut self, kind: Kind, bytes: &[u8]) -> wasmtime::Result<T> {
+    /// A module made from `original` by `derive` (e.g. instrumented), from
+    /// the cache under a key of `original` and `tag`, so a hit pays for
+    /// neither deriving nor compiling.
+    pub fn derived_module(
+        &mut self,
+        kind: Kind,
+        original: &[u8],
+        tag: &str,
+        derive: impl FnOnce() -> wasmtime::Result<Vec<u8>>,
+    ) -> wasmtime::Result<Module> {
         let engine = engine::engine(kind);
-        let key = key(engine, bytes);
+        let key = key(engine, &[original, tag.as_bytes()].concat());
+        let mut derived = None;
+        self.get_keyed(kind, key, || Ok(derived.insert(derive()?).as_slice()))
+    }
+
+    fn get<T: Artifact>(&mut self, kind: Kind, bytes: &[u8]) -> wasmtime::Result<T> {
+        let key = key(engine::engine(kind), bytes);
+        self.get_keyed(kind, key, || Ok(bytes))
+    }
+
+    fn get_keyed<'b, T: Artifact>(
+        &mut self,
+        kind: Kind,
+        key: String,
+        bytes: impl FnOnce() -> wasmtime::Result<&'b [u8]>,
+    ) -> wasmtime::Result<T> {
+        let engine = engine::engine(kind);
         let mut outcome = Outcome::Compiled;
         if let Some(t) = self.load(engine, &key, &mut outcome) {
             report(&Outcome::Hit);
@@ -418,7 +443,7 @@ impl Cache {
                 return Ok(t);
             }
         }
-        let t = self.compile_and_store(kind, engine, bytes, &key, lock.is_some())?;
+        let t = self.compile_and_store(kind, engine, bytes()?, &key, lock.is_some())?;
         drop(lock);
         report(&outcome);
         if let Err(e) = self.shrink_to(self.max, Some(&key)) {

@@ -26,6 +26,9 @@ pub enum Kind {
     Command,
     /// An invocation of `amphi serve`.
     Function,
+    /// A container's process instrumented for checkpoints (its module
+    /// polls at loop back-edges, told to by an epoch tick).
+    Checkpoint,
 }
 
 /// Instance slots of the pooling allocator for function envelopes, when
@@ -35,6 +38,9 @@ pub(crate) static POOL_SLOTS: OnceLock<Option<u32>> = OnceLock::new();
 
 pub(crate) fn config(kind: Kind) -> Config {
     let mut config = Config::new();
+    if kind == Kind::Checkpoint {
+        config.epoch_interruption(true);
+    }
     if kind == Kind::Function {
         config.epoch_interruption(true);
         if let Some(slots) = POOL_SLOTS.get().copied().flatten() {
@@ -57,9 +63,11 @@ pub(crate) fn config(kind: Kind) -> Config {
 pub fn engine(kind: Kind) -> &'static Engine {
     static COMMAND: OnceLock<Engine> = OnceLock::new();
     static FUNCTION: OnceLock<Engine> = OnceLock::new();
+    static CHECKPOINT: OnceLock<Engine> = OnceLock::new();
     let cell = match kind {
         Kind::Command => &COMMAND,
         Kind::Function => &FUNCTION,
+        Kind::Checkpoint => &CHECKPOINT,
     };
     cell.get_or_init(|| {
         let mut config = config(kind);
@@ -107,7 +115,7 @@ mod tests {
     #[test]
     fn the_engines_enable_what_the_wasmtime_cli_enables() {
         let cli = cli_defaults().get_wasm_features();
-        for kind in [Kind::Command, Kind::Function] {
+        for kind in [Kind::Command, Kind::Function, Kind::Checkpoint] {
             let ours = engine(kind).get_wasm_features();
             assert_eq!(
                 ours,

@@ -2,6 +2,8 @@
 //! container's process (see the crate's documentation).
 
 use std::io::Read;
+
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 
 use amphi_core::executor::{Executor, PrepareContext};
@@ -25,6 +27,29 @@ enum Linked {
     Component(CommandPre<P2State>),
     /// A `wasi:http/proxy` component, served on a port.
     Service(Box<crate::function::Function>, u16),
+    /// A module in checkpointable form (see [`crate::checkpoint`]).
+    Checkpointable(InstancePre<CheckpointState>),
+}
+
+/// What a checkpointable container has beyond a plain one.
+struct Checkpointing {
+    /// The image to continue from (`amphi restore`).
+    image: Option<crate::checkpoint::Image>,
+    listener: Option<std::os::unix::net::UnixListener>,
+    module_sha256: String,
+    instrumentation: String,
+}
+
+struct CheckpointState {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+    session: crate::checkpoint::guest::Session,
+}
+
+impl crate::checkpoint::guest::HasSession for CheckpointState {
+    fn session(&mut self) -> &mut crate::checkpoint::guest::Session {
+        &mut self.session
+    }
 }
 
 struct P1State {
@@ -55,6 +80,7 @@ pub struct Wasm {
     /// Writable mounts under a read-only root: preopened read-write.
     writable: Vec<PathBuf>,
     linked: Option<Linked>,
+    checkpoint: Option<Checkpointing>,
 }
 
 pub(crate) fn fail(what: impl std::fmt::Display) -> Error {
@@ -120,7 +146,20 @@ impl Wasm {
             readonly_root,
             writable: Vec::new(),
             linked: None,
+            checkpoint: None,
         }
+    }
+
+    /// Runs the module in checkpointable form; with `image`, continuing
+    /// from it.
+    pub fn checkpointable(mut self, image: Option<crate::checkpoint::Image>) -> Wasm {
+        self.checkpoint = Some(Checkpointing {
+            image,
+            listener: None,
+            module_sha256: String::new(),
+            instrumentation: String::new(),
+        });
+        self
     }
 
     pub(crate) fn read_module(ctx: &PrepareContext, arg0: &str) -> Result<(PathBuf, Vec<u8>)> {
@@ -186,7 +225,11 @@ impl Wasm {
         amphi_core::util::trace::phase("wasm: WASI context");
         let limits = store_limits(self.memory_limit);
         let wasi = self.wasi(p)?;
-        let engine = engine(Kind::Command);
+        let engine = engine(if self.checkpoint.is_some() {
+            Kind::Checkpoint
+        } else {
+            Kind::Command
+        });
         amphi_core::util::trace::phase("wasm: instantiate and run");
         // wasmtime-wasi's synchronous API would start a multi-threaded
         // tokio runtime of its own for every guest (worker threads sized
@@ -218,6 +261,35 @@ impl Wasm {
                     status_of(result.map(|()| 0))
                 }
                 Linked::Service(..) => unreachable!("served above"),
+                Linked::Checkpointable(pre) => {
+                    let plan = self.checkpoint.expect("set with the module");
+                    let mut wasi = wasi;
+                    let mut store = Store::new(
+                        engine,
+                        CheckpointState {
+                            wasi: wasi.build_p1(),
+                            limits,
+                            session: crate::checkpoint::guest::Session::new(
+                                plan.listener,
+                                plan.module_sha256,
+                                plan.instrumentation,
+                            ),
+                        },
+                    );
+                    store.limiter(|s| &mut s.limits);
+                    let result = async {
+                        let instance = pre.instantiate_async(&mut store).await?;
+                        crate::checkpoint::guest::run(&mut store, instance, plan.image.as_ref())
+                            .await
+                    }
+                    .await;
+                    match result {
+                        Ok(crate::checkpoint::guest::Outcome::Returned) => 0,
+                        // As a native process CRIU dumped: killed.
+                        Ok(crate::checkpoint::guest::Outcome::Checkpointed) => 128 + libc::SIGKILL,
+                        Err(e) => status_of(Err(e)),
+                    }
+                }
                 Linked::Component(pre) => {
                     let mut wasi = wasi;
                     let mut store = Store::new(
@@ -337,6 +409,71 @@ fn status_of(result: wasmtime::Result<i32>) -> i32 {
     }
 }
 
+impl Wasm {
+    /// Instruments (or finds in the cache) the module, checks an image to
+    /// continue from against it, and binds the init's checkpoint socket.
+    fn prepare_checkpointable(
+        &mut self,
+        ctx: &PrepareContext,
+        what: &str,
+        bytes: &[u8],
+    ) -> Result<()> {
+        use crate::checkpoint::{instrument, instrumentation, ANNOTATION};
+        let refused = |why: String| {
+            fail(format!(
+                "{what}: cannot be checkpointed ({ANNOTATION}=true): {why}; drop the annotation \
+                 to run it as it is"
+            ))
+        };
+        let module_sha256 = crate::cache::hex(&sha2::Sha256::digest(bytes));
+        let instrumentation = instrumentation().map_err(refused)?;
+        amphi_core::util::trace::phase("wasm: load instrumented module");
+        let module = self
+            .cache
+            .derived_module(Kind::Checkpoint, bytes, &instrumentation, || {
+                instrument::instrument(bytes).map_err(|e| wasmtime::format_err!("{e}"))
+            })
+            .map_err(|e| refused(format!("{e:#}")))?;
+        amphi_core::util::trace::phase("wasm: link");
+        let mut linker: Linker<CheckpointState> = Linker::new(engine(Kind::Checkpoint));
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)
+            .and_then(|_| crate::checkpoint::guest::link(&mut linker))
+            .map_err(|e| fail(format!("link WASI: {e:#}")))?;
+        let pre = linker.instantiate_pre(&module).map_err(|e| {
+            fail(format!(
+                "{what}: {e:#}; amphi provides wasi_snapshot_preview1 only"
+            ))
+        })?;
+        let plan = self.checkpoint.as_mut().expect("checked by the caller");
+        if let Some(image) = &plan.image {
+            let m = &image.manifest;
+            if m.module_sha256 != module_sha256 {
+                return Err(fail(format!(
+                    "--image-path {}: made from the module with SHA-256 {}, and {what} has \
+                     {module_sha256}; restore it with the bundle it was taken from",
+                    image.dir.display(),
+                    m.module_sha256
+                )));
+            }
+            if m.instrumentation != instrumentation {
+                return Err(fail(format!(
+                    "--image-path {}: made with instrumentation {:?}, and this amphi has {:?}",
+                    image.dir.display(),
+                    m.instrumentation,
+                    instrumentation
+                )));
+            }
+        }
+        if let Some(dir) = ctx.state_dir {
+            plan.listener = Some(crate::checkpoint::guest::listen(dir)?);
+        }
+        plan.module_sha256 = module_sha256;
+        plan.instrumentation = instrumentation;
+        self.linked = Some(Linked::Checkpointable(pre));
+        Ok(())
+    }
+}
+
 impl Executor for Wasm {
     fn inherited_fds(&self) -> Vec<std::os::fd::RawFd> {
         self.cache.raw_fd().into_iter().collect()
@@ -357,6 +494,11 @@ impl Executor for Wasm {
         amphi_core::util::trace::phase("wasm: load module");
         if self.readonly_root {
             self.writable = writable_mounts(ctx.spec);
+        }
+        if self.checkpoint.is_some() {
+            self.prepare_checkpointable(ctx, &what, &bytes)?;
+            self.cache.close();
+            return Ok(());
         }
         self.linked = Some(match flavor {
             Flavor::Module => {

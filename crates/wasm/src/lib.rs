@@ -31,6 +31,8 @@ fn the_version_matches_the_pin() {
 #[cfg(feature = "engine")]
 pub mod cache;
 #[cfg(feature = "engine")]
+pub mod checkpoint;
+#[cfg(feature = "engine")]
 mod compile;
 #[cfg(feature = "engine")]
 pub mod engine;
@@ -74,6 +76,22 @@ mod handler {
         pub fn new(cache: CacheDir) -> Handler {
             Handler { cache }
         }
+
+        fn plain(&self, spec: &Spec) -> Executor_ {
+            let memory_limit = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().as_ref())
+                .and_then(|r| r.memory().as_ref())
+                .and_then(|m| m.limit())
+                .and_then(|l| u64::try_from(l).ok().filter(|l| *l > 0));
+            let readonly = spec
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false);
+            Executor_::new(self.cache.open(), memory_limit, readonly)
+        }
     }
 
     impl amphi_core::executor::Handler for Handler {
@@ -89,23 +107,50 @@ mod handler {
         }
 
         fn executor(&self, _id: &str, spec: &Spec) -> Result<Box<dyn Executor>> {
-            let memory_limit = spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.resources().as_ref())
-                .and_then(|r| r.memory().as_ref())
-                .and_then(|m| m.limit())
-                .and_then(|l| u64::try_from(l).ok().filter(|l| *l > 0));
-            let readonly = spec
-                .root()
-                .as_ref()
-                .and_then(|r| r.readonly())
-                .unwrap_or(false);
-            Ok(Box::new(Executor_::new(
-                self.cache.open(),
-                memory_limit,
-                readonly,
-            )))
+            let executor = self.plain(spec);
+            Ok(Box::new(if crate::checkpoint::wanted(spec) {
+                executor.checkpointable(None)
+            } else {
+                executor
+            }))
+        }
+
+        fn checkpoint(
+            &self,
+            state: &amphi_core::state::ContainerState,
+            state_dir: &std::path::Path,
+            o: &amphi_core::executor::CheckpointOptions,
+        ) -> Result<()> {
+            if o.pre_dump || o.parent_path.is_some() {
+                return Err(amphi_core::Error::Unsupported(
+                    "--pre-dump and --parent-path: a wasm image is always whole (its memory's \
+                     non-zero pages); checkpoint without them"
+                        .into(),
+                ));
+            }
+            if !crate::checkpoint::wanted(&state.spec)
+                && !state_dir.join(crate::checkpoint::SOCKET).exists()
+            {
+                return Err(amphi_core::Error::Unsupported(format!(
+                    "container {}: its bundle lacks the annotation {}=true, which runs the \
+                     module in checkpointable form; create it with that annotation",
+                    state.id,
+                    crate::checkpoint::ANNOTATION
+                )));
+            }
+            crate::checkpoint::checkpoint(state_dir, &o.image_path, o.leave_running)
+                .map_err(|e| amphi_core::Error::Init(format!("container {}: {e}", state.id)))
+        }
+
+        fn restoring_executor(
+            &self,
+            _id: &str,
+            spec: &Spec,
+            image: &std::path::Path,
+        ) -> Result<Box<dyn Executor>> {
+            let image =
+                crate::checkpoint::Image::load(image).map_err(amphi_core::Error::Unsupported)?;
+            Ok(Box::new(self.plain(spec).checkpointable(Some(image))))
         }
     }
 }

@@ -88,6 +88,7 @@ pub(super) fn create(a: InitArgs, pivot: bool, parent: &mut Parent) -> Result<In
         process,
         rootfs: &a.bundle.rootfs,
         root_fd: root_fd.as_fd(),
+        state_dir: Some(a.state_dir.as_fd()),
     })?;
     drop(root_fd);
 

@@ -34,6 +34,7 @@ pub(super) fn exec(a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
         process,
         rootfs: std::path::Path::new("/"),
         root_fd: root_fd.as_fd(),
+        state_dir: None,
     })?;
     drop(root_fd);
     if let Some(socket) = console_socket(a.console_socket) {
