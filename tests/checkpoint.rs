@@ -371,17 +371,34 @@ fn native_containers_go_through_criu() {
     let b = env.bundle("native", &["sh", "-c", script]);
     b.write();
     let (id, restored) = (env.id("native"), env.id("native2"));
-    let quiet = |args: &[&str]| {
-        let st = env
+    // Pipes for stdio, as conmon and containerd give (CRIU dumps those; a
+    // host file such as /dev/null lies on a mount the container lacks).
+    // The children keep the pipes' other ends until the test ends.
+    let mut held = Vec::new();
+    let mut piped = |args: &[&str]| {
+        use std::process::Stdio;
+        let mut child = env
             .command(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
-        assert!(st.success(), "amphi {args:?}");
+        let st = child.wait().unwrap();
+        if !st.success() {
+            // What amphi said; the container may hold the pipe open.
+            let stderr = child.stderr.take().unwrap();
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stderr);
+            // SAFETY: fcntl on a pipe this test owns.
+            unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+            let mut said = String::new();
+            let _ = std::io::Read::read_to_string(&mut { stderr }, &mut said);
+            panic!("amphi {args:?}: {st}: {said}");
+        }
         env.state(args.last().unwrap());
+        held.push(child);
     };
-    quiet(&["run", "-d", "--bundle", b.path(), &id]);
+    piped(&["run", "-d", "--bundle", b.path(), &id]);
     let log = b.rootfs().join("count.log");
     assert!(wait_for(30, || lines(&log).len() >= 3));
     let img = image(&env, "native");
@@ -399,7 +416,7 @@ fn native_containers_go_through_criu() {
     assert_eq!(env.status(&id), None);
     env.assert_clean(&id, &b.cgroup());
     let last = lines(&log).len();
-    quiet(&[
+    piped(&[
         "restore",
         "-d",
         "--image-path",

@@ -57,7 +57,11 @@ pub fn setup(socket: OwnedFd, process: &Process, bind_console: bool) -> Result<(
     .sys(|| "send the pty master over --console-socket".into())?;
     drop(master);
     drop(socket);
-    setsid().sys(|| "setsid".into())?;
+    // The init leads a session of its own already; a process `exec`
+    // adds with a terminal gets one here.
+    if nix::unistd::getsid(None).ok() != Some(nix::unistd::getpid()) {
+        setsid().sys(|| "setsid".into())?;
+    }
     // SAFETY: TIOCSCTTY on our own fd.
     if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
         return Err(crate::Error::sys(

@@ -61,11 +61,35 @@ pub fn dump(state: &ContainerState, o: &CheckpointOptions) -> Result<()> {
             c.arg(flag);
         }
     }
+    record_stdio(state.pid, images)?;
     for mount in external_mounts(state) {
         c.arg("--external")
             .arg(format!("mnt[{0}]:{0}", mount.display()));
     }
-    run(c, &work.join(DUMP_LOG), "dump")
+    run(c.stdin(Stdio::null()), &work.join(DUMP_LOG), "dump")
+}
+
+/// runc's record of the init's stdio, in the image.
+const DESCRIPTORS: &str = "descriptors.json";
+
+fn record_stdio(pid: i32, images: &Path) -> Result<()> {
+    let fds: Vec<String> = (0..3)
+        .map(|fd| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "/dev/null".into())
+        })
+        .collect();
+    let path = images.join(DESCRIPTORS);
+    let json = serde_json::to_vec(&fds).expect("json");
+    std::fs::write(&path, json).map_err(|e| Error::io("write", &path, e))
+}
+
+fn recorded_stdio(images: &Path) -> Vec<String> {
+    std::fs::read(images.join(DESCRIPTORS))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 /// Destinations CRIU must not take for the container's own mounts: bind
@@ -119,6 +143,9 @@ pub fn restore(r: &Restore) -> Result<i32> {
         .arg("--root")
         .arg(&root)
         .arg("--restore-detached")
+        // The mount engine before mount-v2: the v2 one copies the root's
+        // sharing, and CRIU's root here is a private bind of its own.
+        .arg("--mntns-compat-mode")
         .arg("--pidfile")
         .arg(&pid_file)
         // The restored tree stays in the cgroup CRIU is born in (the new
@@ -135,6 +162,13 @@ pub fn restore(r: &Restore) -> Result<i32> {
     ] {
         if on {
             c.arg(flag);
+        }
+    }
+    // As runc: the dumped init's stdio pipes become the restorer's own
+    // (CRIU gives its fds 0-2 to the restored tree in their place).
+    for (fd, what) in recorded_stdio(images).iter().enumerate() {
+        if what.starts_with("pipe:") {
+            c.arg("--inherit-fd").arg(format!("fd[{fd}]:{what}"));
         }
     }
     for (dest, source) in external_sources(r.spec, r.rootfs) {
@@ -187,7 +221,15 @@ pub fn restore(r: &Restore) -> Result<i32> {
             Ok(())
         });
     }
-    run(c, &work.join(RESTORE_LOG), "restore")?;
+    // CRIU's stdio stays this process's: --inherit-fd hands it to the
+    // restored tree, which a captured output's pipes would then keep open.
+    run(
+        c.stdin(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit()),
+        &work.join(RESTORE_LOG),
+        "restore",
+    )?;
     let text = std::fs::read_to_string(&pid_file).map_err(|e| Error::io("read", &pid_file, e))?;
     text.trim().parse().map_err(|_| {
         Error::Init(format!(
@@ -235,8 +277,8 @@ fn masked_files(spec: &oci_spec::runtime::Spec, rootfs: &Path) -> Vec<PathBuf> {
 }
 
 /// Runs CRIU; a failure is CRIU's own words: the error lines of its log.
-fn run(mut c: Command, log: &Path, what: &str) -> Result<()> {
-    let out = c.stdin(Stdio::null()).output().map_err(|e| {
+fn run(c: &mut Command, log: &Path, what: &str) -> Result<()> {
+    let out = c.output().map_err(|e| {
         unsupported(format!(
             "run {CRIU} (Debian's criu package): {e}; native containers are checkpointed \
              and restored through CRIU"

@@ -140,6 +140,10 @@ fn init(mut a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
         // Returns in the init only; the intermediate process leaves.
         fork_init_from_namespaces(a.plan, parent)?;
     }
+    // A session of its own, as runc's and crun's inits: nothing of the
+    // caller's session (a shell, conmon's) is the container's, and CRIU
+    // dumps only trees whose session leader is inside them.
+    nix::unistd::setsid().sys(|| "setsid".into())?;
     parent.expect(Msg::Go, "before the id maps were written")?;
     join_namespaces(a.plan, |t| {
         !matches!(t, LinuxNamespaceType::User | LinuxNamespaceType::Pid)
