@@ -239,16 +239,24 @@ async fn poll<T: HasSession>(caller: &mut Caller<'_, T>) -> wasmtime::Result<()>
     if let Some(flag) = flag {
         flag.set(&mut *caller, Val::I32(0))?;
     }
-    let Some(request) = taken else { return Ok(()) };
+    let Some(mut request) = taken else {
+        return Ok(());
+    };
     let region = match caller.data_mut().session().region {
         Some(r) => r,
         None => {
+            // A guest at its memory limit is refused the checkpoint, not
+            // ended by it.
             let memory = memory(caller)?;
-            let old = memory.grow(&mut *caller, REGION_PAGES).map_err(|e| {
-                wasmtime::format_err!("checkpoint: no room for the unwound stack: {e:#}")
-            })?;
-            let region = u32::try_from(old * WASM_PAGE)
-                .map_err(|_| wasmtime::format_err!("checkpoint: memory past 4 GiB"))?;
+            let grown = memory.grow(&mut *caller, REGION_PAGES).ok();
+            let Some(region) = grown.and_then(|old| u32::try_from(old * WASM_PAGE).ok()) else {
+                refuse(
+                    &mut request.conn,
+                    "the guest's memory cannot grow by the 1 MiB its unwound stack needs \
+                     (its limit, or 4 GiB)",
+                );
+                return Ok(());
+            };
             caller.data_mut().session().region = Some(region);
             region
         }
