@@ -42,6 +42,20 @@ fn detached(env: &Env, args: &[&str], out: &Path) -> amphi_tests::Run {
     }
 }
 
+/// `amphi restore -d` of image `img` with bundle `b` as container `id`.
+fn restore_detached(env: &Env, img: &Path, b: &Bundle, id: &str, out: &Path) -> amphi_tests::Run {
+    let args = [
+        "restore",
+        "-d",
+        "--image-path",
+        img.to_str().unwrap(),
+        "--bundle",
+        b.path(),
+        id,
+    ];
+    detached(env, &args, out)
+}
+
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -93,20 +107,7 @@ fn a_counter_and_its_open_file_continue_in_a_new_container() {
         serde_json::from_slice(&std::fs::read(img.join("amphi-wasm.json")).unwrap()).unwrap();
     assert_eq!(manifest["files"][0]["path"], "count.log", "{manifest}");
 
-    detached(
-        &env,
-        &[
-            "restore",
-            "-d",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            b.path(),
-            &restored,
-        ],
-        &out2,
-    )
-    .ok();
+    restore_detached(&env, &img, &b, &restored, &out2).ok();
     assert!(
         wait_for(30, || lines(&log).len() as u64 >= last + 5),
         "the restored counter did not go on"
@@ -152,20 +153,7 @@ fn leave_running_keeps_the_guest_going_and_the_image_restores() {
         &id,
     ])
     .ok();
-    detached(
-        &env,
-        &[
-            "restore",
-            "-d",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            b.path(),
-            &copy,
-        ],
-        &out2,
-    )
-    .ok();
+    restore_detached(&env, &img, &b, &copy, &out2).ok();
     assert!(wait_for(30, || numbers(&out2).len() >= 3));
     env.amphi(&["delete", "--force", &id]).ok();
     env.amphi(&["delete", "--force", &copy]).ok();
@@ -215,20 +203,7 @@ fn a_guest_spinning_without_host_calls_stops_at_a_back_edge() {
     env.amphi(&["checkpoint", "--image-path", img.to_str().unwrap(), &id])
         .ok();
     assert_eq!(lines(&out1), [format!("spinning {n}")], "it finished first");
-    detached(
-        &env,
-        &[
-            "restore",
-            "-d",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            b.path(),
-            &restored,
-        ],
-        &out2,
-    )
-    .ok();
+    restore_detached(&env, &img, &b, &restored, &out2).ok();
     assert!(
         wait_for(600, || env.status(&restored).as_deref() != Some("running")),
         "the restored guest still spins"
@@ -301,20 +276,7 @@ fn damaged_images_and_other_modules_are_refused_leaving_nothing() {
     // And the image itself is good.
     let good = env.id("good");
     let out = env.tmp.path().join("out-good");
-    detached(
-        &env,
-        &[
-            "restore",
-            "-d",
-            "--image-path",
-            img.to_str().unwrap(),
-            "--bundle",
-            b.path(),
-            &good,
-        ],
-        &out,
-    )
-    .ok();
+    restore_detached(&env, &img, &b, &good, &out).ok();
     env.amphi(&["delete", "--force", &good]).ok();
     env.assert_clean(&good, &b.cgroup());
 }

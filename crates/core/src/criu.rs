@@ -50,23 +50,28 @@ pub fn dump(state: &ContainerState, o: &CheckpointOptions) -> Result<()> {
     if o.pre_dump {
         c.arg("--track-mem");
     }
-    for (flag, on) in [
-        ("--leave-running", o.leave_running || o.pre_dump),
-        ("--tcp-established", o.tcp_established),
-        ("--ext-unix-sk", o.ext_unix_sk),
-        ("--shell-job", o.shell_job),
-        ("--file-locks", o.file_locks),
-    ] {
-        if on {
-            c.arg(flag);
-        }
+    if o.leave_running || o.pre_dump {
+        c.arg("--leave-running");
     }
+    c.args(runc_flags(o));
     record_stdio(state.pid, images)?;
     for mount in external_mounts(state) {
         c.arg("--external")
             .arg(format!("mnt[{0}]:{0}", mount.display()));
     }
     run(c.stdin(Stdio::null()), &work.join(DUMP_LOG), "dump")
+}
+
+/// runc's flags that CRIU takes as they are, at dump and at restore.
+fn runc_flags(o: &CheckpointOptions) -> impl Iterator<Item = &'static str> {
+    [
+        ("--tcp-established", o.tcp_established),
+        ("--ext-unix-sk", o.ext_unix_sk),
+        ("--shell-job", o.shell_job),
+        ("--file-locks", o.file_locks),
+    ]
+    .into_iter()
+    .filter_map(|(flag, on)| on.then_some(flag))
 }
 
 /// runc's record of the init's stdio, in the image.
@@ -154,16 +159,7 @@ pub fn restore(r: &Restore) -> Result<i32> {
             "--manage-cgroups={}",
             o.manage_cgroups_mode.as_deref().unwrap_or("ignore")
         ));
-    for (flag, on) in [
-        ("--tcp-established", o.tcp_established),
-        ("--ext-unix-sk", o.ext_unix_sk),
-        ("--shell-job", o.shell_job),
-        ("--file-locks", o.file_locks),
-    ] {
-        if on {
-            c.arg(flag);
-        }
-    }
+    c.args(runc_flags(o));
     // As runc: the dumped init's stdio pipes become the restorer's own
     // (CRIU gives its fds 0-2 to the restored tree in their place).
     for (fd, what) in recorded_stdio(images).iter().enumerate() {

@@ -192,21 +192,7 @@ impl Runtime {
         let linux = spec.linux().as_ref();
         util::trace::phase("create: cgroup");
         let planned = cgroups::plan(o.id, linux, self.cgroups)?;
-        let mut state = ContainerState {
-            id: o.id.into(),
-            bundle: bundle.dir.clone(),
-            rootfs: bundle.rootfs.clone(),
-            pid: 0,
-            start_time: 0,
-            created: util::rfc3339_now(),
-            executor: handler.name().into(),
-            no_new_keyring: o.no_new_keyring,
-            systemd_unit: planned.systemd.as_ref().map(|u| u.name.clone()),
-            annotations: spec.annotations().clone().unwrap_or_default(),
-            cgroup_paths: planned.paths.clone(),
-            cgroup_created: planned.created.clone(),
-            spec: spec.clone(),
-        };
+        let mut state = new_state(o, &bundle, handler, &planned);
         // Recorded before anything exists outside the state directory, so
         // that `delete --force` after a crash knows what to remove.
         locked.save(&state)?;
@@ -253,17 +239,7 @@ impl Runtime {
             &mut runtime_hooks,
         )?;
         util::failpoint("create:ready");
-        state.pid = pid;
-        state.start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
-        let recorded = locked.save(&state).and_then(|()| match o.pid_file {
-            Some(f) => util::write_atomic(f, pid.to_string().as_bytes()),
-            None => Ok(()),
-        });
-        if let Err(e) = recorded {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            let _ = waitpid(Pid::from_raw(pid), None);
-            return Err(e);
-        }
+        record_init(locked, &mut state, pid, o.pid_file)?;
         guard.locked = None;
         Ok(pid)
     }
@@ -294,21 +270,7 @@ impl Runtime {
                     .into(),
             ));
         }
-        let mut state = ContainerState {
-            id: o.id.into(),
-            bundle: bundle.dir.clone(),
-            rootfs: bundle.rootfs.clone(),
-            pid: 0,
-            start_time: 0,
-            created: util::rfc3339_now(),
-            executor: handler.name().into(),
-            no_new_keyring: o.no_new_keyring,
-            systemd_unit: None,
-            annotations: spec.annotations().clone().unwrap_or_default(),
-            cgroup_paths: planned.paths.clone(),
-            cgroup_created: planned.created.clone(),
-            spec: spec.clone(),
-        };
+        let mut state = new_state(o, bundle, handler, &planned);
         locked.save(&state)?;
         planned.make()?;
         guard.cgroup_created = state.cgroup_created.clone();
@@ -325,12 +287,7 @@ impl Runtime {
             state_dir: &locked.dir,
             cgroup_paths: &state.cgroup_paths,
         })?;
-        state.pid = pid;
-        state.start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
-        locked.save(&state)?;
-        if let Some(f) = o.pid_file {
-            util::write_atomic(f, pid.to_string().as_bytes())?;
-        }
+        record_init(locked, &mut state, pid, o.pid_file)?;
         guard.locked = None;
         Ok(pid)
     }
@@ -817,6 +774,54 @@ impl Runtime {
         util::trace::phase("run: deleted");
         Ok(code)
     }
+}
+
+/// The record of a container about to be made by `handler` in cgroup
+/// `planned`, its init not yet known.
+fn new_state(
+    o: &CreateOptions,
+    bundle: &Bundle,
+    handler: &dyn Handler,
+    planned: &cgroups::ContainerCgroup,
+) -> ContainerState {
+    let spec = &bundle.spec;
+    ContainerState {
+        id: o.id.into(),
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        pid: 0,
+        start_time: 0,
+        created: util::rfc3339_now(),
+        executor: handler.name().into(),
+        no_new_keyring: o.no_new_keyring,
+        systemd_unit: planned.systemd.as_ref().map(|u| u.name.clone()),
+        annotations: spec.annotations().clone().unwrap_or_default(),
+        cgroup_paths: planned.paths.clone(),
+        cgroup_created: planned.created.clone(),
+        spec: spec.clone(),
+    }
+}
+
+/// Records the container's init `pid` (and writes --pid-file); if that
+/// fails the init is killed, so that the caller's guard can remove the rest.
+fn record_init(
+    locked: &Locked,
+    state: &mut ContainerState,
+    pid: i32,
+    pid_file: Option<&Path>,
+) -> Result<()> {
+    state.pid = pid;
+    state.start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
+    let recorded = locked.save(state).and_then(|()| match pid_file {
+        Some(f) => util::write_atomic(f, pid.to_string().as_bytes()),
+        None => Ok(()),
+    });
+    if let Err(e) = recorded {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(pid), None);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// With `process.terminal`, the pty master goes to the console socket: connect
