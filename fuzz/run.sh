@@ -13,7 +13,7 @@ cd "$here"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 export AMPHI_FUZZ_DIR=$scratch
-for target in config executor_choice state_file seccomp function_manifest; do
+for target in config executor_choice state_file seccomp function_manifest paths; do
     mkdir -p "$scratch/$target" "corpus/$target"
     cargo +nightly fuzz run "$target" "$scratch/$target" "corpus/$target" -- \
         -max_total_time="$secs" -max_len=4096

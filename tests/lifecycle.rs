@@ -307,32 +307,9 @@ fn preserve_fds_beyond_what_was_passed_does_not_hang() {
 
 #[test]
 fn terminal_master_arrives_over_the_console_socket() {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    use std::io::Read;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
     let env = Env::new();
     let sock = env.tmp.path().join("console.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let receiver = std::thread::spawn(move || -> OwnedFd {
-        let (stream, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 256];
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = recvmsg::<()>(
-            stream.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::empty(),
-        )
-        .unwrap();
-        for c in msg.cmsgs().unwrap() {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                return unsafe { OwnedFd::from_raw_fd(fds[0]) };
-            }
-        }
-        panic!("no fd received");
-    });
+    let receiver = amphi_tests::console_receiver(&sock);
     let mut b = env.bundle("tty", &["sh", "-c", "tty; stty size; echo done"]);
     b.spec["process"]["terminal"] = json!(true);
     b.spec["process"]["consoleSize"] = json!({"height": 30, "width": 100});
@@ -347,19 +324,9 @@ fn terminal_master_arrives_over_the_console_socket() {
         &id,
     ])
     .ok();
-    let master = std::fs::File::from(receiver.join().unwrap());
+    let master = receiver.join().unwrap();
     env.amphi(&["start", &id]).ok();
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 1024];
-    // The master reads EIO once the container's side is closed.
-    let mut master = master;
-    while let Ok(n) = master.read(&mut chunk) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&chunk[..n]);
-    }
-    let out = String::from_utf8_lossy(&out).replace('\r', "");
+    let out = amphi_tests::read_to_end_of_pty(master);
     assert_eq!(out, "/dev/pts/0\n30 100\ndone\n");
     assert!(wait_for(10, || env.status(&id).as_deref() == Some("stopped")));
     env.amphi(&["delete", &id]).ok();

@@ -30,6 +30,14 @@ pub fn write(bundle: &Path, rootless: bool) -> Result<()> {
         .clone()
         .unwrap_or_else(|| ProcessBuilder::default().build().expect("default"));
     process.set_terminal(Some(false));
+    // runc has written no inheritable or ambient set since 1.1.2: with
+    // them, an exec'd program with file capabilities gains what the
+    // bounding set allows (CVE-2022-29162).
+    if let Some(mut caps) = process.capabilities().clone() {
+        caps.set_inheritable(None);
+        caps.set_ambient(None);
+        process.set_capabilities(Some(caps));
+    }
     spec.set_process(Some(process));
     spec.set_hostname(Some("amphi".into()));
     let mut json = serde_json::to_value(&spec)?;

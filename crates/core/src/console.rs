@@ -36,12 +36,19 @@ pub fn setup(socket: OwnedFd, process: &Process, bind_console: bool) -> Result<(
         // SAFETY: TIOCSWINSZ with a pointer to a live winsize.
         unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }
-    let slave = open(
-        name.as_str(),
-        OFlag::O_RDWR | OFlag::O_NOCTTY,
-        Mode::empty(),
-    )
-    .sys(|| format!("open {name}"))?;
+    // The peer straight from the master (TIOCGPTPEER), not by its name:
+    // a running container could have put anything at /dev/pts/N.
+    // SAFETY: an ioctl on our own fd that returns a new fd or -1.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    let slave = nix::Error::result(slave).sys(|| format!("open {name} (TIOCGPTPEER)"))?;
+    // SAFETY: the ioctl returned a new fd we own.
+    let slave = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave) };
     if bind_console {
         bind_dev_console(&slave)?;
     }
@@ -78,9 +85,11 @@ pub fn setup(socket: OwnedFd, process: &Process, bind_console: bool) -> Result<(
 /// Bind the pty over /dev/console. The rootfs is the container's, and by
 /// now its /proc is mounted: a /dev or /dev/console that is a symlink (or
 /// a /dev on procfs) could turn the bind into one over a kernel file
-/// (CVE-2025-52565). So the target is opened without following anything
-/// and checked to be a plain file or a device node on an ordinary
-/// filesystem before the mount, which goes onto the checked fd itself.
+/// (CVE-2025-52565). So /dev is opened without following anything, an
+/// image's /dev/console symlink is replaced (as runc does), never
+/// followed, the target is checked to be a plain file or a device node,
+/// and the pty is mounted onto that checked fd (open_tree, move_mount),
+/// with no path through /proc.
 fn bind_dev_console(pty: &OwnedFd) -> Result<()> {
     use nix::errno::Errno;
     use nix::fcntl::{openat, openat2, OpenHow, ResolveFlag};
@@ -101,6 +110,7 @@ fn bind_dev_console(pty: &OwnedFd) -> Result<()> {
                 .into(),
         ));
     }
+    // O_PATH|O_NOFOLLOW opens a symlink itself: its type tells.
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
         .resolve(
@@ -108,20 +118,30 @@ fn bind_dev_console(pty: &OwnedFd) -> Result<()> {
                 | ResolveFlag::RESOLVE_NO_SYMLINKS
                 | ResolveFlag::RESOLVE_NO_XDEV,
         );
-    let target = match openat2(dev.as_fd(), "console", how) {
-        Ok(fd) => fd,
-        Err(e) => {
-            if e == Errno::ELOOP {
-                // A symlink of the image's: replaced, never followed.
-                nix::unistd::unlinkat(
-                    dev.as_fd(),
-                    "console",
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                )
-                .sys(|| "process.terminal: remove the /dev/console symlink".into())?;
-            } else if e != Errno::ENOENT {
-                return Err(crate::Error::sys("process.terminal: open /dev/console", e));
-            }
+    let kind_of = |fd: &OwnedFd| -> Result<SFlag> {
+        Ok(
+            SFlag::from_bits_truncate(fstat(fd).sys(|| "stat /dev/console".into())?.st_mode)
+                & SFlag::S_IFMT,
+        )
+    };
+    let existing = match openat2(dev.as_fd(), "console", how) {
+        Ok(fd) if kind_of(&fd)? == SFlag::S_IFLNK => {
+            // A symlink of the image's: replaced, never followed.
+            nix::unistd::unlinkat(
+                dev.as_fd(),
+                "console",
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            )
+            .sys(|| "process.terminal: remove the /dev/console symlink".into())?;
+            None
+        }
+        Ok(fd) => Some(fd),
+        Err(Errno::ENOENT) => None,
+        Err(e) => return Err(crate::Error::sys("process.terminal: open /dev/console", e)),
+    };
+    let target = match existing {
+        Some(fd) => fd,
+        None => {
             openat(
                 dev.as_fd(),
                 "console",
@@ -137,20 +157,12 @@ fn bind_dev_console(pty: &OwnedFd) -> Result<()> {
                 .sys(|| "process.terminal: open /dev/console".into())?
         }
     };
-    let kind =
-        SFlag::from_bits_truncate(fstat(&target).sys(|| "stat /dev/console".into())?.st_mode)
-            & SFlag::S_IFMT;
+    let kind = kind_of(&target)?;
     if kind != SFlag::S_IFREG && kind != SFlag::S_IFCHR {
         return Err(crate::Error::Init(
             "process.terminal: /dev/console is neither a file nor a device node".into(),
         ));
     }
-    nix::mount::mount(
-        Some(format!("/proc/self/fd/{}", pty.as_raw_fd()).as_str()),
-        format!("/proc/self/fd/{}", target.as_raw_fd()).as_str(),
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .sys(|| "process.terminal: bind the pty at /dev/console".into())
+    crate::rootfs::bind_opened(pty.as_fd(), target.as_fd())
+        .sys(|| "process.terminal: bind the pty at /dev/console".into())
 }

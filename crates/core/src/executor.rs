@@ -29,7 +29,7 @@ pub trait Handler {
     fn name(&self) -> &'static str;
 
     /// Whether this handler runs `spec`, whose root filesystem is `rootfs`
-    /// (a host path; read it only through [`crate::rootfs::open_in_root`]).
+    /// (a host path; read it only through [`crate::paths::open_in_root`]).
     /// Called once per create or exec, before anything exists.
     fn can_handle(&self, spec: &Spec, rootfs: &Path) -> Verdict;
 
@@ -99,7 +99,7 @@ pub struct PrepareContext<'a> {
     pub process: &'a Process,
     /// The rootfs as a host path (still reachable: this is before pivot_root).
     pub rootfs: &'a Path,
-    /// The rootfs, opened; resolve paths with [`crate::rootfs::open_in_root`]
+    /// The rootfs, opened; resolve paths with [`crate::paths::open_in_root`]
     /// so symlinks cannot lead outside it.
     pub root_fd: BorrowedFd<'a>,
     /// The container's state directory (O_PATH), for a container's init;

@@ -56,13 +56,15 @@ pub fn set_rlimits(p: &Process) -> Result<()> {
     Ok(())
 }
 
-pub fn set_oom_score_adj(p: &Process) -> Result<()> {
+pub fn set_oom_score_adj(proc: &crate::procfs::ProcFs, p: &Process) -> Result<()> {
     if let Some(score) = p.oom_score_adj() {
-        std::fs::write("/proc/self/oom_score_adj", score.to_string()).map_err(|e| {
-            Error::Init(format!(
-                "process.oomScoreAdj {score}: {e} (lowering it needs CAP_SYS_RESOURCE)"
-            ))
-        })?;
+        proc.write_self("oom_score_adj", &score.to_string())
+            .map_err(|e| {
+                Error::Init(format!(
+                    "process.oomScoreAdj {score}: {} (lowering it needs CAP_SYS_RESOURCE)",
+                    e.desc()
+                ))
+            })?;
     }
     Ok(())
 }

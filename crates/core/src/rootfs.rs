@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{open, openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{open, openat, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{fstat, mknodat, Mode, SFlag};
 use nix::sys::statvfs::{statvfs, FsFlags};
@@ -15,116 +15,11 @@ use nix::unistd::{chdir, chroot, fchdir, pivot_root, symlinkat};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 
 use crate::error::SysContext;
+use crate::paths::{open_in_root, Create};
 use crate::{Error, Result};
-
-/// What a missing path should be created as.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Create {
-    Nothing,
-    Dir,
-    File,
-}
 
 fn fd_path(fd: &impl AsRawFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
-}
-
-fn resolve_in_root(root: BorrowedFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
-    let how = OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    loop {
-        match openat2(root, path, how) {
-            Err(Errno::EAGAIN | Errno::EINTR) => continue,
-            r => return r,
-        }
-    }
-}
-
-/// Open `path` inside the rootfs as if the rootfs were `/` (symlinks and `..`
-/// cannot leave it), creating missing components as asked. The result is an
-/// O_PATH fd: mount onto `/proc/self/fd/N` and the target cannot be swapped
-/// for a symlink between resolution and mount.
-pub fn open_in_root(root: BorrowedFd, path: &Path, create: Create) -> Result<OwnedFd> {
-    let ctx = || format!("resolve {} inside the rootfs", path.display());
-    let rel: PathBuf = path
-        .components()
-        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
-        .collect();
-    match resolve_in_root(root, &rel, OFlag::O_PATH) {
-        Ok(fd) => return Ok(fd),
-        Err(Errno::ENOENT) if create != Create::Nothing => {}
-        Err(e) => return Err(Error::sys(ctx(), e)),
-    }
-    let comps: Vec<_> = rel.components().collect();
-    let mut parent = resolve_in_root(root, Path::new("."), OFlag::O_PATH).sys(ctx)?;
-    let mut prefix = PathBuf::new();
-    for (i, c) in comps.iter().enumerate() {
-        prefix.push(c);
-        let fd = match resolve_in_root(root, &prefix, OFlag::O_PATH) {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT) => {
-                let name = c.as_os_str();
-                let last = i + 1 == comps.len();
-                let made = if last && create == Create::File {
-                    openat(
-                        parent.as_fd(),
-                        name,
-                        OFlag::O_CREAT
-                            | OFlag::O_EXCL
-                            | OFlag::O_WRONLY
-                            | OFlag::O_CLOEXEC
-                            | OFlag::O_NOFOLLOW,
-                        Mode::from_bits_truncate(0o644),
-                    )
-                    .map(drop)
-                } else {
-                    nix::sys::stat::mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755))
-                };
-                match made {
-                    Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => return Err(Error::sys(ctx(), e)),
-                }
-                resolve_in_root(root, &prefix, OFlag::O_PATH).sys(ctx)?
-            }
-            Err(e) => return Err(Error::sys(ctx(), e)),
-        };
-        parent = fd;
-    }
-    Ok(parent)
-}
-
-/// Open a regular file inside the rootfs for reading, as [`open_in_root`]
-/// resolves it, without reopening through `/proc/self/fd` (which resolves
-/// in whatever `/proc` the current mount namespace has: an exec'd process
-/// is in the container's). The type is checked on an O_PATH fd first, so a
-/// FIFO or device is never opened; the file opened for reading must be the
-/// same inode.
-pub fn open_regular_in_root(root: BorrowedFd, path: &Path) -> Result<(std::fs::File, u64)> {
-    let ctx = || format!("{} inside the rootfs", path.display());
-    let rel: PathBuf = path
-        .components()
-        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
-        .collect();
-    let probe = resolve_in_root(root, &rel, OFlag::O_PATH).sys(ctx)?;
-    let st = nix::sys::stat::fstat(&probe).sys(ctx)?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(Error::Init(format!("{}: not a regular file", ctx())));
-    }
-    let fd = resolve_in_root(
-        root,
-        &rel,
-        OFlag::O_RDONLY | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
-    )
-    .sys(ctx)?;
-    let again = nix::sys::stat::fstat(&fd).sys(ctx)?;
-    if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino) {
-        return Err(Error::Init(format!(
-            "{}: replaced while it was opened",
-            ctx()
-        )));
-    }
-    Ok((std::fs::File::from(fd), again.st_size as u64))
 }
 
 /// procfs and sysfs go only on real directories: a symlink would move them
@@ -436,13 +331,13 @@ fn mount_one(ctx: &RootfsContext, root: BorrowedFd, m: &Mount) -> Result<()> {
     if is_bind {
         let src = source.as_deref().expect("checked above");
         let flags = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
-        let at = Target::InRoot {
+        let at = Target {
             root,
             fd: target.as_fd(),
             dest,
         };
         bind(
-            src,
+            Source::Host(src),
             at,
             opts.flags.contains(MsFlags::MS_REC),
             flags,
@@ -462,13 +357,13 @@ fn mount_one(ctx: &RootfsContext, root: BorrowedFd, m: &Mount) -> Result<()> {
             // sysfs cannot be mounted in a user namespace that does not own
             // the network namespace: fall back to the host's, read-only.
             Err(Errno::EPERM) if typ == "sysfs" && ctx.userns => {
-                let at = Target::InRoot {
+                let at = Target {
                     root,
                     fd: target.as_fd(),
                     dest,
                 };
                 bind(
-                    Path::new("/sys"),
+                    Source::Host(Path::new("/sys")),
                     at,
                     true,
                     flags | MsFlags::MS_RDONLY,
@@ -520,16 +415,28 @@ fn mount_one(ctx: &RootfsContext, root: BorrowedFd, m: &Mount) -> Result<()> {
     Ok(())
 }
 
-/// Where a bind mount goes: a target resolved inside the rootfs (reopened
-/// by `dest` when a remount must see the new mount), or a path after
-/// pivot_root.
-enum Target<'a> {
-    InRoot {
-        root: BorrowedFd<'a>,
-        fd: BorrowedFd<'a>,
-        dest: &'a Path,
-    },
-    Path(&'a str),
+/// Where a bind mount goes: a target resolved inside the root (reopened
+/// by `dest` when a remount must see the new mount).
+struct Target<'a> {
+    root: BorrowedFd<'a>,
+    fd: BorrowedFd<'a>,
+    dest: &'a Path,
+}
+
+/// What a bind mount shows: a host path (a bind's source, named by the
+/// trusted config), or a file or directory already resolved and opened.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Host(&'a Path),
+    Opened(BorrowedFd<'a>, &'a Path),
+}
+
+impl Source<'_> {
+    fn name(&self) -> std::path::Display<'_> {
+        match self {
+            Source::Host(p) | Source::Opened(_, p) => p.display(),
+        }
+    }
 }
 
 /// Set once the kernel has said it lacks `open_tree` or `mount_setattr`
@@ -546,83 +453,90 @@ enum Reach {
 /// Bind `src` onto `target` with `flags` (read-only, nosuid, nodev, noexec,
 /// atime) in effect from the moment the mount appears. With the new mount
 /// API the detached clone gets its attributes before `move_mount` attaches
-/// it, as crun does: no reopen, statfs and remount as runc needs, never a
-/// moment where a read-only bind is writable, and `Reach::All` reaches
-/// every submount (a bind remount never does). Kernels before 5.12 get
-/// runc's sequence, top mount only.
-fn bind(src: &Path, target: Target, recursive: bool, flags: MsFlags, reach: Reach) -> Result<()> {
+/// it onto the target's fd, as crun does: no reopen, statfs and remount as
+/// runc needs, never a moment where a read-only bind is writable, and
+/// `Reach::All` reaches every submount (a bind remount never does).
+/// Kernels before 5.12 get runc's sequence, top mount only.
+fn bind(src: Source, target: Target, recursive: bool, flags: MsFlags, reach: Reach) -> Result<()> {
     use std::sync::atomic::Ordering::Relaxed;
-    let what = match &target {
-        Target::InRoot { dest, .. } => dest.display().to_string(),
-        Target::Path(p) => p.to_string(),
-    };
     let attr = mount_attr(flags);
     let Some(attr) = attr.filter(|_| !flags.is_empty() && !NO_MOUNT_SETATTR.load(Relaxed)) else {
-        return bind_then_remount(src, &target, recursive, flags, &what);
+        return bind_then_remount(src, &target, recursive, flags);
     };
+    let what = || format!("bind {} onto {}", src.name(), target.dest.display());
     match clone_with_attributes(src, recursive, attr, reach) {
-        Ok(tree) => {
-            let to_path;
-            let (to_fd, to_path, to_flags) = match &target {
-                Target::InRoot { fd, .. } => (fd.as_raw_fd(), c"", libc::MOVE_MOUNT_T_EMPTY_PATH),
-                Target::Path(p) => {
-                    to_path = cstring(p)?;
-                    (
-                        libc::AT_FDCWD,
-                        to_path.as_c_str(),
-                        libc::MOVE_MOUNT_T_SYMLINKS,
-                    )
-                }
-            };
-            // SAFETY: valid fds and NUL-terminated paths.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_move_mount,
-                    tree.as_raw_fd(),
-                    c"".as_ptr(),
-                    to_fd,
-                    to_path.as_ptr(),
-                    libc::MOVE_MOUNT_F_EMPTY_PATH | to_flags,
-                )
-            };
-            Errno::result(r)
-                .map(drop)
-                .sys(|| format!("bind {} onto {what}", src.display()))
-        }
+        Ok(tree) => attach(tree.as_fd(), target.fd).sys(what),
         Err(Errno::ENOSYS) => {
             NO_MOUNT_SETATTR.store(true, Relaxed);
-            bind_then_remount(src, &target, recursive, flags, &what)
+            bind_then_remount(src, &target, recursive, flags)
         }
-        Err(e) => Err(Error::sys(format!("bind {} onto {what}", src.display()), e)),
+        Err(e) => Err(Error::sys(what(), e)),
     }
 }
 
+/// Bind the file or directory `src` (an open fd of any kind) onto
+/// `target`, both already resolved: nothing is looked up by path.
+pub(crate) fn bind_opened(src: BorrowedFd, target: BorrowedFd) -> nix::Result<()> {
+    let tree = clone_tree(Source::Opened(src, Path::new("")), false)?;
+    attach(tree.as_fd(), target)
+}
+
+/// Attach the detached mount `tree` onto the file or directory `target`.
+fn attach(tree: BorrowedFd, target: BorrowedFd) -> nix::Result<()> {
+    // SAFETY: valid fds and empty NUL-terminated paths.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
 /// A detached clone of the mount at `src` (with its submounts when
-/// `recursive`) carrying `attr`.
-fn clone_with_attributes(
-    src: &Path,
-    recursive: bool,
-    attr: libc::mount_attr,
-    reach: Reach,
-) -> nix::Result<OwnedFd> {
+/// `recursive`), without attributes set.
+fn clone_tree(src: Source, recursive: bool) -> nix::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
-    let src = CString::new(src.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
     let rec = if recursive {
         libc::AT_RECURSIVE as libc::c_uint
     } else {
         0
     };
-    // SAFETY: a NUL-terminated path; the result is a new fd or -1.
+    let host;
+    let (dirfd, path, empty) = match src {
+        Source::Host(p) => {
+            host = CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)?;
+            (libc::AT_FDCWD, host.as_c_str(), 0)
+        }
+        Source::Opened(fd, _) => (fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH as libc::c_uint),
+    };
+    // SAFETY: a valid fd or AT_FDCWD and a NUL-terminated path; the result
+    // is a new fd or -1.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            src.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | rec,
+            dirfd,
+            path.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | rec | empty,
         )
     };
     // SAFETY: open_tree returned a new fd we own.
-    let tree = unsafe { OwnedFd::from_raw_fd(Errno::result(fd)? as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(Errno::result(fd)? as i32) })
+}
+
+/// A detached clone of the mount at `src` (with its submounts when
+/// `recursive`) carrying `attr`.
+fn clone_with_attributes(
+    src: Source,
+    recursive: bool,
+    attr: libc::mount_attr,
+    reach: Reach,
+) -> nix::Result<OwnedFd> {
+    let tree = clone_tree(src, recursive)?;
     mount_setattr(tree.as_raw_fd(), c"", libc::AT_EMPTY_PATH, attr, reach)?;
     Ok(tree)
 }
@@ -708,41 +622,31 @@ fn mount_attr(flags: MsFlags) -> Option<libc::mount_attr> {
 }
 
 /// runc's sequence: bind, then remount the reopened target with `flags`.
-fn bind_then_remount(
-    src: &Path,
-    target: &Target,
-    recursive: bool,
-    flags: MsFlags,
-    what: &str,
-) -> Result<()> {
+/// Only on kernels before 5.12: the paths go through `/proc/self/fd`.
+fn bind_then_remount(src: Source, target: &Target, recursive: bool, flags: MsFlags) -> Result<()> {
     let rec = if recursive {
         MsFlags::MS_REC
     } else {
         MsFlags::empty()
     };
-    let at = match target {
-        Target::InRoot { fd, .. } => fd_path(fd),
-        Target::Path(p) => p.to_string(),
+    let from = match src {
+        Source::Host(p) => p.to_string_lossy().into_owned(),
+        Source::Opened(fd, _) => fd_path(&fd),
     };
     mount(
-        Some(src),
-        at.as_str(),
+        Some(from.as_str()),
+        fd_path(&target.fd).as_str(),
         None::<&str>,
         MsFlags::MS_BIND | rec,
         None::<&str>,
     )
-    .sys(|| format!("bind {} onto {what}", src.display()))?;
+    .sys(|| format!("bind {} onto {}", src.name(), target.dest.display()))?;
     if flags.is_empty() {
         return Ok(());
     }
-    match target {
-        // The old fd still names the directory below the new mount.
-        Target::InRoot { root, dest, .. } => {
-            let reopened = open_in_root(*root, dest, Create::Nothing)?;
-            remount(&fd_path(&reopened), flags | rec, dest)
-        }
-        Target::Path(p) => remount(p, flags | rec, Path::new(p)),
-    }
+    // The old fd still names the directory below the new mount.
+    let reopened = open_in_root(target.root, target.dest, Create::Nothing)?;
+    remount(&fd_path(&reopened), flags | rec, target.dest)
 }
 
 /// Remount a bind mount with `flags`, keeping the flags the kernel locked
@@ -784,13 +688,13 @@ fn mount_cgroup(ctx: &RootfsContext, root: BorrowedFd, dest: &Path, opts: &Optio
     let v2 = ctx.cgroup_paths.len() == 1 && ctx.cgroup_paths[0].join("cgroup.controllers").exists();
     let bind_one = |src: &Path, dest: &Path| -> Result<()> {
         let target = open_in_root(root, dest, Create::Dir)?;
-        let at = Target::InRoot {
+        let at = Target {
             root,
             fd: target.as_fd(),
             dest,
         };
         let flags = opts.flags - (MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
-        bind(src, at, false, flags, Reach::Top)
+        bind(Source::Host(src), at, false, flags, Reach::Top)
     };
     if v2 {
         return bind_one(&ctx.cgroup_paths[0], dest);
@@ -975,54 +879,82 @@ pub fn set_root_propagation(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// After the root is in place: masked paths, read-only paths, read-only root.
+/// After the root is in place: read-only paths, masked paths, read-only
+/// root. Each path is resolved inside the root, and mounted onto by fd:
+/// the container's rootfs and its `/proc` are the container's, so nothing
+/// here goes through a path string or `/proc/self/fd` (CVE-2025-31133).
 pub fn finalize(spec: &Spec) -> Result<()> {
     let linux = spec.linux().as_ref();
+    let root = open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .sys(|| "open the container's root".into())?;
+    let resolve = |p: &str| match open_in_root(root.as_fd(), Path::new(p), Create::Nothing) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Error::Sys {
+            errno: Errno::ENOENT,
+            ..
+        }) => Ok(None),
+        Err(e) => Err(e),
+    };
     for p in linux
         .and_then(|l| l.readonly_paths().as_deref())
         .unwrap_or_default()
     {
+        let fail = |e: Error| Error::Init(format!("linux.readonlyPaths: {p}: {e}"));
+        let Some(target) = resolve(p).map_err(fail)? else {
+            continue;
+        };
         // Every mount below the path too, where the kernel can: the spec
         // asks for the path read-only, and runc's remount leaves submounts
         // (binfmt_misc below /proc/sys, say) writable.
-        match bind(
-            Path::new(p),
-            Target::Path(p),
+        let dest = Path::new(p);
+        let at = Target {
+            root: root.as_fd(),
+            fd: target.as_fd(),
+            dest,
+        };
+        bind(
+            Source::Opened(target.as_fd(), dest),
+            at,
             true,
             MsFlags::MS_RDONLY,
             Reach::All,
-        ) {
-            Ok(()) => {}
-            Err(Error::Sys {
-                errno: Errno::ENOENT,
-                ..
-            }) => {}
-            Err(e) => return Err(Error::Init(format!("linux.readonlyPaths: {p}: {e}"))),
-        }
+        )
+        .map_err(fail)?;
     }
+    let mut null = None;
     for p in linux
         .and_then(|l| l.masked_paths().as_deref())
         .unwrap_or_default()
     {
-        let r = match std::fs::metadata(p) {
-            Err(_) => continue,
-            Ok(m) if m.is_dir() => mount(
+        let fail = |e: Error| Error::Init(format!("linux.maskedPaths: {p}: {e}"));
+        let Some(target) = resolve(p).map_err(fail)? else {
+            continue;
+        };
+        let st = fstat(&target).sys(|| format!("linux.maskedPaths: stat {p}"))?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            fchdir(target.as_fd()).sys(|| format!("linux.maskedPaths: {p}"))?;
+            mount(
                 Some("tmpfs"),
-                p.as_str(),
+                ".",
                 Some("tmpfs"),
                 MsFlags::MS_RDONLY,
                 Some("size=0k"),
-            ),
-            Ok(_) => mount(
-                Some("/dev/null"),
-                p.as_str(),
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            ),
-        };
-        r.sys(|| format!("linux.maskedPaths: {p}"))?;
+            )
+            .sys(|| format!("linux.maskedPaths: {p}: mount an empty tmpfs"))?;
+            continue;
+        }
+        if null.is_none() {
+            null = Some(null_device(root.as_fd()).map_err(fail)?);
+        }
+        let null = null.as_ref().expect("opened");
+        bind_opened(null.as_fd(), target.as_fd())
+            .sys(|| format!("linux.maskedPaths: {p}: bind /dev/null"))?;
     }
+    fchdir(root.as_fd()).sys(|| "chdir /".into())?;
     if spec
         .root()
         .as_ref()
@@ -1032,6 +964,21 @@ pub fn finalize(spec: &Spec) -> Result<()> {
         set_attributes("/", MsFlags::MS_RDONLY, Path::new("/"))?;
     }
     Ok(())
+}
+
+/// The container's `/dev/null`, checked to be the null device: a file
+/// masked with anything else would show what the container put there
+/// (CVE-2025-31133).
+fn null_device(root: BorrowedFd) -> Result<OwnedFd> {
+    let fd = open_in_root(root, Path::new("/dev/null"), Create::Nothing)?;
+    let st = fstat(&fd).sys(|| "stat /dev/null".into())?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != nix::sys::stat::makedev(1, 3) {
+        return Err(Error::Init(
+            "/dev/null in the container is not the null device (1:3); refusing to mask with it"
+                .into(),
+        ));
+    }
+    Ok(fd)
 }
 
 /// The C string form of a path, for exec.
@@ -1089,31 +1036,5 @@ mod tests {
         assert_eq!(a.attr_clr, libc::MOUNT_ATTR__ATIME);
         // What mount_setattr cannot say takes the remount path.
         assert!(mount_attr(MsFlags::MS_RDONLY | MsFlags::MS_SYNCHRONOUS).is_none());
-    }
-
-    #[test]
-    fn resolution_stays_inside_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        let outside = dir.path().join("outside");
-        std::fs::create_dir(&outside).unwrap();
-        // An absolute symlink and a ../ escape both resolve inside the root.
-        std::os::unix::fs::symlink(&outside, root.join("abs")).unwrap();
-        std::os::unix::fs::symlink("../../outside", root.join("etc/rel")).unwrap();
-        std::fs::create_dir(root.join("outside")).unwrap();
-        let rootfd = open(&root, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
-        for p in ["/etc/rel/y", "/../../outside/z"] {
-            open_in_root(rootfd.as_fd(), Path::new(p), Create::Dir).unwrap();
-        }
-        // A symlink to a host path that does not exist inside the root is refused.
-        assert!(open_in_root(rootfd.as_fd(), Path::new("/abs/x"), Create::Dir).is_err());
-        assert_eq!(
-            std::fs::read_dir(&outside).unwrap().count(),
-            0,
-            "created outside the root"
-        );
-        assert!(root.join("outside/y").is_dir());
-        assert!(root.join("outside/z").is_dir());
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
-use crate::{util, Error, Result};
+use crate::{paths, Error, Result};
 
 pub const STATE_FILE: &str = "state.json";
 /// The runtime-spec version of the state documents amphi writes.
@@ -296,12 +296,12 @@ impl Locked {
 
     pub fn save(&self, state: &ContainerState) -> Result<()> {
         let data = serde_json::to_vec(state).expect("state serialises");
-        util::write_atomic(&self.dir.join(STATE_FILE), &data)
+        paths::write_file(&self.dir.join(STATE_FILE), &data)
     }
 
     #[cfg(test)]
     fn save_raw(&self, data: &[u8]) -> Result<()> {
-        util::write_atomic(&self.dir.join(STATE_FILE), data)
+        paths::write_file(&self.dir.join(STATE_FILE), data)
     }
 
     pub fn fifo(&self) -> PathBuf {

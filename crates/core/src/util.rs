@@ -1,42 +1,22 @@
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
-
-use crate::{Error, Result};
-
-/// Write a file so that readers see either the old or the new content, never
-/// a torn one: write a sibling temp file, fsync-free rename over the target.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| Error::io("create", &tmp, e))?;
-    f.write_all(data).map_err(|e| Error::io("write", &tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io("rename to", path, e)
-    })
-}
-
 /// Whether amphi runs without the host's root: as another user, or as root
 /// of a user namespace (rootless podman runs its runtime that way). Such a
 /// caller keeps state under its own runtime directory and goes without
 /// cgroups nobody delegated to it, as runc does.
 pub fn rootless() -> bool {
-    !nix::unistd::geteuid().is_root() || in_user_namespace()
+    !nix::unistd::geteuid().is_root()
+        || std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| !initial_uid_map(&m))
 }
 
 /// Whether this process is in a user namespace other than the host's,
 /// where mknod of device nodes is refused.
-pub fn in_user_namespace() -> bool {
-    // The initial user namespace maps all 2^32 ids at 0.
-    std::fs::read_to_string("/proc/self/uid_map")
-        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+pub fn in_user_namespace(proc: &crate::procfs::ProcFs) -> bool {
+    proc.read_self("uid_map")
+        .is_ok_and(|m| !initial_uid_map(&m))
+}
+
+/// The initial user namespace maps all 2^32 ids at 0.
+fn initial_uid_map(map: &str) -> bool {
+    map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
 }
 
 /// A size as runc and Docker take it (`--memory 512m`): bytes, or a number

@@ -6,7 +6,8 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use amphi_core::executor::{Executor, PrepareContext, Verdict};
-use amphi_core::rootfs::{cstring, open_in_root, Create};
+use amphi_core::paths::{open_in_root, Create};
+use amphi_core::rootfs::cstring;
 use amphi_core::{process, Error, Result};
 use nix::sys::stat::{fstat, SFlag};
 use oci_spec::runtime::{Process, Spec};

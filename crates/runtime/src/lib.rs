@@ -15,7 +15,7 @@ use amphi_core::init::Mode;
 use amphi_core::launch::{launch, Cgroup, LaunchConfig};
 use amphi_core::spec::Bundle;
 use amphi_core::state::{proc_stat, ContainerState, Locked, Status, Store};
-use amphi_core::{util, Error, Result};
+use amphi_core::{paths, util, Error, Result};
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -591,7 +591,7 @@ impl Runtime {
                 &mut |_| Ok(()),
             )?;
             if let Some(f) = o.pid_file {
-                util::write_atomic(f, pid.to_string().as_bytes())?;
+                paths::write_file(f, pid.to_string().as_bytes())?;
             }
             // Other commands on the container must not wait for this process.
             drop(locked);
@@ -813,7 +813,7 @@ fn record_init(
     state.pid = pid;
     state.start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
     let recorded = locked.save(state).and_then(|()| match pid_file {
-        Some(f) => util::write_atomic(f, pid.to_string().as_bytes()),
+        Some(f) => paths::write_file(f, pid.to_string().as_bytes()),
         None => Ok(()),
     });
     if let Err(e) = recorded {

@@ -512,7 +512,9 @@ impl Worker {
             .map_err(|e| sys("unblock signals", e))?;
         // Under memory pressure in the envelope, an invocation goes before
         // the worker that serves the others.
-        let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+        if let Some(p) = amphi_core::procfs::workload() {
+            let _ = p.write_self("oom_score_adj", "1000");
+        }
         if self.tmp > 0 {
             private_tmp(self.tmp)?;
         }

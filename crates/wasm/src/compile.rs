@@ -94,8 +94,9 @@ pub(crate) fn compile_in_helper(
 }
 
 fn single_threaded() -> bool {
-    std::fs::read_to_string("/proc/self/status")
+    amphi_core::procfs::handle()
         .ok()
+        .and_then(|p| p.read_self("status").ok())
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("Threads:"))
@@ -116,7 +117,9 @@ fn helper(
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     // Of the container's processes, the compiler is the one to kill when
     // the cgroup runs out of memory.
-    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
+    if let Ok(p) = amphi_core::procfs::handle() {
+        let _ = p.write_self("oom_score_adj", "1000");
+    }
     let line = compile_to(kind, flavor, bytes, file, memfd);
     let _ = File::from(report).write_all(line.as_bytes());
     // SAFETY: leave without running the init's destructors.

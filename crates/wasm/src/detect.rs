@@ -16,7 +16,7 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::Path;
 
-use amphi_core::rootfs::{open_in_root, Create};
+use amphi_core::paths::open_regular_in_root;
 use oci_spec::runtime::Spec;
 
 pub const VARIANT: &str = "module.wasm.image/variant";
@@ -68,19 +68,9 @@ fn entrypoint_is_wasm(rootfs: &Path, spec: &Spec, arg0: &str) -> bool {
         .as_ref()
         .map(|p| p.cwd().clone())
         .unwrap_or_else(|| "/".into());
-    let Ok(fd) = open_in_root(root.as_fd(), &cwd.join(arg0), Create::Nothing) else {
-        return false;
-    };
     // Only a regular file is read: opening a FIFO would block create and
     // opening a device node could act on the device.
-    match nix::sys::stat::fstat(&fd) {
-        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {}
-        _ => return false,
-    }
-    let Ok(f) = std::fs::File::open(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&fd)
-    )) else {
+    let Ok((f, _)) = open_regular_in_root(root.as_fd(), &cwd.join(arg0)) else {
         return false;
     };
     let mut head = [0u8; 4];

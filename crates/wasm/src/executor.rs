@@ -165,7 +165,7 @@ impl Wasm {
     pub(crate) fn read_module(ctx: &PrepareContext, arg0: &str) -> Result<(PathBuf, Vec<u8>)> {
         let path = ctx.process.cwd().join(arg0);
         let what = || format!("process.args[0] {arg0:?}");
-        let (f, size) = amphi_core::rootfs::open_regular_in_root(ctx.root_fd, &path)
+        let (f, size) = amphi_core::paths::open_regular_in_root(ctx.root_fd, &path)
             .map_err(|e| fail(format!("{}: {e}", what())))?;
         // Bounded: a module is read whole into memory.
         if size > MAX_MODULE {
@@ -386,8 +386,8 @@ fn anon_rss() -> u64 {
 const ANON_RSS_FRESH: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn read_anon_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
+    amphi_core::procfs::workload()
+        .and_then(|p| p.read_self("status").ok())
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("RssAnon:"))

@@ -20,11 +20,12 @@ use crate::rootfs::{self, RootfsContext};
 use crate::state::EXEC_FIFO;
 use crate::sync::Msg;
 use crate::util::trace::phase;
-use crate::{hooks, Error, Result};
+use crate::{hooks, procfs, Error, Result};
 
 pub(super) fn create(a: InitArgs, pivot: bool, parent: &mut Parent) -> Result<Infallible> {
     let spec = &a.bundle.spec;
     let process = a.bundle.process();
+    let proc = procfs::handle()?;
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         sethostname(h).sys(|| format!("hostname {h:?}"))?;
     }
@@ -34,6 +35,19 @@ pub(super) fn create(a: InitArgs, pivot: bool, parent: &mut Parent) -> Result<In
     if a.plan.creates(LinuxNamespaceType::Network) {
         crate::namespaces::loopback_up()?;
     }
+    // sysctls apply to the namespaces of the process that writes them, so
+    // they are written now, through our procfs; validation let through
+    // only namespaced ones.
+    for (key, value) in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        proc.write_sysctl(key, value)
+            .map_err(|e| Error::Init(format!("linux.sysctl.{key}={value:?}: {}", e.desc())))?;
+    }
 
     phase("init: rootfs");
     let root_fd = rootfs::setup(&RootfsContext {
@@ -42,7 +56,7 @@ pub(super) fn create(a: InitArgs, pivot: bool, parent: &mut Parent) -> Result<In
         rootfs: &a.bundle.rootfs,
         // In a user namespace (the container's, or one the runtime itself
         // runs in) device nodes cannot be made, only bound from the host.
-        userns: a.plan.has_userns() || crate::util::in_user_namespace(),
+        userns: a.plan.has_userns() || crate::util::in_user_namespace(&proc),
         cgroup_paths: a.cgroup_paths,
     })?;
 
@@ -91,6 +105,17 @@ pub(super) fn create(a: InitArgs, pivot: bool, parent: &mut Parent) -> Result<In
         state_dir: Some(a.state_dir.as_fd()),
     })?;
     drop(root_fd);
+    // The exec fifo, as an O_PATH handle (a FIFO is no directory: nothing
+    // can be reached through it); the state directory, the init's last
+    // handle on a host directory, goes before the container's root is entered.
+    let fifo = openat(
+        a.state_dir.as_fd(),
+        EXEC_FIFO,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .sys(|| "open exec fifo".into())?;
+    drop(a.state_dir);
 
     phase("init: pivot_root");
     if pivot {
@@ -106,19 +131,6 @@ pub(super) fn create(a: InitArgs, pivot: bool, parent: &mut Parent) -> Result<In
     if let Some(socket) = console_socket(a.console_socket) {
         crate::console::setup(socket, process, true)?;
     }
-    // sysctls through the container's own /proc, before /proc/sys is made
-    // read-only; validation let through only namespaced ones.
-    for (key, value) in spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.sysctl().as_ref())
-        .into_iter()
-        .flatten()
-    {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        std::fs::write(&path, value)
-            .map_err(|e| Error::Init(format!("linux.sysctl.{key}={value:?}: write {path}: {e}")))?;
-    }
     // Masked and read-only paths after pivot_root: they name container paths.
     phase("init: masked and read-only paths");
     rootfs::finalize(spec)?;
@@ -127,17 +139,14 @@ pub(super) fn create(a: InitArgs, pivot: bool, parent: &mut Parent) -> Result<In
     // Created: tell the parent, then block until `start` opens the fifo.
     parent.ready()?;
     take_process_umask(process);
-    let fifo = openat(
-        a.state_dir.as_fd(),
-        EXEC_FIFO,
-        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .sys(|| "open exec fifo".into())?;
-    // The last handle on a host directory goes before any container code runs.
-    drop(a.state_dir);
-    write(&fifo, b"0").sys(|| "write exec fifo".into())?;
+    // Blocks until `start` opens the other end.
+    let writer = proc
+        .reopen(fifo.as_fd(), OFlag::O_WRONLY)
+        .sys(|| "open exec fifo".into())?;
     drop(fifo);
+    drop(proc);
+    write(&writer, b"0").sys(|| "write exec fifo".into())?;
+    drop(writer);
 
     // startContainer hooks: in the container, after start, before the workload.
     hooks::run_all(

@@ -21,6 +21,8 @@ use crate::Result;
 pub(super) fn exec(a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
     let spec = &a.bundle.spec;
     let process = a.bundle.process();
+    // A process joining a container needs no host directory.
+    drop(a.state_dir);
     parent.expect(Msg::Joined, "before the cgroup was joined")?;
     let root_fd = nix::fcntl::open(
         "/",
@@ -43,7 +45,6 @@ pub(super) fn exec(a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
     enter_process(process, spec.linux().as_ref(), a.bundle.seccomp.as_ref())?;
     before_exec(process, a.bundle.seccomp.as_ref())?;
     parent.ready()?;
-    drop(a.state_dir);
     take_process_umask(process);
     exec_workload(executor, process)
 }

@@ -18,13 +18,14 @@ use nix::fcntl::OFlag;
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::{umask, Mode as FileMode};
-use nix::unistd::{chdir, setresgid, setresuid, Gid, Uid};
+use nix::unistd::{setresgid, setresuid, Gid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 
 use crate::error::SysContext;
 use crate::executor::Executor;
 use crate::launch::{clone, keep_fds};
 use crate::namespaces::Plan;
+use crate::procfs::{self, ProcFs};
 use crate::seccomp::Program;
 use crate::spec::Bundle;
 use crate::sync::{Channel, Msg};
@@ -123,6 +124,7 @@ fn init(mut a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
         tasks.join_self()?;
     }
     protect_runtime_binary(a.plan);
+    crate::lsm::probe();
     // Default dispositions and nothing blocked (`run` blocks everything;
     // Rust ignores SIGPIPE), set first so that what an executor installs
     // while preparing (wasmtime's trap handlers) stays.
@@ -140,6 +142,12 @@ fn init(mut a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
         // Returns in the init only; the intermediate process leaves.
         fork_init_from_namespaces(a.plan, parent)?;
     }
+    // Our own procfs, in the pid namespace the init lives in, before any of
+    // the container's mount namespaces is joined: every procfs access from
+    // here on goes through it, never through the container's /proc.
+    let proc = procfs::handle()?;
+    // Before the container's namespaces are joined, through our procfs.
+    process::set_oom_score_adj(&proc, a.bundle.process())?;
     // A session of its own, as runc's and crun's inits: nothing of the
     // caller's session (a shell, conmon's) is the container's, and CRIU
     // dumps only trees whose session leader is inside them.
@@ -154,9 +162,9 @@ fn init(mut a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
     // Device nodes and mount points get exactly the modes the spec gives.
     umask(FileMode::empty());
     if a.plan.creates(LinuxNamespaceType::Time) {
-        enter_new_time_namespace(a.bundle.spec.linux().as_ref())?;
+        enter_new_time_namespace(&proc, a.bundle.spec.linux().as_ref())?;
     }
-    process::set_oom_score_adj(a.bundle.process())?;
+    drop(proc);
     if a.new_keyring {
         join_new_session_keyring()?;
     }
@@ -255,7 +263,10 @@ fn enter_process(
     linux: Option<&oci_spec::runtime::Linux>,
     seccomp: Option<&Program>,
 ) -> Result<()> {
-    chdir(process.cwd().as_path()).sys(|| format!("process.cwd {}", process.cwd().display()))?;
+    // No host directory is open here (the state directory went before
+    // pivot_root), and the cwd is resolved inside the root with no magic
+    // link followed, then checked (CVE-2024-21626).
+    crate::paths::chdir_in_root(process.cwd())?;
     process::set_rlimits(process)?;
     process::set_scheduling(process)?;
     process::set_personality(linux)?;
@@ -292,9 +303,10 @@ fn take_process_umask(process: &Process) {
     ));
 }
 
-/// Hand over to the workload.
+/// Hand over to the workload, holding nothing of the runtime's.
 fn exec_workload(executor: Box<dyn Executor>, process: &Process) -> Result<Infallible> {
     crate::util::trace::phase("init: exec");
+    procfs::release();
     Err(executor.exec(process))
 }
 
@@ -329,7 +341,7 @@ fn console_socket(fd: Option<RawFd>) -> Option<OwnedFd> {
 /// A time namespace applies to the children of the process that made it,
 /// and its offsets can be set only until a process enters it: make it,
 /// write `linux.timeOffsets`, then enter it ourselves.
-fn enter_new_time_namespace(linux: Option<&oci_spec::runtime::Linux>) -> Result<()> {
+fn enter_new_time_namespace(proc: &ProcFs, linux: Option<&oci_spec::runtime::Linux>) -> Result<()> {
     unshare(crate::namespaces::flag(LinuxNamespaceType::Time))
         .sys(|| "unshare time namespace".into())?;
     let offsets: String = linux
@@ -345,25 +357,26 @@ fn enter_new_time_namespace(linux: Option<&oci_spec::runtime::Linux>) -> Result<
         })
         .collect();
     if !offsets.is_empty() {
-        std::fs::write("/proc/self/timens_offsets", &offsets).map_err(|e| {
+        proc.write_self("timens_offsets", &offsets).map_err(|e| {
             Error::Init(format!(
-                "linux.timeOffsets: write /proc/self/timens_offsets {offsets:?}: {e}"
+                "linux.timeOffsets: write /proc/self/timens_offsets {offsets:?}: {}",
+                e.desc()
             ))
         })?;
     }
-    let ns = nix::fcntl::open(
-        "/proc/self/ns/time_for_children",
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        FileMode::empty(),
-    )
-    .sys(|| "open /proc/self/ns/time_for_children".into())?;
+    let ns = proc
+        .open_own_link("ns/time_for_children", OFlag::O_RDONLY)
+        .sys(|| "open /proc/self/ns/time_for_children".into())?;
     setns(ns, crate::namespaces::flag(LinuxNamespaceType::Time))
         .sys(|| "enter the new time namespace".into())
 }
 
 /// In a user namespace whose setgroups is denied, setgroups(2) fails.
 fn setgroups_denied() -> bool {
-    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+    procfs::handle()
+        .ok()
+        .and_then(|p| p.read_self("setgroups").ok())
+        .is_some_and(|s| s.trim() == "deny")
 }
 
 fn reset_signals() {
@@ -380,22 +393,46 @@ fn reset_signals() {
 /// `keep` and the caller's `preserve` fds. A caller's fd crossed the exec into
 /// amphi, so it cannot be close-on-exec; every fd amphi opened is, so one in
 /// the preserved range that is close-on-exec is amphi's own (the caller
-/// passed fewer fds than it said) and goes too.
+/// passed fewer fds than it said) and goes too. Above that range, whole
+/// ranges go at once (close_range), without reading any /proc.
 fn close_fds(preserve: i32, keep: &[i32]) -> Result<()> {
-    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map_err(|e| Error::io("read", "/proc/self/fd", e))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    for fd in fds {
-        if fd < 3 || keep.contains(&fd) {
-            continue;
-        }
-        // SAFETY: fcntl and close on fds this process owns; the read_dir
-        // handle is already gone.
-        let cloexec = unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC != 0;
-        if fd >= 3 + preserve || cloexec {
+    let first = 3 + preserve.max(0);
+    for fd in (3..first).filter(|fd| !keep.contains(fd)) {
+        // SAFETY: fcntl and close on fds this process owns.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
             unsafe { libc::close(fd) };
         }
+    }
+    let mut kept: Vec<u32> = keep
+        .iter()
+        .filter(|&&k| k >= first)
+        .map(|&k| k as u32)
+        .collect();
+    kept.sort_unstable();
+    let mut from = first as u32;
+    for k in kept.into_iter().chain([u32::MAX]) {
+        if k > from {
+            let to = if k == u32::MAX { u32::MAX } else { k - 1 };
+            // SAFETY: closes fds this process owns and no Rust value holds
+            // (every one it keeps is in `keep`).
+            let r = unsafe { libc::syscall(libc::SYS_close_range, from, to, 0u32) };
+            match (r, nix::Error::last()) {
+                (0, _) => {}
+                // Before Linux 5.9: one at a time, up to the fd limit.
+                (_, nix::Error::ENOSYS) => {
+                    let limit =
+                        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                            .map_or(1024, |(soft, _)| soft.min(1 << 20) as u32);
+                    for fd in from..to.min(limit) {
+                        // SAFETY: as above.
+                        unsafe { libc::close(fd as i32) };
+                    }
+                }
+                (_, e) => return Err(Error::sys("close_range", e)),
+            }
+        }
+        from = k.saturating_add(1);
     }
     Ok(())
 }

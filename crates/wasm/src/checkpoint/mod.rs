@@ -315,10 +315,10 @@ pub fn checkpoint(state_dir: &Path, image_dir: &Path, leave_running: bool) -> Re
     }
     manifest.memory_sha256 = hex(&sum.finalize());
     let text = serde_json::to_vec_pretty(&manifest).expect("json");
-    amphi_core::util::write_atomic(&image_dir.join(MANIFEST), &text).map_err(|e| e.to_string())?;
+    amphi_core::paths::write_file(&image_dir.join(MANIFEST), &text).map_err(|e| e.to_string())?;
     let marker =
         format!("not a CRIU image: amphi's image of a wasm guest, described by {MANIFEST}\n");
-    amphi_core::util::write_atomic(&image_dir.join(INVENTORY_MARKER), marker.as_bytes())
+    amphi_core::paths::write_file(&image_dir.join(INVENTORY_MARKER), marker.as_bytes())
         .map_err(|e| e.to_string())?;
     conn.write_all(&[ACK])
         .map_err(|e| format!("acknowledge the image: {e}"))?;
