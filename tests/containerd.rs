@@ -279,6 +279,52 @@ fn containerd_runs_native_and_wasm_through_the_shim() {
 /// containerd's runc shim does there: containerd runs in a mount namespace
 /// with cgroup2 at /sys/fs/cgroup (the host's unified hierarchy), and
 /// `ctr task metrics` prints v2's rows, counted by the kernel.
+/// A container in a pid namespace it does not own (the pod's, through
+/// `--with-ns pid:`): when its init exits, what it started dies at once,
+/// before `delete`, as containerd's runc shim does (`ShouldKillAllOnExit`).
+#[test]
+fn a_container_sharing_a_pid_namespace_leaves_nothing_once_its_init_exits() {
+    let c = Containerd::start(&amphi_bin());
+    let tar = image("busybox", c.tmp.path());
+    c.ok(&["images", "import", tar.to_str().unwrap()]);
+    for runtime in [RUNTIME, "io.containerd.runc.v2"] {
+        let tag = if runtime == RUNTIME { "amphi" } else { "runc" };
+        let (pod, member) = (format!("{tag}-pod"), format!("{tag}-member"));
+        let o = c.run_with(runtime, &["-d"], BUSYBOX, &pod, &["sleep", "600"]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let pidns = format!("pid:/proc/{}/ns/pid", c.task_pid(&pod));
+        let o = c.run_with(
+            runtime,
+            &["-d", "--with-ns", &pidns],
+            BUSYBOX,
+            &member,
+            &["sh", "-c", "sleep 600 & sleep 600 & exit 0"],
+        );
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert!(
+            wait_for(10, || c.task_status(&member) == "STOPPED"),
+            "{tag}"
+        );
+        let procs = || -> Vec<String> {
+            cgroup_dirs(&c.cgroup(&member))
+                .iter()
+                .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+                .flat_map(|s| s.lines().map(str::to_owned).collect::<Vec<_>>())
+                .collect()
+        };
+        assert!(
+            wait_for(10, || procs().is_empty()),
+            "{tag}: the exited container's processes {:?} outlive its init",
+            procs()
+        );
+        // The pod itself is untouched.
+        assert_eq!(c.task_status(&pod), "RUNNING", "{tag}");
+        c.ok(&["task", "delete", &member]);
+        c.ok(&["container", "delete", &member]);
+        c.remove(&pod);
+    }
+}
+
 #[test]
 fn task_metrics_are_cgroup2_metrics_on_a_v2_host() {
     let c = Containerd::start_on_cgroup2(&amphi_bin());

@@ -871,3 +871,85 @@ fn read_only_mounts_with_and_without_the_new_mount_api() {
     );
     env.assert_clean(&id, &b.cgroup());
 }
+
+/// Mount propagation as kubelet asks for it, against runc: a volume bound
+/// `rshared` under `rootfsPropagation: rshared` (CRI's Bidirectional, what
+/// CSI node plugins need) carries a mount made inside the container out to
+/// the host; one bound `rslave` (HostToContainer) shows the container a
+/// mount the host makes below it. The "host" is a mount namespace of the
+/// test's own (unshare), where the volume is a shared tmpfs: the machine's
+/// mounts are never touched.
+#[test]
+fn bidirectional_and_host_to_container_propagation_as_runc() {
+    let Ok(runc) = which("runc") else {
+        eprintln!("runc not installed: skipping the comparison");
+        return;
+    };
+    let mut seen = Vec::new();
+    for runtime in [amphi_tests::amphi_bin(), runc] {
+        let env = Env::for_runtime(runtime.clone());
+        let vol = env.tmp.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        let bundle = |name: &str, propagation: &str, args: &[&str]| {
+            let mut b = env.bundle(name, args);
+            b.spec["mounts"].as_array_mut().unwrap().push(json!({"destination": "/vol",
+                "type": "bind", "source": vol.to_str().unwrap(), "options": ["rbind", propagation]}));
+            b.spec["linux"]["rootfsPropagation"] = json!(propagation);
+            // A CSI node plugin is privileged: it mounts.
+            for set in ["bounding", "effective", "permitted"] {
+                b.spec["process"]["capabilities"][set]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!("CAP_SYS_ADMIN"));
+            }
+            b.write();
+            b
+        };
+        let bidi = bundle(
+            "bidi",
+            "rshared",
+            &["mount", "-t", "tmpfs", "inner", "/vol/inner"],
+        );
+        let h2c = bundle("h2c", "rslave", &["sleep", "600"]);
+        let (bidi_id, h2c_id) = (env.id("bidi"), env.id("h2c"));
+        let script = r#"set -e
+mount -t tmpfs vol "$VOL" && mount --make-shared "$VOL" && mkdir "$VOL/inner" "$VOL/fromhost"
+"$RT" --root "$ROOT" run --bundle "$BIDI" "$BIDI_ID"
+echo "bidirectional: $(grep -c " $VOL/inner " /proc/self/mountinfo || true)"
+"$RT" --root "$ROOT" run -d --bundle "$H2C" "$H2C_ID" </dev/null >/dev/null 2>&1
+mount -t tmpfs fromhost "$VOL/fromhost"
+echo "host-to-container: $("$RT" --root "$ROOT" exec "$H2C_ID" grep -c " /vol/fromhost " /proc/self/mountinfo || true)"
+"$RT" --root "$ROOT" delete --force "$H2C_ID"
+"#;
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", script])
+            .env("VOL", &vol)
+            .env("RT", &runtime)
+            .env("ROOT", &env.root)
+            .env("BIDI", bidi.path())
+            .env("BIDI_ID", &bidi_id)
+            .env("H2C", h2c.path())
+            .env("H2C_ID", &h2c_id)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{}: {text}{}",
+            runtime.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        seen.push((runtime, text));
+        amphi_tests::reap_inits();
+        env.assert_clean(&bidi_id, &bidi.cgroup());
+        env.assert_clean(&h2c_id, &h2c.cgroup());
+    }
+    for (runtime, text) in &seen {
+        assert!(
+            text.contains("bidirectional: 1\n") && text.contains("host-to-container: 1\n"),
+            "{}: {text}",
+            runtime.display()
+        );
+    }
+}

@@ -134,6 +134,130 @@ fn a_scope_unit_per_container_with_its_limits() {
     amphi_tests::reap_inits();
 }
 
+/// A bundle as `runc spec` writes it (with the `cgroup` mount at
+/// /sys/fs/cgroup that runc, containerd, podman and Docker all write), a
+/// busybox rootfs, `args`, a 64 MiB memory limit and `cgroups_path`.
+fn runc_spec_bundle(
+    env: &Env,
+    name: &str,
+    cgroups_path: &str,
+    args: &[&str],
+) -> amphi_tests::Bundle {
+    let mut b = env.bundle(name, args);
+    let dir = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(dir.path())
+        .status()
+        .expect("runc spec");
+    assert!(st.success());
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    assert!(
+        spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["type"] == "cgroup"),
+        "runc spec writes a cgroup mount"
+    );
+    spec["process"]["terminal"] = json!(false);
+    spec["process"]["args"] = json!(args);
+    spec["linux"]["cgroupsPath"] = json!(cgroups_path);
+    spec["linux"]["resources"]["memory"] = json!({"limit": 67108864});
+    b.spec = spec;
+    b.write();
+    b
+}
+
+#[test]
+fn runc_spec_bundles_in_every_cgroups_path_form() {
+    if !systemd_runs() {
+        eprintln!("systemd is not PID 1 here: the VM lane runs this");
+        return;
+    }
+    for (runtime, rt) in [
+        (amphi_tests::amphi_bin(), "amphi"),
+        ("/usr/sbin/runc".into(), "runc"),
+    ] {
+        let env = Env::for_runtime(runtime);
+        // slice:prefix:name in a top-level slice, in system.slice, in
+        // kubelet's nested pod slices, with the slice left to the default,
+        // and a unit that is itself a slice.
+        for (i, (form, unit)) in [
+            ("test.slice:{rt}:{id}", "{rt}-{id}.scope"),
+            ("system.slice:{rt}:{id}", "{rt}-{id}.scope"),
+            (
+                "kubepods-besteffort-pod{i}.slice:cri-containerd:{id}",
+                "cri-containerd-{id}.scope",
+            ),
+            (":{rt}:{id}", "{rt}-{id}.scope"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let name = format!("{rt}{i}");
+            let id = env.id(&name);
+            let fill = |s: &str| {
+                s.replace("{rt}", rt)
+                    .replace("{id}", &id)
+                    .replace("{i}", &i.to_string())
+            };
+            let (path, unit) = (fill(form), fill(unit));
+            let b = runc_spec_bundle(
+                &env,
+                &name,
+                &path,
+                &[
+                    "sh",
+                    "-c",
+                    "cat /sys/fs/cgroup/memory.max; cat /proc/self/cgroup",
+                ],
+            );
+            let r = env.amphi(&["--systemd-cgroup", "run", "--bundle", b.path(), &id]);
+            assert_eq!(r.code, 0, "{rt} {path}: {}", r.stderr);
+            assert!(
+                r.stdout.starts_with("67108864\n"),
+                "{rt} {path}: {}",
+                r.stdout
+            );
+            assert!(unit_gone(&unit), "{rt} {path}: {unit} left");
+        }
+        // create, start, update, delete on kubelet's form.
+        let id = env.id(&format!("{rt}life"));
+        let unit = format!("cri-containerd-{id}.scope");
+        let b = runc_spec_bundle(
+            &env,
+            &format!("{rt}life"),
+            &format!("kubepods-burstable-pod9.slice:cri-containerd:{id}"),
+            &["sleep", "600"],
+        );
+        env.amphi(&["--systemd-cgroup", "create", "--bundle", b.path(), &id])
+            .ok();
+        env.amphi(&["--systemd-cgroup", "start", &id]).ok();
+        assert_eq!(show(&unit, "ActiveState"), "active", "{rt}");
+        assert_eq!(show(&unit, "MemoryMax"), "67108864", "{rt}");
+        env.amphi(&["--systemd-cgroup", "update", "--memory", "128m", &id])
+            .ok();
+        assert_eq!(show(&unit, "MemoryMax"), "134217728", "{rt} update");
+        env.amphi(&["--systemd-cgroup", "delete", "--force", &id])
+            .ok();
+        assert!(unit_gone(&unit), "{rt}: the unit goes with the container");
+        amphi_tests::reap_inits();
+    }
+    let _ = std::process::Command::new("systemctl")
+        .args([
+            "stop",
+            "kubepods-besteffort-pod2.slice",
+            "kubepods-burstable-pod9.slice",
+            "kubepods-besteffort.slice",
+            "kubepods-burstable.slice",
+            "kubepods.slice",
+            "test.slice",
+        ])
+        .status();
+}
+
 #[test]
 fn bad_paths_and_taken_units_leave_no_unit() {
     if !systemd_runs() {

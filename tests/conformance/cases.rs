@@ -86,6 +86,10 @@ pub fn all() -> Vec<Case> {
         case!("hooks", hooks_order_and_state),
         case!("hooks", failing_hook_fails_create),
         case!("hooks", start_container_hooks_run_in_the_container),
+        case!(
+            "hooks",
+            start_container_hooks_under_a_profile_without_clone3
+        ),
         case!("hooks", failing_poststop_hook_runs_the_rest,
             runc_violates: "runtime.md, Lifecycle 13: \"If any poststop hook fails, the runtime MUST log a warning, but the remaining hooks and lifecycle continue as if the hook had succeeded.\" runc 1.1.5 stops at the failing hook"),
         case!("state", state_machine_and_state_json),
@@ -1631,6 +1635,42 @@ fn start_container_hooks_run_in_the_container(c: &mut Ctx) {
         out.get(1).copied(),
         Some("644"),
         "what it made follows the process's umask",
+    );
+}
+
+fn start_container_hooks_under_a_profile_without_clone3(c: &mut Ctx) {
+    // Older Docker profiles and runtime-tools' generator list no clone3
+    // and deny what they do not list with EPERM (not ENOSYS): the runtime's
+    // own spawn of a startContainer hook, under that filter, must not need it.
+    let mut profile = amphi_core::seccomp::default_profile_json();
+    profile["defaultAction"] = json!("SCMP_ACT_ERRNO");
+    for rule in profile["syscalls"].as_array_mut().into_iter().flatten() {
+        if let Some(names) = rule["names"].as_array_mut() {
+            names.retain(|n| n != "clone3");
+        }
+    }
+    let mut b = c.sh_bundle("noclone3", "cat /hook-ran");
+    b.spec["process"]["noNewPrivileges"] = json!(false);
+    b.spec["linux"]["seccomp"] = profile.clone();
+    b.spec["hooks"] = json!({"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c",
+        "echo hooked > /hook-ran"]}]});
+    b.write();
+    let id = c.env.id("noclone3");
+    let r = c.env.amphi(&["run", "--bundle", b.path(), &id]);
+    c.eq(r.code, 0, format!("run: {}", r.stderr));
+    c.eq(r.stdout.trim(), "hooked", "the hook ran before the process");
+    // runtime.md, Lifecycle 7: a startContainer hook that fails stops the
+    // container; its process never runs.
+    let mut b = c.sh_bundle("failstart", "echo process-ran");
+    b.spec["linux"]["seccomp"] = profile;
+    b.spec["hooks"] = json!({"startContainer": [{"path": "/bin/false"}]});
+    b.write();
+    let id = c.env.id("failstart");
+    let r = c.env.amphi(&["run", "--bundle", b.path(), &id]);
+    c.check(r.code != 0, "a failing startContainer hook fails the run");
+    c.check(
+        !r.stdout.contains("process-ran"),
+        format!("the process never ran: {}", r.stdout),
     );
 }
 

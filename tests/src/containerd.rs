@@ -158,8 +158,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
     /// `ctr run` with amphi's shim and a cgroup below ours.
     pub fn run(&self, opts: &[&str], image: &str, id: &str, args: &[&str]) -> Out {
+        self.run_with(RUNTIME, opts, image, id, args)
+    }
+
+    /// `ctr run` with `runtime`'s shim (amphi's, or runc's as the
+    /// reference) and a cgroup below ours.
+    pub fn run_with(
+        &self,
+        runtime: &str,
+        opts: &[&str],
+        image: &str,
+        id: &str,
+        args: &[&str],
+    ) -> Out {
         let cg = self.cgroup(id);
-        let mut a = vec!["run", "--runtime", RUNTIME, "--cgroup", &cg];
+        let mut a = vec!["run", "--runtime", runtime, "--cgroup", &cg];
         a.extend(opts);
         a.extend([image, id]);
         a.extend(args);

@@ -63,6 +63,12 @@ pub fn run(hook: &Hook, state: &[u8]) -> Result<()> {
             .as_fd_owned()
             .map_err(|e| fail(e.to_string()))?,
     );
+    // A hook may be spawned under the container's seccomp filter
+    // (startContainer, without no_new_privs), and a profile may deny
+    // clone3 with EPERM, where glibc's posix_spawn falls back to clone only
+    // on ENOSYS. A pre_exec step makes std fork (clone) instead.
+    // SAFETY: the closure does nothing, so nothing unsafe runs after fork.
+    unsafe { cmd.pre_exec(|| Ok(())) };
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(stdout)

@@ -302,14 +302,23 @@ pub fn launch(
         // A migration by another process waits for an RCU grace period
         // (milliseconds): the init mounts its rootfs meanwhile and waits
         // for `Joined` only before anything that must be charged to, or
-        // scoped by, its cgroup.
-        send(&parent_ch, &Msg::Go)?;
+        // scoped by, its cgroup. A systemd unit's cgroup does not exist
+        // until systemd has started the unit, and the rootfs's `cgroup`
+        // mount (which runc spec, containerd, podman and Docker all
+        // write) binds it: there the init is moved first.
+        let unit_made_by_systemd = matches!(cfg.cgroup, Cgroup::New(c) if c.systemd.is_some());
+        if !unit_made_by_systemd {
+            send(&parent_ch, &Msg::Go)?;
+        }
         // Born there, moved there by itself (and its intermediate's
         // children with it), or moved now.
         if needs_attach {
             crate::util::trace::phase("cgroup attach");
             cfg.cgroup.attach(init_pid)?;
             crate::util::trace::phase("cgroup attached");
+        }
+        if unit_made_by_systemd {
+            send(&parent_ch, &Msg::Go)?;
         }
         crate::util::failpoint(&format!("{stage}:attached"));
         send(&parent_ch, &Msg::Joined)?;

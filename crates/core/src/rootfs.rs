@@ -208,15 +208,15 @@ fn root_propagation(spec: &Spec) -> Result<(&str, MsFlags)> {
 pub fn setup(ctx: &RootfsContext) -> Result<OwnedFd> {
     let linux = ctx.spec.linux().as_ref();
     let (prop_name, prop) = root_propagation(ctx.spec)?;
-    // Nothing mounted below may propagate back to the host.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .sys(|| "make / rslave".into())?;
+    // As runc: the tree takes `linux.rootfsPropagation` (rslave unless
+    // set), so a volume bound from a shared host mount follows the host's
+    // mounts (rslave: CRI's HostToContainer) or stays in the host's peer
+    // group (rshared: Bidirectional, which CSI node plugins need). Only the
+    // mount holding the rootfs is made private: the rootfs's own bind then
+    // propagates nowhere, and pivot_root takes it.
+    mount(None::<&str>, "/", None::<&str>, prop, None::<&str>)
+        .sys(|| format!("linux.rootfsPropagation {prop_name}: on /"))?;
+    make_parent_mount_private(ctx.rootfs)?;
     // pivot_root needs the rootfs to be a mount point.
     mount(
         Some(ctx.rootfs),
@@ -226,12 +226,6 @@ pub fn setup(ctx: &RootfsContext) -> Result<OwnedFd> {
         None::<&str>,
     )
     .sys(|| format!("bind rootfs {}", ctx.rootfs.display()))?;
-    // pivot_root refuses a shared new root: shared propagation is set
-    // once the root is in place (set_root_propagation).
-    if prop != (MsFlags::MS_REC | MsFlags::MS_SLAVE) && !prop.contains(MsFlags::MS_SHARED) {
-        mount(None::<&str>, ctx.rootfs, None::<&str>, prop, None::<&str>)
-            .sys(|| format!("linux.rootfsPropagation {prop_name}"))?;
-    }
     let root = open(
         ctx.rootfs,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -263,6 +257,66 @@ pub fn setup(ctx: &RootfsContext) -> Result<OwnedFd> {
         dev_symlinks(root.as_fd())?;
     }
     Ok(root)
+}
+
+/// The mount the rootfs lies on (the rootfs itself, if it is a mount
+/// point), made private if it is shared, as runc does: in this new mount
+/// namespace it is still a peer of the host's.
+fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
+    let rootfs = std::fs::canonicalize(rootfs).map_err(|e| Error::io("resolve", rootfs, e))?;
+    let mountinfo = crate::procfs::handle()?
+        .read_self("mountinfo")
+        .sys(|| "read the init's mountinfo".into())?;
+    let parent = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let point = PathBuf::from(unescape_mountinfo(fields.get(4)?));
+            let shared = fields[6..]
+                .iter()
+                .take_while(|f| **f != "-")
+                .any(|f| f.starts_with("shared:"));
+            rootfs.starts_with(&point).then_some((point, shared))
+        })
+        .max_by_key(|(point, _)| point.components().count());
+    match parent {
+        Some((point, true)) => mount(
+            None::<&str>,
+            &point,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .sys(|| format!("make {} (holding the rootfs) private", point.display())),
+        _ => Ok(()),
+    }
+}
+
+/// A mountinfo path field: the kernel writes space, tab, newline and
+/// backslash as octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                let n = u32::from(d[0] - b'0') * 64
+                    + u32::from(d[1] - b'0') * 8
+                    + u32::from(d[2] - b'0');
+                out.push(n as u8);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn default_devices() -> Vec<LinuxDevice> {
@@ -1024,6 +1078,12 @@ mod tests {
             o.recursive.attr_clr,
             libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR__ATIME
         );
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo(r"/a\040b/c\134d"), "/a b/c\\d");
+        assert_eq!(unescape_mountinfo(r"/plain\0"), r"/plain\0");
     }
 
     #[test]

@@ -429,7 +429,10 @@ impl Runtime {
     /// Send `signal` (None: only check that the process exists, like kill -0).
     pub fn kill(&self, id: &str, signal: Option<Signal>, all: bool) -> Result<()> {
         let (_locked, state, status) = self.load(id)?;
-        if matches!(status, Status::Stopped | Status::Creating) {
+        // A stopped container may still have processes with --all: those
+        // its init left in a pid namespace it did not own (runc allows it;
+        // the containerd shim relies on it).
+        if status == Status::Creating || (status == Status::Stopped && !all) {
             return Err(wrong_state(id, status, "no process to signal"));
         }
         if all {

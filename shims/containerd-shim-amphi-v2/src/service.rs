@@ -58,6 +58,10 @@ struct Container {
     monitor: Option<i32>,
     /// The OOM reader; it ends once `amphi events` saw the container stop.
     oom_reader: Option<std::thread::JoinHandle<()>>,
+    /// In a pid namespace it does not own (the pod's, the host's): when its
+    /// init exits, nothing else of it may stay behind, as with containerd's
+    /// runc shim (`ShouldKillAllOnExit`).
+    kill_all_on_exit: bool,
 }
 
 #[derive(Clone)]
@@ -132,6 +136,20 @@ impl Service {
                     while !r.is_finished() && std::time::Instant::now() < deadline {
                         std::thread::sleep(std::time::Duration::from_millis(5));
                     }
+                }
+            }
+            let kill_rest = {
+                let cs = svc.containers.lock().unwrap();
+                cs.get(&id)
+                    .filter(|c| exec_id.is_empty() && c.kill_all_on_exit)
+                    .map(|c| c.amphi.clone())
+            };
+            if let Some(amphi) = kill_rest {
+                // Before the exit is told, as the runc shim does: the rest
+                // goes at once, not at `delete`.
+                if let Err(e) = amphi.run(&["kill", "--all", &id, "KILL"], Stdio3::default(), None)
+                {
+                    warn!("{id}: kill the container's remaining processes: {e}");
                 }
             }
             {
@@ -410,6 +428,7 @@ impl containerd_shim::Task for Service {
                 rootfs_mounted,
                 monitor,
                 oom_reader,
+                kill_all_on_exit: shares_a_pid_namespace(&bundle),
             },
         );
         self.watch(&req.id, "", pid);
@@ -790,4 +809,22 @@ impl containerd_shim::Task for Service {
         }
         Ok(api::Empty::default())
     }
+}
+
+/// Whether the bundle's container lives in a pid namespace it does not
+/// own: none of its own in `linux.namespaces`, or one given by path.
+fn shares_a_pid_namespace(bundle: &std::path::Path) -> bool {
+    let Ok(bytes) = std::fs::read(bundle.join("config.json")) else {
+        return false;
+    };
+    let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return false;
+    };
+    let namespaces = spec["linux"]["namespaces"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    !namespaces
+        .iter()
+        .any(|ns| ns["type"] == "pid" && ns["path"].as_str().is_none_or(str::is_empty))
 }

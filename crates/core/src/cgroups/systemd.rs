@@ -224,16 +224,28 @@ pub fn start(unit: &Unit, pid: i32, writes: &[Write], dir: &Path) -> Result<()> 
     client
         .start()
         .map_err(|e| dbus(&unit.name, "StartTransientUnit", e))?;
-    // The job runs asynchronously: wait until the pid is in the unit's cgroup.
+    // The job runs asynchronously: wait until the pid is in the unit's
+    // cgroup. A unit that never gets it is stopped: nothing is left behind.
     let want = Path::new("/").join(dir.strip_prefix(super::V2_MOUNT).unwrap_or(dir));
     let want = want.to_string_lossy();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let now = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let now = match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+            Ok(now) => now,
+            Err(e) => {
+                let _ = stop(&unit.name);
+                return Err(dbus(
+                    &unit.name,
+                    "StartTransientUnit",
+                    format!("pid {pid} is gone ({e}) before systemd moved it into {want}"),
+                ));
+            }
+        };
         if now.lines().any(|l| l.strip_prefix("0::") == Some(&*want)) {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
+            let _ = stop(&unit.name);
             return Err(dbus(
                 &unit.name,
                 "StartTransientUnit",
