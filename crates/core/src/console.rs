@@ -8,7 +8,7 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::fcntl::{open, OFlag};
-use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+use nix::pty::{grantpt, ptsname_r, unlockpt};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, setsid};
@@ -21,8 +21,7 @@ use crate::Result;
 /// `bind_console`: also bind the pty at /dev/console (a new container, not
 /// a process joining one).
 pub fn setup(socket: OwnedFd, process: &Process, bind_console: bool) -> Result<()> {
-    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-        .sys(|| "process.terminal: open /dev/ptmx (is /dev/pts mounted?)".into())?;
+    let master = open_ptmx()?;
     grantpt(&master).sys(|| "grantpt".into())?;
     unlockpt(&master).sys(|| "unlockpt".into())?;
     let name = ptsname_r(&master).sys(|| "ptsname".into())?;
@@ -80,6 +79,38 @@ pub fn setup(socket: OwnedFd, process: &Process, bind_console: bool) -> Result<(
     dup2_stdout(&slave).sys(|| "dup pty to stdout".into())?;
     dup2_stderr(&slave).sys(|| "dup pty to stderr".into())?;
     Ok(())
+}
+
+/// A new pty master from the container's `/dev/ptmx`, resolved inside its
+/// root (a running container may have replaced it with a link) and checked
+/// to be the multiplexer (5:2) before it is opened, through our procfs.
+fn open_ptmx() -> Result<nix::pty::PtyMaster> {
+    use std::os::fd::AsFd;
+    let what = || "process.terminal: open /dev/ptmx (is /dev/pts mounted?)".to_string();
+    let root = open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .sys(what)?;
+    let ptmx = crate::paths::open_in_root(
+        root.as_fd(),
+        std::path::Path::new("/dev/ptmx"),
+        crate::paths::Create::Nothing,
+    )
+    .map_err(|e| crate::Error::Init(format!("{}: {e}", what())))?;
+    let st = nix::sys::stat::fstat(&ptmx).sys(what)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != nix::sys::stat::makedev(5, 2) {
+        return Err(crate::Error::Init(format!(
+            "{}: not the pty multiplexer (5:2)",
+            what()
+        )));
+    }
+    let master = crate::procfs::handle()?
+        .reopen(ptmx.as_fd(), OFlag::O_RDWR | OFlag::O_NOCTTY)
+        .sys(what)?;
+    // SAFETY: checked above to be the multiplexer, so a pty master.
+    Ok(unsafe { nix::pty::PtyMaster::from_owned_fd(master) })
 }
 
 /// Bind the pty over /dev/console. The rootfs is the container's, and by
