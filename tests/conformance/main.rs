@@ -171,6 +171,9 @@ fn runc_path() -> Option<PathBuf> {
 fn main() {
     let mut runtimes: Vec<(String, PathBuf)> = Vec::new();
     let mut filter: Option<String> = None;
+    // libtest's `--skip PATTERN`, as `cargo test --workspace -- --skip X`
+    // passes it to every test binary: its value is no filter.
+    let mut skip: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -182,6 +185,7 @@ fn main() {
                     .unwrap_or_default();
                 runtimes.push((name, p));
             }
+            "--skip" => skip.extend(args.next()),
             // Flags cargo's test runner passes along.
             s if s.starts_with("--") => {}
             s => filter = Some(s.to_owned()),
@@ -203,6 +207,7 @@ fn main() {
             filter
                 .as_deref()
                 .is_none_or(|f| c.name.contains(f) || c.area.contains(f))
+                && !skip.iter().any(|s| c.name.contains(s.as_str()))
         })
         .collect();
 
