@@ -451,6 +451,128 @@ fn wat_text_modules_run() {
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert_eq!(r.stdout, "hello from wat\n");
     env.assert_clean(&id, &b.cgroup());
+    // A text module is accepted wherever a binary one is: in checkpointable
+    // form too, with no byte array in any message.
+    let mut b = env.wasm_bundle("watcp", &["/app/hello.wat"]);
+    std::fs::write(b.rootfs().join("app/hello.wat"), wat).unwrap();
+    b.spec["annotations"] = json!({"module.wasm.image/variant": "compat",
+        "io.github.amphi.checkpoint": "true"});
+    b.write();
+    let id = env.id("watcp");
+    let r = env.amphi(&["run", "--bundle", b.path(), &id]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(r.stdout, "hello from wat\n");
+    assert!(!r.stderr.contains("[0x"), "{}", r.stderr);
+    env.assert_clean(&id, &b.cgroup());
+}
+
+/// `proc_exit(N)` is the guest's own exit for every status a process can
+/// have: 126 and up too (AssemblyScript's `abort()` is `proc_exit(255)`),
+/// where wasmtime-wasi's refusal read as a trap (134).
+#[test]
+fn proc_exit_gives_every_status_a_process_can_have() {
+    let env = Env::new();
+    for (status, want) in [
+        (0, 0),
+        (125, 125),
+        (126, 126),
+        (255, 255),
+        (256, 1),
+        (70000, 1),
+    ] {
+        let name = format!("exit{status}");
+        let (r, id, cg) = run(
+            &env,
+            &name,
+            &["/app/probe.wasm", "exit", &status.to_string()],
+            |_| {},
+        );
+        assert_eq!(r.code, want, "proc_exit({status}): {}", r.stderr);
+        assert!(
+            !r.stderr.contains("trapped"),
+            "proc_exit({status}): {}",
+            r.stderr
+        );
+        if status > 255 {
+            assert!(
+                r.stderr.contains(&format!("status {status}")),
+                "{}",
+                r.stderr
+            );
+        }
+        env.assert_clean(&id, &cg);
+    }
+}
+
+/// The guest's preopens as `wasmtime run --dir HOST::GUEST` gives them:
+/// none at all, or container directories under names of their own; the
+/// default stays the container's `/`. A path that is missing or a file is
+/// refused at create, naming the annotation and the path.
+#[test]
+fn the_guests_directories_come_from_an_annotation() {
+    let env = Env::new();
+    let annotate = |dirs: &'static str| {
+        move |b: &mut amphi_tests::Bundle| {
+            std::fs::create_dir_all(b.rootfs().join("data")).unwrap();
+            std::fs::write(b.rootfs().join("data/in-data"), "from data\n").unwrap();
+            b.spec["annotations"] = json!({"io.github.amphi.wasm.dirs": dirs});
+        }
+    };
+    // Named: the container's /data is the guest's /mnt, and only that.
+    let (r, id, cg) = run(
+        &env,
+        "named",
+        &["/app/probe.wasm", "read", "/mnt/in-data"],
+        annotate("/data::/mnt"),
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "from data\n"),
+        "{}",
+        r.stderr
+    );
+    env.assert_clean(&id, &cg);
+    let (r, id, cg) = run(
+        &env,
+        "narrow",
+        &["/app/probe.wasm", "read", "/etc/passwd"],
+        annotate("/data::/mnt"),
+    );
+    assert_eq!(r.code, 2, "the root is not preopened: {}", r.stdout);
+    env.assert_clean(&id, &cg);
+    // The path as its own name.
+    let (r, id, cg) = run(
+        &env,
+        "same",
+        &["/app/probe.wasm", "ls", "/data"],
+        annotate("/data"),
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "in-data\n"),
+        "{}",
+        r.stderr
+    );
+    env.assert_clean(&id, &cg);
+    // None at all.
+    let (r, id, cg) = run(&env, "none", &["/app/probe.wasm", "ls", "/"], annotate(""));
+    assert_eq!(r.code, 2, "no preopen: {}", r.stdout);
+    env.assert_clean(&id, &cg);
+    // Missing, a file, or relative: refused at create.
+    for (name, dirs, needle) in [
+        ("missing", "/nope::/x", "/nope"),
+        ("file", "/etc/passwd", "not a directory"),
+        ("relative", "data", "absolute"),
+    ] {
+        let (r, id, cg) = run(&env, name, &["/app/probe.wasm", "ls", "/"], annotate(dirs));
+        assert_ne!(r.code, 0, "{name}");
+        assert!(
+            r.stderr.contains("io.github.amphi.wasm.dirs") && r.stderr.contains(needle),
+            "{name}: {}",
+            r.stderr
+        );
+        env.assert_clean(&id, &cg);
+    }
 }
 
 #[test]

@@ -79,6 +79,9 @@ pub struct Wasm {
     readonly_root: bool,
     /// Writable mounts under a read-only root: preopened read-write.
     writable: Vec<PathBuf>,
+    /// The guest's preopens as [`DIRS_ANNOTATION`] gives them (container
+    /// path, the name the guest sees); None: the container's `/` as `/`.
+    dirs: Option<Vec<(PathBuf, String)>>,
     linked: Option<Linked>,
     checkpoint: Option<Checkpointing>,
 }
@@ -145,6 +148,7 @@ impl Wasm {
             memory_limit,
             readonly_root,
             writable: Vec::new(),
+            dirs: None,
             linked: None,
             checkpoint: None,
         }
@@ -199,6 +203,23 @@ impl Wasm {
         } else {
             FsPerms::ReadWrite
         };
+        if let Some(dirs) = &self.dirs {
+            for (path, name) in dirs {
+                let perms =
+                    if self.readonly_root && !self.writable.iter().any(|w| path.starts_with(w)) {
+                        FsPerms::ReadOnly
+                    } else {
+                        FsPerms::ReadWrite
+                    };
+                b.preopened_dir(path, name, perms).map_err(|e| {
+                    fail(format!(
+                        "{DIRS_ANNOTATION}: preopen {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
+            return Ok(b);
+        }
         // `/` is the container's root by now (after pivot_root); the guest
         // cannot leave a preopen, through `..` or symlinks alike.
         b.preopened_dir("/", "/", perms)
@@ -316,6 +337,48 @@ impl Wasm {
 
 /// Destinations of the spec's mounts a guest may write to: not read-only,
 /// and not the kernel's or the runtime's own (/proc, /sys, /dev).
+/// The guest's preopened directories, as `wasmtime run --dir HOST::GUEST`
+/// gives them: a comma-separated list of container directories, each
+/// `PATH` or `PATH::NAME` (the name the guest sees it by); empty for none
+/// at all. Without the annotation the guest gets the container's `/` as `/`.
+pub const DIRS_ANNOTATION: &str = "io.github.amphi.wasm.dirs";
+
+/// [`DIRS_ANNOTATION`], each path checked to be a directory inside the
+/// rootfs (resolved there, as the guest will see it).
+fn guest_dirs(ctx: &PrepareContext) -> Result<Option<Vec<(PathBuf, String)>>> {
+    let Some(list) = ctx
+        .spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(DIRS_ANNOTATION))
+    else {
+        return Ok(None);
+    };
+    let mut dirs = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (path, name) = entry.split_once("::").unwrap_or((entry, entry));
+        let bad = |why: &str| fail(format!("annotation {DIRS_ANNOTATION}: {path:?}: {why}"));
+        if !path.starts_with('/') || name.is_empty() {
+            return Err(bad("give an absolute container path, or PATH::NAME"));
+        }
+        let fd = amphi_core::paths::open_in_root(
+            ctx.root_fd,
+            Path::new(path),
+            amphi_core::paths::Create::Nothing,
+        )
+        .map_err(|e| match e {
+            Error::Sys { errno, .. } => bad(&format!("{} in the container", errno.desc())),
+            e => bad(&e.to_string()),
+        })?;
+        let st = nix::sys::stat::fstat(&fd).map_err(|e| bad(e.desc()))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(bad("not a directory in the container"));
+        }
+        dirs.push((PathBuf::from(path), name.to_owned()));
+    }
+    Ok(Some(dirs))
+}
+
 fn writable_mounts(spec: &oci_spec::runtime::Spec) -> Vec<PathBuf> {
     spec.mounts()
         .iter()
@@ -396,6 +459,38 @@ fn read_anon_rss() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// WASI preview 1, with `proc_exit` taking any status. wasmtime-wasi
+/// refuses 126 and up (its CLI's shell convention) with an error that
+/// would read as a trap, but the status is the guest's own (every
+/// AssemblyScript `abort()` is `proc_exit(255)`): 0 to 255 is the
+/// container's exit status, as `exit(N)` is a native process's; a larger
+/// one, which no process status can hold, is 1 with the status named.
+pub(crate) fn add_wasi_p1<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    wasi: fn(&mut T) -> &mut WasiP1Ctx,
+) -> wasmtime::Result<()> {
+    wasmtime_wasi::p1::add_to_linker_async(linker, wasi)?;
+    linker.allow_shadowing(true);
+    let shadowed = linker
+        .func_wrap(
+            "wasi_snapshot_preview1",
+            "proc_exit",
+            |status: i32| -> wasmtime::Result<()> {
+                let status = status as u32;
+                if status > 255 {
+                    eprintln!(
+                    "amphi: wasm guest exited with status {status}, beyond 0..=255: exit status 1"
+                );
+                    return Err(I32Exit(1).into());
+                }
+                Err(I32Exit(status as i32).into())
+            },
+        )
+        .map(drop);
+    linker.allow_shadowing(false);
+    shadowed
+}
+
 fn status_of(result: wasmtime::Result<i32>) -> i32 {
     match result {
         Ok(code) => code,
@@ -425,6 +520,9 @@ impl Wasm {
                  to run it as it is"
             ))
         };
+        // A text module is checkpointed as the binary module it stands for.
+        let binary = wat::parse_bytes(bytes).map_err(|e| refused(e.to_string()))?;
+        let bytes = &*binary;
         let module_sha256 = crate::cache::hex(&sha2::Sha256::digest(bytes));
         let instrumentation = instrumentation().map_err(refused)?;
         amphi_core::util::trace::phase("wasm: load instrumented module");
@@ -436,7 +534,7 @@ impl Wasm {
             .map_err(|e| refused(format!("{e:#}")))?;
         amphi_core::util::trace::phase("wasm: link");
         let mut linker: Linker<CheckpointState> = Linker::new(engine(Kind::Checkpoint));
-        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)
+        add_wasi_p1(&mut linker, |s| &mut s.wasi)
             .and_then(|_| crate::checkpoint::guest::link(&mut linker))
             .map_err(|e| fail(format!("link WASI: {e:#}")))?;
         let pre = linker.instantiate_pre(&module).map_err(|e| {
@@ -495,6 +593,14 @@ impl Executor for Wasm {
         if self.readonly_root {
             self.writable = writable_mounts(ctx.spec);
         }
+        self.dirs = guest_dirs(ctx)?;
+        if self.checkpoint.is_some() && self.dirs.is_some() {
+            return Err(fail(format!(
+                "{what}: {DIRS_ANNOTATION} and {}=true together: a checkpointable guest \
+                 reopens its files under the container's /; drop one",
+                crate::checkpoint::ANNOTATION
+            )));
+        }
         if self.checkpoint.is_some() {
             self.prepare_checkpointable(ctx, &what, &bytes)?;
             self.cache.close();
@@ -508,7 +614,7 @@ impl Executor for Wasm {
                     .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
                 amphi_core::util::trace::phase("wasm: link");
                 let mut linker: Linker<P1State> = Linker::new(engine);
-                wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)
+                add_wasi_p1(&mut linker, |s| &mut s.wasi)
                     .map_err(|e| fail(format!("link WASI: {e:#}")))?;
                 let pre = linker.instantiate_pre(&module).map_err(|e| {
                     fail(format!(

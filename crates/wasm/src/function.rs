@@ -314,7 +314,7 @@ impl Function {
                             || i.name() == "fd_readdir")
                 });
                 let mut linker: Linker<P1State> = Linker::new(engine);
-                wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s| &mut s.wasi)
+                crate::executor::add_wasi_p1(&mut linker, |s| &mut s.wasi)
                     .map_err(|e| fail(format!("link WASI: {e:#}")))?;
                 Linked::Module(linker.instantiate_pre(&module).map_err(|e| {
                     fail(format!("{what}: {e:#}; amphi provides wasi_snapshot_preview1 only"))
