@@ -34,18 +34,6 @@ fn executor(cri: &Cri, id: &str) -> String {
     e
 }
 
-fn sandbox_pid(cri: &Cri, pod: &str) -> i32 {
-    let r = cri
-        .block_on(cri.runtime().pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.into(),
-            verbose: true,
-        }))
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(r.info.get("info").unwrap()).unwrap();
-    info["pid"].as_i64().unwrap() as i32
-}
-
 fn running(cri: &Cri, id: &str) -> bool {
     cri.status(id).0.state == ContainerState::ContainerRunning as i32
 }
@@ -117,7 +105,7 @@ fn a_pod_of_native_and_wasm_containers() {
         .all(|c| c.state == ContainerState::ContainerRunning as i32));
 
     // The pod's namespaces: network, IPC and (shareProcessNamespace) pid.
-    let sandbox = sandbox_pid(&cri, &pod);
+    let sandbox = cri.sandbox_pid(&pod);
     for id in [&sidecar, &module, &component] {
         let pid = cri.pid(id);
         for kind in ["net", "ipc", "pid"] {
@@ -493,5 +481,143 @@ fn a_killed_shim_is_cleaned_up() {
         .unwrap();
     assert!(wait_for(20, || running(&cri, &app)));
     cri.remove_pod(&pod);
+    cri.assert_clean();
+}
+
+/// `systemctl show UNIT -p PROP --value`.
+fn show(unit: &str, prop: &str) -> String {
+    let out = std::process::Command::new("systemctl")
+        .args(["show", unit, "-p", prop, "--value"])
+        .output()
+        .expect("systemctl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A node as kubeadm deploys it (the VM lane: systemd 252 as PID 1, pure
+/// cgroup v2): containerd as a delegated service, kubelet's systemd cgroup
+/// driver, `SystemdCgroup = true` on both handlers. Per handler: a pod with
+/// a native container (and, on amphi, a wasm module) under limits, exec,
+/// logs, v2 stats, an OOM kill, stop and remove; every container's scope
+/// read back from systemd and from its cgroup files, and nothing left.
+#[test]
+fn a_systemd_node_runs_pods_on_both_handlers() {
+    if !std::path::Path::new("/run/systemd/system").is_dir() {
+        eprintln!("systemd is not PID 1 here: the VM lane runs this");
+        return;
+    }
+    let cri = Cri::start_on(amphi_tests::cri::Node::Systemd, &amphi_bin(), "");
+    for handler in ["amphi", "runc"] {
+        let config = cri.pod_config(&format!("sd{handler}"), &[], true);
+        let slice = config
+            .linux
+            .as_ref()
+            .unwrap()
+            .cgroup_parent
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let pod = cri.run_pod(&config, handler).unwrap();
+        let limited = |mut c: ContainerConfig, memory: i64| {
+            c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+                memory_limit_in_bytes: memory,
+                cpu_period: 100_000,
+                cpu_quota: 50_000,
+                ..Default::default()
+            });
+            c
+        };
+        let native = limited(
+            container(
+                "app",
+                BUSYBOX,
+                &["sh", "-c", "echo hello from app; exec sleep 600"],
+            ),
+            64 << 20,
+        );
+        let mut ids = vec![cri.start_container(&pod, &config, native).unwrap()];
+        if handler == "amphi" {
+            let wasm = limited(
+                container("guest", WASM_POD, &["/app/idle.wasm", "600"]),
+                64 << 20,
+            );
+            ids.push(cri.start_container(&pod, &config, wasm).unwrap());
+        }
+        for id in &ids {
+            assert!(wait_for(30, || running(&cri, id)), "{handler} {id}");
+            let unit = format!("cri-containerd-{id}.scope");
+            assert_eq!(show(&unit, "ActiveState"), "active", "{handler} {unit}");
+            assert_eq!(show(&unit, "Slice"), slice, "{handler} {unit}");
+            assert_eq!(show(&unit, "Delegate"), "yes", "{handler} {unit}");
+            assert_eq!(show(&unit, "MemoryMax"), "67108864", "{handler} {unit}");
+            assert_eq!(
+                show(&unit, "CPUQuotaPerSecUSec"),
+                "500ms",
+                "{handler} {unit}"
+            );
+            let dir =
+                format!("/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/{slice}/{unit}");
+            let file = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).unwrap_or_default();
+            assert_eq!(file("memory.max").trim(), "67108864", "{handler} {dir}");
+            assert_eq!(file("cpu.max").trim(), "50000 100000", "{handler} {dir}");
+            let pid = cri.pid(id);
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            assert!(
+                cgroup.trim().ends_with(&format!("/{slice}/{unit}")),
+                "{handler}: {cgroup}"
+            );
+        }
+        let r = cri
+            .exec_sync(&ids[0], &["sh", "-c", "echo in exec"])
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&r.stdout), "in exec\n", "{handler}");
+        let log = std::path::Path::new(&config.log_directory).join("app.log");
+        assert!(
+            wait_for(10, || std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.contains(" stdout F hello from app"))),
+            "{handler}: CRI log {}",
+            log.display()
+        );
+        let stats = cri
+            .block_on(cri.runtime().container_stats(ContainerStatsRequest {
+                container_id: ids[0].clone(),
+            }))
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+        assert!(
+            stats
+                .memory
+                .and_then(|m| m.working_set_bytes)
+                .is_some_and(|w| w.value > 0),
+            "{handler}: v2 memory stats"
+        );
+        let mut oom = container("oom", BUSYBOX, &["tail", "/dev/zero"]);
+        oom.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            memory_swap_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        });
+        let oom = cri.start_container(&pod, &config, oom).unwrap();
+        let s = exited(&cri, &oom);
+        assert_eq!(
+            (s.exit_code, s.reason.as_str()),
+            (137, "OOMKilled"),
+            "{handler}"
+        );
+        ids.push(oom);
+        cri.remove_pod(&pod);
+        for id in &ids {
+            let unit = format!("cri-containerd-{id}.scope");
+            assert!(
+                wait_for(20, || show(&unit, "LoadState") == "not-found"),
+                "{handler}: {unit} left"
+            );
+        }
+        let _ = std::process::Command::new("systemctl")
+            .args(["stop", &slice])
+            .status();
+    }
     cri.assert_clean();
 }

@@ -28,9 +28,28 @@ pub const BUSYBOX: &str = "docker.io/amphi/busybox:test";
 /// busybox plus the wasm guests under /app; entrypoint /app/idle.wasm.
 pub const WASM_POD: &str = "docker.io/amphi/wasm-pod:test";
 
+/// How the node runs its cgroups, as kubelet's `cgroupDriver` says.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    /// cgroupfs: containerd a child of the test in a mount namespace with
+    /// a fresh /run, pods below the test's own cgroup.
+    Cgroupfs,
+    /// systemd (kubeadm's default): containerd as a `containerd.service`
+    /// would run (a transient unit with `Delegate=yes`, `KillMode=process`),
+    /// both handlers with `SystemdCgroup = true`, pods in kubelet's
+    /// `kubepods-*-pod*.slice`s. Where systemd is PID 1 (the VM lane).
+    Systemd,
+}
+
+enum Daemon {
+    Child(Child),
+    Unit(String),
+}
+
 pub struct Cri {
     pub tmp: tempfile::TempDir,
-    daemon: Child,
+    daemon: Daemon,
+    pub node: Node,
     rt: tokio::runtime::Runtime,
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
@@ -44,6 +63,11 @@ impl Cri {
     /// table puts amphi's state and wasm cache in the test's directory, and
     /// adds `extra_options` (TOML lines).
     pub fn start(amphi: &Path, extra_options: &str) -> Cri {
+        Cri::start_on(Node::Cgroupfs, amphi, extra_options)
+    }
+
+    /// Start containerd with the CRI plugin on a node of `node`'s kind.
+    pub fn start_on(node: Node, amphi: &Path, extra_options: &str) -> Cri {
         crate::become_subreaper();
         let tmp = tempfile::Builder::new()
             .prefix("amphi-cri")
@@ -96,10 +120,23 @@ impl Cri {
             ),
         )
         .unwrap();
+        let systemd = node == Node::Systemd;
+        if systemd {
+            let mut o = std::fs::OpenOptions::new()
+                .append(true)
+                .open(t.join("amphi-options.toml"))
+                .unwrap();
+            std::io::Write::write_all(&mut o, b"\nSystemdCgroup = true\n").unwrap();
+        }
         let amphi_options = format!(
             "        ConfigPath = \"{}/amphi-options.toml\"",
             t.display()
         );
+        let runc_options = if systemd {
+            "    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n      SystemdCgroup = true\n"
+        } else {
+            ""
+        };
         let config = format!(
             r#"version = 2
 root = "{t}/root"
@@ -125,7 +162,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.amphi]
+{runc_options}    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.amphi]
       runtime_type = "io.containerd.amphi.v2"
       pod_annotations = ["module.wasm.image/*", "run.oci.handler"]
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.amphi.options]
@@ -141,18 +178,52 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let script = format!(
-            "mount -t tmpfs -o mode=755 tmpfs /run && exec containerd --config {}/config.toml",
-            t.display()
-        );
-        let daemon = daemon("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(t.join("containerd.log")).unwrap())
-            .stderr(std::fs::File::create(t.join("containerd.err")).unwrap())
-            .spawn()
-            .expect("containerd (Debian's containerd package)");
+        let daemon = if systemd {
+            // As Debian's containerd.service runs it; /run stays the
+            // machine's (a fresh VM's), where systemd's bus is.
+            let unit = format!(
+                "amphi-test-containerd-{}.service",
+                t.file_name().unwrap().to_string_lossy()
+            );
+            let st = Command::new("systemd-run")
+                .arg(format!("--unit={unit}"))
+                .args([
+                    "--property=Delegate=yes",
+                    "--property=KillMode=process",
+                    "--collect",
+                ])
+                .arg(format!(
+                    "--property=StandardOutput=file:{}/containerd.log",
+                    t.display()
+                ))
+                .arg(format!(
+                    "--property=StandardError=file:{}/containerd.err",
+                    t.display()
+                ))
+                .arg(format!("--setenv=PATH={path}"))
+                .args(["containerd", "--config"])
+                .arg(t.join("config.toml"))
+                .stdin(Stdio::null())
+                .status()
+                .expect("systemd-run");
+            assert!(st.success(), "systemd-run containerd");
+            Daemon::Unit(unit)
+        } else {
+            let script = format!(
+                "mount -t tmpfs -o mode=755 tmpfs /run && exec containerd --config {}/config.toml",
+                t.display()
+            );
+            Daemon::Child(
+                daemon("unshare")
+                    .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+                    .env("PATH", path)
+                    .stdin(Stdio::null())
+                    .stdout(std::fs::File::create(t.join("containerd.log")).unwrap())
+                    .stderr(std::fs::File::create(t.join("containerd.err")).unwrap())
+                    .spawn()
+                    .expect("containerd (Debian's containerd package)"),
+            )
+        };
         // Threads of a test call through it at once (many pods).
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -185,6 +256,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             images: ImageServiceClient::new(channel),
             tmp,
             daemon,
+            node,
             rt,
             cgroup_parent,
             pods: Default::default(),
@@ -254,6 +326,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     ) -> PodSandboxConfig {
         let n = self.pods.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let uid = format!("{name}-{n}");
+        // kubelet's layout on each driver: a directory per pod below the
+        // parent, or a pod slice (a dash in a slice's name is a level, so
+        // kubelet writes the uid's dashes as underscores).
+        let cgroup_parent = match self.node {
+            Node::Cgroupfs => format!("{}/pod-{uid}", self.cgroup_parent),
+            Node::Systemd => format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+                uid.replace('-', "_")
+            ),
+        };
         let logs = self.tmp.path().join("logs").join(&uid);
         std::fs::create_dir_all(&logs).unwrap();
         PodSandboxConfig {
@@ -267,7 +349,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             log_directory: logs.display().to_string(),
             annotations: to_map(annotations),
             linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: format!("{}/pod-{uid}", self.cgroup_parent),
+                cgroup_parent,
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {
                         network: NamespaceMode::Pod as i32,
@@ -335,6 +417,23 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .and_then(|i| serde_json::from_str(i).ok())
             .unwrap_or_default();
         (r.status.unwrap(), info)
+    }
+
+    /// The pod's pause process, from PodSandboxStatus's verbose info.
+    pub fn sandbox_pid(&self, pod: &str) -> i32 {
+        let r = self
+            .block_on(self.runtime().pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.into(),
+                verbose: true,
+            }))
+            .unwrap()
+            .into_inner();
+        let info: serde_json::Value = r
+            .info
+            .get("info")
+            .and_then(|i| serde_json::from_str(i).ok())
+            .unwrap_or_default();
+        info["pid"].as_i64().unwrap_or(0) as i32
     }
 
     pub fn pid(&self, id: &str) -> i32 {
@@ -444,11 +543,20 @@ impl Drop for Cri {
                 }));
             }
         }
-        // SAFETY: signalling the daemon we started (its sh exec'd it).
-        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
-        wait_for(20, || matches!(self.daemon.try_wait(), Ok(Some(_))));
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
+        match &mut self.daemon {
+            Daemon::Child(daemon) => {
+                // SAFETY: signalling the daemon we started (its sh exec'd it).
+                unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+                wait_for(20, || matches!(daemon.try_wait(), Ok(Some(_))));
+                let _ = daemon.kill();
+                let _ = daemon.wait();
+            }
+            Daemon::Unit(unit) => {
+                let _ = Command::new("systemctl")
+                    .args(["stop", unit.as_str()])
+                    .status();
+            }
+        }
         kill_processes_mentioning(self.tmp.path());
         crate::reap_inits();
         remove_cgroup_tree(&self.cgroup_parent);
