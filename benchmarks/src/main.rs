@@ -36,6 +36,8 @@ pub struct Opts {
     pub mib: usize,
     pub density: Vec<usize>,
     pub idle: usize,
+    /// Idle pods the density group starts (opt-in at full size).
+    pub pods: usize,
     pub out: PathBuf,
     pub smoke: bool,
 }
@@ -51,6 +53,8 @@ impl Opts {
             mib: 64,
             density: vec![10, 100],
             idle: 5,
+            // A short pass within `all`; `density` alone goes to 1,000.
+            pods: if group == "density" { 1000 } else { 20 },
             out: report::default_out(),
             smoke: false,
         };
@@ -66,6 +70,7 @@ impl Opts {
                         .map(str::parse)
                         .collect::<std::result::Result<_, _>>()?
                 }
+                "--pods" => o.pods = value()?.parse()?,
                 "--out" => o.out = value()?.into(),
                 "--smoke" => {
                     o.smoke = true;
@@ -75,6 +80,7 @@ impl Opts {
                     o.mib = 1;
                     o.density = vec![2];
                     o.idle = 1;
+                    o.pods = 2;
                 }
                 other => bail!("unknown argument {other:?} (see benchmarks/src/main.rs)"),
             }
@@ -87,13 +93,14 @@ impl Opts {
             "compute",
             "shim",
             "pods",
+            "density",
             "serve",
             "wasm",
             "checkpoint",
         ]
         .contains(&group.as_str())
         {
-            bail!("unknown group {group:?}: use all, start, throughput, memory, compute, shim, pods, serve, wasm or checkpoint");
+            bail!("unknown group {group:?}: use all, start, throughput, memory, compute, shim, pods, density, serve, wasm or checkpoint");
         }
         // The committed results and the README's table are a full run's:
         // one group alone writes elsewhere unless told where.
@@ -525,6 +532,13 @@ fn main() -> Result<()> {
     if group == "all" || group == "pods" {
         eprintln!("amphi-bench: pod start through containerd's CRI");
         results["pods"] = pods::group(&w, &o)?;
+    }
+    if group == "all" || group == "density" {
+        eprintln!(
+            "amphi-bench: idle pods through containerd's CRI, up to {}",
+            o.pods
+        );
+        results["density"] = pods::density(&w, &o)?;
     }
     if group == "all" || group == "compute" {
         eprintln!("amphi-bench: compute and file I/O ({} MiB)", o.mib);

@@ -272,6 +272,58 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
         }
     }
 
+    if let Some(p) = r.get("pods").filter(|p| p["skipped"].is_null()) {
+        writeln!(
+            md,
+            "\n**Memory of a running pod** (medians; the shim serving the pod, its pause process, its containers' processes; MiB):\n\n\
+             | variant | shim RSS | shim PSS | pause RSS | pause PSS | containers RSS | containers PSS | total RSS | total PSS |\n|---|---|---|---|---|---|---|---|---|"
+        )?;
+        for v in p["variants"].as_array().into_iter().flatten() {
+            let m = &v["memory_mib"];
+            let f = |k: &str| m[k].as_f64().map_or("-".into(), |x| format!("{x:.2}"));
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                v["variant"].as_str().unwrap_or(""),
+                f("shim_rss"),
+                f("shim_pss"),
+                f("pause_rss"),
+                f("pause_pss"),
+                f("containers_rss"),
+                f("containers_pss"),
+                f("total_rss"),
+                f("total_pss")
+            )?;
+        }
+    }
+
+    if let Some(d) = r.get("density") {
+        if let Some(why) = d["skipped"].as_str() {
+            writeln!(md, "\n**Density through CRI**: skipped: {why}")?;
+        } else {
+            writeln!(
+                md,
+                "\n**Density through CRI** (idle pods, pause and one container, started one after another):\n\n\
+                 | handler | container | pods running | asked | PSS a pod (MiB) | RSS a pod (MiB) | last pods | their start (s) | stopped by |\n|---|---|---|---|---|---|---|---|---|"
+            )?;
+            for row in d["rows"].as_array().into_iter().flatten() {
+                writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {} |",
+                    row["handler"].as_str().unwrap_or(""),
+                    row["container"].as_str().unwrap_or(""),
+                    row["pods"],
+                    row["asked"],
+                    row["pss_mib_per_pod"].as_f64().unwrap_or(f64::NAN),
+                    row["rss_mib_per_pod"].as_f64().unwrap_or(f64::NAN),
+                    row["last_pods"],
+                    row["last_pods_s"].as_f64().unwrap_or(f64::NAN),
+                    row["refused"].as_str().unwrap_or("the count asked"),
+                )?;
+            }
+        }
+    }
+
     if let Some(sv) = r.get("serve") {
         serve_table(&mut md, sv, o)?;
     }

@@ -94,6 +94,20 @@ fn harness_runs_end_to_end() {
         started || !wasm["skipped"].as_array().unwrap().is_empty(),
         "{wasm}"
     );
+    // Memory of a running pod, per part, and the density pass.
+    for v in r["pods"]["variants"].as_array().unwrap() {
+        let m = &v["memory_mib"];
+        for k in ["shim_pss", "pause_pss", "containers_pss", "total_rss"] {
+            assert!(m[k].as_f64().is_some_and(|x| x > 0.0), "pods {k}: {v}");
+        }
+    }
+    for row in r["density"]["rows"].as_array().unwrap() {
+        assert_eq!(row["pods"], row["asked"], "density: {row}");
+        assert!(
+            row["pss_mib_per_pod"].as_f64().is_some_and(|x| x > 0.0),
+            "{row}"
+        );
+    }
     let svg = std::fs::read_to_string(out.path().join("start.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("amphi native"));
 }
