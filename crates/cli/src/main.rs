@@ -746,17 +746,34 @@ fn events(rt: &Runtime, id: &str, once: bool, interval: std::time::Duration) -> 
     if once {
         return Ok(());
     }
+    // v2: woken by the kernel (an OOM kill, the init's exit), stats at the
+    // interval and no polling; v1: polled.
+    let watch = rt.watch(id)?;
     let tick = interval.min(std::time::Duration::from_millis(100));
     let mut next_stats = std::time::Instant::now() + interval;
     loop {
-        std::thread::sleep(tick);
+        let seen = match &watch {
+            Some(w) => {
+                let until_stats = next_stats.saturating_duration_since(std::time::Instant::now());
+                match w.wait(until_stats) {
+                    amphi_core::cgroups::Woken::MemoryEvents(count) => count,
+                    _ => None,
+                }
+            }
+            None => {
+                std::thread::sleep(tick);
+                None
+            }
+        };
         let Ok((data, oom_now, stopped)) = rt.stats(id) else {
             return Ok(());
         };
+        // The count read at the wake-up, if the cgroup is gone by now.
+        let oom_now = oom_now.max(seen.unwrap_or(0));
         for _ in ooms..oom_now {
             writeln!(out, "{}", serde_json::json!({"type": "oom", "id": id}))?;
         }
-        ooms = oom_now;
+        ooms = ooms.max(oom_now);
         // A stopped container's last OOM kill was reported just above.
         if stopped {
             return Ok(());

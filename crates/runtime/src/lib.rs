@@ -650,6 +650,17 @@ impl Runtime {
         ))
     }
 
+    /// A watch that wakes when the container's memory events change or its
+    /// init exits (cgroup v2); None where there is none to watch (v1, or a
+    /// stopped container).
+    pub fn watch(&self, id: &str) -> Result<Option<cgroups::ContainerWatch>> {
+        let (_locked, state, status) = self.load(id)?;
+        let watch = cgroups::ContainerWatch::new(&state.cgroup_paths, state.pid);
+        // The pid was the init's when the pidfd was taken only if the init
+        // still is the recorded one now.
+        Ok(watch.filter(|_| status != Status::Stopped && state.init_alive()))
+    }
+
     /// Host pids of every process in the container.
     pub fn ps(&self, id: &str) -> Result<Vec<i32>> {
         let (_locked, state, status) = self.load(id)?;

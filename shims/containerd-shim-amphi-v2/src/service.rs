@@ -49,6 +49,13 @@ impl Container {
     }
 }
 
+/// `amphi events` for a container's OOM kills, and the thread reading it.
+struct OomMonitor {
+    pid: i32,
+    reader: std::thread::JoinHandle<()>,
+    ready: std::sync::mpsc::Receiver<()>,
+}
+
 struct Container {
     bundle: PathBuf,
     amphi: Amphi,
@@ -58,6 +65,11 @@ struct Container {
     monitor: Option<i32>,
     /// The OOM reader; it ends once `amphi events` saw the container stop.
     oom_reader: Option<std::thread::JoinHandle<()>>,
+    /// Signalled once the OOM monitor has taken its baseline: `start`
+    /// waits for it, so no OOM kill can come before the monitor counts
+    /// (an instant one in a slow machine, or a systemd scope whose cgroup,
+    /// with its counters, is gone as soon as the process died).
+    oom_ready: Option<std::sync::mpsc::Receiver<()>>,
     /// In a pid namespace it does not own (the pod's, the host's): when its
     /// init exits, nothing else of it may stay behind, as with containerd's
     /// runc shim (`ShouldKillAllOnExit`).
@@ -182,16 +194,19 @@ impl Service {
     }
 
     /// TaskOOM for every kernel OOM kill in the container, from `amphi events`.
-    fn watch_oom(&self, id: &str, amphi: &Amphi) -> Option<(i32, std::thread::JoinHandle<()>)> {
+    fn watch_oom(&self, id: &str, amphi: &Amphi) -> Option<OomMonitor> {
         let (pid, stdout) = amphi.spawn_monitor(&["events", "--interval", "1h", id])?;
         let svc = self.clone();
         let id = id.to_owned();
+        let (ready, ready_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
             {
+                // The first line is the baseline's stats.
+                let _ = ready.send(());
                 if line.contains("\"type\":\"oom\"") {
                     svc.publish(
                         topics::TASK_OOM_EVENT_TOPIC,
@@ -203,7 +218,11 @@ impl Service {
                 }
             }
         });
-        Some((pid, reader))
+        Some(OomMonitor {
+            pid,
+            reader,
+            ready: ready_rx,
+        })
     }
 
     fn with<T>(
@@ -409,7 +428,9 @@ impl containerd_shim::Task for Service {
                 return Err(e);
             }
         };
-        let (monitor, oom_reader) = self.watch_oom(&req.id, &amphi).unzip();
+        let oom = self.watch_oom(&req.id, &amphi);
+        let monitor = oom.as_ref().map(|m| m.pid);
+        let (oom_reader, oom_ready) = oom.map(|m| (m.reader, m.ready)).unzip();
         self.containers.lock().unwrap().insert(
             req.id.clone(),
             Container {
@@ -428,6 +449,7 @@ impl containerd_shim::Task for Service {
                 rootfs_mounted,
                 monitor,
                 oom_reader,
+                oom_ready,
                 kill_all_on_exit: shares_a_pid_namespace(&bundle),
             },
         );
@@ -462,6 +484,12 @@ impl containerd_shim::Task for Service {
     ) -> TtrpcResult<api::StartResponse> {
         let amphi = self.amphi(&req.id)?;
         if req.exec_id.is_empty() {
+            let oom_ready = self.with(&req.id, |c| Ok(c.oom_ready.take()))?;
+            if let Some(ready) = oom_ready {
+                // Bounded: a monitor that never answers costs OOM reports,
+                // not the container.
+                let _ = ready.recv_timeout(std::time::Duration::from_secs(10));
+            }
             amphi
                 .run(&["start", &req.id], Stdio3::default(), None)
                 .map_err(failed)?;

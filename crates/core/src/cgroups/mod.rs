@@ -7,6 +7,7 @@
 //! each hierarchy, which differs per controller on v1.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use cgroups_rs::fs::hierarchies;
@@ -583,6 +584,89 @@ fn read_keyed(paths: &[PathBuf], file: &str) -> serde_json::Map<String, serde_js
 
 /// Kernel OOM kills in the container's cgroup so far (v1 memory.oom_control,
 /// v2 memory.events).
+/// What a container's event stream waits on, so that it needs no polling:
+/// its v2 `memory.events` (the kernel signals each change at once, and an
+/// OOM kill is read right then: a systemd scope's cgroup, counters and
+/// all, goes as soon as its last process dies; containerd's runc shim
+/// watches the same way), and its init's exit (a pidfd).
+pub struct ContainerWatch {
+    inotify: nix::sys::inotify::Inotify,
+    memory_events: std::fs::File,
+    init: OwnedFd,
+}
+
+/// Why [`ContainerWatch::wait`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// `memory.events` changed: the OOM kills it counted then.
+    MemoryEvents(Option<u64>),
+    /// The init exited.
+    InitExited,
+    Timeout,
+}
+
+impl ContainerWatch {
+    /// None on v1 (no `memory.events`), or where inotify or pidfds are not
+    /// to be had: the caller polls then.
+    pub fn new(paths: &[PathBuf], init: i32) -> Option<ContainerWatch> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        use std::os::fd::FromRawFd;
+        let path = paths
+            .iter()
+            .map(|p| p.join("memory.events"))
+            .find(|f| f.exists())?;
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok()?;
+        inotify.add_watch(&path, AddWatchFlags::IN_MODIFY).ok()?;
+        let memory_events = std::fs::File::open(&path).ok()?;
+        // SAFETY: pidfd_open with a pid and no flags; a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, init, 0) };
+        // SAFETY: pidfd_open returned a new fd we own.
+        let init = unsafe { OwnedFd::from_raw_fd(nix::Error::result(fd).ok()? as i32) };
+        Some(ContainerWatch {
+            inotify,
+            memory_events,
+            init,
+        })
+    }
+
+    /// Until `memory.events` changes, the init exits, or `timeout` passes.
+    pub fn wait(&self, timeout: std::time::Duration) -> Woken {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::FileExt;
+        let mut fds = [
+            PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.init.as_fd(), PollFlags::POLLIN),
+        ];
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(0) | Err(_) => return Woken::Timeout,
+            Ok(_) => {}
+        }
+        let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+        if ready(0) {
+            // Drained first: a change after the read wakes the next wait.
+            while self.inotify.read_events().is_ok_and(|e| !e.is_empty()) {}
+            let mut buf = [0u8; 512];
+            let count = self
+                .memory_events
+                .read_at(&mut buf, 0)
+                .ok()
+                .and_then(|n| std::str::from_utf8(&buf[..n]).ok())
+                .and_then(|text| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("oom_kill "))
+                        .and_then(|v| v.trim().parse().ok())
+                });
+            return Woken::MemoryEvents(count);
+        }
+        if ready(1) {
+            return Woken::InitExited;
+        }
+        Woken::Timeout
+    }
+}
+
 pub fn oom_kills(paths: &[PathBuf]) -> u64 {
     for file in ["memory.events", "memory.oom_control"] {
         if let Some(n) = read_keyed(paths, file)
