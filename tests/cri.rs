@@ -604,7 +604,39 @@ fn a_systemd_node_runs_pods_on_both_handlers() {
         assert_eq!(
             (s.exit_code, s.reason.as_str()),
             (137, "OOMKilled"),
-            "{handler}"
+            "{handler}: shims {:?}; amphi log: {}; processes: {}",
+            cri.shims(),
+            std::fs::read_to_string(cri.tmp.path().join(format!(
+                "state/io.containerd.runtime.v2.task/k8s.io/{oom}/amphi-log.json"
+            )))
+            .unwrap_or_default(),
+            String::from_utf8_lossy(
+                &std::process::Command::new("ps")
+                    .args(["-eo", "pid,ppid,stat,args"])
+                    .output()
+                    .map(|o| o.stdout)
+                    .unwrap_or_default()
+            )
+            .lines()
+            .filter(|l| l.contains("amphi") || l.contains("shim"))
+            .map(|l| {
+                let pid = l.split_whitespace().next().unwrap_or("");
+                let f = |n: &str| {
+                    std::fs::read_to_string(format!("/proc/{pid}/{n}")).unwrap_or_default()
+                };
+                format!(
+                    "{l}\n    wchan {} cgroup {} {}",
+                    f("wchan"),
+                    f("cgroup").trim(),
+                    f("status")
+                        .lines()
+                        .filter(|l| l.starts_with("State") || l.starts_with("NSpid"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
         );
         ids.push(oom);
         cri.remove_pod(&pod);
