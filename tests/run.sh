@@ -1,35 +1,53 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, unit tests, and integration tests that run real
 # containers. Run as root on a Debian machine; installs what it needs.
+# Ends with a table of each stage's wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
     echo "tests/run.sh: run as root (the tests create namespaces, cgroups and mounts)" >&2
     exit 1
 fi
-bash scripts/deps.sh
+corpus_log=$(mktemp)
+times=$(mktemp)
+report() {
+    echo "tests/run.sh: stage times (s)" >&2
+    column -t "$times" >&2 2>/dev/null || cat "$times" >&2
+    rm -f "$corpus_log" "$times"
+}
+trap report EXIT
+# stage NAME COMMAND...: run it, and note how long it took.
+stage() {
+    local name=$1 started=$SECONDS status=0
+    shift
+    "$@" || status=$?
+    echo "$name $((SECONDS - started))" >> "$times"
+    return "$status"
+}
 
-cargo fmt --all --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+stage deps bash scripts/deps.sh
+stage fmt cargo fmt --all --check
+stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 # The integration tests drive the amphi binary: build it first, and fail here
 # rather than test a stale one.
-cargo build --workspace --locked
-cargo test --workspace --locked -- --skip corpus_
+stage build cargo build --workspace --locked
+stage test cargo test --workspace --locked -- --skip corpus_
 # Two long passes side by side: the real third-party wasm programs
 # (tests/wasm_corpus.rs: fetching, and compiling a 68 MB module, use the
 # cores) and the pure cgroup v2 lane in a VM (tests/vm/lane.sh: QEMU's one
 # vCPU; AMPHI_SKIP_VM=1 skips it on a machine without QEMU).
-corpus_log=$(mktemp)
-trap 'rm -f "$corpus_log"' EXIT
+corpus_started=$SECONDS
 cargo test -p amphi-tests --test wasm_corpus --locked >"$corpus_log" 2>&1 &
 corpus=$!
 lane_status=0
-bash tests/vm/lane.sh || lane_status=$?
+stage vm-lane bash tests/vm/lane.sh || lane_status=$?
 corpus_status=0
 wait "$corpus" || corpus_status=$?
+echo "wasm-corpus $((SECONDS - corpus_started)) (beside the lane)" >> "$times"
 cat "$corpus_log"
 [ "$lane_status" = 0 ] || { echo "tests/run.sh: the cgroup v2 lane failed" >&2; exit "$lane_status"; }
 [ "$corpus_status" = 0 ] || { echo "tests/run.sh: the wasm corpus failed" >&2; exit "$corpus_status"; }
 # A short fuzzing pass of every cargo-fuzz target (nightly); longer
 # campaigns: SECONDS_PER_TARGET=600 bash fuzz/run.sh.
-SECONDS_PER_TARGET=${SECONDS_PER_TARGET:-15} bash fuzz/run.sh
+export SECONDS_PER_TARGET=${SECONDS_PER_TARGET:-15}
+stage fuzz bash fuzz/run.sh
