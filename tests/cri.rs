@@ -653,3 +653,107 @@ fn a_systemd_node_runs_pods_on_both_handlers() {
     }
     cri.assert_clean();
 }
+
+/// Volume propagation as kubelet asks for it, through CRI, against the
+/// runc handler: a `Bidirectional` volume (what CSI node plugins need)
+/// carries a mount made in the container out to the node, and a
+/// `HostToContainer` one shows the container a mount the node makes below
+/// it. The node is containerd's own mount namespace, where the volume is a
+/// shared tmpfs.
+#[test]
+fn volume_propagation_both_ways_on_both_handlers() {
+    let cri = Cri::start(&amphi_bin(), "");
+    let node = cri.daemon_pid().unwrap();
+    let shared = cri.tmp.path().join("shared");
+    let node_has = |path: &std::path::Path| {
+        std::fs::read_to_string(format!("/proc/{node}/mountinfo"))
+            .unwrap_or_default()
+            .contains(&format!(" {} ", path.display()))
+    };
+    for handler in ["amphi", "runc"] {
+        let vol = shared.join(handler);
+        let st = std::process::Command::new("nsenter")
+            .args(["-t", &node.to_string(), "-m", "mkdir", "-p"])
+            .arg(vol.join("inner"))
+            .arg(vol.join("fromhost"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut config = cri.pod_config(&format!("prop{handler}"), &[], false);
+        let sandbox = config
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap();
+        sandbox.privileged = true;
+        let pod = cri.run_pod(&config, handler).unwrap();
+        let with_volume = |name: &str, command: &[&str], propagation: MountPropagation| {
+            let mut c = container(name, BUSYBOX, command);
+            c.mounts = vec![Mount {
+                container_path: "/vol".into(),
+                host_path: vol.display().to_string(),
+                propagation: propagation as i32,
+                ..Default::default()
+            }];
+            let linux = c.linux.as_mut().unwrap();
+            linux.security_context.as_mut().unwrap().privileged = true;
+            c
+        };
+        let csi = with_volume(
+            "csi",
+            &[
+                "sh",
+                "-c",
+                "mount -t tmpfs inner /vol/inner && exec sleep 600",
+            ],
+            MountPropagation::PropagationBidirectional,
+        );
+        cri.start_container(&pod, &config, csi).unwrap();
+        assert!(
+            wait_for(20, || node_has(&vol.join("inner"))),
+            "{handler}: the container's mount did not reach the node"
+        );
+        let reader = with_volume(
+            "reader",
+            &["sleep", "600"],
+            MountPropagation::PropagationHostToContainer,
+        );
+        let reader = cri.start_container(&pod, &config, reader).unwrap();
+        assert!(wait_for(20, || running(&cri, &reader)));
+        let st = std::process::Command::new("nsenter")
+            .args([
+                "-t",
+                &node.to_string(),
+                "-m",
+                "mount",
+                "-t",
+                "tmpfs",
+                "fromhost",
+            ])
+            .arg(vol.join("fromhost"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let r = cri
+            .exec_sync(
+                &reader,
+                &["grep", "-c", " /vol/fromhost ", "/proc/self/mountinfo"],
+            )
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&r.stdout).trim(),
+            "1",
+            "{handler}: the node's mount did not reach the container"
+        );
+        cri.remove_pod(&pod);
+        // runc leaves the pod's parent cgroup to its maker, as kubelet is.
+        let parent = &config.linux.as_ref().unwrap().cgroup_parent;
+        for d in amphi_tests::cgroup_mounts() {
+            let d = d.join(parent.trim_start_matches('/'));
+            wait_for(5, || std::fs::remove_dir(&d).is_ok() || !d.exists());
+        }
+    }
+    cri.assert_clean();
+}

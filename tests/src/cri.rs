@@ -209,9 +209,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             assert!(st.success(), "systemd-run containerd");
             Daemon::Unit(unit)
         } else {
+            // The node's own shared mount for volumes whose propagation is
+            // asked for (kubelet keeps its pods' directory shared).
             let script = format!(
-                "mount -t tmpfs -o mode=755 tmpfs /run && exec containerd --config {}/config.toml",
-                t.display()
+                "mount -t tmpfs -o mode=755 tmpfs /run && mkdir -p {t}/shared && \
+                 mount -t tmpfs shared {t}/shared && mount --make-shared {t}/shared && \
+                 exec containerd --config {t}/config.toml",
+                t = t.display()
             );
             Daemon::Child(
                 daemon("unshare")
@@ -272,6 +276,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             cri.import(kind);
         }
         cri
+    }
+
+    /// containerd's pid (its mount namespace is the node's, in cgroupfs
+    /// mode).
+    pub fn daemon_pid(&self) -> Option<i32> {
+        match &self.daemon {
+            Daemon::Child(c) => Some(c.id() as i32),
+            Daemon::Unit(_) => None,
+        }
     }
 
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
