@@ -34,6 +34,17 @@ fn executor(cri: &Cri, id: &str) -> String {
     e
 }
 
+/// A container that fills its 32 MiB until the OOM killer ends it.
+fn oom_container() -> ContainerConfig {
+    let mut oom = container("oom", BUSYBOX, &["tail", "/dev/zero"]);
+    oom.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        memory_limit_in_bytes: 32 << 20,
+        memory_swap_limit_in_bytes: 32 << 20,
+        ..Default::default()
+    });
+    oom
+}
+
 fn running(cri: &Cri, id: &str) -> bool {
     cri.status(id).0.state == ContainerState::ContainerRunning as i32
 }
@@ -296,13 +307,7 @@ fn exit_codes_and_reasons() {
             container("three", BUSYBOX, &["sh", "-c", "exit 3"]),
         )
         .unwrap();
-    let mut oom = container("oom", BUSYBOX, &["tail", "/dev/zero"]);
-    oom.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
-        memory_limit_in_bytes: 32 << 20,
-        memory_swap_limit_in_bytes: 32 << 20,
-        ..Default::default()
-    });
-    let oom = cri.start_container(&pod, &config, oom).unwrap();
+    let oom = cri.start_container(&pod, &config, oom_container()).unwrap();
     let s = exited(&cri, &done);
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
     let s = exited(&cri, &three);
@@ -484,15 +489,6 @@ fn a_killed_shim_is_cleaned_up() {
     cri.assert_clean();
 }
 
-/// `systemctl show UNIT -p PROP --value`.
-fn show(unit: &str, prop: &str) -> String {
-    let out = std::process::Command::new("systemctl")
-        .args(["show", unit, "-p", prop, "--value"])
-        .output()
-        .expect("systemctl");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// A node as kubeadm deploys it (the VM lane: systemd 252 as PID 1, pure
 /// cgroup v2): containerd as a delegated service, kubelet's systemd cgroup
 /// driver, `SystemdCgroup = true` on both handlers. Per handler: a pod with
@@ -546,12 +542,28 @@ fn a_systemd_node_runs_pods_on_both_handlers() {
         for id in &ids {
             assert!(wait_for(30, || running(&cri, id)), "{handler} {id}");
             let unit = format!("cri-containerd-{id}.scope");
-            assert_eq!(show(&unit, "ActiveState"), "active", "{handler} {unit}");
-            assert_eq!(show(&unit, "Slice"), slice, "{handler} {unit}");
-            assert_eq!(show(&unit, "Delegate"), "yes", "{handler} {unit}");
-            assert_eq!(show(&unit, "MemoryMax"), "67108864", "{handler} {unit}");
             assert_eq!(
-                show(&unit, "CPUQuotaPerSecUSec"),
+                amphi_tests::systemctl_show(&unit, "ActiveState"),
+                "active",
+                "{handler} {unit}"
+            );
+            assert_eq!(
+                amphi_tests::systemctl_show(&unit, "Slice"),
+                slice,
+                "{handler} {unit}"
+            );
+            assert_eq!(
+                amphi_tests::systemctl_show(&unit, "Delegate"),
+                "yes",
+                "{handler} {unit}"
+            );
+            assert_eq!(
+                amphi_tests::systemctl_show(&unit, "MemoryMax"),
+                "67108864",
+                "{handler} {unit}"
+            );
+            assert_eq!(
+                amphi_tests::systemctl_show(&unit, "CPUQuotaPerSecUSec"),
                 "500ms",
                 "{handler} {unit}"
             );
@@ -593,13 +605,7 @@ fn a_systemd_node_runs_pods_on_both_handlers() {
                 .is_some_and(|w| w.value > 0),
             "{handler}: v2 memory stats"
         );
-        let mut oom = container("oom", BUSYBOX, &["tail", "/dev/zero"]);
-        oom.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
-            memory_limit_in_bytes: 32 << 20,
-            memory_swap_limit_in_bytes: 32 << 20,
-            ..Default::default()
-        });
-        let oom = cri.start_container(&pod, &config, oom).unwrap();
+        let oom = cri.start_container(&pod, &config, oom_container()).unwrap();
         let s = exited(&cri, &oom);
         assert_eq!(
             (s.exit_code, s.reason.as_str()),
@@ -643,7 +649,8 @@ fn a_systemd_node_runs_pods_on_both_handlers() {
         for id in &ids {
             let unit = format!("cri-containerd-{id}.scope");
             assert!(
-                wait_for(20, || show(&unit, "LoadState") == "not-found"),
+                wait_for(20, || amphi_tests::systemctl_show(&unit, "LoadState")
+                    == "not-found"),
                 "{handler}: {unit} left"
             );
         }

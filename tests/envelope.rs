@@ -896,12 +896,7 @@ fn bidirectional_and_host_to_container_propagation_as_runc() {
                 "type": "bind", "source": vol.to_str().unwrap(), "options": ["rbind", propagation]}));
             b.spec["linux"]["rootfsPropagation"] = json!(propagation);
             // A CSI node plugin is privileged: it mounts.
-            for set in ["bounding", "effective", "permitted"] {
-                b.spec["process"]["capabilities"][set]
-                    .as_array_mut()
-                    .unwrap()
-                    .push(json!("CAP_SYS_ADMIN"));
-            }
+            b.grant("CAP_SYS_ADMIN");
             b.write();
             b
         };

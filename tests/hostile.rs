@@ -29,6 +29,26 @@ fn bundle(env: &Env, name: &str, wasm: bool, native_args: &[&str], wasm_args: &[
     }
 }
 
+/// A container that idles: `sleep`, or a wasm guest that sleeps.
+fn idle(env: &Env, name: &str, wasm: bool) -> Bundle {
+    bundle(
+        env,
+        name,
+        wasm,
+        &["sleep", "600"],
+        &["/app/idle.wasm", "600"],
+    )
+}
+
+/// Bind the host file or directory `source` at `dest`, writable.
+fn bind_rw(b: &mut Bundle, dest: &str, source: &Path) {
+    b.spec["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": dest,
+        "type": "bind", "source": source.to_str().unwrap(), "options": ["bind", "rw"]}));
+}
+
 fn kind(wasm: bool) -> &'static str {
     if wasm {
         "wasm"
@@ -85,13 +105,7 @@ fn exec_with_a_working_directory_through_a_runtime_fd_never_leaves_the_root() {
     let (_, secret) = host_file(&env, "host-secret");
     for wasm in [false, true] {
         let name = format!("execcwd{}", kind(wasm));
-        let b = bundle(
-            &env,
-            &name,
-            wasm,
-            &["sleep", "600"],
-            &["/app/idle.wasm", "600"],
-        );
+        let b = idle(&env, &name, wasm);
         std::os::unix::fs::symlink("/proc/self/fd/7", b.rootfs().join("work7")).unwrap();
         b.write();
         let id = env.id(&name);
@@ -180,17 +194,12 @@ fn sysctls_never_follow_an_image_planted_proc() {
     let (victim, content) = host_file(&env, "hostfile");
     for wasm in [false, true] {
         let name = format!("sysctl{}", kind(wasm));
-        let mut b = bundle(
-            &env,
-            &name,
-            wasm,
-            &["sleep", "600"],
-            &["/app/idle.wasm", "600"],
-        );
-        let mounts = b.spec["mounts"].as_array_mut().unwrap();
-        mounts.retain(|m| m["destination"] != "/proc");
-        mounts.push(json!({"destination": "/hostfile", "type": "bind",
-            "source": victim.to_str().unwrap(), "options": ["bind", "rw"]}));
+        let mut b = idle(&env, &name, wasm);
+        b.spec["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["destination"] != "/proc");
+        bind_rw(&mut b, "/hostfile", &victim);
         b.spec["linux"]["sysctl"] = json!({"kernel.shmmni": "3210"});
         b.spec["process"]["user"] = json!({"uid": 1000, "gid": 1000});
         let kernel = b.rootfs().join("proc/sys/kernel");
@@ -228,24 +237,9 @@ fn exec_oom_score_never_follows_a_container_planted_proc() {
     let (victim, content) = host_file(&env, "hostfile");
     for wasm in [false, true] {
         let name = format!("oom{}", kind(wasm));
-        let mut b = bundle(
-            &env,
-            &name,
-            wasm,
-            &["sleep", "600"],
-            &["/app/idle.wasm", "600"],
-        );
-        b.spec["mounts"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"destination": "/hostfile",
-            "type": "bind", "source": victim.to_str().unwrap(), "options": ["bind", "rw"]}));
-        for set in ["bounding", "effective", "permitted"] {
-            b.spec["process"]["capabilities"][set]
-                .as_array_mut()
-                .unwrap()
-                .push(json!("CAP_SYS_ADMIN"));
-        }
+        let mut b = idle(&env, &name, wasm);
+        bind_rw(&mut b, "/hostfile", &victim);
+        b.grant("CAP_SYS_ADMIN");
         b.write();
         let id = env.id(&name);
         env.amphi(&["run", "-d", "--bundle", b.path(), &id]).ok();
@@ -313,11 +307,7 @@ fn pid_files_never_follow_a_container_planted_symlink() {
     std::fs::create_dir(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
     let mut attacker = env.bundle("attacker", &["sleep", "600"]);
-    attacker.spec["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"destination": "/shared",
-        "type": "bind", "source": shared.to_str().unwrap(), "options": ["bind", "rw"]}));
+    bind_rw(&mut attacker, "/shared", &shared);
     attacker.write();
     let attacker_id = env.id("attacker");
     env.amphi(&["run", "-d", "--bundle", attacker.path(), &attacker_id])
@@ -343,13 +333,7 @@ fn pid_files_never_follow_a_container_planted_symlink() {
     }
     for wasm in [false, true] {
         let name = format!("pid{}", kind(wasm));
-        let b = bundle(
-            &env,
-            &name,
-            wasm,
-            &["sleep", "600"],
-            &["/app/idle.wasm", "600"],
-        );
+        let b = idle(&env, &name, wasm);
         b.write();
         let id = env.id(&name);
         let create_pid = shared.join("create.pid");

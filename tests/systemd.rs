@@ -11,17 +11,10 @@ fn systemd_runs() -> bool {
     std::path::Path::new("/run/systemd/system").is_dir()
 }
 
-/// `systemctl show UNIT -p PROP` value.
-fn show(unit: &str, prop: &str) -> String {
-    let out = std::process::Command::new("systemctl")
-        .args(["show", unit, "-p", prop, "--value"])
-        .output()
-        .expect("systemctl");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 fn unit_gone(unit: &str) -> bool {
-    wait_for(10, || show(unit, "LoadState") == "not-found")
+    wait_for(10, || {
+        amphi_tests::systemctl_show(unit, "LoadState") == "not-found"
+    })
 }
 
 fn systemd_bundle(env: &Env, name: &str, cgroups_path: &str) -> amphi_tests::Bundle {
@@ -71,10 +64,26 @@ fn a_scope_unit_per_container_with_its_limits() {
         let pid = env_rt.state(&id)["pid"].as_i64().unwrap();
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         assert_eq!(cgroup.trim(), format!("0::/system.slice/{unit}"), "{name}");
-        assert_eq!(show(&unit, "ActiveState"), "active", "{name}");
-        assert_eq!(show(&unit, "MemoryMax"), "67108864", "{name}");
-        assert_eq!(show(&unit, "TasksMax"), "32", "{name}");
-        assert_eq!(show(&unit, "CPUQuotaPerSecUSec"), "500ms", "{name}");
+        assert_eq!(
+            amphi_tests::systemctl_show(&unit, "ActiveState"),
+            "active",
+            "{name}"
+        );
+        assert_eq!(
+            amphi_tests::systemctl_show(&unit, "MemoryMax"),
+            "67108864",
+            "{name}"
+        );
+        assert_eq!(
+            amphi_tests::systemctl_show(&unit, "TasksMax"),
+            "32",
+            "{name}"
+        );
+        assert_eq!(
+            amphi_tests::systemctl_show(&unit, "CPUQuotaPerSecUSec"),
+            "500ms",
+            "{name}"
+        );
         let dir = format!("/sys/fs/cgroup/system.slice/{unit}");
         assert_eq!(
             std::fs::read_to_string(format!("{dir}/memory.max"))
@@ -100,7 +109,11 @@ fn a_scope_unit_per_container_with_its_limits() {
                 &id,
             ])
             .ok();
-        assert_eq!(show(&unit, "MemoryMax"), "134217728", "{name} update");
+        assert_eq!(
+            amphi_tests::systemctl_show(&unit, "MemoryMax"),
+            "134217728",
+            "{name} update"
+        );
         assert_eq!(
             std::fs::read_to_string(format!("{dir}/pids.max"))
                 .unwrap()
@@ -235,11 +248,23 @@ fn runc_spec_bundles_in_every_cgroups_path_form() {
         env.amphi(&["--systemd-cgroup", "create", "--bundle", b.path(), &id])
             .ok();
         env.amphi(&["--systemd-cgroup", "start", &id]).ok();
-        assert_eq!(show(&unit, "ActiveState"), "active", "{rt}");
-        assert_eq!(show(&unit, "MemoryMax"), "67108864", "{rt}");
+        assert_eq!(
+            amphi_tests::systemctl_show(&unit, "ActiveState"),
+            "active",
+            "{rt}"
+        );
+        assert_eq!(
+            amphi_tests::systemctl_show(&unit, "MemoryMax"),
+            "67108864",
+            "{rt}"
+        );
         env.amphi(&["--systemd-cgroup", "update", "--memory", "128m", &id])
             .ok();
-        assert_eq!(show(&unit, "MemoryMax"), "134217728", "{rt} update");
+        assert_eq!(
+            amphi_tests::systemctl_show(&unit, "MemoryMax"),
+            "134217728",
+            "{rt} update"
+        );
         env.amphi(&["--systemd-cgroup", "delete", "--force", &id])
             .ok();
         assert!(unit_gone(&unit), "{rt}: the unit goes with the container");
@@ -296,7 +321,7 @@ fn bad_paths_and_taken_units_leave_no_unit() {
     }
     // The taken unit is untouched, and the refused ones made none.
     let unit = format!("amphi-{taken}.scope");
-    assert_eq!(show(&unit, "ActiveState"), "active");
+    assert_eq!(amphi_tests::systemctl_show(&unit, "ActiveState"), "active");
     for name in ["missing", "notslice", "dashes"] {
         assert!(unit_gone(&format!("amphi-{}.scope", env.id(name))));
     }

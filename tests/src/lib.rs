@@ -489,6 +489,16 @@ pub struct Bundle {
 }
 
 impl Bundle {
+    /// Grant the process `cap` in its bounding, effective and permitted sets.
+    pub fn grant(&mut self, cap: &str) {
+        for set in ["bounding", "effective", "permitted"] {
+            self.spec["process"]["capabilities"][set]
+                .as_array_mut()
+                .expect("a capability set")
+                .push(serde_json::json!(cap));
+        }
+    }
+
     pub fn write(&self) -> &Path {
         std::fs::write(
             self.dir.join("config.json"),
@@ -623,4 +633,13 @@ pub fn read_to_end_of_pty(master: std::os::fd::OwnedFd) -> String {
         out.extend_from_slice(&chunk[..n]);
     }
     String::from_utf8_lossy(&out).replace('\r', "")
+}
+
+/// `systemctl show UNIT -p PROP --value`.
+pub fn systemctl_show(unit: &str, prop: &str) -> String {
+    let out = Command::new("systemctl")
+        .args(["show", unit, "-p", prop, "--value"])
+        .output()
+        .expect("systemctl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
