@@ -32,34 +32,34 @@ pub struct ProcFs {
 /// first thing (`init::run`), before it joins a mount namespace.
 static HANDLE: Mutex<Option<Arc<ProcFs>>> = Mutex::new(None);
 
+/// Set once the handle was released: the process may be in the
+/// container's mount namespace by then, so only a new instance will do.
+static RELEASED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// This process's procfs handle.
 pub fn handle() -> Result<Arc<ProcFs>> {
     let mut h = HANDLE.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(p) = h.as_ref() {
         return Ok(p.clone());
     }
-    let p = Arc::new(ProcFs::open()?);
+    let p = Arc::new(if RELEASED.load(std::sync::atomic::Ordering::Relaxed) {
+        new_instance()
+            .map_err(|e| Error::sys("open a procfs instance of the runtime's own", e))
+            .and_then(ProcFs::checked)?
+    } else {
+        ProcFs::open()?
+    });
     *h = Some(p.clone());
     Ok(p)
 }
 
 /// Drop the handle: a procfs opened before the init entered the
 /// container's pid namespace shows the host's processes, and nothing of
-/// the host's may stay open once the workload runs.
+/// the host's may stay open once the workload runs. Any later handle is a
+/// new instance, never a `/proc` the container could have replaced.
 pub fn release() {
+    RELEASED.store(true, std::sync::atomic::Ordering::Relaxed);
     HANDLE.lock().unwrap_or_else(|p| p.into_inner()).take();
-}
-
-/// For code that runs as the workload, long after the init's handle was
-/// released (a wasm guest's memory accounting, `amphi serve`'s worker): a
-/// new procfs instance of the process's own pid namespace, never a
-/// clone of a /proc, so it shows nothing the container's own procfs does
-/// not. None where the kernel will not make one.
-pub fn workload() -> Option<&'static ProcFs> {
-    static WORKLOAD: std::sync::OnceLock<Option<ProcFs>> = std::sync::OnceLock::new();
-    WORKLOAD
-        .get_or_init(|| ProcFs::checked(new_instance().ok()?).ok())
-        .as_ref()
 }
 
 impl ProcFs {

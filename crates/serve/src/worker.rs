@@ -512,7 +512,7 @@ impl Worker {
             .map_err(|e| sys("unblock signals", e))?;
         // Under memory pressure in the envelope, an invocation goes before
         // the worker that serves the others.
-        if let Some(p) = amphi_core::procfs::workload() {
+        if let Ok(p) = amphi_core::procfs::handle() {
             let _ = p.write_self("oom_score_adj", "1000");
         }
         if self.tmp > 0 {

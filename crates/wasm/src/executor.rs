@@ -449,7 +449,8 @@ fn anon_rss() -> u64 {
 const ANON_RSS_FRESH: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn read_anon_rss() -> u64 {
-    amphi_core::procfs::workload()
+    amphi_core::procfs::handle()
+        .ok()
         .and_then(|p| p.read_self("status").ok())
         .and_then(|s| {
             s.lines()
