@@ -138,7 +138,8 @@ impl Mem {
 }
 
 /// What one running pod holds: its shim (the sandbox's parent: one shim
-/// serves a pod), its pause process, and its containers' processes.
+/// serves a pod) with the helpers it keeps (amphi's OOM monitors), its
+/// pause process, and its containers' processes.
 #[derive(Clone, Copy, Default)]
 struct PodMemory {
     shim: Mem,
@@ -192,14 +193,16 @@ fn tree(pid: i32) -> Vec<i32> {
 
 fn pod_memory(cri: &Cri, pod: &str, containers: &[&String]) -> PodMemory {
     let pause = cri.sandbox_pid(pod);
+    let workload: Vec<i32> = containers.iter().flat_map(|id| tree(cri.pid(id))).collect();
+    let sum =
+        |pids: &mut dyn Iterator<Item = i32>| pids.map(Mem::of).fold(Mem::default(), Mem::add);
     PodMemory {
-        shim: Mem::of(parent(pause)),
+        // The shim's tree holds the pod's processes too (it reaps them).
+        shim: sum(&mut tree(parent(pause))
+            .into_iter()
+            .filter(|p| *p != pause && !workload.contains(p))),
         pause: Mem::of(pause),
-        containers: containers
-            .iter()
-            .flat_map(|id| tree(cri.pid(id)))
-            .map(Mem::of)
-            .fold(Mem::default(), Mem::add),
+        containers: sum(&mut workload.iter().copied()),
     }
 }
 

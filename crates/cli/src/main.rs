@@ -754,11 +754,15 @@ fn events(rt: &Runtime, id: &str, once: bool, interval: std::time::Duration) -> 
     loop {
         let seen = match &watch {
             Some(w) => {
-                let until_stats = next_stats.saturating_duration_since(std::time::Instant::now());
-                match w.wait(until_stats) {
-                    amphi_core::cgroups::Woken::MemoryEvents(count) => count,
-                    _ => None,
+                let seen = w.wait(next_stats.saturating_duration_since(std::time::Instant::now()));
+                // Told at once, before the stats are read: the shim waits
+                // for it before it reports the exit the kill caused.
+                for _ in ooms..seen.unwrap_or(0) {
+                    writeln!(out, "{}", serde_json::json!({"type": "oom", "id": id}))?;
                 }
+                out.flush()?;
+                ooms = ooms.max(seen.unwrap_or(0));
+                seen
             }
             None => {
                 std::thread::sleep(tick);

@@ -96,6 +96,13 @@ impl containerd_shim::Shim for Shim {
 }
 
 fn main() {
+    // containerd discards a shim's stderr: a panic goes to its log, where
+    // containerd shows it, not nowhere.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        log::error!("panic: {info}");
+        default_hook(info);
+    }));
     containerd_shim::run::<Shim>(
         "io.containerd.amphi.v2",
         Some(Config {

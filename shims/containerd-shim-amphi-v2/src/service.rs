@@ -144,7 +144,7 @@ impl Service {
                     .get_mut(&id)
                     .and_then(|c| c.oom_reader.take());
                 if let Some(r) = reader {
-                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
                     while !r.is_finished() && std::time::Instant::now() < deadline {
                         std::thread::sleep(std::time::Duration::from_millis(5));
                     }
@@ -208,6 +208,7 @@ impl Service {
                 // The first line is the baseline's stats.
                 let _ = ready.send(());
                 if line.contains("\"type\":\"oom\"") {
+                    info!("{id}: OOM kill");
                     svc.publish(
                         topics::TASK_OOM_EVENT_TOPIC,
                         Box::new(TaskOOM {

@@ -595,16 +595,6 @@ pub struct ContainerWatch {
     init: OwnedFd,
 }
 
-/// Why [`ContainerWatch::wait`] returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Woken {
-    /// `memory.events` changed: the OOM kills it counted then.
-    MemoryEvents(Option<u64>),
-    /// The init exited.
-    InitExited,
-    Timeout,
-}
-
 impl ContainerWatch {
     /// None on v1 (no `memory.events`), or where inotify or pidfds are not
     /// to be had: the caller polls then.
@@ -629,8 +619,13 @@ impl ContainerWatch {
         })
     }
 
-    /// Until `memory.events` changes, the init exits, or `timeout` passes.
-    pub fn wait(&self, timeout: std::time::Duration) -> Woken {
+    /// Until `memory.events` changes, the init exits, or `timeout` passes;
+    /// on a wake-up, the OOM kills counted right then. Read on either
+    /// wake-up: the kernel counts an OOM kill before its victim dies but
+    /// may hold the file's change notice back (at most one every 10 ms),
+    /// so the init's exit can come first, and the scope's cgroup can be
+    /// gone soon after it.
+    pub fn wait(&self, timeout: std::time::Duration) -> Option<u64> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
         use std::os::unix::fs::FileExt;
@@ -639,31 +634,18 @@ impl ContainerWatch {
             PollFd::new(self.init.as_fd(), PollFlags::POLLIN),
         ];
         let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
-        match poll(&mut fds, timeout) {
-            Ok(0) | Err(_) => return Woken::Timeout,
-            Ok(_) => {}
+        if !poll(&mut fds, timeout).is_ok_and(|n| n > 0) {
+            return None;
         }
-        let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
-        if ready(0) {
-            // Drained first: a change after the read wakes the next wait.
-            while self.inotify.read_events().is_ok_and(|e| !e.is_empty()) {}
-            let mut buf = [0u8; 512];
-            let count = self
-                .memory_events
-                .read_at(&mut buf, 0)
-                .ok()
-                .and_then(|n| std::str::from_utf8(&buf[..n]).ok())
-                .and_then(|text| {
-                    text.lines()
-                        .find_map(|l| l.strip_prefix("oom_kill "))
-                        .and_then(|v| v.trim().parse().ok())
-                });
-            return Woken::MemoryEvents(count);
-        }
-        if ready(1) {
-            return Woken::InitExited;
-        }
-        Woken::Timeout
+        // Drained first: a change after the read wakes the next wait.
+        while self.inotify.read_events().is_ok_and(|e| !e.is_empty()) {}
+        let mut buf = [0u8; 512];
+        let n = self.memory_events.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n])
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
     }
 }
 
