@@ -434,7 +434,7 @@ fn a_dev_console_symlink_in_the_image_is_replaced_not_followed() {
             &id,
         ])
         .ok();
-        let master = receiver.join().unwrap();
+        let master = receiver.join().unwrap().expect("no pty master received");
         env.amphi(&["start", &id]).ok();
         let out = amphi_tests::read_to_end_of_pty(master);
         if !wasm {

@@ -324,7 +324,7 @@ fn terminal_master_arrives_over_the_console_socket() {
         &id,
     ])
     .ok();
-    let master = receiver.join().unwrap();
+    let master = receiver.join().unwrap().expect("no pty master received");
     env.amphi(&["start", &id]).ok();
     let out = amphi_tests::read_to_end_of_pty(master);
     assert_eq!(out, "/dev/pts/0\n30 100\ndone\n");

@@ -1257,31 +1257,10 @@ fn delete_semantics(c: &mut Ctx) {
 }
 
 fn console_socket_gets_the_pty(c: &mut Ctx) {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::io::Read;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     let sock = c.tmp().join("console.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let receiver = std::thread::spawn(move || -> Option<OwnedFd> {
-        let (stream, _) = listener.accept().ok()?;
-        let mut buf = [0u8; 256];
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = recvmsg::<()>(
-            stream.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::empty(),
-        )
-        .ok()?;
-        for cm in msg.cmsgs().ok()? {
-            if let ControlMessageOwned::ScmRights(fds) = cm {
-                return Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
-            }
-        }
-        None
-    });
+    let receiver = amphi_tests::console_receiver(&sock);
     // config-linux.md, Default Devices: "/dev/console is set up if terminal
     // is enabled in the config by bind mounting the pseudoterminal pty to
     // /dev/console."

@@ -592,13 +592,13 @@ pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 }
 
 /// Listen on `path` as a `--console-socket`: the thread returns the pty
-/// master the runtime sends.
-pub fn console_receiver(path: &Path) -> std::thread::JoinHandle<std::os::fd::OwnedFd> {
+/// master the runtime sends, or None if none arrives.
+pub fn console_receiver(path: &Path) -> std::thread::JoinHandle<Option<std::os::fd::OwnedFd>> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
-    std::thread::spawn(move || -> OwnedFd {
-        let (stream, _) = listener.accept().unwrap();
+    std::thread::spawn(move || -> Option<OwnedFd> {
+        let (stream, _) = listener.accept().ok()?;
         let mut buf = [0u8; 256];
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
@@ -608,14 +608,14 @@ pub fn console_receiver(path: &Path) -> std::thread::JoinHandle<std::os::fd::Own
             Some(&mut space),
             MsgFlags::empty(),
         )
-        .unwrap();
-        for c in msg.cmsgs().unwrap() {
+        .ok()?;
+        for c in msg.cmsgs().ok()? {
             if let ControlMessageOwned::ScmRights(fds) = c {
                 // SAFETY: the fd just arrived and nothing else owns it.
-                return unsafe { OwnedFd::from_raw_fd(fds[0]) };
+                return Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
             }
         }
-        panic!("no fd received");
+        None
     })
 }
 
