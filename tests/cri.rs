@@ -605,11 +605,22 @@ fn a_systemd_node_runs_pods_on_both_handlers() {
                 .is_some_and(|w| w.value > 0),
             "{handler}: v2 memory stats"
         );
-        // Not here: an OOM kill's reason. On this node the amphi handler
-        // reported it as "Error" in most lane runs (once "OOMKilled"): the
-        // task's connection to the shim closes a few seconds after the kill
-        // and neither TaskOOM nor TaskExit reaches containerd. Open; the
-        // cgroupfs node checks the reason (exit_codes_and_reasons).
+        // An OOM kill's reason. systemd removes a scope as soon as its last
+        // process died, often before the kill's count in its
+        // `memory.events` can be read (runc issue 5071; containerd skips
+        // this case of critest on this driver): amphi reads the kernel's
+        // log too. runc's shim missed it in the lane runs looked at: its
+        // reason is shown, not asserted.
+        let oom = cri.start_container(&pod, &config, oom_container()).unwrap();
+        let s = exited(&cri, &oom);
+        if handler == "amphi" {
+            assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"));
+        } else {
+            eprintln!(
+                "{handler}: an OOM kill's reason: {} {}",
+                s.exit_code, s.reason
+            );
+        }
         cri.remove_pod(&pod);
         for id in &ids {
             let unit = format!("cri-containerd-{id}.scope");

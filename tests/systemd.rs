@@ -330,3 +330,46 @@ fn bad_paths_and_taken_units_leave_no_unit() {
     assert!(unit_gone(&unit));
     amphi_tests::reap_inits();
 }
+
+/// An OOM kill of the init in a scope: systemd removes the scope (and its
+/// `memory.events`) as soon as the victim died, often before the count can
+/// be read (runc issue 5071); `amphi events` still tells it.
+#[test]
+fn events_tell_an_oom_kill_of_the_init_in_a_scope() {
+    if !systemd_runs() {
+        eprintln!("systemd is not PID 1 here: the VM lane runs this");
+        return;
+    }
+    let env = Env::new();
+    let id = env.id("sdoom");
+    let mut b = env.bundle("sdoom", &["tail", "/dev/zero"]);
+    b.spec["linux"]["cgroupsPath"] = json!(format!("system.slice:amphi:{id}"));
+    b.spec["linux"]["resources"] = json!({"memory": {"limit": 33554432, "swap": 33554432}});
+    b.write();
+    env.amphi(&["--systemd-cgroup", "create", "--bundle", b.path(), &id])
+        .ok();
+    let mut events = env
+        .command(&["--systemd-cgroup", "events", "--interval", "1h", &id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The baseline's stats line comes before the kill can.
+    let mut stdout = std::io::BufReader::new(events.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.contains("\"stats\""), "{first}");
+    env.amphi(&["--systemd-cgroup", "start", &id]).ok();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut events.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(events.wait().unwrap().success(), "amphi events: {err}");
+    assert!(
+        rest.contains("\"type\":\"oom\""),
+        "no OOM event: {rest} {err}"
+    );
+    env.amphi(&["--systemd-cgroup", "delete", "--force", &id])
+        .ok();
+    assert!(unit_gone(&format!("amphi-{id}.scope")));
+}

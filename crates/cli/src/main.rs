@@ -733,6 +733,10 @@ fn parse_duration(s: &str) -> Result<std::time::Duration> {
 fn events(rt: &Runtime, id: &str, once: bool, interval: std::time::Duration) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
+    // Taken before the baseline is told: whoever waits for that line (the
+    // shim, before it starts the container) may let an OOM kill, and the
+    // removal of a systemd scope, come right after it.
+    let watch = if once { None } else { rt.watch(id)? };
     let (data, mut ooms, stopped) = rt.stats(id)?;
     if stopped {
         bail!("container {id} is stopped");
@@ -748,40 +752,36 @@ fn events(rt: &Runtime, id: &str, once: bool, interval: std::time::Duration) -> 
     }
     // v2: woken by the kernel (an OOM kill, the init's exit), stats at the
     // interval and no polling; v1: polled.
-    let watch = rt.watch(id)?;
     let tick = interval.min(std::time::Duration::from_millis(100));
     let mut next_stats = std::time::Instant::now() + interval;
+    let mut tell = |out: &mut std::io::StdoutLock, count: u64| -> Result<()> {
+        for _ in ooms..count {
+            writeln!(out, "{}", serde_json::json!({"type": "oom", "id": id}))?;
+        }
+        ooms = ooms.max(count);
+        Ok(out.flush()?)
+    };
     loop {
         let seen = match &watch {
-            Some(w) => {
-                let seen = w.wait(next_stats.saturating_duration_since(std::time::Instant::now()));
-                // Told at once, before the stats are read: the shim waits
-                // for it before it reports the exit the kill caused.
-                for _ in ooms..seen.unwrap_or(0) {
-                    writeln!(out, "{}", serde_json::json!({"type": "oom", "id": id}))?;
-                }
-                out.flush()?;
-                ooms = ooms.max(seen.unwrap_or(0));
-                seen
-            }
+            Some(w) => w.wait(next_stats.saturating_duration_since(std::time::Instant::now())),
             None => {
                 std::thread::sleep(tick);
                 None
             }
         };
-        let Ok((data, oom_now, stopped)) = rt.stats(id) else {
+        // Told at once, before the stats are read: the shim waits for it
+        // before it reports the exit the kill caused.
+        tell(&mut out, seen.unwrap_or(0))?;
+        let stats = rt.stats(id);
+        // Once stopped, counted once more: the kill may have come after
+        // the wake-up, and the cgroup may be gone by now.
+        let stopped = !matches!(stats, Ok((_, _, false)));
+        let last = stats.as_ref().map_or(0, |s| s.1);
+        let last = last.max(watch.as_ref().filter(|_| stopped).map_or(0, |w| w.count()));
+        tell(&mut out, last)?;
+        let Ok((data, _, false)) = stats else {
             return Ok(());
         };
-        // The count read at the wake-up, if the cgroup is gone by now.
-        let oom_now = oom_now.max(seen.unwrap_or(0));
-        for _ in ooms..oom_now {
-            writeln!(out, "{}", serde_json::json!({"type": "oom", "id": id}))?;
-        }
-        ooms = ooms.max(oom_now);
-        // A stopped container's last OOM kill was reported just above.
-        if stopped {
-            return Ok(());
-        }
         if std::time::Instant::now() >= next_stats {
             writeln!(
                 out,

@@ -582,17 +582,32 @@ fn read_keyed(paths: &[PathBuf], file: &str) -> serde_json::Map<String, serde_js
         .collect()
 }
 
-/// Kernel OOM kills in the container's cgroup so far (v1 memory.oom_control,
-/// v2 memory.events).
 /// What a container's event stream waits on, so that it needs no polling:
 /// its v2 `memory.events` (the kernel signals each change at once, and an
-/// OOM kill is read right then: a systemd scope's cgroup, counters and
-/// all, goes as soon as its last process dies; containerd's runc shim
-/// watches the same way), and its init's exit (a pidfd).
+/// OOM kill is read right then; containerd's runc shim watches the same
+/// way), and its init's exit (a pidfd).
+///
+/// A systemd scope's cgroup, counters and all, goes as soon as its last
+/// process dies, and the kernel may hold the notice of an OOM kill back
+/// (at most one change notice every 20 ms): when the init is the victim,
+/// systemd often removes the scope before the count can be read (runc
+/// issue 5071, conmon issue 426; containerd skips the OOM case of critest
+/// on that driver). So the kernel's log is read too, from the watch's
+/// start: an OOM kill of the init is logged there with its pid, and the
+/// log outlives the cgroup.
 pub struct ContainerWatch {
     inotify: nix::sys::inotify::Inotify,
     memory_events: std::fs::File,
     init: OwnedFd,
+    init_pid: i32,
+    /// `/dev/kmsg` at its end when the watch began; None without
+    /// CAP_SYSLOG (rootless), where a removed scope's OOM kill is not told.
+    kernel_log: Option<std::fs::File>,
+    /// The count when the watch began, and the last one read or inferred.
+    baseline: u64,
+    seen: std::cell::Cell<u64>,
+    /// The init's OOM kills the log told so far (it dies once: 0 or 1).
+    logged: std::cell::Cell<u64>,
 }
 
 impl ContainerWatch {
@@ -600,7 +615,9 @@ impl ContainerWatch {
     /// to be had: the caller polls then.
     pub fn new(paths: &[PathBuf], init: i32) -> Option<ContainerWatch> {
         use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        use std::io::Seek;
         use std::os::fd::FromRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = paths
             .iter()
             .map(|p| p.join("memory.events"))
@@ -611,24 +628,73 @@ impl ContainerWatch {
         // SAFETY: pidfd_open with a pid and no flags; a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, init, 0) };
         // SAFETY: pidfd_open returned a new fd we own.
-        let init = unsafe { OwnedFd::from_raw_fd(nix::Error::result(fd).ok()? as i32) };
-        Some(ContainerWatch {
+        let pidfd = unsafe { OwnedFd::from_raw_fd(nix::Error::result(fd).ok()? as i32) };
+        let kernel_log = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)).map(|_| f))
+            .ok();
+        let mut watch = ContainerWatch {
             inotify,
             memory_events,
-            init,
-        })
+            init: pidfd,
+            init_pid: init,
+            kernel_log,
+            baseline: 0,
+            seen: Default::default(),
+            logged: Default::default(),
+        };
+        watch.baseline = watch.read_count()?;
+        watch.seen.set(watch.baseline);
+        Some(watch)
     }
 
-    /// Until `memory.events` changes, the init exits, or `timeout` passes;
-    /// on a wake-up, the OOM kills counted right then. Read on either
-    /// wake-up: the kernel counts an OOM kill before its victim dies but
-    /// may hold the file's change notice back (at most one every 10 ms),
-    /// so the init's exit can come first, and the scope's cgroup can be
-    /// gone soon after it.
+    fn read_count(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 512];
+        let n = self.memory_events.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n])
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// OOM kills of the init the kernel logged since the last look: its
+    /// `Killed process PID (...)` line, for a memory cgroup's limit or the
+    /// machine's.
+    fn read_log(&self) -> u64 {
+        use std::io::Read;
+        let Some(mut log) = self.kernel_log.as_ref() else {
+            return 0;
+        };
+        let needle = format!("of memory: Killed process {} (", self.init_pid);
+        let mut kills = 0;
+        // One record per read; EPIPE: records overwritten, the next is read.
+        let mut record = vec![0u8; 8192];
+        loop {
+            match log.read(&mut record) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&record[..n]);
+                    let message = text.split_once(';').map_or(&*text, |(_, m)| m);
+                    kills += u64::from(message.contains(&needle));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(_) => break,
+            }
+        }
+        kills
+    }
+
+    /// Until `memory.events` changes, the init exits, or `timeout` passes
+    /// (None); on a wake-up, the OOM kills counted right then. Read on
+    /// either wake-up: the init's exit can come before the notice of the
+    /// kill that caused it.
     pub fn wait(&self, timeout: std::time::Duration) -> Option<u64> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
-        use std::os::unix::fs::FileExt;
         let mut fds = [
             PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.init.as_fd(), PollFlags::POLLIN),
@@ -639,16 +705,28 @@ impl ContainerWatch {
         }
         // Drained first: a change after the read wakes the next wait.
         while self.inotify.read_events().is_ok_and(|e| !e.is_empty()) {}
-        let mut buf = [0u8; 512];
-        let n = self.memory_events.read_at(&mut buf, 0).ok()?;
-        std::str::from_utf8(&buf[..n])
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|v| v.trim().parse().ok())
+        Some(self.count())
+    }
+
+    /// The OOM kills so far. Once the cgroup is gone, the init's logged
+    /// kill counts if the last count read cannot have held it (never
+    /// twice; a child's kill read before the init's hides the latter, but
+    /// the container was OOM-killed either way).
+    pub fn count(&self) -> u64 {
+        let count = match self.read_count() {
+            Some(n) => n.max(self.seen.get()),
+            None => {
+                self.logged.set(self.logged.get() + self.read_log());
+                self.seen.get().max(self.baseline + self.logged.get())
+            }
+        };
+        self.seen.set(count);
+        count
     }
 }
 
+/// Kernel OOM kills in the container's cgroup so far (v1 memory.oom_control,
+/// v2 memory.events).
 pub fn oom_kills(paths: &[PathBuf]) -> u64 {
     for file in ["memory.events", "memory.oom_control"] {
         if let Some(n) = read_keyed(paths, file)
