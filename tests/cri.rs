@@ -634,6 +634,51 @@ fn a_systemd_node_runs_pods_on_both_handlers() {
             .args(["stop", &slice])
             .status();
     }
+    // A pod whose sandbox cannot start (a sysctl this kernel does not have)
+    // leaves nothing in containerd (checked below) or systemd.
+    let units = || {
+        let out = std::process::Command::new("systemctl")
+            .args([
+                "list-units",
+                "--all",
+                "--plain",
+                "--no-legend",
+                "cri-containerd-*",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for handler in ["amphi", "runc"] {
+        let mut config = cri.pod_config(&format!("nosb{handler}"), &[], true);
+        config.linux.as_mut().unwrap().sysctls =
+            [("net.ipv4.amphi_no_such".to_owned(), "1".to_owned())].into();
+        let e = cri
+            .run_pod(&config, handler)
+            .expect_err("a sysctl the kernel does not have");
+        assert!(
+            e.message().contains("amphi_no_such"),
+            "{handler}: the runtime's error in the CRI's: {}",
+            e.message()
+        );
+        assert!(
+            wait_for(20, || units().is_empty()),
+            "{handler}: units left: {}",
+            units()
+        );
+        let slice = config
+            .linux
+            .as_ref()
+            .unwrap()
+            .cgroup_parent
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let _ = std::process::Command::new("systemctl")
+            .args(["stop", &slice])
+            .status();
+    }
     cri.assert_clean();
 }
 

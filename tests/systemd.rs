@@ -373,3 +373,31 @@ fn events_tell_an_oom_kill_of_the_init_in_a_scope() {
         .ok();
     assert!(unit_gone(&format!("amphi-{id}.scope")));
 }
+
+/// systemd not answering (a hung bus: a peer that takes the connection and
+/// never replies): `create` gives up within its own bound, names the unit,
+/// and leaves no state, process or unit.
+#[test]
+fn a_bus_that_does_not_answer_fails_create_and_leaves_nothing() {
+    if !systemd_runs() {
+        eprintln!("systemd is not PID 1 here: the VM lane runs this");
+        return;
+    }
+    let env = Env::new();
+    let bus = env.tmp.path().join("silent-bus");
+    let _silent = std::os::unix::net::UnixListener::bind(&bus).unwrap();
+    let id = env.id("nobus");
+    let b = systemd_bundle(&env, "nobus", &format!("system.slice:amphi:{id}"));
+    let address = format!("unix:path={}", bus.display());
+    env.amphi_env(
+        &[("DBUS_SYSTEM_BUS_ADDRESS", &address)],
+        &["--systemd-cgroup", "create", "--bundle", b.path(), &id],
+    )
+    .fails_with(&format!("amphi-{id}.scope"))
+    .fails_with("did not answer");
+    amphi_tests::reap_inits();
+    assert!(!env.root.join(&id).exists(), "no state left");
+    let left = amphi_tests::processes_rooted_in(env.tmp.path());
+    assert!(left.is_empty(), "processes {left:?} left");
+    assert!(unit_gone(&format!("amphi-{id}.scope")));
+}

@@ -750,8 +750,8 @@ fn events(rt: &Runtime, id: &str, once: bool, interval: std::time::Duration) -> 
     if once {
         return Ok(());
     }
-    // v2: woken by the kernel (an OOM kill, the init's exit), stats at the
-    // interval and no polling; v1: polled.
+    // Woken by the kernel (an OOM kill, the init's exit), stats at the
+    // interval and no polling; polled only without a memory controller.
     let tick = interval.min(std::time::Duration::from_millis(100));
     let mut next_stats = std::time::Instant::now() + interval;
     let mut tell = |out: &mut std::io::StdoutLock, count: u64| -> Result<()> {

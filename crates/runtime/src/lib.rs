@@ -650,9 +650,9 @@ impl Runtime {
         ))
     }
 
-    /// A watch that wakes when the container's memory events change or its
-    /// init exits (cgroup v2); None where there is none to watch (v1, or a
-    /// stopped container).
+    /// A watch that wakes when the container's OOM counters change or its
+    /// init exits; None where there is none to watch (no memory
+    /// controller, or a stopped container).
     pub fn watch(&self, id: &str) -> Result<Option<cgroups::ContainerWatch>> {
         let (_locked, state, status) = self.load(id)?;
         let watch = cgroups::ContainerWatch::new(&state.cgroup_paths, state.pid);

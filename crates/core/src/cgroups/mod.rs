@@ -583,9 +583,11 @@ fn read_keyed(paths: &[PathBuf], file: &str) -> serde_json::Map<String, serde_js
 }
 
 /// What a container's event stream waits on, so that it needs no polling:
-/// its v2 `memory.events` (the kernel signals each change at once, and an
-/// OOM kill is read right then; containerd's runc shim watches the same
-/// way), and its init's exit (a pidfd).
+/// the kernel's notice of a change in its OOM counters (v2: inotify on
+/// `memory.events`, which the kernel signals on each change, as
+/// containerd's runc shim watches it; v1: an eventfd registered on
+/// `memory.oom_control` through `cgroup.event_control`, as runc's
+/// `notify_on_oom`), and its init's exit (a pidfd).
 ///
 /// A systemd scope's cgroup, counters and all, goes as soon as its last
 /// process dies, and the kernel may hold the notice of an OOM kill back
@@ -596,8 +598,10 @@ fn read_keyed(paths: &[PathBuf], file: &str) -> serde_json::Map<String, serde_js
 /// start: an OOM kill of the init is logged there with its pid, and the
 /// log outlives the cgroup.
 pub struct ContainerWatch {
-    inotify: nix::sys::inotify::Inotify,
-    memory_events: std::fs::File,
+    notice: Notice,
+    /// `memory.events` (v2) or `memory.oom_control` (v1): both count
+    /// `oom_kill`.
+    counters: std::fs::File,
     init: OwnedFd,
     init_pid: i32,
     /// `/dev/kmsg` at its end when the watch began; None without
@@ -610,21 +614,72 @@ pub struct ContainerWatch {
     logged: std::cell::Cell<u64>,
 }
 
-impl ContainerWatch {
-    /// None on v1 (no `memory.events`), or where inotify or pidfds are not
-    /// to be had: the caller polls then.
-    pub fn new(paths: &[PathBuf], init: i32) -> Option<ContainerWatch> {
+enum Notice {
+    Inotify(nix::sys::inotify::Inotify),
+    /// With the `memory.oom_control` fd it was registered for: the
+    /// registration lasts while both are open.
+    EventFd(OwnedFd),
+}
+
+impl Notice {
+    fn v2(events: &Path) -> Option<Notice> {
         use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok()?;
+        inotify.add_watch(events, AddWatchFlags::IN_MODIFY).ok()?;
+        Some(Notice::Inotify(inotify))
+    }
+
+    fn v1(oom_control: &std::fs::File, dir: &Path) -> Option<Notice> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: eventfd with valid flags; a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        // SAFETY: eventfd returned a new fd we own.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(nix::Error::result(fd).ok()?) };
+        let registration = format!("{} {}", eventfd.as_raw_fd(), oom_control.as_raw_fd());
+        std::fs::write(dir.join("cgroup.event_control"), registration).ok()?;
+        Some(Notice::EventFd(eventfd))
+    }
+
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Notice::Inotify(i) => i.as_fd(),
+            Notice::EventFd(e) => e.as_fd(),
+        }
+    }
+
+    /// Consumed, so that a change after the read wakes the next wait.
+    fn drain(&self) {
+        match self {
+            Notice::Inotify(i) => while i.read_events().is_ok_and(|e| !e.is_empty()) {},
+            Notice::EventFd(e) => {
+                let _ = nix::unistd::read(e, &mut [0u8; 8]);
+            }
+        }
+    }
+}
+
+impl ContainerWatch {
+    /// None where there is no memory controller, or where inotify, eventfds
+    /// or pidfds are not to be had: the caller polls then.
+    pub fn new(paths: &[PathBuf], init: i32) -> Option<ContainerWatch> {
         use std::io::Seek;
         use std::os::fd::FromRawFd;
         use std::os::unix::fs::OpenOptionsExt;
-        let path = paths
+        let (counters, notice) = if let Some(events) = paths
             .iter()
             .map(|p| p.join("memory.events"))
-            .find(|f| f.exists())?;
-        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok()?;
-        inotify.add_watch(&path, AddWatchFlags::IN_MODIFY).ok()?;
-        let memory_events = std::fs::File::open(&path).ok()?;
+            .find(|f| f.exists())
+        {
+            (std::fs::File::open(&events).ok()?, Notice::v2(&events)?)
+        } else {
+            let dir = paths
+                .iter()
+                .find(|p| p.join("memory.oom_control").exists())?;
+            let oom_control = std::fs::File::open(dir.join("memory.oom_control")).ok()?;
+            let notice = Notice::v1(&oom_control, dir)?;
+            (oom_control, notice)
+        };
         // SAFETY: pidfd_open with a pid and no flags; a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, init, 0) };
         // SAFETY: pidfd_open returned a new fd we own.
@@ -636,8 +691,8 @@ impl ContainerWatch {
             .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)).map(|_| f))
             .ok();
         let mut watch = ContainerWatch {
-            inotify,
-            memory_events,
+            notice,
+            counters,
             init: pidfd,
             init_pid: init,
             kernel_log,
@@ -653,7 +708,7 @@ impl ContainerWatch {
     fn read_count(&self) -> Option<u64> {
         use std::os::unix::fs::FileExt;
         let mut buf = [0u8; 512];
-        let n = self.memory_events.read_at(&mut buf, 0).ok()?;
+        let n = self.counters.read_at(&mut buf, 0).ok()?;
         std::str::from_utf8(&buf[..n])
             .ok()?
             .lines()
@@ -688,7 +743,7 @@ impl ContainerWatch {
         kills
     }
 
-    /// Until `memory.events` changes, the init exits, or `timeout` passes
+    /// Until the OOM counters change, the init exits, or `timeout` passes
     /// (None); on a wake-up, the OOM kills counted right then. Read on
     /// either wake-up: the init's exit can come before the notice of the
     /// kill that caused it.
@@ -696,16 +751,28 @@ impl ContainerWatch {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
         let mut fds = [
-            PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.notice.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.init.as_fd(), PollFlags::POLLIN),
         ];
         let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
         if !poll(&mut fds, timeout).is_ok_and(|n| n > 0) {
             return None;
         }
-        // Drained first: a change after the read wakes the next wait.
-        while self.inotify.read_events().is_ok_and(|e| !e.is_empty()) {}
-        Some(self.count())
+        self.notice.drain();
+        let before = self.seen.get();
+        let mut count = self.count();
+        if let (Notice::EventFd(_), true) = (&self.notice, count == before) {
+            // v1 signals the OOM itself; the kill it leads to is counted
+            // right after, and signalled no more.
+            for _ in 0..10 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                count = self.count();
+                if count != before {
+                    break;
+                }
+            }
+        }
+        Some(count)
     }
 
     /// The OOM kills so far. Once the cgroup is gone, the init's logged

@@ -195,6 +195,33 @@ fn dbus(unit: &str, what: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// How long a call may wait for systemd: one that does not answer (a hung
+/// bus, a busy manager) fails the operation with the unit named, instead
+/// of holding `create` (and kubelet's sandbox) forever.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `call` on a thread of its own, given up after `ANSWER_WITHIN`.
+fn bounded<T: Send + 'static>(
+    unit: &str,
+    what: &str,
+    call: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(call());
+    });
+    rx.recv_timeout(ANSWER_WITHIN).unwrap_or_else(|_| {
+        Err(dbus(
+            unit,
+            what,
+            format!(
+                "systemd did not answer within {} s (is dbus-daemon running?)",
+                ANSWER_WITHIN.as_secs()
+            ),
+        ))
+    })
+}
+
 /// Start the unit with `pid` in it and the managed resources as properties,
 /// then wait until systemd has moved `pid` into the unit's cgroup.
 pub fn start(unit: &Unit, pid: i32, writes: &[Write], dir: &Path) -> Result<()> {
@@ -215,15 +242,20 @@ pub fn start(unit: &Unit, pid: i32, writes: &[Write], dir: &Path) -> Result<()> 
     } else {
         props.push(("Slice", Value::from(unit.slice.clone())));
     }
+    // A unit that failed (its pid gone before systemd attached it, a call
+    // answered after amphi gave up on it) is collected, not left loaded.
+    props.push(("CollectMode", Value::from("inactive-or-failed")));
     props.extend(properties(writes)?);
-    let mut client =
-        SystemdClient::new(&unit.name, props).map_err(|e| dbus(&unit.name, "client", e))?;
-    client
-        .set_pid_prop(cgroups_rs::CgroupPid::from(pid as u64))
-        .map_err(|e| dbus(&unit.name, "PIDs", e))?;
-    client
-        .start()
-        .map_err(|e| dbus(&unit.name, "StartTransientUnit", e))?;
+    let name = unit.name.clone();
+    bounded(&unit.name, "StartTransientUnit", move || {
+        let mut client = SystemdClient::new(&name, props).map_err(|e| dbus(&name, "client", e))?;
+        client
+            .set_pid_prop(cgroups_rs::CgroupPid::from(pid as u64))
+            .map_err(|e| dbus(&name, "PIDs", e))?;
+        client
+            .start()
+            .map_err(|e| dbus(&name, "StartTransientUnit", e))
+    })?;
     // The job runs asynchronously: wait until the pid is in the unit's
     // cgroup. A unit that never gets it is stopped: nothing is left behind.
     let want = Path::new("/").join(dir.strip_prefix(super::V2_MOUNT).unwrap_or(dir));
@@ -262,16 +294,23 @@ pub fn set(unit: &str, writes: &[Write]) -> Result<()> {
     if props.is_empty() {
         return Ok(());
     }
-    let mut client = SystemdClient::new(unit, Vec::new()).map_err(|e| dbus(unit, "client", e))?;
-    client
-        .set_properties(&props)
-        .map_err(|e| dbus(unit, "SetUnitProperties", e))
+    let name = unit.to_owned();
+    bounded(unit, "SetUnitProperties", move || {
+        let mut client =
+            SystemdClient::new(&name, Vec::new()).map_err(|e| dbus(&name, "client", e))?;
+        client
+            .set_properties(&props)
+            .map_err(|e| dbus(&name, "SetUnitProperties", e))
+    })
 }
 
 /// Stop the unit (and forget it if it failed); a unit already gone is fine.
 pub fn stop(unit: &str) -> Result<()> {
-    let client = SystemdClient::new(unit, Vec::new()).map_err(|e| dbus(unit, "client", e))?;
-    client.stop().map_err(|e| dbus(unit, "StopUnit", e))
+    let name = unit.to_owned();
+    bounded(unit, "StopUnit", move || {
+        let client = SystemdClient::new(&name, Vec::new()).map_err(|e| dbus(&name, "client", e))?;
+        client.stop().map_err(|e| dbus(&name, "StopUnit", e))
+    })
 }
 
 #[cfg(test)]
