@@ -1109,3 +1109,49 @@ fn exec_reaches_the_cache_without_the_containers_proc() {
     env.amphi(&["delete", "--force", &id]).ok();
     env.assert_clean(&id, &b.cgroup());
 }
+
+/// A `wasi:cli/command@0.3` component (WASI 0.3: an async `run`, stdio,
+/// arguments, environment and files as 0.3's streams and futures) runs as
+/// a container: its output, its exit status, the rootfs as its
+/// filesystem, and nothing left behind.
+#[test]
+fn a_wasi_0_3_command_runs_as_a_container() {
+    let env = Env::new();
+    let (r, id, cg) = run(
+        &env,
+        "p3",
+        &[
+            "/app/p3-hello.wasm",
+            "read",
+            "/etc/hostname-p3",
+            "stderr",
+            "to stderr",
+        ],
+        |b| {
+            b.spec["process"]["env"] = json!(["GREETING=from the spec"]);
+            std::fs::write(b.rootfs().join("etc/hostname-p3"), "a file of the rootfs\n").unwrap();
+        },
+    );
+    r.ok();
+    assert_eq!(
+        r.stdout,
+        "hello from wasi 0.3: args=[\"read\", \"/etc/hostname-p3\", \"stderr\", \"to stderr\"] \
+         GREETING=from the spec\na file of the rootfs\n"
+    );
+    assert_eq!(r.stderr.trim(), "to stderr");
+    env.assert_clean(&id, &cg);
+    // `run` returning an error is exit 1, as for 0.2 and `wasmtime run`.
+    let (r, id, cg) = run(&env, "p3fail", &["/app/p3-hello.wasm", "fail"], |_| {});
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    env.assert_clean(&id, &cg);
+    // A file outside the rootfs is not there for it.
+    let (r, id, cg) = run(
+        &env,
+        "p3out",
+        &["/app/p3-hello.wasm", "read", "/../../../etc/shadow"],
+        |_| {},
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stderr.contains("open"), "{}", r.stderr);
+    env.assert_clean(&id, &cg);
+}

@@ -25,6 +25,9 @@ pub const TRAP_EXIT: i32 = 134;
 enum Linked {
     Module(InstancePre<P1State>),
     Component(CommandPre<P2State>),
+    /// A `wasi:cli/command@0.3` component: its `run` is an async export,
+    /// called in the store's event loop.
+    ComponentP3(wasmtime_wasi::p3::bindings::CommandPre<P2State>),
     /// A `wasi:http/proxy` component, served on a port.
     Service(Box<crate::function::Function>, u16),
     /// A module in checkpointable form (see [`crate::checkpoint`]).
@@ -312,19 +315,21 @@ impl Wasm {
                     }
                 }
                 Linked::Component(pre) => {
-                    let mut wasi = wasi;
-                    let mut store = Store::new(
-                        engine,
-                        P2State {
-                            ctx: wasi.build(),
-                            table: ResourceTable::new(),
-                            limits,
-                        },
-                    );
-                    store.limiter(|s| &mut s.limits);
+                    let mut store = component_store(engine, wasi, limits);
                     let result = async {
                         let cmd = pre.instantiate_async(&mut store).await?;
                         cmd.wasi_cli_run().call_run(&mut store).await
+                    }
+                    .await;
+                    status_of(result.map(|r| if r.is_ok() { 0 } else { 1 }))
+                }
+                Linked::ComponentP3(pre) => {
+                    let mut store = component_store(engine, wasi, limits);
+                    let result = async {
+                        let cmd = pre.instantiate_async(&mut store).await?;
+                        store
+                            .run_concurrent(async |store| cmd.wasi_cli_run().call_run(store).await)
+                            .await?
                     }
                     .await;
                     status_of(result.map(|r| if r.is_ok() { 0 } else { 1 }))
@@ -333,6 +338,24 @@ impl Wasm {
         });
         Ok(status)
     }
+}
+
+/// A store for a command component, 0.2's or 0.3's.
+fn component_store(
+    engine: &wasmtime::Engine,
+    mut wasi: WasiCtxBuilder,
+    limits: StoreLimits,
+) -> Store<P2State> {
+    let mut store = Store::new(
+        engine,
+        P2State {
+            ctx: wasi.build(),
+            table: ResourceTable::new(),
+            limits,
+        },
+    );
+    store.limiter(|s| &mut s.limits);
+    store
 }
 
 /// Destinations of the spec's mounts a guest may write to: not read-only,
@@ -607,50 +630,59 @@ impl Executor for Wasm {
             self.cache.close();
             return Ok(());
         }
-        self.linked = Some(match flavor {
-            Flavor::Module => {
-                let module = self
-                    .cache
-                    .module(Kind::Command, &bytes)
-                    .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
-                amphi_core::util::trace::phase("wasm: link");
-                let mut linker: Linker<P1State> = Linker::new(engine);
-                add_wasi_p1(&mut linker, |s| &mut s.wasi)
-                    .map_err(|e| fail(format!("link WASI: {e:#}")))?;
-                let pre = linker.instantiate_pre(&module).map_err(|e| {
-                    fail(format!(
-                        "{what}: {e:#}; amphi provides wasi_snapshot_preview1 only"
-                    ))
-                })?;
-                Linked::Module(pre)
-            }
-            Flavor::Component if crate::service::exports_incoming_handler(&bytes) => {
-                let port = crate::service::port(ctx.spec)?;
-                // The service's instances come from the pooling allocator
-                // of the functions' engine, a slot per request in flight.
-                let cache = std::mem::replace(&mut self.cache, Cache::detached());
-                let mut function = crate::function::Function::new(
-                    cache,
-                    crate::function::Interface::Http,
-                    self.memory_limit,
-                    self.readonly_root,
-                    Some(SERVICE_POOL_SLOTS),
-                );
-                function.prepare(ctx)?;
-                Linked::Service(Box::new(function), port)
-            }
-            Flavor::Component => {
-                let component = self
-                    .cache
-                    .component(Kind::Command, &bytes)
-                    .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
-                let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
-                wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-                    .map_err(|e| fail(format!("link WASI: {e:#}")))?;
-                let pre = linker
-                    .instantiate_pre(&component)
-                    .and_then(CommandPre::new)
-                    .map_err(|e| {
+        self.linked =
+            Some(match flavor {
+                Flavor::Module => {
+                    let module = self
+                        .cache
+                        .module(Kind::Command, &bytes)
+                        .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
+                    amphi_core::util::trace::phase("wasm: link");
+                    let mut linker: Linker<P1State> = Linker::new(engine);
+                    add_wasi_p1(&mut linker, |s| &mut s.wasi)
+                        .map_err(|e| fail(format!("link WASI: {e:#}")))?;
+                    let pre = linker.instantiate_pre(&module).map_err(|e| {
+                        fail(format!(
+                            "{what}: {e:#}; amphi provides wasi_snapshot_preview1 only"
+                        ))
+                    })?;
+                    Linked::Module(pre)
+                }
+                Flavor::Component if crate::service::exports_incoming_handler(&bytes) => {
+                    let port = crate::service::port(ctx.spec)?;
+                    // The service's instances come from the pooling allocator
+                    // of the functions' engine, a slot per request in flight.
+                    let cache = std::mem::replace(&mut self.cache, Cache::detached());
+                    let mut function = crate::function::Function::new(
+                        cache,
+                        crate::function::Interface::Http,
+                        self.memory_limit,
+                        self.readonly_root,
+                        Some(SERVICE_POOL_SLOTS),
+                    );
+                    function.prepare(ctx)?;
+                    Linked::Service(Box::new(function), port)
+                }
+                Flavor::Component => {
+                    let component = self
+                        .cache
+                        .component(Kind::Command, &bytes)
+                        .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
+                    // Both WASI 0.2 and 0.3, as `wasmtime run` links them: a 0.3
+                    // command is run as one, anything else as 0.2's.
+                    let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
+                    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+                        .and_then(|()| wasmtime_wasi::p3::add_to_linker(&mut linker))
+                        .map_err(|e| fail(format!("link WASI: {e:#}")))?;
+                    let pre = linker.instantiate_pre(&component);
+                    if let Some(p3) = pre.as_ref().ok().and_then(|pre| {
+                        wasmtime_wasi::p3::bindings::CommandPre::new(pre.clone()).ok()
+                    }) {
+                        self.linked = Some(Linked::ComponentP3(p3));
+                        self.cache.close();
+                        return Ok(());
+                    }
+                    let pre = pre.and_then(CommandPre::new).map_err(|e| {
                         let exports: Vec<String> = component
                             .component_type()
                             .exports(engine)
@@ -658,13 +690,13 @@ impl Executor for Wasm {
                             .collect();
                         fail(format!(
                             "{what}: {e:#} (it exports [{}]); amphi runs components of the \
-                             wasi:cli/command and wasi:http/proxy worlds",
+                             wasi:cli/command (0.2 and 0.3) and wasi:http/proxy worlds",
                             exports.join(", ")
                         ))
                     })?;
-                Linked::Component(pre)
-            }
-        });
+                    Linked::Component(pre)
+                }
+            });
         // The guest gets nothing of the host's, not even a handle it cannot name.
         self.cache.close();
         Ok(())
