@@ -185,6 +185,48 @@ fn isolation_levels_decide_what_a_request_sees() {
     s.assert_clean(&env);
 }
 
+/// A `wasi:http@0.3` function (an async `handle`, the body a 0.3 stream)
+/// serves at isolation "instance" and "envelope"; "reuse" keeps 0.2
+/// instances only and is refused for it with the reason.
+#[test]
+fn a_wasi_http_0_3_function_serves_and_reuse_is_refused() {
+    let env = Env::new();
+    let dir = functions(&env);
+    let component = wasm_guest("p3-http.wasm");
+    for (name, level) in [
+        ("inst", "isolation = \"instance\""),
+        ("env", "isolation = \"envelope\""),
+    ] {
+        manifest(
+            &dir,
+            name,
+            &format!("module = {component:?}\ninterface = \"http\"\n{level}\n"),
+        );
+    }
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    for route in ["inst", "env"] {
+        for _ in 0..2 {
+            let r = s.get(&format!("/{route}/hi"));
+            assert_eq!(r.status, 200, "{route}: {}", r.text());
+            assert_eq!(
+                r.text(),
+                format!("hello from wasi:http 0.3: GET /{route}/hi\n")
+            );
+        }
+        assert_eq!(s.get(&format!("/{route}/trap")).status, 502, "{route}");
+    }
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+
+    let dir = functions(&env);
+    manifest(
+        &dir,
+        "kept",
+        &format!("module = {component:?}\ninterface = \"http\"\nisolation = \"reuse\"\n"),
+    );
+    fails_to_start(&env, &dir, &["wasi:http@0.3", "isolation \"reuse\""]);
+}
+
 /// A loopback HTTP/1.1 backend that answers every request with what it
 /// saw, and records it.
 struct Backend {

@@ -1155,3 +1155,39 @@ fn a_wasi_0_3_command_runs_as_a_container() {
     assert!(r.stderr.contains("open"), "{}", r.stderr);
     env.assert_clean(&id, &cg);
 }
+
+/// A `wasi:http@0.3` service (an async `handle`; the body written by a
+/// task the guest spawned after it returned the response) serves as a
+/// container, as a 0.2 proxy does.
+#[test]
+fn a_wasi_http_0_3_service_serves_in_its_network_namespace() {
+    let env = Env::new();
+    let mut b = env.wasm_bundle("svc3", &["/app/p3-http.wasm"]);
+    b.spec["annotations"] = json!({"amphi.io/http-port": "8182"});
+    b.spec["linux"]["resources"] = json!({"memory": {"limit": 256 << 20}});
+    b.write();
+    let id = env.id("svc3");
+    env.amphi(&["run", "-d", "--bundle", b.path(), &id]).ok();
+    let pid = env.state(&id)["pid"].as_i64().unwrap();
+    assert!(
+        wait_for(30, || get_in_netns(pid, 8182, "/").is_some()),
+        "nothing listens on 8182 in the container"
+    );
+    for n in 0..3 {
+        let r = get_in_netns(pid, 8182, &format!("/p3/n{n}")).unwrap();
+        assert!(r.starts_with("HTTP/1.0 200"), "{r}");
+        assert!(
+            r.ends_with(&format!("hello from wasi:http 0.3: GET /p3/n{n}\n")),
+            "{r}"
+        );
+    }
+    let r = get_in_netns(pid, 8182, "/p3/trap").unwrap();
+    assert!(r.starts_with("HTTP/1.0 500"), "{r}");
+    assert!(get_in_netns(pid, 8182, "/")
+        .unwrap()
+        .starts_with("HTTP/1.0 200"));
+    env.amphi(&["kill", &id, "TERM"]).ok();
+    assert!(wait_for(10, || env.status(&id).as_deref() == Some("stopped")));
+    env.amphi(&["delete", &id]).ok();
+    env.assert_clean(&id, &b.cgroup());
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the guest programs: core modules (wasm32-wasip1) for every program
-# and a component (wasm32-wasip2) of hello, a WASI 0.3 command (p3-hello),
+# and a component (wasm32-wasip2) of hello, WASI 0.3 guests (p3-hello, p3-http),
 # into bundles/out/wasm/; and the
 # benchmark and CGI programs for the host too (static, to run in a busybox rootfs),
 # into bundles/out/bin/.
@@ -27,6 +27,8 @@ cargo build --quiet --release --manifest-path "$here/http-hello/Cargo.toml" --ta
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/http_hello.wasm" "$out/http-hello.wasm"
 cargo build --quiet --release --manifest-path "$here/p3-hello/Cargo.toml" --target wasm32-wasip2
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/p3_hello.wasm" "$out/p3-hello.wasm"
+cargo build --quiet --release --manifest-path "$here/p3-http/Cargo.toml" --target wasm32-wasip2
+cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/p3_http.wasm" "$out/p3-http.wasm"
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/hello.wasm" "$out/hello-component.wasm"
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/idle.wasm" "$out/idle-component.wasm"
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/counter.wasm" "$out/counter-component.wasm"

@@ -177,6 +177,9 @@ enum Linked {
     Module(InstancePre<P1State>),
     Command(CommandPre<P2State>),
     Proxy(ProxyPre<P2State>),
+    /// A `wasi:http@0.3` service: `handle` is an async export, the bodies
+    /// are 0.3 streams, driven in the store's event loop.
+    ServiceP3(wasmtime_wasi_http::p3::bindings::ServicePre<P2State>),
 }
 
 pub struct Function {
@@ -333,11 +336,28 @@ impl Function {
             (Interface::Http, Flavor::Component) => {
                 let c = component(&mut self.cache)?;
                 self.sees_files = imports_filesystem(&c, engine);
+                // wasi:http 0.2 and 0.3 both, as `wasmtime serve` links them.
                 let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
                 wasmtime_wasi::p2::add_to_linker_async(&mut linker)
                     .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+                    .and_then(|()| wasmtime_wasi::p3::add_to_linker(&mut linker))
+                    .and_then(|()| wasmtime_wasi_http::p3::add_to_linker(&mut linker))
                     .map_err(|e| fail(format!("link wasi:http: {e:#}")))?;
-                Linked::Proxy(linker.instantiate_pre(&c).and_then(ProxyPre::new).map_err(|e| {
+                let pre = linker.instantiate_pre(&c);
+                if let Some(p3) = pre.as_ref().ok().and_then(|pre| {
+                    wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone()).ok()
+                }) {
+                    if self.reuse.is_some() {
+                        return Err(fail(format!(
+                            "{what}: a wasi:http@0.3 component: isolation \"reuse\" keeps \
+                             wasi:http@0.2 instances only; give isolation \"instance\""
+                        )));
+                    }
+                    self.linked = Some(Linked::ServiceP3(p3));
+                    self.cache.close();
+                    return Ok(());
+                }
+                Linked::Proxy(pre.and_then(ProxyPre::new).map_err(|e| {
                     fail(format!(
                         "{what}: {e:#}; interface \"http\" runs components of the wasi:http/proxy world"
                     ))
@@ -568,6 +588,24 @@ impl Function {
                 let r = timed(phases, "guest", cmd.wasi_cli_run().call_run(&mut store)).await?;
                 Ok((if r.is_ok() { 0 } else { 1 }, None))
             }
+            Linked::ServiceP3(pre) => {
+                let head = inv.head.as_ref().ok_or_else(|| {
+                    wasmtime::Error::msg("http invocation without a request head")
+                })?;
+                let mut store = self.p2_store(wasi.build(), limits);
+                let service = timed(phases, "instance", pre.instantiate_async(&mut store)).await?;
+                let mut request = hyper::Request::builder()
+                    .method(head.method.as_str())
+                    .uri(head.uri.as_str());
+                for (k, v) in &head.headers {
+                    request = request.header(k.as_str(), v.as_str());
+                }
+                let request = request.body(Full::new(inv.body.clone()))?;
+                store.data_mut().hooks.traceparent = request.headers().get("traceparent").cloned();
+                let response =
+                    timed(phases, "guest", handle_p3(&mut store, service, request)).await?;
+                Ok((0, Some(cgi_output(response)?)))
+            }
             Linked::Proxy(pre) => {
                 let head = inv.head.as_ref().ok_or_else(|| {
                     wasmtime::Error::msg("http invocation without a request head")
@@ -592,8 +630,20 @@ impl Function {
         wasi: WasiCtx,
         request: hyper::Request<hyper::body::Incoming>,
     ) -> wasmtime::Result<hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>> {
-        let Some(Linked::Proxy(pre)) = self.linked.as_ref() else {
-            wasmtime::bail!("not a wasi:http/proxy component");
+        let pre = match self.linked.as_ref() {
+            Some(Linked::Proxy(pre)) => pre,
+            Some(Linked::ServiceP3(pre)) => {
+                let _running = Running::new();
+                let mut store = self.p2_store(wasi, store_limits(self.memory_limit));
+                let service = pre.instantiate_async(&mut store).await?;
+                let response = handle_p3(&mut store, service, request).await?;
+                return Ok(response.map(|body| {
+                    Full::new(body)
+                        .map_err(|never| match never {})
+                        .boxed_unsync()
+                }));
+            }
+            _ => wasmtime::bail!("not a wasi:http/proxy component"),
         };
         let running = Running::new();
         let store = self.p2_store(wasi, store_limits(self.memory_limit));
@@ -665,6 +715,55 @@ where
             .await
     };
     Ok((guest, rx))
+}
+
+/// One request through a `wasi:http@0.3` service's instance, whole: the
+/// guest writes the body from a task of its own after it returned the
+/// response, so the body is read in the store's event loop.
+async fn handle_p3<B>(
+    store: &mut Store<P2State>,
+    service: wasmtime_wasi_http::p3::bindings::Service,
+    request: hyper::Request<B>,
+) -> wasmtime::Result<hyper::Response<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let (request, request_io) =
+        wasmtime_wasi_http::p3::Request::from_http(store.data_mut().http().hooks, request);
+    store
+        .run_concurrent(async move |accessor| {
+            let response = match service.handle(accessor, request).await? {
+                Ok(response) => response,
+                Err(code) => wasmtime::bail!("the guest answered with error {code:?}"),
+            };
+            let response = accessor.with(|mut store| response.into_http(&mut store, request_io))?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            if body.len() > MAX_STDOUT {
+                wasmtime::bail!("response over {MAX_STDOUT} bytes");
+            }
+            Ok(hyper::Response::from_parts(parts, body))
+        })
+        .await?
+}
+
+/// A whole response in CGI form: the status, the headers, the body.
+fn cgi_output(response: hyper::Response<Bytes>) -> wasmtime::Result<Bytes> {
+    let (parts, body) = response.into_parts();
+    let mut out = format!("Status: {}\r\n", parts.status.as_u16()).into_bytes();
+    for (k, v) in &parts.headers {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if out.len() + body.len() > MAX_STDOUT {
+        wasmtime::bail!("response over {MAX_STDOUT} bytes");
+    }
+    out.extend_from_slice(&body);
+    Ok(Bytes::from(out))
 }
 
 /// One request through an instance of a proxy component; the response as

@@ -21,12 +21,17 @@ pub const PORT_ANNOTATION: &str = "amphi.io/http-port";
 /// `wasmtime serve`'s port, and runwasi's.
 pub const DEFAULT_PORT: u16 = 8080;
 
-/// Whether a component is a `wasi:http/proxy`: it exports the incoming
-/// handler by name. Decided before compiling, since a command and a
-/// proxy are compiled for different engines (the proxy's pools instances).
+/// Whether a component is an HTTP service: it names wasi:http 0.2's
+/// incoming handler or 0.3's handler. Decided before compiling, since a
+/// command and a service are compiled for different engines (the
+/// service's pools instances).
 pub fn exports_incoming_handler(bytes: &[u8]) -> bool {
-    const NAME: &[u8] = b"wasi:http/incoming-handler@";
-    bytes.windows(NAME.len()).any(|w| w == NAME)
+    [
+        &b"wasi:http/incoming-handler@"[..],
+        b"wasi:http/handler@0.3",
+    ]
+    .iter()
+    .any(|name| bytes.windows(name.len()).any(|w| w == *name))
 }
 
 /// The port from the spec's annotation, or the default.
