@@ -1191,3 +1191,23 @@ fn a_wasi_http_0_3_service_serves_in_its_network_namespace() {
     env.amphi(&["delete", &id]).ok();
     env.assert_clean(&id, &b.cgroup());
 }
+
+/// A 0.3 component importing what amphi does not provide fails create with
+/// the import and the worlds amphi runs named, and leaves nothing.
+#[test]
+fn a_component_with_an_unknown_0_3_import_names_it() {
+    let env = Env::new();
+    let mut b = env.wasm_bundle("p3missing", &["/app/missing.wat"]);
+    std::fs::write(
+        b.rootfs().join("app/missing.wat"),
+        r#"(component (import "wasi:missing/thing@0.3.0" (instance (export "f" (func)))))"#,
+    )
+    .unwrap();
+    b.spec["annotations"] = json!({"run.oci.handler": "wasm"});
+    b.write();
+    let id = env.id("p3missing");
+    env.amphi(&["create", "--bundle", b.path(), &id])
+        .fails_with("wasi:missing/thing@0.3.0")
+        .fails_with("wasi:cli/command (0.2 and 0.3)");
+    env.assert_clean(&id, &b.cgroup());
+}
