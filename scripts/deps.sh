@@ -27,6 +27,8 @@ command -v strings >/dev/null || packages+=(binutils)
 command -v dbus-daemon >/dev/null || packages+=(dbus)
 # What clone paths amphi takes is checked with strace; CRIU runs in the lane.
 command -v strace >/dev/null || packages+=(strace)
+# The man pages scripts/install.sh installs are rendered in a test.
+command -v man >/dev/null || packages+=(man-db)
 command -v criu >/dev/null || packages+=(criu)
 # Binaryen's wasm-opt instruments checkpointable wasm modules (Asyncify).
 command -v wasm-opt >/dev/null || packages+=(binaryen)

@@ -8,7 +8,9 @@
 # workspace build and would compile the crates again). Installs `amphi` (the runtime: `podman
 # --runtime`, Docker's daemon.json `runtimes`, containerd's runc shim with
 # BinaryName) and `containerd-shim-amphi-v2` (containerd's runtime_type
-# io.containerd.amphi.v2), side by side: the shim runs the amphi next to it.
+# io.containerd.amphi.v2), side by side: the shim runs the amphi next to it;
+# and their man pages into PREFIX/share/man/man8 (amphi(8), amphi-run(8),
+# ..., containerd-shim-amphi-v2(8)).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 uninstall=false
@@ -18,11 +20,13 @@ if [ "${1:-}" = --uninstall ]; then
 fi
 prefix=${1:-/usr/local}
 bins=(amphi containerd-shim-amphi-v2)
+man8=$prefix/share/man/man8
 if $uninstall; then
     for b in "${bins[@]}"; do
         rm -f "$prefix/bin/$b"
     done
-    echo "removed ${bins[*]} from $prefix/bin"
+    rm -f "$man8"/amphi.8 "$man8"/amphi-*.8 "$man8"/containerd-shim-amphi-v2.8
+    echo "removed ${bins[*]} from $prefix/bin, their man pages from $man8"
     exit 0
 fi
 dir=${BIN_DIR:-}
@@ -35,4 +39,7 @@ install -d "$prefix/bin"
 for b in "${bins[@]}"; do
     install -m 0755 "$dir/$b" "$prefix/bin/$b"
 done
-echo "installed ${bins[*]} into $prefix/bin"
+install -d "$man8"
+"$prefix/bin/amphi" --generate-man "$man8"
+install -m 0644 shims/containerd-shim-amphi-v2/containerd-shim-amphi-v2.8 "$man8/"
+echo "installed ${bins[*]} into $prefix/bin, their man pages into $man8"

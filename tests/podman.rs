@@ -198,6 +198,38 @@ fn installed(prefix: &Path) -> std::path::PathBuf {
     for b in ["amphi", "containerd-shim-amphi-v2"] {
         assert!(prefix.join("bin").join(b).exists(), "{b} installed");
     }
+    // Its man pages, each rendered by man(1): amphi(8), a page per
+    // subcommand, the shim's.
+    let man8 = prefix.join("share/man/man8");
+    let pages: Vec<_> = std::fs::read_dir(&man8)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    for name in [
+        "amphi.8",
+        "amphi-run.8",
+        "amphi-exec.8",
+        "containerd-shim-amphi-v2.8",
+    ] {
+        assert!(man8.join(name).exists(), "{name} installed: {pages:?}");
+    }
+    for page in &pages {
+        let out = std::process::Command::new("man")
+            .arg("-l")
+            .arg(page)
+            .env("MANPAGER", "cat")
+            .env("MANWIDTH", "80")
+            .output()
+            .expect("man (Debian's man-db)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let stem = page.file_stem().unwrap().to_string_lossy().into_owned();
+        assert!(
+            out.status.success() && text.contains("NAME") && text.contains(&stem),
+            "man -l {}: {}{}",
+            page.display(),
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     prefix.join("bin/amphi")
 }
 
@@ -301,6 +333,11 @@ fn podman_as_root() {
         .status()
         .unwrap();
     assert!(st.success() && !amphi.exists(), "install.sh --uninstall");
+    let man8 = prefix.path().join("share/man/man8");
+    let left: Vec<_> = std::fs::read_dir(&man8)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "man pages left: {left:?}");
 }
 
 #[test]

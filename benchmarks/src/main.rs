@@ -2,7 +2,7 @@
 //! (and between amphi and runc) wants to know, measured side by side.
 //!
 //! ```sh
-//! cargo run --release -p amphi-bench -- all          # full run, updates README and benchmarks/results
+//! cargo run --release -p amphi-bench -- all          # full run, updates docs/benchmarks.md and benchmarks/results
 //! cargo run --release -p amphi-bench -- start        # one group (to target/amphi-bench/GROUP): start | throughput | memory | compute | shim | pods | serve | wasm
 //! cargo run -p amphi-bench -- all --smoke --out DIR  # tiny run (the test suite's)
 //! ```
@@ -102,7 +102,7 @@ impl Opts {
         {
             bail!("unknown group {group:?}: use all, start, throughput, memory, compute, shim, pods, density, serve, wasm or checkpoint");
         }
-        // The committed results and the README's table are a full run's:
+        // The committed results and docs/benchmarks.md's table are a full run's:
         // one group alone writes elsewhere unless told where.
         if group != "all" && o.out == report::default_out() {
             o.out = world::repo_root().join("target/amphi-bench").join(&group);

@@ -1,5 +1,6 @@
 //! Results: JSON and CSV under the output directory, SVG plots, and the
-//! README's table (rewritten between its bench markers by a full run).
+//! table in docs/benchmarks.md (rewritten between its bench markers by a
+//! full run).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -385,13 +386,13 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
         "serve",
     ] {
         if o.out.join(format!("{svg}.svg")).exists() {
-            writeln!(md, "\n![{svg}](benchmarks/results/{svg}.svg)")?;
+            writeln!(md, "\n![{svg}](../benchmarks/results/{svg}.svg)")?;
         }
     }
     std::fs::write(o.out.join("summary.md"), &md)?;
     println!("{md}");
     if !o.smoke && o.out == default_out() {
-        update_readme(&md)?;
+        update_docs(&md)?;
     }
     Ok(())
 }
@@ -434,17 +435,18 @@ fn latencies(
     bars(svg, title, "ms", &plot)
 }
 
-/// Replace the README's results between the markers with this run's.
-fn update_readme(md: &str) -> Result<()> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+/// Replace the results in docs/benchmarks.md between the markers with this
+/// run's.
+fn update_docs(md: &str) -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
     let text = std::fs::read_to_string(&path)?;
     let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
-        eprintln!("amphi-bench: README has no bench markers; results are in benchmarks/results/summary.md");
+        eprintln!("amphi-bench: docs/benchmarks.md has no bench markers; results are in benchmarks/results/summary.md");
         return Ok(());
     };
     let new = format!("{}{BEGIN}\n{md}\n{}", &text[..a], &text[b..]);
     std::fs::write(&path, new)?;
-    eprintln!("amphi-bench: README results updated");
+    eprintln!("amphi-bench: docs/benchmarks.md results updated");
     Ok(())
 }
 

@@ -31,6 +31,7 @@ struct Cli {
     /// Also write errors and warnings to this file.
     #[arg(long, global = true)]
     log: Option<PathBuf>,
+    /// Format of the log file: text or json (as runc's --log-format).
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: log::Format,
     /// Print the phases of the start path with their times on stderr.
@@ -47,8 +48,36 @@ struct Cli {
     /// slice:prefix:name, a transient prefix-name.scope unit in the slice.
     #[arg(long, global = true)]
     systemd_cgroup: bool,
+    /// Write the man pages, amphi(8) and amphi-COMMAND(8), into DIR
+    /// (scripts/install.sh does).
+    #[arg(long, hide = true, value_name = "DIR")]
+    generate_man: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// amphi(8) and a page per subcommand, as runc-run(8) and its siblings.
+fn generate_man(dir: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    let amphi = Cli::command();
+    let mut pages = vec![("amphi".to_owned(), amphi.clone())];
+    for sub in amphi.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("amphi-{}", sub.get_name());
+        // clap names a command with a &'static str; this process ends soon.
+        let title: &'static str = Box::leak(name.clone().into_boxed_str());
+        pages.push((name, sub.clone().name(title)));
+    }
+    for (name, command) in pages {
+        let path = dir.join(format!("{name}.8"));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command)
+            .section("8")
+            .manual("amphi")
+            .render(&mut page)?;
+        std::fs::write(&path, page).with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -56,12 +85,14 @@ enum WasmCacheCommand {
     /// Every compiled module, least recently used first: its module's
     /// digest and size, the artifact's size, last use, whether in use.
     List {
+        /// Output format: table or json.
         #[arg(long, value_enum, default_value = "table")]
         format: ListFormat,
     },
     /// Remove the compiled modules no container runs, least recently used
     /// first, until at most --max is left (default: all of them).
     Prune {
+        /// Keep at most this much (bytes, or with K, M, G, T).
         #[arg(long, default_value = "0", value_parser = parse_size_arg)]
         max: u64,
     },
@@ -84,6 +115,7 @@ struct CreateArgs {
     /// Bundle directory (holding config.json).
     #[arg(short, long, default_value = ".")]
     bundle: PathBuf,
+    /// Write the process's pid to this file.
     #[arg(long)]
     pid_file: Option<PathBuf>,
     /// Unix socket that receives the pty master when process.terminal is set.
@@ -110,12 +142,16 @@ struct CriuArgs {
     /// Where CRIU writes its logs (default: the image directory).
     #[arg(long)]
     work_path: Option<PathBuf>,
+    /// Allow open TCP connections (CRIU).
     #[arg(long)]
     tcp_established: bool,
+    /// Allow external unix sockets (CRIU).
     #[arg(long)]
     ext_unix_sk: bool,
+    /// Allow shell jobs (CRIU).
     #[arg(long)]
     shell_job: bool,
+    /// Handle file locks (CRIU).
     #[arg(long)]
     file_locks: bool,
     /// soft, full, strict or ignore.
@@ -124,8 +160,10 @@ struct CriuArgs {
     /// Accepted for runc's callers; namespaces are the bundle's.
     #[arg(long)]
     empty_ns: Vec<String>,
+    /// Deduplicate the images (CRIU).
     #[arg(long)]
     auto_dedup: bool,
+    /// Restore memory lazily, through a page server (CRIU).
     #[arg(long)]
     lazy_pages: bool,
 }
@@ -154,13 +192,16 @@ struct CheckpointArgs {
     /// the image directory (native only).
     #[arg(long)]
     parent_path: Option<PathBuf>,
+    /// Leave the container running after the checkpoint.
     #[arg(long)]
     leave_running: bool,
     /// Dump memory only, the container runs on (native only).
     #[arg(long)]
     pre_dump: bool,
+    /// ADDRESS:PORT of a CRIU page server.
     #[arg(long)]
     page_server: Option<String>,
+    /// Write a byte to this fd once the lazy pages server is ready (CRIU).
     #[arg(long)]
     status_fd: Option<i32>,
 }
@@ -174,10 +215,13 @@ struct RestoreArgs {
     /// Return once the container runs.
     #[arg(short, long)]
     detach: bool,
+    /// Do not make the runtime a child subreaper.
     #[arg(long)]
     no_subreaper: bool,
+    /// LSM profile of the restored process (TYPE:NAME).
     #[arg(long)]
     lsm_profile: Option<String>,
+    /// SELinux mount context of the restored container's mounts.
     #[arg(long)]
     lsm_mount_context: Option<String>,
 }
@@ -188,30 +232,40 @@ struct UpdateArgs {
     /// linux.resources as JSON ("-" for stdin); the flags below add to it.
     #[arg(short, long)]
     resources: Option<PathBuf>,
+    /// Block IO weight (10 to 1000).
     #[arg(long)]
     blkio_weight: Option<u16>,
+    /// CPU CFS period in microseconds.
     #[arg(long)]
     cpu_period: Option<u64>,
+    /// CPU CFS quota in microseconds.
     #[arg(long)]
     cpu_quota: Option<i64>,
+    /// CPU shares (relative weight).
     #[arg(long, alias = "cpu-share")]
     cpu_shares: Option<u64>,
+    /// CPU realtime period in microseconds.
     #[arg(long)]
     cpu_rt_period: Option<u64>,
+    /// CPU realtime runtime in microseconds.
     #[arg(long)]
     cpu_rt_runtime: Option<i64>,
+    /// CPUs to use (e.g. 0-3,5).
     #[arg(long)]
     cpuset_cpus: Option<String>,
+    /// Memory nodes to use (e.g. 0-1).
     #[arg(long)]
     cpuset_mems: Option<String>,
     /// Bytes, or with a k, m or g suffix.
     #[arg(long)]
     memory: Option<String>,
+    /// Memory soft limit (bytes, or with K, M, G).
     #[arg(long)]
     memory_reservation: Option<String>,
     /// Memory plus swap; -1 for unlimited.
     #[arg(long)]
     memory_swap: Option<String>,
+    /// Maximum number of processes.
     #[arg(long)]
     pids_limit: Option<i64>,
     /// Intel RDT (not supported).
@@ -223,8 +277,10 @@ struct UpdateArgs {
 enum Command {
     /// Write a default config.json into the bundle directory.
     Spec {
+        /// Bundle directory (holding config.json).
         #[arg(short, long, default_value = ".")]
         bundle: PathBuf,
+        /// Write a spec for a rootless container.
         #[arg(long)]
         rootless: bool,
     },
@@ -237,14 +293,17 @@ enum Command {
     /// Send a signal (default SIGTERM) to a container's init or all its processes.
     Kill {
         id: String,
+        /// The signal to send (name or number).
         #[arg(default_value = "SIGTERM")]
         signal: String,
+        /// Send the signal to every process of the container.
         #[arg(short, long)]
         all: bool,
     },
     /// Remove a stopped container (--force: stop it first).
     Delete {
         id: String,
+        /// Kill the container first if it runs.
         #[arg(short, long)]
         force: bool,
     },
@@ -277,8 +336,10 @@ enum Command {
     /// List containers.
     #[command(alias = "ls")]
     List {
+        /// Output format: table or json.
         #[arg(short, long, value_enum, default_value = "table")]
         format: ListFormat,
+        /// Print only the containers' ids.
         #[arg(short, long)]
         quiet: bool,
     },
@@ -288,14 +349,19 @@ enum Command {
         /// The process as runtime-spec JSON (instead of ARGS).
         #[arg(short, long)]
         process: Option<PathBuf>,
+        /// Allocate a pseudo-TTY.
         #[arg(short, long)]
         tty: bool,
+        /// Unix socket that receives the pty master.
         #[arg(long)]
         console_socket: Option<PathBuf>,
+        /// Write the process's pid to this file.
         #[arg(long)]
         pid_file: Option<PathBuf>,
+        /// Detach from the container's process.
         #[arg(short, long)]
         detach: bool,
+        /// Working directory of the process inside the container.
         #[arg(long)]
         cwd: Option<PathBuf>,
         /// KEY=VALUE, repeatable.
@@ -307,16 +373,20 @@ enum Command {
         /// Add a capability, repeatable.
         #[arg(long)]
         cap: Vec<String>,
+        /// Set no_new_privs for the process.
         #[arg(long)]
         no_new_privs: bool,
+        /// Pass this many fds beyond stdio (3, 4, ...) to the process.
         #[arg(long, default_value_t = 0)]
         preserve_fds: i32,
+        /// The command and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// List the processes of a container (host pids).
     Ps {
         id: String,
+        /// Output format: table or json.
         #[arg(short, long, value_enum, default_value = "table")]
         format: ListFormat,
     },
@@ -335,6 +405,7 @@ enum Command {
         /// A function manifest (NAME.toml), or a directory of them.
         #[arg(long)]
         functions: PathBuf,
+        /// Address the server listens on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
         /// Where the functions' generated bundles go (default: a temporary
@@ -903,6 +974,15 @@ fn wasm_cache_command(dir: &Path, command: &WasmCacheCommand) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(dir) = &cli.generate_man {
+        return match generate_man(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("amphi: man pages: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.debug {
         amphi_core::util::trace::enable();
     }
