@@ -186,16 +186,23 @@ fn isolation_levels_decide_what_a_request_sees() {
 }
 
 /// A `wasi:http@0.3` function (an async `handle`, the body a 0.3 stream)
-/// serves at isolation "instance" and "envelope"; "reuse" keeps 0.2
-/// instances only and is refused for it with the reason.
+/// serves at every isolation level; at "reuse" a kept instance serves
+/// several requests at once (`reuse_concurrency`), each a task in its
+/// event loop, as `wasmtime serve` does for 0.3: three requests that each
+/// wait, in the guest, until three are in flight in their instance all
+/// answer. A trap ends that instance; the next request gets a fresh one.
 #[test]
-fn a_wasi_http_0_3_function_serves_and_reuse_is_refused() {
+fn a_wasi_http_0_3_function_serves_requests_at_once_in_one_instance() {
     let env = Env::new();
     let dir = functions(&env);
     let component = wasm_guest("p3-http.wasm");
     for (name, level) in [
         ("inst", "isolation = \"instance\""),
         ("env", "isolation = \"envelope\""),
+        (
+            "kept",
+            "isolation = \"reuse\"\nreuse = 100\nreuse_concurrency = 4\nconcurrency = 8",
+        ),
     ] {
         manifest(
             &dir,
@@ -204,27 +211,46 @@ fn a_wasi_http_0_3_function_serves_and_reuse_is_refused() {
         );
     }
     let mut s = Serve::start(&env, &dir, &[]).unwrap();
-    for route in ["inst", "env"] {
-        for _ in 0..2 {
-            let r = s.get(&format!("/{route}/hi"));
-            assert_eq!(r.status, 200, "{route}: {}", r.text());
-            assert_eq!(
-                r.text(),
-                format!("hello from wasi:http 0.3: GET /{route}/hi\n")
-            );
-        }
-        assert_eq!(s.get(&format!("/{route}/trap")).status, 502, "{route}");
+    for route in ["inst", "env", "kept"] {
+        let r = s.get(&format!("/{route}/hi"));
+        assert_eq!(r.status, 200, "{route}: {}", r.text());
+        assert_eq!(
+            r.text(),
+            format!("hello from wasi:http 0.3: GET /{route}/hi\n")
+        );
     }
+    assert_eq!(s.get("/inst/count").text(), "count=1\n");
+    // At once, in the instance that served /kept/hi.
+    let addr = s.addr;
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                std::io::Write::write_all(
+                    &mut c,
+                    b"GET /kept/together/3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+                .unwrap();
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut c, &mut text).unwrap();
+                text
+            })
+        })
+        .collect();
+    for w in waiting {
+        let text = w.join().unwrap();
+        assert!(text.ends_with("together=3\n"), "{text}");
+    }
+    assert_eq!(s.get("/kept/count").text(), "count=5\n");
+    assert_eq!(s.get("/kept/trap").status, 502);
+    assert_eq!(
+        s.get("/kept/count").text(),
+        "count=1\n",
+        "a trapped instance was reused"
+    );
+    assert_eq!(s.get("/inst/trap").status, 502);
     assert_eq!(s.stop(), Some(0));
     s.assert_clean(&env);
-
-    let dir = functions(&env);
-    manifest(
-        &dir,
-        "kept",
-        &format!("module = {component:?}\ninterface = \"http\"\nisolation = \"reuse\"\n"),
-    );
-    fails_to_start(&env, &dir, &["wasi:http@0.3", "isolation \"reuse\""]);
 }
 
 /// A loopback HTTP/1.1 backend that answers every request with what it

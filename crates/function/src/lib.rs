@@ -102,10 +102,12 @@ pub enum Isolation {
     /// function's shared envelope: memory is never shared; the envelope's
     /// kernel objects (its cgroup, namespaces, the page cache) are.
     Instance,
-    /// A `wasi:http` instance kept for up to `requests` requests, one at a
-    /// time: what a request leaves in linear memory, globals, tables and
-    /// the instance's `/tmp`, a later request on the same instance sees.
-    Reuse { requests: u32 },
+    /// A `wasi:http` instance kept for up to `requests` requests: what a
+    /// request leaves in linear memory, globals, tables and the instance's
+    /// `/tmp`, a later request on the same instance sees. A WASI 0.3
+    /// instance serves up to `concurrency` of them at once (its handler is
+    /// async); a 0.2 instance one at a time.
+    Reuse { requests: u32, concurrency: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -197,6 +199,9 @@ struct Raw {
     tmp: Option<Quantity>,
     isolation: Option<String>,
     reuse: Option<i64>,
+    /// Isolation "reuse": requests in flight at once in one kept WASI 0.3
+    /// instance.
+    reuse_concurrency: Option<i64>,
     /// The older spelling of `isolation = "envelope"`.
     strict: Option<bool>,
     pool: Option<i64>,
@@ -416,7 +421,7 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
         name,
         raw.isolation.as_deref(),
         raw.strict,
-        raw.reuse,
+        (raw.reuse, raw.reuse_concurrency),
         interface,
     )?;
     let idle = duration(name, "idle", raw.idle, Duration::from_secs(60))?;
@@ -516,7 +521,7 @@ fn isolation(
     name: &str,
     level: Option<&str>,
     strict: Option<bool>,
-    reuse: Option<i64>,
+    (reuse, reuse_concurrency): (Option<i64>, Option<i64>),
     interface: Interface,
 ) -> Result<Isolation> {
     let level = match (level, strict) {
@@ -544,8 +549,11 @@ fn isolation(
                     "\"reuse\" keeps a wasi:http instance between requests; a CGI program runs once per instance: use \"instance\" or \"envelope\"",
                 ));
             }
+            // wasmtime serve's default for WASI 0.3.
             Isolation::Reuse {
                 requests: count(name, "reuse", reuse, 1000, 1, 1 << 20)? as u32,
+                concurrency: count(name, "reuse_concurrency", reuse_concurrency, 16, 1, 1024)?
+                    as u32,
             }
         }
         other => {
@@ -561,6 +569,13 @@ fn isolation(
             name,
             "reuse",
             "requests per instance apply to isolation = \"reuse\" only",
+        ));
+    }
+    if reuse_concurrency.is_some() && !matches!(isolation, Isolation::Reuse { .. }) {
+        return Err(bad(
+            name,
+            "reuse_concurrency",
+            "requests at once per kept instance apply to isolation = \"reuse\" only",
         ));
     }
     Ok(isolation)
@@ -1118,6 +1133,11 @@ mod tests {
         assert!(err("module = \"m\"\nisolation = \"shared\"").contains("isolation"));
         assert!(err("module = \"m\"\nisolation = \"reuse\"").contains("wasi:http"));
         assert!(err("module = \"m\"\nreuse = 5").contains("reuse"));
+        assert!(err("module = \"m\"\nreuse_concurrency = 4").contains("reuse_concurrency"));
+        assert!(err(
+            "module = \"m\"\ninterface = \"http\"\nisolation = \"reuse\"\nreuse_concurrency = 0"
+        )
+        .contains("reuse_concurrency"));
         assert!(err("module = \"m\"\nstrict = true\nisolation = \"instance\"").contains("strict"));
         let outbound = |entry: &str| {
             err(&format!(
@@ -1216,11 +1236,17 @@ mod tests {
         assert_eq!(level("isolation = \"envelope\""), Isolation::Envelope);
         assert_eq!(
             level("isolation = \"reuse\""),
-            Isolation::Reuse { requests: 1000 }
+            Isolation::Reuse {
+                requests: 1000,
+                concurrency: 16
+            }
         );
         assert_eq!(
             level("isolation = \"reuse\"\nreuse = 3"),
-            Isolation::Reuse { requests: 3 }
+            Isolation::Reuse {
+                requests: 3,
+                concurrency: 16
+            }
         );
     }
 }

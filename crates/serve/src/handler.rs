@@ -81,7 +81,9 @@ impl Handler for FunctionHandler {
                 );
                 Workload::Wasm(match plan.reuse {
                     // Each kept instance's /tmp goes in the envelope's.
-                    Some(max) => function.with_reuse(max, (plan.tmp > 0).then(|| "/tmp".into())),
+                    Some((max, concurrency)) => {
+                        function.with_reuse(max, concurrency, (plan.tmp > 0).then(|| "/tmp".into()))
+                    }
                     None => function,
                 })
             }

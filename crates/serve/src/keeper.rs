@@ -45,8 +45,8 @@ pub struct Plan {
     pub readonly_root: bool,
     /// Pooling allocator slots for a long-lived wasm envelope.
     pub pool_slots: Option<u32>,
-    /// Requests per kept instance (isolation "reuse").
-    pub reuse: Option<u32>,
+    /// Isolation "reuse": requests per kept instance, and at once in one.
+    pub reuse: Option<(u32, u32)>,
     /// Whether outgoing requests may leave (an allow-list is given).
     pub outbound: bool,
     /// For a function with a port of its own.

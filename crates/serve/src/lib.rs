@@ -244,7 +244,10 @@ fn plan(f: &Function, work: &Path) -> Result<Plan> {
         // invocations the reservation grows past what it saves.
         pool_slots: (!f.strict() && f.concurrency <= 128).then(|| 2 * f.concurrency as u32),
         reuse: match f.isolation {
-            Isolation::Reuse { requests } => Some(requests),
+            Isolation::Reuse {
+                requests,
+                concurrency,
+            } => Some((requests, concurrency)),
             _ => None,
         },
         outbound: !f.allowed_outbound_hosts.is_empty(),

@@ -198,16 +198,50 @@ pub struct Function {
     sees_files: bool,
 }
 
-/// Isolation "reuse": `wasi:http` instances kept between requests, each
-/// serving one request at a time and retired after `max`. What one
-/// request leaves in the instance (linear memory, globals, tables, its
-/// `/tmp`) the next request on it sees.
+/// Isolation "reuse": `wasi:http` instances kept between requests and
+/// retired after `max`; a 0.2 instance serves one request at a time, a
+/// 0.3 instance up to `concurrency` at once. What one request leaves in
+/// the instance (linear memory, globals, tables, its `/tmp`) the next
+/// request on it sees.
 struct Reuse {
     max: u32,
+    concurrency: u32,
     /// Where each instance's own `/tmp` is made (none when `None`).
     scratch_base: Option<PathBuf>,
     idle: std::sync::Mutex<Vec<Warm>>,
+    /// 0.3 instances taking requests.
+    serving: std::sync::Mutex<Vec<std::sync::Arc<KeptP3>>>,
     made: std::sync::atomic::AtomicU64,
+}
+
+/// A kept WASI 0.3 instance: its store runs on a task of its own, in its
+/// event loop, where each request is a task of the instance's.
+struct KeptP3 {
+    jobs: tokio::sync::mpsc::UnboundedSender<(hyper::Request<Full<Bytes>>, Reply)>,
+    /// Requests in flight on it at most.
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    accepted: std::sync::atomic::AtomicU32,
+    /// Trapped (every request after a trap would fail): not given more.
+    broken: std::sync::atomic::AtomicBool,
+    stderr: MemoryOutputPipe,
+    stderr_seen: std::sync::Mutex<usize>,
+}
+
+type Reply = tokio::sync::oneshot::Sender<wasmtime::Result<hyper::Response<Bytes>>>;
+
+/// One request on a kept 0.3 instance, and where its answer goes.
+struct JobP3 {
+    service: std::sync::Arc<wasmtime_wasi_http::p3::bindings::Service>,
+    request: hyper::Request<Full<Bytes>>,
+    reply: Reply,
+}
+
+impl wasmtime::component::AccessorTask<P2State> for JobP3 {
+    async fn run(self, accessor: &wasmtime::component::Accessor<P2State>) -> wasmtime::Result<()> {
+        let answer = serve_p3(accessor, &self.service, self.request).await;
+        let _ = self.reply.send(answer);
+        Ok(())
+    }
 }
 
 /// An instance between requests.
@@ -252,12 +286,20 @@ impl Function {
     }
 
     /// Isolation "reuse": keep instances between requests, each for up to
-    /// `max` requests, with a `/tmp` of their own below `scratch_base`.
-    pub fn with_reuse(mut self, max: u32, scratch_base: Option<PathBuf>) -> Function {
+    /// `max` requests (a 0.3 one up to `concurrency` at once), with a
+    /// `/tmp` of their own below `scratch_base`.
+    pub fn with_reuse(
+        mut self,
+        max: u32,
+        concurrency: u32,
+        scratch_base: Option<PathBuf>,
+    ) -> Function {
         self.reuse = Some(Box::new(Reuse {
             max,
+            concurrency: concurrency.max(1),
             scratch_base,
             idle: std::sync::Mutex::new(Vec::new()),
+            serving: std::sync::Mutex::new(Vec::new()),
             made: std::sync::atomic::AtomicU64::new(0),
         }));
         self
@@ -347,12 +389,6 @@ impl Function {
                 if let Some(p3) = pre.as_ref().ok().and_then(|pre| {
                     wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone()).ok()
                 }) {
-                    if self.reuse.is_some() {
-                        return Err(fail(format!(
-                            "{what}: a wasi:http@0.3 component: isolation \"reuse\" keeps \
-                             wasi:http@0.2 instances only; give isolation \"instance\""
-                        )));
-                    }
                     self.linked = Some(Linked::ServiceP3(p3));
                     self.cache.close();
                     return Ok(());
@@ -412,8 +448,14 @@ impl Function {
     /// Run one invocation to its end. Cancel it by dropping the future.
     pub async fn invoke(&self, inv: Invocation) -> Outcome {
         let _running = Running::new();
-        if let (Some(reuse), Some(Linked::Proxy(pre))) = (&self.reuse, &self.linked) {
-            return self.invoke_reused(reuse, pre, inv).await;
+        match (&self.reuse, &self.linked) {
+            (Some(reuse), Some(Linked::Proxy(pre))) => {
+                return self.invoke_reused(reuse, pre, inv).await
+            }
+            (Some(reuse), Some(Linked::ServiceP3(pre))) => {
+                return self.invoke_kept_p3(reuse, pre, inv).await
+            }
+            _ => {}
         }
         let stdout = MemoryOutputPipe::new(MAX_STDOUT);
         let stderr = MemoryOutputPipe::new(MAX_STDERR);
@@ -503,14 +545,179 @@ impl Function {
         }
     }
 
-    /// A new kept instance: the function's arguments and environment, its
-    /// own `/tmp`, stdout unused (responses go through wasi:http).
-    async fn warm(
+    /// One request on a kept 0.3 instance with a free slot (a new one when
+    /// none has): requests on one instance run at once, each a task in
+    /// its event loop. One that traps breaks the instance for the requests
+    /// in flight on it too, as in `wasmtime serve`; none is given to it
+    /// after.
+    async fn invoke_kept_p3(
         &self,
         reuse: &Reuse,
-        pre: &ProxyPre<P2State>,
+        pre: &wasmtime_wasi_http::p3::bindings::ServicePre<P2State>,
+        inv: Invocation,
+    ) -> Outcome {
+        use std::sync::atomic::Ordering;
+        let mut phases = Vec::new();
+        let failed = |stderr: Bytes, e: wasmtime::Error, phases: Vec<Phase>| Outcome {
+            exit: TRAP_EXIT,
+            stdout: Bytes::new(),
+            stderr: [
+                stderr,
+                Bytes::from(format!("amphi: wasm guest failed: {e:?}\n")),
+            ]
+            .concat()
+            .into(),
+            phases,
+        };
+        let Some(head) = inv.head.as_ref() else {
+            return failed(
+                Bytes::new(),
+                wasmtime::Error::msg("http invocation without a request head"),
+                phases,
+            );
+        };
+        let request = match http_request(head, inv.body.clone()) {
+            Ok(r) => r,
+            Err(e) => return failed(Bytes::new(), e, phases),
+        };
+        // A free slot of a serving instance, else a new instance.
+        let taken = {
+            let mut serving = reuse.serving.lock().expect("kept instances");
+            serving.retain(|k| {
+                !k.broken.load(Ordering::Relaxed) && k.accepted.load(Ordering::Relaxed) < reuse.max
+            });
+            serving.iter().find_map(|k| {
+                let slot = k.slots.clone().try_acquire_owned().ok()?;
+                k.accepted.fetch_add(1, Ordering::Relaxed);
+                Some((k.clone(), slot))
+            })
+        };
+        let (kept, _slot) = match taken {
+            Some(t) => t,
+            None => {
+                let kept = match timed(
+                    &mut phases,
+                    "instance",
+                    self.start_kept_p3(reuse, pre, &inv),
+                )
+                .await
+                {
+                    Ok(k) => std::sync::Arc::new(k),
+                    Err(e) => return failed(Bytes::new(), e, phases),
+                };
+                let slot = kept
+                    .slots
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("a new instance's slot");
+                kept.accepted.fetch_add(1, Ordering::Relaxed);
+                reuse
+                    .serving
+                    .lock()
+                    .expect("kept instances")
+                    .push(kept.clone());
+                (kept, slot)
+            }
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let sent = kept.jobs.send((request, reply)).is_ok();
+        let result = timed(&mut phases, "guest", async {
+            match (sent, answer.await) {
+                (true, Ok(r)) => r,
+                _ => Err(wasmtime::Error::msg("the kept instance ended")),
+            }
+        })
+        .await;
+        let stderr = {
+            let all = kept.stderr.contents();
+            let mut seen = kept.stderr_seen.lock().expect("stderr");
+            let new = all.slice((*seen).min(all.len())..);
+            *seen = all.len();
+            if *seen >= MAX_STDERR / 2 {
+                kept.broken.store(true, Ordering::Relaxed);
+            }
+            new
+        };
+        match result.and_then(cgi_output) {
+            Ok(response) => Outcome {
+                exit: 0,
+                stdout: response,
+                stderr,
+                phases,
+            },
+            Err(e) => {
+                kept.broken.store(true, Ordering::Relaxed);
+                failed(stderr, e, phases)
+            }
+        }
+    }
+
+    /// A kept 0.3 instance, instantiated, its event loop on a task of its
+    /// own taking requests until every handle to it is gone.
+    async fn start_kept_p3(
+        &self,
+        reuse: &Reuse,
+        pre: &wasmtime_wasi_http::p3::bindings::ServicePre<P2State>,
         inv: &Invocation,
-    ) -> wasmtime::Result<Warm> {
+    ) -> wasmtime::Result<KeptP3> {
+        let stderr = MemoryOutputPipe::new(MAX_STDERR);
+        let (mut store, scratch) = self.kept_store(reuse, inv, &stderr)?;
+        let service = match pre.instantiate_async(&mut store).await {
+            Ok(s) => std::sync::Arc::new(s),
+            Err(e) => {
+                if let Some(dir) = &scratch {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                return Err(e);
+            }
+        };
+        let (jobs, mut requests) =
+            tokio::sync::mpsc::unbounded_channel::<(hyper::Request<Full<Bytes>>, Reply)>();
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(reuse.concurrency as usize));
+        let all_slots = reuse.concurrency;
+        let done = slots.clone();
+        tokio::spawn(async move {
+            let _ = store
+                .run_concurrent(async |accessor| {
+                    while let Some((request, reply)) = requests.recv().await {
+                        let job = JobP3 {
+                            service: service.clone(),
+                            request,
+                            reply,
+                        };
+                        if accessor.spawn(job).is_err() {
+                            break;
+                        }
+                    }
+                    // Retired: the requests still in flight finish first.
+                    let _ = done.acquire_many(all_slots).await;
+                    wasmtime::Result::<()>::Ok(())
+                })
+                .await;
+            drop(store);
+            if let Some(dir) = &scratch {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        });
+        Ok(KeptP3 {
+            jobs,
+            slots,
+            accepted: Default::default(),
+            broken: Default::default(),
+            stderr,
+            stderr_seen: Default::default(),
+        })
+    }
+
+    /// A kept instance's store: the function's arguments and environment,
+    /// its own `/tmp` (made here, returned to be removed with it), stdout
+    /// unused (responses go through wasi:http).
+    fn kept_store(
+        &self,
+        reuse: &Reuse,
+        inv: &Invocation,
+        stderr: &MemoryOutputPipe,
+    ) -> wasmtime::Result<(Store<P2State>, Option<PathBuf>)> {
         let n = reuse
             .made
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -523,7 +730,6 @@ impl Function {
             std::fs::create_dir(dir)
                 .map_err(|e| wasmtime::Error::msg(format!("{}: {e}", dir.display())))?;
         }
-        let stderr = MemoryOutputPipe::new(MAX_STDERR);
         let at_start = Invocation {
             args: inv.args.clone(),
             env: inv.env.clone(),
@@ -531,11 +737,33 @@ impl Function {
             head: None,
             scratch: scratch.clone(),
         };
-        let built = self.wasi(&at_start, &MemoryOutputPipe::new(0), &stderr);
-        let mut store = self.p2_store(
-            built.map_err(wasmtime::Error::msg)?.build(),
-            store_limits(self.memory_limit),
-        );
+        let built = self.wasi(&at_start, &MemoryOutputPipe::new(0), stderr);
+        let built = match built {
+            Ok(b) => b,
+            Err(e) => {
+                if let Some(dir) = &scratch {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                return Err(wasmtime::Error::msg(e));
+            }
+        };
+        let mut built = built;
+        Ok((
+            self.p2_store(built.build(), store_limits(self.memory_limit)),
+            scratch,
+        ))
+    }
+
+    /// A new kept instance: the function's arguments and environment, its
+    /// own `/tmp`, stdout unused (responses go through wasi:http).
+    async fn warm(
+        &self,
+        reuse: &Reuse,
+        pre: &ProxyPre<P2State>,
+        inv: &Invocation,
+    ) -> wasmtime::Result<Warm> {
+        let stderr = MemoryOutputPipe::new(MAX_STDERR);
+        let (mut store, scratch) = self.kept_store(reuse, inv, &stderr)?;
         match pre.instantiate_async(&mut store).await {
             Ok(proxy) => Ok(Warm {
                 store,
@@ -594,13 +822,7 @@ impl Function {
                 })?;
                 let mut store = self.p2_store(wasi.build(), limits);
                 let service = timed(phases, "instance", pre.instantiate_async(&mut store)).await?;
-                let mut request = hyper::Request::builder()
-                    .method(head.method.as_str())
-                    .uri(head.uri.as_str());
-                for (k, v) in &head.headers {
-                    request = request.header(k.as_str(), v.as_str());
-                }
-                let request = request.body(Full::new(inv.body.clone()))?;
+                let request = http_request(head, inv.body.clone())?;
                 store.data_mut().hooks.traceparent = request.headers().get("traceparent").cloned();
                 let response =
                     timed(phases, "guest", handle_p3(&mut store, service, request)).await?;
@@ -717,9 +939,7 @@ where
     Ok((guest, rx))
 }
 
-/// One request through a `wasi:http@0.3` service's instance, whole: the
-/// guest writes the body from a task of its own after it returned the
-/// response, so the body is read in the store's event loop.
+/// One request through a `wasi:http@0.3` service's fresh instance.
 async fn handle_p3<B>(
     store: &mut Store<P2State>,
     service: wasmtime_wasi_http::p3::bindings::Service,
@@ -729,23 +949,54 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    let (request, request_io) =
-        wasmtime_wasi_http::p3::Request::from_http(store.data_mut().http().hooks, request);
     store
-        .run_concurrent(async move |accessor| {
-            let response = match service.handle(accessor, request).await? {
-                Ok(response) => response,
-                Err(code) => wasmtime::bail!("the guest answered with error {code:?}"),
-            };
-            let response = accessor.with(|mut store| response.into_http(&mut store, request_io))?;
-            let (parts, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
-            if body.len() > MAX_STDOUT {
-                wasmtime::bail!("response over {MAX_STDOUT} bytes");
-            }
-            Ok(hyper::Response::from_parts(parts, body))
-        })
+        .run_concurrent(async move |accessor| serve_p3(accessor, &service, request).await)
         .await?
+}
+
+/// One request through a 0.3 service's instance, whole, in its event
+/// loop: the guest writes the body from a task of its own after it
+/// returned the response, so the body is read there too.
+async fn serve_p3<B>(
+    accessor: &wasmtime::component::Accessor<P2State>,
+    service: &wasmtime_wasi_http::p3::bindings::Service,
+    request: hyper::Request<B>,
+) -> wasmtime::Result<hyper::Response<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type RequestIo = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    >;
+    let (request, request_io) = accessor.with(|mut store| {
+        let (request, io) =
+            wasmtime_wasi_http::p3::Request::from_http(store.get().http().hooks, request);
+        // Boxed: the future is 'static, which its opaque type hides.
+        (request, Box::pin(io) as RequestIo)
+    });
+    let response = match service.handle(accessor, request).await? {
+        Ok(response) => response,
+        Err(code) => wasmtime::bail!("the guest answered with error {code:?}"),
+    };
+    let response = accessor.with(|mut store| response.into_http(&mut store, request_io))?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    if body.len() > MAX_STDOUT {
+        wasmtime::bail!("response over {MAX_STDOUT} bytes");
+    }
+    Ok(hyper::Response::from_parts(parts, body))
+}
+
+/// A function's request as hyper's, from the head the server routed.
+fn http_request(head: &RequestHead, body: Bytes) -> wasmtime::Result<hyper::Request<Full<Bytes>>> {
+    let mut request = hyper::Request::builder()
+        .method(head.method.as_str())
+        .uri(head.uri.as_str());
+    for (k, v) in &head.headers {
+        request = request.header(k.as_str(), v.as_str());
+    }
+    Ok(request.body(Full::new(body))?)
 }
 
 /// A whole response in CGI form: the status, the headers, the body.
