@@ -256,9 +256,7 @@ struct Warm {
 
 impl Drop for Warm {
     fn drop(&mut self) {
-        if let Some(dir) = &self.scratch {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        remove_scratch(&self.scratch);
     }
 }
 
@@ -665,9 +663,7 @@ impl Function {
         let service = match pre.instantiate_async(&mut store).await {
             Ok(s) => std::sync::Arc::new(s),
             Err(e) => {
-                if let Some(dir) = &scratch {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
+                remove_scratch(&scratch);
                 return Err(e);
             }
         };
@@ -695,9 +691,7 @@ impl Function {
                 })
                 .await;
             drop(store);
-            if let Some(dir) = &scratch {
-                let _ = std::fs::remove_dir_all(dir);
-            }
+            remove_scratch(&scratch);
         });
         Ok(KeptP3 {
             jobs,
@@ -737,19 +731,15 @@ impl Function {
             head: None,
             scratch: scratch.clone(),
         };
-        let built = self.wasi(&at_start, &MemoryOutputPipe::new(0), stderr);
-        let built = match built {
-            Ok(b) => b,
+        let mut wasi = match self.wasi(&at_start, &MemoryOutputPipe::new(0), stderr) {
+            Ok(wasi) => wasi,
             Err(e) => {
-                if let Some(dir) = &scratch {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
+                remove_scratch(&scratch);
                 return Err(wasmtime::Error::msg(e));
             }
         };
-        let mut built = built;
         Ok((
-            self.p2_store(built.build(), store_limits(self.memory_limit)),
+            self.p2_store(wasi.build(), store_limits(self.memory_limit)),
             scratch,
         ))
     }
@@ -774,9 +764,7 @@ impl Function {
                 scratch,
             }),
             Err(e) => {
-                if let Some(dir) = &scratch {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
+                remove_scratch(&scratch);
                 Err(e)
             }
         }
@@ -986,6 +974,13 @@ where
         wasmtime::bail!("response over {MAX_STDOUT} bytes");
     }
     Ok(hyper::Response::from_parts(parts, body))
+}
+
+/// A kept instance's own `/tmp`, gone with it.
+fn remove_scratch(scratch: &Option<PathBuf>) {
+    if let Some(dir) = scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// A function's request as hyper's, from the head the server routed.
