@@ -1211,3 +1211,50 @@ fn a_component_with_an_unknown_0_3_import_names_it() {
         .fails_with("wasi:cli/command (0.2 and 0.3)");
     env.assert_clean(&id, &b.cgroup());
 }
+
+/// The envelope holds a 0.3 command as it holds 0.2's: TERM ends a guest
+/// waiting in an async host call (exit 143), and the memory limit caps its
+/// memories (an allocation past it traps: exit 134, the cgroup intact).
+#[test]
+fn a_wasi_0_3_command_has_the_envelopes_signals_and_limits() {
+    let env = Env::new();
+    let b = env.wasm_bundle("p3sleep", &["/app/p3-hello.wasm", "sleep"]);
+    b.write();
+    let id = env.id("p3sleep");
+    let mut child = env
+        .command(&["run", "--bundle", b.path(), &id])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "sleeping\n");
+    env.amphi(&["kill", &id, "TERM"]).ok();
+    assert_eq!(child.wait().unwrap().code(), Some(128 + 15));
+    env.assert_clean(&id, &b.cgroup());
+
+    let (r, id, cg) = run(
+        &env,
+        "p3small",
+        &["/app/p3-hello.wasm", "alloc", "16"],
+        |b| {
+            b.spec["linux"]["resources"] = json!({"memory": {"limit": 128 << 20}});
+        },
+    );
+    r.ok();
+    assert!(r.stdout.ends_with("allocated 16 MiB\n"), "{}", r.stdout);
+    env.assert_clean(&id, &cg);
+    let (r, id, cg) = run(
+        &env,
+        "p3big",
+        &["/app/p3-hello.wasm", "alloc", "512"],
+        |b| {
+            b.spec["linux"]["resources"] = json!({"memory": {"limit": 128 << 20}});
+        },
+    );
+    assert_eq!(r.code, 134, "{} {}", r.stdout, r.stderr);
+    env.assert_clean(&id, &cg);
+}

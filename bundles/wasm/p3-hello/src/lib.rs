@@ -1,7 +1,9 @@
 //! WASI 0.3's `wasi:cli/command`: prints a greeting with its arguments and
 //! `GREETING` from its environment, then acts on its arguments in turn:
 //! `read PATH` prints a file read through the preopen `/`, `stderr TEXT`
-//! writes to stderr, `fail` ends with `run` returning an error (exit 1).
+//! writes to stderr, `fail` ends with `run` returning an error (exit 1),
+//! `sleep` waits a minute in the host's clock (an async host call, for
+//! signals), `alloc MIB` grows a vector that big (for memory limits).
 use wasip3::cli::{environment, stderr, stdout};
 use wasip3::filesystem::{preopens, types};
 use wasip3::wit_stream;
@@ -79,6 +81,16 @@ impl wasip3::exports::cli::run::Guest for Command {
                     write(true, format!("{text}\n").into_bytes()).await;
                 }
                 ("fail", _) => return Err(()),
+                ("sleep", _) => {
+                    write(false, b"sleeping\n".to_vec()).await;
+                    wasip3::clocks::monotonic_clock::wait_for(60_000_000_000).await;
+                }
+                ("alloc", Some(mib)) => {
+                    let mib: usize = mib.parse().unwrap_or(0);
+                    rest.next();
+                    let grown = vec![1u8; mib << 20];
+                    write(false, format!("allocated {} MiB\n", grown.len() >> 20).into_bytes()).await;
+                }
                 _ => {}
             }
         }
