@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the benchmarks end to end on a Debian machine, as root: install what
 # they compare against (runc; crun as a lower bound), then the harness.
-# The README's results and benchmarks/results/ are rewritten.
+# The results in docs/benchmarks.md and benchmarks/results/ are rewritten.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bash "$here/../scripts/deps.sh"

@@ -29,7 +29,7 @@ pub enum Runc {
     /// runc fails this case; the text quotes the spec sentence it violates.
     Violates(&'static str),
     /// Where the spec leaves room and amphi chooses otherwise than runc
-    /// (the README says why); runc may fail the case, and where its result
+    /// (docs/conformance.md says why); runc may fail the case, and where its result
     /// depends on timing, may pass it too.
     Differs(&'static str),
 }
