@@ -463,13 +463,9 @@ impl Function {
             Err(e) => match e.downcast_ref::<I32Exit>() {
                 Some(I32Exit(code)) => (*code, None),
                 None => {
-                    let note = format!("amphi: wasm guest failed: {e:?}\n");
-                    return Outcome {
-                        exit: TRAP_EXIT,
-                        stdout: stdout.contents(),
-                        stderr: [stderr.contents(), Bytes::from(note)].concat().into(),
-                        phases,
-                    };
+                    let mut outcome = guest_failed(stderr.contents(), e, phases);
+                    outcome.stdout = stdout.contents();
+                    return outcome;
                 }
             },
         };
@@ -491,27 +487,16 @@ impl Function {
         inv: Invocation,
     ) -> Outcome {
         let mut phases = Vec::new();
-        let failed = |stderr: Bytes, e: wasmtime::Error, phases: Vec<Phase>| Outcome {
-            exit: TRAP_EXIT,
-            stdout: Bytes::new(),
-            stderr: [
-                stderr,
-                Bytes::from(format!("amphi: wasm guest failed: {e:?}\n")),
-            ]
-            .concat()
-            .into(),
-            phases,
-        };
         let idle = reuse.idle.lock().expect("reuse pool").pop();
         let mut warm = match idle {
             Some(w) => w,
             None => match timed(&mut phases, "instance", self.warm(reuse, pre, &inv)).await {
                 Ok(w) => w,
-                Err(e) => return failed(Bytes::new(), e, phases),
+                Err(e) => return guest_failed(Bytes::new(), e, phases),
             },
         };
         let Some(head) = inv.head.as_ref() else {
-            return failed(
+            return guest_failed(
                 Bytes::new(),
                 wasmtime::Error::msg("http invocation without a request head"),
                 phases,
@@ -539,7 +524,7 @@ impl Function {
                     phases,
                 }
             }
-            Err(e) => failed(stderr, e, phases),
+            Err(e) => guest_failed(stderr, e, phases),
         }
     }
 
@@ -556,19 +541,8 @@ impl Function {
     ) -> Outcome {
         use std::sync::atomic::Ordering;
         let mut phases = Vec::new();
-        let failed = |stderr: Bytes, e: wasmtime::Error, phases: Vec<Phase>| Outcome {
-            exit: TRAP_EXIT,
-            stdout: Bytes::new(),
-            stderr: [
-                stderr,
-                Bytes::from(format!("amphi: wasm guest failed: {e:?}\n")),
-            ]
-            .concat()
-            .into(),
-            phases,
-        };
         let Some(head) = inv.head.as_ref() else {
-            return failed(
+            return guest_failed(
                 Bytes::new(),
                 wasmtime::Error::msg("http invocation without a request head"),
                 phases,
@@ -576,7 +550,7 @@ impl Function {
         };
         let request = match http_request(head, inv.body.clone()) {
             Ok(r) => r,
-            Err(e) => return failed(Bytes::new(), e, phases),
+            Err(e) => return guest_failed(Bytes::new(), e, phases),
         };
         // A free slot of a serving instance, else a new instance.
         let taken = {
@@ -601,7 +575,7 @@ impl Function {
                 .await
                 {
                     Ok(k) => std::sync::Arc::new(k),
-                    Err(e) => return failed(Bytes::new(), e, phases),
+                    Err(e) => return guest_failed(Bytes::new(), e, phases),
                 };
                 let slot = kept
                     .slots
@@ -645,7 +619,7 @@ impl Function {
             },
             Err(e) => {
                 kept.broken.store(true, Ordering::Relaxed);
-                failed(stderr, e, phases)
+                guest_failed(stderr, e, phases)
             }
         }
     }
@@ -974,6 +948,18 @@ where
         wasmtime::bail!("response over {MAX_STDOUT} bytes");
     }
     Ok(hyper::Response::from_parts(parts, body))
+}
+
+/// An invocation whose guest failed (a trap, an instance that could not be
+/// made): its stderr so far, and why.
+fn guest_failed(stderr: Bytes, e: wasmtime::Error, phases: Vec<Phase>) -> Outcome {
+    let note = Bytes::from(format!("amphi: wasm guest failed: {e:?}\n"));
+    Outcome {
+        exit: TRAP_EXIT,
+        stdout: Bytes::new(),
+        stderr: [stderr, note].concat().into(),
+        phases,
+    }
 }
 
 /// A kept instance's own `/tmp`, gone with it.
