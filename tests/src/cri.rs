@@ -518,6 +518,30 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     String::from_utf8_lossy(&cmdline).replace('\0', " ")
                 })
                 .collect();
+            // Where each thread of a left shim waits.
+            let threads: Vec<String> = self
+                .shims()
+                .iter()
+                .flat_map(|pid| {
+                    std::fs::read_dir(format!("/proc/{pid}/task"))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(move |t| {
+                            let read = |f: &str| {
+                                std::fs::read_to_string(t.path().join(f)).unwrap_or_default()
+                            };
+                            let stack = read("stack");
+                            format!(
+                                "{pid}/{} {} in {}: {}",
+                                t.file_name().to_string_lossy(),
+                                read("comm").trim(),
+                                read("wchan"),
+                                stack.lines().take(4).collect::<Vec<_>>().join(" < ")
+                            )
+                        })
+                })
+                .collect();
             let log =
                 std::fs::read_to_string(self.tmp.path().join("containerd.err")).unwrap_or_default();
             let said: Vec<&str> = log
@@ -528,7 +552,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 })
                 .collect();
             panic!(
-                "shims left: {left:?}\ncontainerd on them:\n{}",
+                "shims left: {left:?}\ntheir threads:\n{}\ncontainerd on them:\n{}",
+                threads.join("\n"),
                 said.join("\n")
             );
         }

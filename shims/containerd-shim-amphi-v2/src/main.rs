@@ -15,6 +15,10 @@ use std::sync::Arc;
 
 use containerd_shim::{api, publisher::RemotePublisher, Config, ExitSignal, Flags, StartOpts};
 
+/// How long the ttrpc server may take to stop once containerd told the
+/// shim to leave.
+const SERVER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 struct Shim {
     exit: Arc<ExitSignal>,
     namespace: String,
@@ -87,6 +91,23 @@ impl containerd_shim::Shim for Shim {
 
     fn wait(&mut self) {
         self.exit.wait();
+        log::info!("shim {}: told to leave", self.id);
+        // What follows is the crate's graceful stop of its ttrpc server,
+        // which joins every connection's threads: one handler that never
+        // returns would keep this shim, forgotten by containerd, forever.
+        // Go shims do not wait for their handlers either.
+        let id = self.id.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(SERVER_STOP_GRACE);
+            log::warn!(
+                "shim {id}: the ttrpc server did not stop in {} s; leaving without it",
+                SERVER_STOP_GRACE.as_secs()
+            );
+            if let Ok(address) = std::fs::read_to_string("address") {
+                let _ = std::fs::remove_file(address.trim().trim_start_matches("unix://"));
+            }
+            std::process::exit(0);
+        });
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {

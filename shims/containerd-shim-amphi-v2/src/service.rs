@@ -833,8 +833,11 @@ impl containerd_shim::Task for Service {
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
         // One shim may serve a whole pod: it leaves with its last container.
-        if self.containers.lock().unwrap().is_empty() {
+        let containers: Vec<String> = self.containers.lock().unwrap().keys().cloned().collect();
+        if containers.is_empty() {
             self.exit.signal();
+        } else {
+            info!("shutdown: staying for {}", containers.join(" "));
         }
         Ok(api::Empty::default())
     }
