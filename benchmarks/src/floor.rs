@@ -88,7 +88,7 @@ pub fn once(rootfs: &Path, rel: &str, layout: Layout) -> Result<Duration> {
     };
     // SAFETY: the benchmark is single-threaded here, as fork needs.
     let pid = unsafe {
-        amphi_core::launch::clone3(
+        amphi_core::clone::clone3(
             nix::sched::CloneFlags::from_bits_retain(flags),
             unified.as_ref().map(|cg| cg.as_fd()),
         )

@@ -4,6 +4,7 @@
 
 pub mod capabilities;
 pub mod cgroups;
+pub mod clone;
 pub mod console;
 pub mod criu;
 pub mod devices;

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{Linux, LinuxNamespaceType, Process, Spec};
 
 use crate::{Error, Result};
 
@@ -164,9 +164,29 @@ fn invalid(file: &Path, field: &str, why: impl Into<String>) -> Error {
     }
 }
 
-/// Check what serde cannot: versions, required fields, cross-field rules.
-/// Returns the canonical rootfs path.
+/// Check what serde cannot: versions, required fields, cross-field rules,
+/// one section of the spec at a time. Returns the canonical rootfs path.
 pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
+    validate_version(file, spec)?;
+    let rootfs = validate_root(file, bundle, spec)?;
+    validate_process(file, spec)?;
+    let linux = spec.linux().as_ref();
+    let namespaces = validate_namespaces(file, linux)?;
+    validate_uts(file, spec, &namespaces)?;
+    validate_id_mappings(file, linux, &namespaces)?;
+    validate_sysctl(file, linux, &namespaces)?;
+    validate_time_offsets(file, linux, &namespaces)?;
+    if linux.is_some_and(|l| l.intel_rdt().is_some()) {
+        return Err(Error::Unsupported(format!(
+            "{}: linux.intelRdt: Intel RDT (resctrl) is not supported by amphi; remove the field",
+            file.display()
+        )));
+    }
+    validate_mounts(file, spec)?;
+    Ok(rootfs)
+}
+
+fn validate_version(file: &Path, spec: &Spec) -> Result<()> {
     let major = spec.version().split('.').next().unwrap_or("");
     if major != "1" {
         return Err(invalid(
@@ -178,7 +198,11 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
             ),
         ));
     }
+    Ok(())
+}
 
+/// `root`: the rootfs directory, canonical.
+fn validate_root(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
     let root = spec
         .root()
         .as_ref()
@@ -193,7 +217,10 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
             format!("{} is not a directory", rootfs.display()),
         ));
     }
+    Ok(rootfs)
+}
 
+fn validate_process(file: &Path, spec: &Spec) -> Result<()> {
     let process = spec
         .process()
         .as_ref()
@@ -243,8 +270,11 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
             }
         }
     }
+    Ok(())
+}
 
-    let linux = spec.linux().as_ref();
+/// `linux.namespaces`, each once; returns the types given.
+fn validate_namespaces(file: &Path, linux: Option<&Linux>) -> Result<HashSet<LinuxNamespaceType>> {
     let namespaces = linux.and_then(|l| l.namespaces().as_ref());
     let mut seen = HashSet::new();
     for (i, ns) in namespaces.into_iter().flatten().enumerate() {
@@ -265,7 +295,12 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
             }
         }
     }
-    let has_ns = |t: LinuxNamespaceType| seen.contains(&t);
+    Ok(seen)
+}
+
+/// A hostname or domainname is the container's own only in a uts namespace.
+fn validate_uts(file: &Path, spec: &Spec, namespaces: &HashSet<LinuxNamespaceType>) -> Result<()> {
+    let has_ns = |t: LinuxNamespaceType| namespaces.contains(&t);
     if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !has_ns(LinuxNamespaceType::Uts)
     {
         return Err(invalid(
@@ -283,11 +318,21 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
             "setting a domainname needs a uts namespace in linux.namespaces",
         ));
     }
+    Ok(())
+}
+
+/// `linux.uidMappings` and `gidMappings`: in a user namespace, non-empty
+/// and not overlapping.
+fn validate_id_mappings(
+    file: &Path,
+    linux: Option<&Linux>,
+    namespaces: &HashSet<LinuxNamespaceType>,
+) -> Result<()> {
     let maps = linux.is_some_and(|l| {
         l.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
             || l.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
     });
-    if maps && !has_ns(LinuxNamespaceType::User) {
+    if maps && !namespaces.contains(&LinuxNamespaceType::User) {
         return Err(invalid(
             file,
             "linux.uidMappings",
@@ -326,6 +371,15 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
             }
         }
     }
+    Ok(())
+}
+
+/// `linux.sysctl`: namespaced keys only, in a namespace of the container's.
+fn validate_sysctl(
+    file: &Path,
+    linux: Option<&Linux>,
+    namespaces: &HashSet<LinuxNamespaceType>,
+) -> Result<()> {
     if let Some(sysctl) = linux.and_then(|l| l.sysctl().as_ref()) {
         for key in sysctl.keys() {
             let needs = sysctl_namespace(key);
@@ -338,7 +392,7 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
                         "not a namespaced sysctl: it would change the host",
                     ))
                 }
-                Some(t) if !has_ns(t) => {
+                Some(t) if !namespaces.contains(&t) => {
                     return Err(invalid(
                         file,
                         &field,
@@ -349,6 +403,15 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
             }
         }
     }
+    Ok(())
+}
+
+/// `linux.timeOffsets`: monotonic and boottime, in a new time namespace.
+fn validate_time_offsets(
+    file: &Path,
+    linux: Option<&Linux>,
+    namespaces: &HashSet<LinuxNamespaceType>,
+) -> Result<()> {
     if let Some(offsets) = linux.and_then(|l| l.time_offsets().as_ref()) {
         for clock in offsets.keys() {
             if clock != "monotonic" && clock != "boottime" {
@@ -359,11 +422,12 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
                 ));
             }
         }
-        let joined = namespaces
+        let joined = linux
+            .and_then(|l| l.namespaces().as_ref())
             .into_iter()
             .flatten()
             .any(|n| n.typ() == LinuxNamespaceType::Time && n.path().is_some());
-        if !offsets.is_empty() && (!has_ns(LinuxNamespaceType::Time) || joined) {
+        if !offsets.is_empty() && (!namespaces.contains(&LinuxNamespaceType::Time) || joined) {
             return Err(invalid(
                 file,
                 "linux.timeOffsets",
@@ -371,12 +435,10 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
             ));
         }
     }
-    if linux.is_some_and(|l| l.intel_rdt().is_some()) {
-        return Err(Error::Unsupported(format!(
-            "{}: linux.intelRdt: Intel RDT (resctrl) is not supported by amphi; remove the field",
-            file.display()
-        )));
-    }
+    Ok(())
+}
+
+fn validate_mounts(file: &Path, spec: &Spec) -> Result<()> {
     if let Some(mounts) = spec.mounts() {
         if mounts.len() > MAX_MOUNTS {
             return Err(invalid(
@@ -394,7 +456,7 @@ pub fn validate(file: &Path, bundle: &Path, spec: &Spec) -> Result<PathBuf> {
             }
         }
     }
-    Ok(rootfs)
+    Ok(())
 }
 
 /// The namespace a sysctl belongs to, for the ones a container may set

@@ -7,7 +7,7 @@
 //! queue, timeout) as the server does ([`crate::invocation`]) and reports
 //! each request afterwards ([`Served`]) for the server's log line, metrics
 //! and trace. The server takes the port back to scale to zero
-//! ([`ToWorker::Drain`](crate::worker::ToWorker::Drain)) and gives it to a
+//! ([`ToWorker::Drain`](crate::protocol::ToWorker::Drain)) and gives it to a
 //! new envelope when a connection waits.
 
 use std::net::SocketAddr;
@@ -24,14 +24,15 @@ use hyper::{Request, Response, StatusCode};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use crate::in_process::{phases, InProcess};
 use crate::invocation::{
     self, busy_response, failed, text, timed_out, too_large_response, Admission, Ending, Input,
     MAX_STDERR_LOGGED,
 };
-use crate::worker::{epoch_ns, send, FromWorker, InProcess, Served};
+use crate::protocol::{epoch_ns, send, FromWorker, Served};
 
 /// The most bytes of reports in one message (estimated; a message may
-/// hold up to [`crate::worker::MAX_MESSAGE`]).
+/// hold up to [`crate::protocol::MAX_MESSAGE`]).
 const REPORT_BATCH: usize = 64 << 10;
 /// Invocation ids of the port, apart from those the server numbers (their
 /// scratch directories share the envelope's /tmp).
@@ -279,7 +280,7 @@ impl Direct {
             }
             Ok(Ok(o)) => o,
         };
-        served.phases.extend(crate::worker::phases(&outcome.phases));
+        served.phases.extend(phases(&outcome.phases));
         let stderr = &outcome.stderr[..outcome.stderr.len().min(MAX_STDERR_LOGGED)];
         served.stderr = String::from_utf8_lossy(stderr).into_owned();
         let ending = Ending {

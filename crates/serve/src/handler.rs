@@ -7,17 +7,41 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use amphi_core::executor::{Executor, Handler, Verdict};
+use amphi_core::seccomp::Program;
 use amphi_core::{Error, Result};
 use amphi_function::{Interface, FUNCTION_ANNOTATION};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{Process, Spec};
 
-use crate::keeper::Plan;
 use crate::worker::{Worker, Workload};
 use crate::Engine;
+
+/// What a function's envelope is made from: the keeper creates it, the
+/// handler builds its worker.
+#[derive(Clone)]
+pub struct Plan {
+    pub name: String,
+    /// The bundle directory written for the worker (config.json).
+    pub bundle: PathBuf,
+    pub process: Process,
+    pub seccomp: Option<Program>,
+    pub tmp: u64,
+    pub interface: Interface,
+    pub engine: Engine,
+    pub memory: Option<u64>,
+    pub readonly_root: bool,
+    /// Pooling allocator slots for a long-lived wasm envelope.
+    pub pool_slots: Option<u32>,
+    /// Isolation "reuse": requests per kept instance, and at once in one.
+    pub reuse: Option<(u32, u32)>,
+    /// Whether outgoing requests may leave (an allow-list is given).
+    pub outbound: bool,
+    /// For a function with a port of its own.
+    pub direct: Option<std::sync::Arc<crate::direct::Plan>>,
+}
 
 /// Control sockets waiting for their envelope, by container id.
 pub type Pending = Rc<RefCell<HashMap<String, OwnedFd>>>;

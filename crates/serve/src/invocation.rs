@@ -12,14 +12,14 @@ use hyper::{Response, StatusCode};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::cgi;
-use crate::worker::Head;
+use crate::protocol::Head;
 
 /// The most a function may answer (headers and body).
 pub const MAX_RESPONSE: usize = 16 << 20;
 /// The most of an invocation's stderr kept for the log.
 pub const MAX_STDERR_LOGGED: usize = 2048;
 /// The largest request head read (hyper answers 431 beyond it); with its
-/// CGI variables it fits a worker message ([`crate::worker::MAX_MESSAGE`]).
+/// CGI variables it fits a worker message ([`crate::protocol::MAX_MESSAGE`]).
 pub const MAX_REQUEST_HEAD: usize = 64 << 10;
 
 /// Accept HTTP/1 connections until `stop`, each served by `handle`

@@ -17,41 +17,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use amphi_core::seccomp::Program;
-use amphi_function::Interface;
 use amphi_runtime::{CreateOptions, Runtime};
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use oci_spec::runtime::Process;
 use serde::{Deserialize, Serialize};
 
-use crate::handler::{FunctionHandler, Pending};
-use crate::worker::{recv, send, MAX_MESSAGE};
-use crate::Engine;
-
-/// What the keeper needs of a function to make its envelopes.
-#[derive(Clone)]
-pub struct Plan {
-    pub name: String,
-    /// The bundle directory written for the worker (config.json).
-    pub bundle: PathBuf,
-    pub process: Process,
-    pub seccomp: Option<Program>,
-    pub tmp: u64,
-    pub interface: Interface,
-    pub engine: Engine,
-    pub memory: Option<u64>,
-    pub readonly_root: bool,
-    /// Pooling allocator slots for a long-lived wasm envelope.
-    pub pool_slots: Option<u32>,
-    /// Isolation "reuse": requests per kept instance, and at once in one.
-    pub reuse: Option<(u32, u32)>,
-    /// Whether outgoing requests may leave (an allow-list is given).
-    pub outbound: bool,
-    /// For a function with a port of its own.
-    pub direct: Option<std::sync::Arc<crate::direct::Plan>>,
-}
+use crate::handler::{FunctionHandler, Pending, Plan};
+use crate::protocol::{recv, send, MAX_MESSAGE};
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]

@@ -18,10 +18,13 @@
 pub mod cgi;
 mod direct;
 pub mod handler;
+mod in_process;
 mod invocation;
 pub mod keeper;
+pub mod log;
 pub mod metrics;
 mod outbound;
+pub mod protocol;
 pub mod server;
 pub mod trace;
 pub mod worker;
@@ -35,7 +38,8 @@ use amphi_wasm::detect::{is_wasm, Wasm};
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::{Capability, MountBuilder, Spec};
 
-use keeper::{Keeper, Plan};
+use handler::Plan;
+use keeper::Keeper;
 
 pub struct Options {
     pub functions: PathBuf,

@@ -13,7 +13,16 @@ use amphi_wasm::outbound::{refusal, send, Error, Limits, WasiBody};
 use hyper::body::Incoming;
 use hyper::Request;
 
-use crate::server::{log_line, Func};
+use amphi_function::Function;
+
+use crate::log::log_line;
+
+/// What the proxy needs of the function whose requests it makes.
+pub(crate) trait Caller: Send + Sync + 'static {
+    fn function(&self) -> &Function;
+    /// Count one outgoing request's outcome in the function's metrics.
+    fn count_outbound(&self, outcome: &'static str);
+}
 
 /// Connecting to a backend; reading from it waits up to the function's
 /// own timeout, which ends the invocation anyway.
@@ -24,7 +33,7 @@ const MAX_BODY: usize = 16 << 20;
 /// Serve one worker's outgoing request (or several in turn, if its client
 /// keeps the connection) on `stream`: a socket pair's end (wasi:http) or a
 /// connection a native invocation made to its `http_proxy`.
-pub(crate) async fn serve(func: Arc<Func>, stream: OwnedFd) {
+pub(crate) async fn serve<C: Caller>(func: Arc<C>, stream: OwnedFd) {
     let unix = matches!(
         nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(stream.as_raw_fd())
             .map(|a| nix::sys::socket::SockaddrLike::family(&a)),
@@ -45,7 +54,7 @@ pub(crate) async fn serve(func: Arc<Func>, stream: OwnedFd) {
         Ok(io) => io,
         Err(e) => {
             log_line(
-                serde_json::json!({"msg": "outbound", "function": func.f.name, "error": format!("the worker's socket: {e}")}),
+                serde_json::json!({"msg": "outbound", "function": func.function().name, "error": format!("the worker's socket: {e}")}),
             );
             return;
         }
@@ -63,8 +72,8 @@ pub(crate) async fn serve(func: Arc<Func>, stream: OwnedFd) {
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
 
-async fn proxy(func: Arc<Func>, mut req: Request<Incoming>) -> hyper::Response<WasiBody> {
-    let f = &func.f;
+async fn proxy<C: Caller>(func: Arc<C>, mut req: Request<Incoming>) -> hyper::Response<WasiBody> {
+    let f = func.function();
     let uri = req.uri().clone();
     let method = req.method().to_string();
     let span = crate::trace::outbound(&f.name, &method, &uri.to_string(), req.headers());
@@ -84,7 +93,7 @@ async fn proxy(func: Arc<Func>, mut req: Request<Incoming>) -> hyper::Response<W
                 None,
             );
         }
-        func.metrics.outbound(outcome);
+        func.count_outbound(outcome);
         let mut line = serde_json::json!({"msg": "outbound", "function": f.name, "method": method, "url": uri.to_string(), "outcome": outcome});
         if let (Some(line), Some(detail)) = (line.as_object_mut(), detail.as_object()) {
             line.extend(detail.clone());

@@ -25,8 +25,9 @@ use crate::invocation::{
     MAX_RESPONSE, MAX_STDERR_LOGGED,
 };
 use crate::keeper::Keeper;
+use crate::log::{log_line, log_lines};
 use crate::metrics::{self, FunctionMetrics};
-use crate::worker::{recv, send, Done, FromWorker, Head, Served, ToWorker};
+use crate::protocol::{recv, send, Done, FromWorker, Head, Served, ToWorker};
 
 pub struct Settings {
     pub listen: SocketAddr,
@@ -69,7 +70,7 @@ impl Envelope {
     /// request to the proxy; at the end of the stream the envelope is dead
     /// and every waiting invocation learns it.
     async fn read_reports(self: Arc<Self>, func: Arc<Func>) {
-        let mut buf = vec![0u8; crate::worker::MAX_MESSAGE];
+        let mut buf = vec![0u8; crate::protocol::MAX_MESSAGE];
         loop {
             let r = self
                 .control
@@ -145,6 +146,16 @@ pub(crate) struct Func {
     pub(crate) metrics: FunctionMetrics,
     /// The function's own port (`listen`), bound at start.
     port: std::sync::OnceLock<std::net::TcpListener>,
+}
+
+impl crate::outbound::Caller for Func {
+    fn function(&self) -> &Function {
+        &self.f
+    }
+
+    fn count_outbound(&self, outcome: &'static str) {
+        self.metrics.outbound(outcome);
+    }
 }
 
 pub struct Server {
@@ -945,24 +956,6 @@ struct Record {
     traceparent: Option<String>,
     /// Phases of the invocation with their times, for its trace.
     phases: Vec<(&'static str, SystemTime, SystemTime)>,
-}
-
-/// One JSON line on stderr.
-pub fn log_line(v: serde_json::Value) {
-    log_lines(vec![v]);
-}
-
-/// JSON lines on stderr, in one write.
-fn log_lines(lines: Vec<serde_json::Value>) {
-    let time = amphi_core::util::rfc3339_now();
-    let mut out = String::new();
-    for mut v in lines {
-        v["time"] = time.as_str().into();
-        out.push_str(&v.to_string());
-        out.push('\n');
-    }
-    use std::io::Write;
-    let _ = std::io::stderr().lock().write_all(out.as_bytes());
 }
 
 /// Serve until SIGTERM or SIGINT, then finish in-flight requests (up to the

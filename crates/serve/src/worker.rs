@@ -8,133 +8,25 @@
 //!
 //! The host talks to the worker over a SOCK_SEQPACKET socket: one message
 //! per invocation carrying its stream socket (body in, CGI response out)
-//! and a pipe for its stderr; one message back with how it ended. A
+//! and a pipe for its stderr; one message back with how it ended
+//! ([`crate::protocol`]). A
 //! function allowed outgoing requests sends one more per request: a
 //! stream socket on which the host proxies it
 //! ([`amphi_wasm::outbound`]).
 
 use std::collections::HashMap;
-use std::io::IoSliceMut;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
+use crate::in_process::InProcess;
+use crate::protocol::{recv, send, Done, FromWorker, ToWorker, MAX_MESSAGE};
 use amphi_core::executor::{Executor, PrepareContext};
 use amphi_core::seccomp::Program;
 use amphi_core::{Error, Result};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::Process;
-use serde::{Deserialize, Serialize};
-
-/// The largest message either side sends (an invocation's head and CGI
-/// variables; the server caps request heads well below it).
-pub const MAX_MESSAGE: usize = 256 << 10;
-
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum ToWorker {
-    /// Run one invocation; fds: its stream socket, its stderr pipe.
-    Invoke {
-        id: u64,
-        /// CGI variables (and the function's own environment).
-        env: Vec<(String, String)>,
-        /// For wasi:http functions: the request head.
-        head: Option<Head>,
-    },
-    /// The host gave up on an invocation (timeout): kill it.
-    Cancel { id: u64 },
-    /// Serve the function's own port; fd: its listening socket.
-    Listen {
-        /// Whether the server traces invocations.
-        traced: bool,
-        /// Whether the envelope was made for a waiting connection: its
-        /// first request is a cold start.
-        cold: bool,
-    },
-    /// Stop accepting, finish what is in flight, then say [`FromWorker::Drained`].
-    Drain,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct Head {
-    pub method: String,
-    pub uri: String,
-    pub headers: Vec<(String, String)>,
-}
-
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum FromWorker {
-    Done(Done),
-    /// An outgoing request; fd: the stream socket to proxy it on.
-    Outbound,
-    /// Requests the worker served on the function's own port.
-    Served {
-        reports: Vec<Served>,
-    },
-    /// The port is given back and nothing is in flight.
-    Drained,
-}
-
-/// What the server logs, counts and traces of a request served on the
-/// function's own port.
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
-pub struct Served {
-    pub method: String,
-    pub path: String,
-    pub status: u16,
-    /// Nanoseconds since the epoch.
-    pub started: u64,
-    pub ended: u64,
-    pub cold: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The `amphi_errors_total` kind (overload, too_large, timeout, crash).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_kind: Option<String>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub stderr: String,
-    /// Timed steps (queue, run, instance, guest) as in [`Done::phases`].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub phases: Vec<(String, u64, u64)>,
-    /// Requests in flight on the port when this one ended.
-    pub in_flight: usize,
-    /// The client's `traceparent`, and the one the function got (when
-    /// tracing): the server exports the span the second one names.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace: Option<(Option<String>, String)>,
-}
-
-impl Served {
-    /// At least the bytes of its JSON: paths escape at most `"` and `\`,
-    /// stderr and errors may escape every byte (`\u0000`).
-    pub fn size_estimate(&self) -> usize {
-        512 + self.method.len()
-            + 2 * self.path.len()
-            + 6 * (self.stderr.len() + self.error.as_ref().map_or(0, String::len))
-    }
-}
-
-/// Nanoseconds since the epoch.
-pub fn epoch_ns(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// How an invocation ended.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct Done {
-    pub id: u64,
-    pub exit: Option<i32>,
-    pub signal: Option<i32>,
-    pub error: Option<String>,
-    /// Timed steps in the worker (wasm: instance, guest), as names and
-    /// nanoseconds since the epoch, for the invocation's trace.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub phases: Vec<(String, u64, u64)>,
-}
 
 /// What the worker runs per invocation.
 pub enum Workload {
@@ -192,42 +84,6 @@ impl Executor for Worker {
 
 fn sys(op: &str, e: nix::Error) -> Error {
     Error::sys(op.to_string(), e)
-}
-
-/// Send one JSON message, with fds.
-pub fn send<T: Serialize>(sock: BorrowedFd, msg: &T, fds: &[RawFd]) -> nix::Result<()> {
-    let data = serde_json::to_vec(msg).expect("json");
-    let iov = [std::io::IoSlice::new(&data)];
-    let cmsg = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
-    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None).map(|_| ())
-}
-
-/// Receive one message and its fds; None at end of stream.
-pub fn recv(sock: BorrowedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Vec<OwnedFd>)>> {
-    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut fds = Vec::new();
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            // SAFETY: received fds are new and ours alone.
-            fds.extend(
-                raw.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
-    }
-    let n = msg.bytes;
-    if n == 0 && fds.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some((n, fds)))
 }
 
 impl Worker {
@@ -541,135 +397,6 @@ impl Worker {
         match &self.workload {
             Workload::Native(native) => Err(native.execve(&process)),
             Workload::Wasm(_) => Err(Error::Init("wasm invocations run in process".into())),
-        }
-    }
-}
-
-/// What the tasks of an in-process worker share.
-pub struct InProcess {
-    function: amphi_wasm::function::Function,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    /// Where invocations' scratch directories go (the envelope's /tmp).
-    scratch: Option<std::path::PathBuf>,
-    cancels: std::sync::Mutex<HashMap<u64, std::sync::Arc<tokio::sync::Notify>>>,
-}
-
-impl InProcess {
-    /// One invocation with its body in memory. Dropping the future ends
-    /// the guest (at its next epoch tick or host call) and removes its
-    /// scratch directory.
-    pub async fn run(
-        &self,
-        id: u64,
-        env: Vec<(String, String)>,
-        head: Option<Head>,
-        body: bytes::Bytes,
-    ) -> std::result::Result<amphi_wasm::function::Outcome, String> {
-        let scratch = match self.scratch.as_ref().filter(|_| self.function.sees_files()) {
-            Some(base) => {
-                let dir = amphi_wasm::function::scratch_dir(base, id);
-                std::fs::create_dir(&dir)
-                    .map_err(|e| format!("scratch directory {}: {e}", dir.display()))?;
-                Some(Scratch(dir))
-            }
-            None => None,
-        };
-        let mut all_env = self.env.clone();
-        all_env.extend(env);
-        let invocation = amphi_wasm::function::Invocation {
-            args: self.args.clone(),
-            env: all_env,
-            body,
-            head: head.map(|h| amphi_wasm::function::RequestHead {
-                method: h.method,
-                uri: h.uri,
-                headers: h.headers,
-            }),
-            scratch: scratch.as_ref().map(|s| s.0.clone()),
-        };
-        Ok(self.function.invoke(invocation).await)
-    }
-
-    /// An invocation the server routed: body in on its stream socket, the
-    /// response out on it, stderr on its pipe.
-    async fn invoke(
-        &self,
-        id: u64,
-        env: Vec<(String, String)>,
-        head: Option<Head>,
-        fds: Vec<OwnedFd>,
-        cancel: std::sync::Arc<tokio::sync::Notify>,
-    ) -> Done {
-        let report = |exit: Option<i32>, signal: Option<i32>, error: Option<String>| Done {
-            id,
-            exit,
-            signal,
-            error,
-            phases: Vec::new(),
-        };
-        let mut fds = fds.into_iter();
-        let (Some(io), Some(err)) = (fds.next(), fds.next()) else {
-            return report(None, None, Some("invocation without its sockets".into()));
-        };
-        let streams = (|| -> std::io::Result<_> {
-            let io = std::os::unix::net::UnixStream::from(io);
-            io.set_nonblocking(true)?;
-            nix::fcntl::fcntl(
-                &err,
-                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-            )?;
-            Ok((
-                tokio::net::UnixStream::from_std(io)?,
-                tokio::net::unix::pipe::Sender::from_owned_fd(err)?,
-            ))
-        })();
-        let (mut io, mut err) = match streams {
-            Ok(s) => s,
-            Err(e) => return report(None, None, Some(format!("invocation streams: {e}"))),
-        };
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut body = Vec::new();
-        if let Err(e) = io.read_to_end(&mut body).await {
-            return report(None, None, Some(format!("reading the request body: {e}")));
-        }
-        let outcome = tokio::select! {
-            o = self.run(id, env, head, body.into()) => Some(o),
-            _ = cancel.notified() => None,
-        };
-        match outcome {
-            // Cancelled: ended as if killed.
-            None => report(None, Some(libc::SIGKILL), None),
-            Some(Err(e)) => report(None, None, Some(e)),
-            Some(Ok(o)) => {
-                let _ = io.write_all(&o.stdout).await;
-                let _ = io.shutdown().await;
-                let _ = err.write_all(&o.stderr).await;
-                Done {
-                    phases: phases(&o.phases),
-                    ..report(Some(o.exit), None, None)
-                }
-            }
-        }
-    }
-}
-
-/// A wasm invocation's phases, for the server.
-pub fn phases(phases: &[amphi_wasm::function::Phase]) -> Vec<(String, u64, u64)> {
-    phases
-        .iter()
-        .map(|(name, from, to)| (name.to_string(), epoch_ns(*from), epoch_ns(*to)))
-        .collect()
-}
-
-/// An invocation's scratch directory, removed with it.
-struct Scratch(std::path::PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        // Most invocations write nothing: one rmdir, no walk.
-        if std::fs::remove_dir(&self.0).is_err() {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 }

@@ -46,7 +46,7 @@ use wasmtime::{Engine, Module};
 
 use crate::compile::{compile_in_helper, How};
 use crate::engine::{self, Kind};
-use crate::Flavor;
+use crate::{hex, Flavor};
 
 /// The default of `--wasm-cache-max`: room for a few big programs (a 68 MB
 /// C++ module compiles to about 220 MB) and many small ones.
@@ -107,10 +107,6 @@ pub struct Entry {
     pub last_use: SystemTime,
     /// A running container holds it.
     pub in_use: bool,
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Feeds what `Hash` writes into a SHA-256: unlike `DefaultHasher`, the

@@ -21,8 +21,8 @@ use std::os::fd::OwnedFd;
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use sha2::{Digest, Sha256};
 
-use crate::cache::hex;
 use crate::engine::{compiling_engine, Kind};
+use crate::hex;
 use crate::Flavor;
 
 pub(crate) enum How {

@@ -34,7 +34,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::engine::{Kind, POOL_SLOTS};
-use crate::{compile_error, fail, flavor, store_limits, Cache, Flavor, TRAP_EXIT};
+use crate::guest::{add_wasi_p1, compile_error, fail, flavor, store_limits, Flavor, TRAP_EXIT};
+use crate::Cache;
 
 /// How often running guests yield (and notice that they were cancelled).
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -357,7 +358,7 @@ impl Function {
                             || i.name() == "fd_readdir")
                 });
                 let mut linker: Linker<P1State> = Linker::new(engine);
-                crate::executor::add_wasi_p1(&mut linker, |s| &mut s.wasi)
+                add_wasi_p1(&mut linker, |s| &mut s.wasi)
                     .map_err(|e| fail(format!("link WASI: {e:#}")))?;
                 Linked::Module(linker.instantiate_pre(&module).map_err(|e| {
                     fail(format!("{what}: {e:#}; amphi provides wasi_snapshot_preview1 only"))

@@ -41,6 +41,8 @@ mod executor;
 #[cfg(feature = "engine")]
 pub mod function;
 #[cfg(feature = "engine")]
+mod guest;
+#[cfg(feature = "engine")]
 pub mod outbound;
 #[cfg(feature = "engine")]
 pub mod service;
@@ -52,10 +54,16 @@ pub use compile::CompilerKilled;
 #[cfg(feature = "engine")]
 pub use executor::*;
 #[cfg(feature = "engine")]
-use executor::{compile_error, fail, store_limits};
+pub use guest::{flavor, guest_memory_cap, Flavor, RUNTIME_HEADROOM, TRAP_EXIT};
 
 #[cfg(feature = "engine")]
 pub use handler::Handler;
+
+/// Lower-case hex of a digest, as artifact names and sums spell it.
+#[cfg(feature = "engine")]
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 #[cfg(feature = "engine")]
 mod handler {

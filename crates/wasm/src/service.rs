@@ -13,8 +13,8 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::executor::fail;
 use crate::function::Function;
+use crate::guest::fail;
 
 /// The annotation that names the port the service listens on.
 pub const PORT_ANNOTATION: &str = "amphi.io/http-port";

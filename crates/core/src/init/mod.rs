@@ -21,9 +21,9 @@ use nix::sys::stat::{umask, Mode as FileMode};
 use nix::unistd::{setresgid, setresuid, Gid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 
+use crate::clone::{clone, keep_fds};
 use crate::error::SysContext;
 use crate::executor::Executor;
-use crate::launch::{clone, keep_fds};
 use crate::namespaces::Plan;
 use crate::procfs::{self, ProcFs};
 use crate::seccomp::Program;
@@ -51,7 +51,7 @@ pub struct InitArgs<'a> {
     pub state_dir: OwnedFd,
     pub cgroup_paths: &'a [std::path::PathBuf],
     /// v1 `tasks` files to move this process into before anything else.
-    pub cgroup_tasks: Vec<crate::launch::CgroupTasks>,
+    pub cgroup_tasks: Vec<crate::clone::CgroupTasks>,
     pub preserve_fds: i32,
     /// The connected console socket (the parent's fd, inherited).
     pub console_socket: Option<RawFd>,

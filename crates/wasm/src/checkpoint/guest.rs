@@ -32,7 +32,7 @@ const OFLAGS_CREATE_TRUNCATE: u32 = 1 | 4 | 8;
 pub(crate) fn listen(state_dir: BorrowedFd) -> amphi_core::Result<UnixListener> {
     let path = format!("/proc/self/fd/{}/{}", state_dir.as_raw_fd(), super::SOCKET);
     UnixListener::bind(&path)
-        .map_err(|e| crate::fail(format!("checkpoint socket {}: {e}", super::SOCKET)))
+        .map_err(|e| crate::guest::fail(format!("checkpoint socket {}: {e}", super::SOCKET)))
 }
 
 struct Pending {

@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cache::hex;
+use crate::hex;
 
 /// The bundle annotation that makes a wasm container checkpointable.
 pub const ANNOTATION: &str = "io.github.amphi.checkpoint";
