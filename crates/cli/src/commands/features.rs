@@ -1,52 +1,16 @@
-//! `amphi spec` and `amphi features`.
+//! `amphi features`: what this runtime supports, as runtime-spec features
+//! JSON.
 
-use std::path::Path;
+use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use oci_spec::runtime::{ProcessBuilder, Spec};
+use anyhow::Result;
 
-/// Write a default config.json: runc's defaults (namespaces, masked and
-/// read-only paths, a minimal capability set, no new privileges) plus a
-/// seccomp profile like the common container default, running `sh` without
-/// a terminal.
-pub fn write(bundle: &Path, rootless: bool) -> Result<()> {
-    let path = bundle.join("config.json");
-    if path.exists() {
-        bail!(
-            "{} exists already: remove it or choose another --bundle",
-            path.display()
-        );
-    }
-    let mut spec = if rootless {
-        Spec::rootless(
-            nix::unistd::getuid().as_raw(),
-            nix::unistd::getgid().as_raw(),
-        )
-    } else {
-        Spec::default()
-    };
-    let mut process = spec
-        .process()
-        .clone()
-        .unwrap_or_else(|| ProcessBuilder::default().build().expect("default"));
-    process.set_terminal(Some(false));
-    // runc has written no inheritable or ambient set since 1.1.2: with
-    // them, an exec'd program with file capabilities gains what the
-    // bounding set allows (CVE-2022-29162).
-    if let Some(mut caps) = process.capabilities().clone() {
-        caps.set_inheritable(None);
-        caps.set_ambient(None);
-        process.set_capabilities(Some(caps));
-    }
-    spec.set_process(Some(process));
-    spec.set_hostname(Some("amphi".into()));
-    let mut json = serde_json::to_value(&spec)?;
-    json["linux"]["seccomp"] = amphi_core::seccomp::default_profile_json();
-    let json = serde_json::to_string_pretty(&json)?;
-    std::fs::write(&path, json + "\n").with_context(|| format!("write {}", path.display()))
+pub fn run() -> Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(&features())?);
+    Ok(ExitCode::SUCCESS)
 }
 
-pub fn features() -> serde_json::Value {
+fn features() -> serde_json::Value {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",
