@@ -29,6 +29,10 @@ command -v dbus-daemon >/dev/null || packages+=(dbus)
 command -v strace >/dev/null || packages+=(strace)
 # The man pages scripts/install.sh installs are rendered in a test.
 command -v man >/dev/null || packages+=(man-db)
+# The benchmark's plots are rendered to PNG in their layout test, in
+# DejaVu Sans (the width the layout reserves for a text is checked there).
+command -v rsvg-convert >/dev/null || packages+=(librsvg2-bin)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || packages+=(fonts-dejavu-core)
 command -v criu >/dev/null || packages+=(criu)
 # Binaryen's wasm-opt instruments checkpointable wasm modules (Asyncify).
 command -v wasm-opt >/dev/null || packages+=(binaryen)

@@ -5,6 +5,7 @@
 //! cargo run --release -p amphi-bench -- all          # full run, updates docs/benchmarks.md and benchmarks/results
 //! cargo run --release -p amphi-bench -- start        # one group (to target/amphi-bench/GROUP): start | throughput | memory | compute | shim | pods | serve | wasm
 //! cargo run -p amphi-bench -- all --smoke --out DIR  # tiny run (the test suite's)
+//! cargo run -p amphi-bench -- report [--out DIR]     # tables and plots again from DIR/results.json
 //! ```
 //!
 //! Method: the machine is shared and noisy, so compared commands are
@@ -97,14 +98,15 @@ impl Opts {
             "serve",
             "wasm",
             "checkpoint",
+            "report",
         ]
         .contains(&group.as_str())
         {
-            bail!("unknown group {group:?}: use all, start, throughput, memory, compute, shim, pods, density, serve, wasm or checkpoint");
+            bail!("unknown group {group:?}: use all, start, throughput, memory, compute, shim, pods, density, serve, wasm, checkpoint or report");
         }
         // The committed results and docs/benchmarks.md's table are a full run's:
         // one group alone writes elsewhere unless told where.
-        if group != "all" && o.out == report::default_out() {
+        if !["all", "report"].contains(&group.as_str()) && o.out == report::default_out() {
             o.out = world::repo_root().join("target/amphi-bench").join(&group);
         }
         Ok((group, o))
@@ -503,6 +505,15 @@ fn shim_group(w: &World, o: &Opts) -> Result<Value> {
 
 fn main() -> Result<()> {
     let (group, o) = Opts::parse()?;
+    if group == "report" {
+        // Tables, CSV and plots again from a run's results.json, measuring
+        // nothing.
+        let path = o.out.join("results.json");
+        let results: Value = serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
+        )?;
+        return report::write(&results, &o);
+    }
     // Containers whose runtime process exits are re-parented to us; we reap them.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::plot::{bars, Bar};
+use crate::plot::{self, Bar, Plot};
 use crate::Opts;
 
 const BEGIN: &str = "<!-- bench:begin (written by amphi-bench) -->";
@@ -34,295 +34,32 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
     )?;
 
     if let Some(s) = r.get("start") {
-        writeln!(
-            md,
-            "**Start latency** (create to exit of a trivial workload):\n"
-        )?;
-        latencies(
-            &mut md,
-            &s["variants"],
-            "amphi, pod bundle",
-            &o.out.join("start.csv"),
-            &o.out.join("start.svg"),
-            "Start latency, create to exit (median, p95 whisker)",
-        )?;
-        writeln!(md)?;
-        for v in s["variants"].as_array().into_iter().flatten() {
-            writeln!(
-                md,
-                "- {}: {}",
-                v["variant"].as_str().unwrap_or(""),
-                v["note"].as_str().unwrap_or("")
-            )?;
-        }
-        for skip in s["skipped"].as_array().into_iter().flatten() {
-            writeln!(md, "- skipped: {}", skip.as_str().unwrap_or(""))?;
-        }
-        writeln!(
-            md,
-            "\n**Against the targets** (pairwise medians of this run):\n\n| measure | this run | target |\n|---|---|---|"
-        )?;
-        for t in s["targets"].as_array().into_iter().flatten() {
-            let unit = t["unit"].as_str().unwrap_or("");
-            let (value, target) = (f(&t["value"]), f(&t["target"]));
-            writeln!(
-                md,
-                "| {} | {value:.2} {unit} | ≤ {target:.1} {unit} ({}) |",
-                t["what"].as_str().unwrap_or(""),
-                if value <= target { "met" } else { "missed" }
-            )?;
-        }
-
-        let mut csv = String::from("runtime,create_ms,start_ms,wait_ms,delete_ms\n");
-        writeln!(md, "\n**Where the time goes** (pod bundle, v1 controllers; median per phase):\n\n| runtime | create | start | wait | delete |\n|---|---|---|---|---|")?;
-        let mut plot = Vec::new();
-        for p in s["split"].as_array().into_iter().flatten() {
-            let name = p["runtime"].as_str().unwrap_or("");
-            let ph = ["create_ms", "start_ms", "wait_ms", "delete_ms"].map(|k| f(&p[k]));
-            writeln!(
-                csv,
-                "{name},{:.3},{:.3},{:.3},{:.3}",
-                ph[0], ph[1], ph[2], ph[3]
-            )?;
-            writeln!(
-                md,
-                "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
-                ph[0], ph[1], ph[2], ph[3]
-            )?;
-            for (k, label) in ["create", "start", "wait", "delete"].iter().enumerate() {
-                plot.push(Bar {
-                    label: format!("{name} {label}"),
-                    value: ph[k],
-                    whisker: None,
-                });
-            }
-        }
-        std::fs::write(o.out.join("split.csv"), csv)?;
-        bars(
-            &o.out.join("split.svg"),
-            "create / start / wait / delete (median)",
-            "ms",
-            &plot,
-        )?;
+        start_section(&mut md, s, o)?;
     }
 
     if let Some(t) = r.get("throughput") {
-        writeln!(
-            md,
-            "\n**Throughput** (pod bundle, `run` to exit and removed, {} per stream; best of two interleaved rounds):\n",
-            t["per_stream"]
-        )?;
-        throughput_table(
-            &mut md,
-            t,
-            o,
-            "throughput",
-            "containers started and removed per second",
-        )?;
+        throughput_section(&mut md, t, o)?;
     }
 
     if let Some(m) = r.get("memory") {
-        let mut csv = String::from("measure,kind,value_mib\n");
-        writeln!(md, "\n**Memory**:\n\n| measure | value |\n|---|---|")?;
-        for p in m["create_peak_rss"].as_array().into_iter().flatten() {
-            let name = p["runtime"].as_str().unwrap_or("");
-            writeln!(
-                md,
-                "| peak RSS of `{name} create` | {:.1} MiB |",
-                f(&p["median_mib"])
-            )?;
-            writeln!(csv, "create_peak_rss,{name},{:.3}", f(&p["median_mib"]))?;
-        }
-        let mut plot = Vec::new();
-        for p in m["idle"].as_array().into_iter().flatten() {
-            let kind = p["kind"].as_str().unwrap_or("");
-            writeln!(
-                md,
-                "| idle {kind} container: cgroup memory / init PSS | {:.1} MiB / {:.1} MiB |",
-                f(&p["cgroup_mib"]),
-                f(&p["pss_mib"])
-            )?;
-            writeln!(
-                csv,
-                "idle_cgroup,{kind},{:.3}\nidle_pss,{kind},{:.3}",
-                f(&p["cgroup_mib"]),
-                f(&p["pss_mib"])
-            )?;
-            plot.push(Bar {
-                label: format!("{kind} cgroup"),
-                value: f(&p["cgroup_mib"]),
-                whisker: None,
-            });
-            plot.push(Bar {
-                label: format!("{kind} PSS"),
-                value: f(&p["pss_mib"]),
-                whisker: None,
-            });
-        }
-        for p in m["density"].as_array().into_iter().flatten() {
-            let kind = p["kind"].as_str().unwrap_or("");
-            let n = p["n"].as_u64().unwrap_or(0);
-            writeln!(md, "| {n} idle {kind} containers: started in / cgroup total / PSS total | {:.2} s / {:.1} MiB / {:.1} MiB |",
-                f(&p["start_all_s"]), f(&p["cgroup_total_mib"]), f(&p["pss_total_mib"]))?;
-            writeln!(
-                csv,
-                "density_{n}_cgroup,{kind},{:.3}\ndensity_{n}_pss,{kind},{:.3}",
-                f(&p["cgroup_total_mib"]),
-                f(&p["pss_total_mib"])
-            )?;
-        }
-        std::fs::write(o.out.join("memory.csv"), csv)?;
-        bars(
-            &o.out.join("memory.svg"),
-            "Idle container footprint (median)",
-            "MiB",
-            &plot,
-        )?;
+        memory_section(&mut md, m, o)?;
     }
 
     if let Some(c) = r.get("compute") {
-        let mut csv = String::from("workload,native_ms,wasm_ms,wasm_over_native\n");
-        writeln!(md, "\n**Compute and file I/O** ({} MiB, timed inside the program; same Rust source for x86_64 and wasm32-wasip1):\n\n| workload | native | wasm | wasm / native (pairwise) |\n|---|---|---|---|", c["mib"])?;
-        let mut plot = Vec::new();
-        for w in c["workloads"].as_array().into_iter().flatten() {
-            let name = w["workload"].as_str().unwrap_or("");
-            writeln!(
-                md,
-                "| {name} | {:.1} ms | {:.1} ms | {:.2} |",
-                f(&w["native_ms"]),
-                f(&w["wasm_ms"]),
-                f(&w["wasm_over_native"])
-            )?;
-            writeln!(
-                csv,
-                "{name},{:.3},{:.3},{:.3}",
-                f(&w["native_ms"]),
-                f(&w["wasm_ms"]),
-                f(&w["wasm_over_native"])
-            )?;
-            plot.push(Bar {
-                label: name.to_owned(),
-                value: f(&w["wasm_over_native"]),
-                whisker: None,
-            });
-        }
-        std::fs::write(o.out.join("compute.csv"), csv)?;
-        bars(
-            &o.out.join("compute.svg"),
-            "wasm / native time per workload",
-            "ratio",
-            &plot,
-        )?;
+        compute_section(&mut md, c, o)?;
     }
 
     if let Some(sh) = r.get("shim") {
-        if let Some(why) = sh["skipped"].as_str() {
-            writeln!(md, "\n**Through containerd**: skipped: {why}")?;
-        } else {
-            writeln!(
-                md,
-                "\n**Through containerd 1.6** (`ctr run --rm`, busybox `true` and wasm hello):\n"
-            )?;
-            latencies(
-                &mut md,
-                &sh["variants"],
-                "amphi shim, native",
-                &o.out.join("shim.csv"),
-                &o.out.join("shim.svg"),
-                "ctr run --rm (median, p95 whisker)",
-            )?;
-            writeln!(
-                md,
-                "\nThe shim's resident memory while serving one task: {:.1} MiB.",
-                f(&sh["shim_rss_mib"])
-            )?;
-            if let Some(t) = sh.get("throughput") {
-                writeln!(
-                    md,
-                    "\n**Tasks through containerd** (`ctr run --rm` to exit, {} per stream; best of two interleaved rounds):\n",
-                    t["per_stream"]
-                )?;
-                throughput_table(
-                    &mut md,
-                    t,
-                    o,
-                    "shim_throughput",
-                    "containerd tasks run and removed per second",
-                )?;
-            }
-        }
+        shim_section(&mut md, sh, o)?;
     }
 
     if let Some(p) = r.get("pods") {
-        if let Some(why) = p["skipped"].as_str() {
-            writeln!(md, "\n**Pod start through CRI**: skipped: {why}")?;
-        } else {
-            writeln!(
-                md,
-                "\n**Pod start through containerd 1.6's CRI** (RunPodSandbox to both containers Running, as kubelet starts a pod; {} pods a variant):\n",
-                p["runs"]
-            )?;
-            latencies(
-                &mut md,
-                &p["variants"],
-                "runc, native + native",
-                &o.out.join("pods.csv"),
-                &o.out.join("pods.svg"),
-                "pod start (median, p95 whisker)",
-            )?;
-        }
-    }
-
-    if let Some(p) = r.get("pods").filter(|p| p["skipped"].is_null()) {
-        writeln!(
-            md,
-            "\n**Memory of a running pod** (medians; the shim serving the pod, its pause process, its containers' processes; MiB):\n\n\
-             | variant | shim RSS | shim PSS | pause RSS | pause PSS | containers RSS | containers PSS | total RSS | total PSS |\n|---|---|---|---|---|---|---|---|---|"
-        )?;
-        for v in p["variants"].as_array().into_iter().flatten() {
-            let m = &v["memory_mib"];
-            let f = |k: &str| m[k].as_f64().map_or("-".into(), |x| format!("{x:.2}"));
-            writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                v["variant"].as_str().unwrap_or(""),
-                f("shim_rss"),
-                f("shim_pss"),
-                f("pause_rss"),
-                f("pause_pss"),
-                f("containers_rss"),
-                f("containers_pss"),
-                f("total_rss"),
-                f("total_pss")
-            )?;
-        }
+        pods_section(&mut md, p, o)?;
+        pod_memory_section(&mut md, p)?;
     }
 
     if let Some(d) = r.get("density") {
-        if let Some(why) = d["skipped"].as_str() {
-            writeln!(md, "\n**Density through CRI**: skipped: {why}")?;
-        } else {
-            writeln!(
-                md,
-                "\n**Density through CRI** (idle pods, pause and one container, started one after another):\n\n\
-                 | handler | container | pods running | asked | PSS a pod (MiB) | RSS a pod (MiB) | last pods | their start (s) | stopped by |\n|---|---|---|---|---|---|---|---|---|"
-            )?;
-            for row in d["rows"].as_array().into_iter().flatten() {
-                writeln!(
-                    md,
-                    "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {} |",
-                    row["handler"].as_str().unwrap_or(""),
-                    row["container"].as_str().unwrap_or(""),
-                    row["pods"],
-                    row["asked"],
-                    row["pss_mib_per_pod"].as_f64().unwrap_or(f64::NAN),
-                    row["rss_mib_per_pod"].as_f64().unwrap_or(f64::NAN),
-                    row["last_pods"],
-                    row["last_pods_s"].as_f64().unwrap_or(f64::NAN),
-                    row["refused"].as_str().unwrap_or("the count asked"),
-                )?;
-            }
-        }
+        density_section(&mut md, d)?;
     }
 
     if let Some(sv) = r.get("serve") {
@@ -330,66 +67,31 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
     }
 
     if let Some(wasm) = r.get("wasm") {
-        writeln!(
-            md,
-            "\n**Real wasm programs** (`amphi run` to exit; first start compiles, cached maps the artifact):\n\n\
-             | program | toolchain | module | first start | cached start |\n|---|---|---|---|---|"
-        )?;
-        let mut csv = String::from("program,module_bytes,first_start_ms,cached_start_ms\n");
-        let mut against_wasmtime = String::new();
-        for p in wasm["programs"].as_array().into_iter().flatten() {
-            let name = p["program"].as_str().unwrap_or("");
-            writeln!(
-                md,
-                "| {name} | {} | {:.1} MB | {:.0} ms | {:.0} ms |",
-                p["toolchain"].as_str().unwrap_or(""),
-                f(&p["module_bytes"]) / 1e6,
-                f(&p["first_start_ms"]),
-                f(&p["cached_start_ms"])
-            )?;
-            writeln!(
-                csv,
-                "{name},{},{:.1},{:.1}",
-                p["module_bytes"],
-                f(&p["first_start_ms"]),
-                f(&p["cached_start_ms"])
-            )?;
-            if let Some(reference) = p["wasmtime_compile_ms"].as_f64() {
-                writeln!(
-                    against_wasmtime,
-                    "\n{name}: first start {:.2}x wasmtime's own compile and serialize of it ({:.1} s, the wasmtime 48 Python package)",
-                    f(&p["first_start_over_wasmtime_compile"]),
-                    reference / 1e3
-                )?;
-            }
-        }
-        md.push_str(&against_wasmtime);
-        for skip in wasm["skipped"].as_array().into_iter().flatten() {
-            writeln!(md, "- skipped: {}", skip.as_str().unwrap_or(""))?;
-        }
-        std::fs::write(o.out.join("wasm.csv"), csv)?;
+        wasm_section(&mut md, wasm, o)?;
     }
 
     if let Some(ck) = r.get("checkpoint") {
         checkpoint_table(&mut md, ck)?;
     }
 
-    for svg in [
-        "start",
-        "split",
-        "throughput",
-        "memory",
-        "shim",
-        "shim_throughput",
-        "pods",
-        "compute",
-        "serve",
-    ] {
-        if o.out.join(format!("{svg}.svg")).exists() {
-            writeln!(md, "\n![{svg}](../benchmarks/results/{svg}.svg)")?;
-        }
+    for figure in plots(r) {
+        let svg = format!("{}.svg", figure.name);
+        plot::write(
+            &o.out.join(&svg),
+            &Plot {
+                title: &figure.title,
+                caption: &figure.caption,
+                unit: figure.unit,
+                bars: &figure.bars,
+            },
+        )?;
+        writeln!(md, "\n![{}](../benchmarks/results/{svg})", figure.name)?;
     }
-    std::fs::write(o.out.join("summary.md"), &md)?;
+    // Beside the plots, summary.md links them by name; the docs page, from docs/.
+    std::fs::write(
+        o.out.join("summary.md"),
+        md.replace("](../benchmarks/results/", "]("),
+    )?;
     println!("{md}");
     if !o.smoke && o.out == default_out() {
         update_docs(&md)?;
@@ -397,18 +99,265 @@ pub fn write(r: &Value, o: &Opts) -> Result<()> {
     Ok(())
 }
 
-/// A latency table (median, p95, pairwise ratio to `base`), its samples as
-/// CSV and its plot.
-fn latencies(
-    md: &mut String,
-    variants: &Value,
-    base: &str,
-    csv_path: &Path,
-    svg: &Path,
-    title: &str,
-) -> Result<()> {
+fn start_section(md: &mut String, s: &Value, o: &Opts) -> Result<()> {
+    writeln!(
+        md,
+        "**Start latency** (create to exit of a trivial workload):\n"
+    )?;
+    latencies(
+        md,
+        &s["variants"],
+        "amphi, pod bundle",
+        &o.out.join("start.csv"),
+    )?;
+    writeln!(md)?;
+    for v in s["variants"].as_array().into_iter().flatten() {
+        writeln!(
+            md,
+            "- {}: {}",
+            v["variant"].as_str().unwrap_or(""),
+            v["note"].as_str().unwrap_or("")
+        )?;
+    }
+    for skip in s["skipped"].as_array().into_iter().flatten() {
+        writeln!(md, "- skipped: {}", skip.as_str().unwrap_or(""))?;
+    }
+    writeln!(
+        md,
+        "\n**Against the targets** (pairwise medians of this run):\n\n| measure | this run | target |\n|---|---|---|"
+    )?;
+    for t in s["targets"].as_array().into_iter().flatten() {
+        let unit = t["unit"].as_str().unwrap_or("");
+        let (value, target) = (f(&t["value"]), f(&t["target"]));
+        writeln!(
+            md,
+            "| {} | {value:.2} {unit} | ≤ {target:.1} {unit} ({}) |",
+            t["what"].as_str().unwrap_or(""),
+            if value <= target { "met" } else { "missed" }
+        )?;
+    }
+
+    let mut csv = String::from("runtime,create_ms,start_ms,wait_ms,delete_ms\n");
+    writeln!(md, "\n**Where the time goes** (pod bundle, v1 controllers; median per phase):\n\n| runtime | create | start | wait | delete |\n|---|---|---|---|---|")?;
+    for p in s["split"].as_array().into_iter().flatten() {
+        let name = p["runtime"].as_str().unwrap_or("");
+        let ph = ["create_ms", "start_ms", "wait_ms", "delete_ms"].map(|k| f(&p[k]));
+        writeln!(
+            csv,
+            "{name},{:.3},{:.3},{:.3},{:.3}",
+            ph[0], ph[1], ph[2], ph[3]
+        )?;
+        writeln!(
+            md,
+            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+            ph[0], ph[1], ph[2], ph[3]
+        )?;
+    }
+    std::fs::write(o.out.join("split.csv"), csv)?;
+    Ok(())
+}
+
+fn throughput_section(md: &mut String, t: &Value, o: &Opts) -> Result<()> {
+    writeln!(
+        md,
+        "\n**Throughput** (pod bundle, `run` to exit and removed, {} per stream; best of two interleaved rounds):\n",
+        t["per_stream"]
+    )?;
+    throughput_table(md, t, o, "throughput")?;
+    Ok(())
+}
+
+fn memory_section(md: &mut String, m: &Value, o: &Opts) -> Result<()> {
+    let mut csv = String::from("measure,kind,value_mib\n");
+    writeln!(md, "\n**Memory**:\n\n| measure | value |\n|---|---|")?;
+    for p in m["create_peak_rss"].as_array().into_iter().flatten() {
+        let name = p["runtime"].as_str().unwrap_or("");
+        writeln!(
+            md,
+            "| peak RSS of `{name} create` | {:.1} MiB |",
+            f(&p["median_mib"])
+        )?;
+        writeln!(csv, "create_peak_rss,{name},{:.3}", f(&p["median_mib"]))?;
+    }
+    for p in m["idle"].as_array().into_iter().flatten() {
+        let kind = p["kind"].as_str().unwrap_or("");
+        writeln!(
+            md,
+            "| idle {kind} container: cgroup memory / init PSS | {:.1} MiB / {:.1} MiB |",
+            f(&p["cgroup_mib"]),
+            f(&p["pss_mib"])
+        )?;
+        writeln!(
+            csv,
+            "idle_cgroup,{kind},{:.3}\nidle_pss,{kind},{:.3}",
+            f(&p["cgroup_mib"]),
+            f(&p["pss_mib"])
+        )?;
+    }
+    for p in m["density"].as_array().into_iter().flatten() {
+        let kind = p["kind"].as_str().unwrap_or("");
+        let n = p["n"].as_u64().unwrap_or(0);
+        writeln!(md, "| {n} idle {kind} containers: started in / cgroup total / PSS total | {:.2} s / {:.1} MiB / {:.1} MiB |",
+            f(&p["start_all_s"]), f(&p["cgroup_total_mib"]), f(&p["pss_total_mib"]))?;
+        writeln!(
+            csv,
+            "density_{n}_cgroup,{kind},{:.3}\ndensity_{n}_pss,{kind},{:.3}",
+            f(&p["cgroup_total_mib"]),
+            f(&p["pss_total_mib"])
+        )?;
+    }
+    std::fs::write(o.out.join("memory.csv"), csv)?;
+    Ok(())
+}
+
+fn compute_section(md: &mut String, c: &Value, o: &Opts) -> Result<()> {
+    let mut csv = String::from("workload,native_ms,wasm_ms,wasm_over_native\n");
+    writeln!(md, "\n**Compute and file I/O** ({} MiB, timed inside the program; same Rust source for x86_64 and wasm32-wasip1):\n\n| workload | native | wasm | wasm / native (pairwise) |\n|---|---|---|---|", c["mib"])?;
+    for w in c["workloads"].as_array().into_iter().flatten() {
+        let name = w["workload"].as_str().unwrap_or("");
+        writeln!(
+            md,
+            "| {name} | {:.1} ms | {:.1} ms | {:.2} |",
+            f(&w["native_ms"]),
+            f(&w["wasm_ms"]),
+            f(&w["wasm_over_native"])
+        )?;
+        writeln!(
+            csv,
+            "{name},{:.3},{:.3},{:.3}",
+            f(&w["native_ms"]),
+            f(&w["wasm_ms"]),
+            f(&w["wasm_over_native"])
+        )?;
+    }
+    std::fs::write(o.out.join("compute.csv"), csv)?;
+    Ok(())
+}
+
+fn shim_section(md: &mut String, sh: &Value, o: &Opts) -> Result<()> {
+    if let Some(why) = sh["skipped"].as_str() {
+        writeln!(md, "\n**Through containerd**: skipped: {why}")?;
+    } else {
+        writeln!(
+            md,
+            "\n**Through containerd 1.6** (`ctr run --rm`, busybox `true` and wasm hello):\n"
+        )?;
+        latencies(
+            md,
+            &sh["variants"],
+            "amphi shim, native",
+            &o.out.join("shim.csv"),
+        )?;
+        writeln!(
+            md,
+            "\nThe shim's resident memory while serving one task: {:.1} MiB.",
+            f(&sh["shim_rss_mib"])
+        )?;
+        if let Some(t) = sh.get("throughput") {
+            writeln!(
+                md,
+                "\n**Tasks through containerd** (`ctr run --rm` to exit, {} per stream; best of two interleaved rounds):\n",
+                t["per_stream"]
+            )?;
+            throughput_table(md, t, o, "shim_throughput")?;
+        }
+    }
+    Ok(())
+}
+
+fn pods_section(md: &mut String, p: &Value, o: &Opts) -> Result<()> {
+    if let Some(why) = p["skipped"].as_str() {
+        writeln!(md, "\n**Pod start through CRI**: skipped: {why}")?;
+    } else {
+        writeln!(
+            md,
+            "\n**Pod start through containerd 1.6's CRI** (RunPodSandbox to both containers Running, as kubelet starts a pod; {} pods a variant):\n",
+            p["runs"]
+        )?;
+        latencies(
+            md,
+            &p["variants"],
+            "runc, native + native",
+            &o.out.join("pods.csv"),
+        )?;
+    }
+    Ok(())
+}
+
+fn density_section(md: &mut String, d: &Value) -> Result<()> {
+    if let Some(why) = d["skipped"].as_str() {
+        writeln!(md, "\n**Density through CRI**: skipped: {why}")?;
+    } else {
+        writeln!(
+            md,
+            "\n**Density through CRI** (idle pods, pause and one container, started one after another):\n\n\
+             | handler | container | pods running | asked | PSS a pod (MiB) | RSS a pod (MiB) | last pods | their start (s) | stopped by |\n|---|---|---|---|---|---|---|---|---|"
+        )?;
+        for row in d["rows"].as_array().into_iter().flatten() {
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {:.2} | {} |",
+                row["handler"].as_str().unwrap_or(""),
+                row["container"].as_str().unwrap_or(""),
+                row["pods"],
+                row["asked"],
+                row["pss_mib_per_pod"].as_f64().unwrap_or(f64::NAN),
+                row["rss_mib_per_pod"].as_f64().unwrap_or(f64::NAN),
+                row["last_pods"],
+                row["last_pods_s"].as_f64().unwrap_or(f64::NAN),
+                row["refused"].as_str().unwrap_or("the count asked"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn wasm_section(md: &mut String, wasm: &Value, o: &Opts) -> Result<()> {
+    writeln!(
+        md,
+        "\n**Real wasm programs** (`amphi run` to exit; first start compiles, cached maps the artifact):\n\n\
+         | program | toolchain | module | first start | cached start |\n|---|---|---|---|---|"
+    )?;
+    let mut csv = String::from("program,module_bytes,first_start_ms,cached_start_ms\n");
+    let mut against_wasmtime = String::new();
+    for p in wasm["programs"].as_array().into_iter().flatten() {
+        let name = p["program"].as_str().unwrap_or("");
+        writeln!(
+            md,
+            "| {name} | {} | {:.1} MB | {:.0} ms | {:.0} ms |",
+            p["toolchain"].as_str().unwrap_or(""),
+            f(&p["module_bytes"]) / 1e6,
+            f(&p["first_start_ms"]),
+            f(&p["cached_start_ms"])
+        )?;
+        writeln!(
+            csv,
+            "{name},{},{:.1},{:.1}",
+            p["module_bytes"],
+            f(&p["first_start_ms"]),
+            f(&p["cached_start_ms"])
+        )?;
+        if let Some(reference) = p["wasmtime_compile_ms"].as_f64() {
+            writeln!(
+                against_wasmtime,
+                "\n{name}: first start {:.2}x wasmtime's own compile and serialize of it ({:.1} s, the wasmtime 48 Python package)",
+                f(&p["first_start_over_wasmtime_compile"]),
+                reference / 1e3
+            )?;
+        }
+    }
+    md.push_str(&against_wasmtime);
+    for skip in wasm["skipped"].as_array().into_iter().flatten() {
+        writeln!(md, "- skipped: {}", skip.as_str().unwrap_or(""))?;
+    }
+    std::fs::write(o.out.join("wasm.csv"), csv)?;
+    Ok(())
+}
+
+/// A latency table (median, p95, pairwise ratio to `base`) and its samples
+/// as CSV.
+fn latencies(md: &mut String, variants: &Value, base: &str, csv_path: &Path) -> Result<()> {
     let mut csv = String::from("variant,run,ms\n");
-    let mut plot = Vec::new();
     writeln!(
         md,
         "| variant | median | p95 | ratio to {base} (pairwise) |\n|---|---|---|---|"
@@ -425,14 +374,9 @@ fn latencies(
             f(&v["p95_ms"]),
             f(&v["pairwise_ratio"])
         )?;
-        plot.push(Bar {
-            label: name.to_owned(),
-            value: f(&v["median_ms"]),
-            whisker: Some(f(&v["p95_ms"])),
-        });
     }
     std::fs::write(csv_path, csv)?;
-    bars(svg, title, "ms", &plot)
+    Ok(())
 }
 
 /// Replace the results in docs/benchmarks.md between the markers with this
@@ -462,7 +406,6 @@ fn serve_table(md: &mut String, sv: &Value, o: &Opts) -> Result<()> {
         "| variant | requests/s | p50 | p99 | errors |\n|---|---|---|---|---|"
     )?;
     let mut csv = String::from("variant,rps,p50_ms,p99_ms,requests,errors\n");
-    let mut plot = Vec::new();
     let wasmtime = [sv["wasmtime_serve"].clone()];
     for v in sv["variants"]
         .as_array()
@@ -488,11 +431,6 @@ fn serve_table(md: &mut String, sv: &Value, o: &Opts) -> Result<()> {
             v["requests"],
             v["errors"]
         )?;
-        plot.push(Bar {
-            label: name.trim_start_matches("amphi serve, ").to_owned(),
-            value: f(&v["p50_ms"]),
-            whisker: Some(f(&v["p99_ms"])),
-        });
     }
     if let Some(why) = sv["wasmtime_serve"]["skipped"].as_str() {
         writeln!(md, "\n`wasmtime serve`: skipped: {why}")?;
@@ -525,17 +463,12 @@ fn serve_table(md: &mut String, sv: &Value, o: &Opts) -> Result<()> {
         writeln!(md, ".")?;
     }
     std::fs::write(o.out.join("serve.csv"), csv)?;
-    bars(
-        &o.out.join("serve.svg"),
-        "amphi serve: latency per request (p50, p99 whisker)",
-        "ms",
-        &plot,
-    )
+    Ok(())
 }
 
 /// A throughput table (one column per variant, then the first over the
-/// second), its CSV and plot, from `throughput::table`'s shape.
-fn throughput_table(md: &mut String, t: &Value, o: &Opts, file: &str, title: &str) -> Result<()> {
+/// second) and its CSV, from `throughput::table`'s shape.
+fn throughput_table(md: &mut String, t: &Value, o: &Opts, file: &str) -> Result<()> {
     let names: Vec<&str> = t["variants"]
         .as_array()
         .into_iter()
@@ -552,7 +485,6 @@ fn throughput_table(md: &mut String, t: &Value, o: &Opts, file: &str, title: &st
         "---|".repeat(names.len())
     )?;
     let mut csv = format!("streams,{}\n", names.join(","));
-    let mut plot = Vec::new();
     for row in t["rows"].as_array().into_iter().flatten() {
         let n = &row["streams"];
         let rates: Vec<f64> = names.iter().map(|v| f(&row["per_s"][v])).collect();
@@ -565,16 +497,9 @@ fn throughput_table(md: &mut String, t: &Value, o: &Opts, file: &str, title: &st
         )?;
         let cells: Vec<String> = rates.iter().map(|r| format!("{r:.2}")).collect();
         writeln!(csv, "{n},{}", cells.join(","))?;
-        for (name, &value) in names.iter().zip(&rates) {
-            plot.push(Bar {
-                label: format!("{name} x{n}"),
-                value,
-                whisker: None,
-            });
-        }
     }
     std::fs::write(o.out.join(format!("{file}.csv")), csv)?;
-    bars(&o.out.join(format!("{file}.svg")), title, "per s", &plot)
+    Ok(())
 }
 
 /// Checkpoint and restore of wasm containers, with the issue's targets.
@@ -622,5 +547,263 @@ fn checkpoint_table(md: &mut String, ck: &Value) -> Result<()> {
         f(&r["touched_memory_bytes"]) / 1048576.0,
         met(size <= 1.1)
     )?;
+    Ok(())
+}
+
+/// One plot of a run: its file name (without .svg) and what it draws.
+pub struct Figure {
+    pub name: &'static str,
+    pub title: String,
+    pub caption: String,
+    pub unit: &'static str,
+    pub bars: Vec<Bar>,
+}
+
+/// The machine in a few words, for captions: "2-core AMD EPYC, Linux
+/// 6.18, hybrid cgroups".
+fn machine_in_brief(m: &Value) -> String {
+    let kernel: Vec<&str> = m["kernel"]
+        .as_str()
+        .unwrap_or("")
+        .split('.')
+        .take(2)
+        .collect();
+    let cgroups = m["cgroups"].as_str().unwrap_or("");
+    let cgroups = cgroups.split(' ').next().unwrap_or(cgroups);
+    format!(
+        "{}-core {}, Linux {}, {cgroups} cgroups",
+        m["cores"],
+        m["cpu"].as_str().unwrap_or("CPU"),
+        kernel.join(".")
+    )
+}
+
+/// Latency bars: median, p95 whisker, ratio to the table's base.
+fn latency_bars(variants: &Value, trim: &str) -> Vec<Bar> {
+    variants
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            let name = v["variant"].as_str().unwrap_or("");
+            Bar::new(name.trim_start_matches(trim), f(&v["median_ms"]))
+                .whisker(f(&v["p95_ms"]))
+                .ratio(f(&v["pairwise_ratio"]))
+        })
+        .collect()
+}
+
+/// Rate bars per variant and stream count; the first variant's carry its
+/// ratio to the second's at the same count.
+fn throughput_bars(t: &Value) -> Vec<Bar> {
+    let names: Vec<&str> = t["variants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut bars = Vec::new();
+    for row in t["rows"].as_array().into_iter().flatten() {
+        let n = &row["streams"];
+        let rates: Vec<f64> = names.iter().map(|v| f(&row["per_s"][v])).collect();
+        for (i, (name, &rate)) in names.iter().zip(&rates).enumerate() {
+            let streams = if n.as_u64() == Some(1) {
+                "stream"
+            } else {
+                "streams"
+            };
+            let bar = Bar::new(format!("{name}, {n} {streams}"), rate).series(i);
+            bars.push(if i == 0 && rates.len() > 1 {
+                bar.ratio(rate / rates[1])
+            } else {
+                bar
+            });
+        }
+    }
+    bars
+}
+
+/// Every plot the results hold, as `write` draws them.
+pub fn plots(r: &Value) -> Vec<Figure> {
+    let machine = machine_in_brief(&r["machine"]);
+    let runs = &r["runs"];
+    let mut figures = Vec::new();
+    let mut add = |name, title: &str, caption: String, unit, bars: Vec<Bar>| {
+        if !bars.is_empty() {
+            figures.push(Figure {
+                name,
+                title: title.to_owned(),
+                caption,
+                unit,
+                bars,
+            });
+        }
+    };
+    if let Some(s) = r.get("start") {
+        add(
+            "start",
+            "Start latency: create to exit of a trivial workload",
+            format!("Median of {runs} (p95); ratio to amphi, pod bundle. {machine}"),
+            "ms",
+            latency_bars(&s["variants"], ""),
+        );
+        let mut split = Vec::new();
+        for p in s["split"].as_array().into_iter().flatten() {
+            let name = p["runtime"].as_str().unwrap_or("");
+            for (i, phase) in ["create", "start", "wait", "delete"]
+                .into_iter()
+                .enumerate()
+            {
+                let ms = f(&p[format!("{phase}_ms")]);
+                split.push(Bar::new(format!("{name} {phase}"), ms).series(i));
+            }
+        }
+        add(
+            "split",
+            "Where the time goes: each phase of the pod bundle",
+            format!("Median of {runs} per phase. {machine}"),
+            "ms",
+            split,
+        );
+    }
+    if let Some(t) = r.get("throughput") {
+        add(
+            "throughput",
+            "Containers started and removed per second",
+            format!("Pod bundle; ratio: amphi over runc. {machine}"),
+            "per s",
+            throughput_bars(t),
+        );
+    }
+    if let Some(m) = r.get("memory") {
+        let mut idle = Vec::new();
+        for p in m["idle"].as_array().into_iter().flatten() {
+            let kind = p["kind"].as_str().unwrap_or("");
+            let cgroup = Bar::new(format!("{kind}: cgroup memory"), f(&p["cgroup_mib"]));
+            idle.push(cgroup.series(0));
+            idle.push(Bar::new(format!("{kind}: init PSS"), f(&p["pss_mib"])).series(1));
+        }
+        add(
+            "memory",
+            "Memory of one idle container",
+            format!("Median over idle containers. {machine}"),
+            "MiB",
+            idle,
+        );
+    }
+    if let Some(sh) = r.get("shim").filter(|s| s["skipped"].is_null()) {
+        add(
+            "shim",
+            "ctr run --rm through containerd 1.6, to exit",
+            format!("Median of {runs} (p95); ratio to amphi shim, native. {machine}"),
+            "ms",
+            latency_bars(&sh["variants"], ""),
+        );
+        if let Some(t) = sh.get("throughput") {
+            add(
+                "shim_throughput",
+                "containerd tasks run and removed per second",
+                format!("ctr run --rm; ratio: amphi over runc. {machine}"),
+                "per s",
+                throughput_bars(t),
+            );
+        }
+    }
+    if let Some(p) = r.get("pods").filter(|p| p["skipped"].is_null()) {
+        add(
+            "pods",
+            "Pod start through CRI: RunPodSandbox to both containers Running",
+            format!(
+                "Median of {} (p95); ratio to runc, native + native. {machine}",
+                p["runs"]
+            ),
+            "ms",
+            latency_bars(&p["variants"], ""),
+        );
+    }
+    if let Some(c) = r.get("compute") {
+        let bars = c["workloads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| {
+                Bar::new(
+                    w["workload"].as_str().unwrap_or(""),
+                    f(&w["wasm_over_native"]),
+                )
+            })
+            .collect();
+        add(
+            "compute",
+            "wasm time over native time, same Rust source",
+            format!(
+                "{} MiB a workload, timed inside the program. {machine}",
+                c["mib"]
+            ),
+            "x native",
+            bars,
+        );
+    }
+    if let Some(sv) = r.get("serve") {
+        let reference = f(&sv["wasmtime_serve"]["p50_ms"]);
+        let mut bars: Vec<Bar> = sv["variants"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(Some(&sv["wasmtime_serve"]).filter(|w| w.get("rps").is_some()))
+            .map(|v| {
+                let name = v["variant"].as_str().unwrap_or("");
+                Bar::new(name.trim_start_matches("amphi serve, "), f(&v["p50_ms"]))
+                    .whisker(f(&v["p99_ms"]))
+                    .ratio(f(&v["p50_ms"]) / reference)
+            })
+            .collect();
+        if !reference.is_finite() {
+            bars.iter_mut().for_each(|b| b.ratio = None);
+        }
+        add(
+            "serve",
+            "amphi serve: latency per request, p50 (p99 whisker)",
+            format!(
+                "{} clients, loopback; ratio: p50 over wasmtime serve's. {machine}",
+                sv["clients"]
+            ),
+            "ms",
+            bars,
+        );
+    }
+    figures
+}
+
+/// The memory of each pod variant, where the run measured it.
+fn pod_memory_section(md: &mut String, p: &Value) -> Result<()> {
+    let measured = p["variants"]
+        .as_array()
+        .is_some_and(|v| v.iter().any(|v| v["memory_mib"].is_object()));
+    if !measured {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "\n**Memory of a running pod** (medians; the shim serving the pod, its pause process, its containers' processes; MiB):\n\n\
+         | variant | shim RSS | shim PSS | pause RSS | pause PSS | containers RSS | containers PSS | total RSS | total PSS |\n|---|---|---|---|---|---|---|---|---|"
+    )?;
+    for v in p["variants"].as_array().into_iter().flatten() {
+        let m = &v["memory_mib"];
+        let f = |k: &str| m[k].as_f64().map_or("-".into(), |x| format!("{x:.2}"));
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            v["variant"].as_str().unwrap_or(""),
+            f("shim_rss"),
+            f("shim_pss"),
+            f("pause_rss"),
+            f("pause_pss"),
+            f("containers_rss"),
+            f("containers_pss"),
+            f("total_rss"),
+            f("total_pss")
+        )?;
+    }
     Ok(())
 }
