@@ -1195,6 +1195,37 @@ fn fails_to_start(env: &Env, dir: &Path, needles: &[&str]) {
     }
 }
 
+/// `preinit = true`: the module's `wizer.initialize` runs once, when the
+/// function starts, and every invocation begins from the snapshot (the
+/// table built, the invocation's own CGI environment); the same module
+/// without it initializes itself per invocation.
+#[test]
+fn a_preinitialized_function_starts_from_its_snapshot() {
+    let env = Env::new();
+    let dir = functions(&env);
+    let module = wasm_guest("preinit.wasm");
+    manifest(
+        &dir,
+        "pre",
+        &format!("route = \"/pre\"\nmodule = {module:?}\npreinit = true\n"),
+    );
+    manifest(
+        &dir,
+        "cold",
+        &format!("route = \"/cold\"\nmodule = {module:?}\n"),
+    );
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    let cold = s.get("/cold").text();
+    let table = cold.strip_prefix("cold ").expect("initialized itself");
+    for _ in 0..3 {
+        let r = s.get("/pre");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text().strip_prefix("preinitialized "), Some(table));
+    }
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
 #[test]
 fn bad_manifests_and_bundles_stop_start_up_with_the_function_and_field_named() {
     let env = Env::new();
@@ -1204,6 +1235,14 @@ fn bad_manifests_and_bundles_stop_start_up_with_the_function_and_field_named() {
             "typo",
             format!("module = {module:?}\nmemroy = \"1Mi\"\n"),
             vec!["function typo", "unknown field `memroy`"],
+        ),
+        (
+            "preinithttp",
+            format!(
+                "module = {:?}\ninterface = \"http\"\npreinit = true\n",
+                wasm_guest("http-hello.wasm")
+            ),
+            vec!["function preinithttp: preinit", "core modules"],
         ),
         (
             "nofile",

@@ -575,6 +575,115 @@ fn the_guests_directories_come_from_an_annotation() {
     }
 }
 
+/// A module that exports Wizer's initialization function, run with
+/// `io.github.amphi.preinit=true`: the initialization runs once, when amphi
+/// compiles the module, and each start begins from its snapshot (the same
+/// table, not built again); a second start compiles and initializes
+/// nothing. Without the annotation the module initializes itself.
+#[test]
+fn a_preinitialized_module_starts_from_its_snapshot() {
+    let env = Env::new();
+    let preinit = |b: &mut amphi_tests::Bundle| {
+        b.spec["annotations"] = json!({"io.github.amphi.preinit": "true"});
+    };
+    let (r, id, cg) = run(&env, "plain", &["/app/preinit.wasm"], |_| {});
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let table = r.stdout.strip_prefix("cold ").expect("initialized itself");
+    env.assert_clean(&id, &cg);
+    for n in 0..2 {
+        let mut b = env.wasm_bundle(&format!("pre{n}"), &["/app/preinit.wasm"]);
+        preinit(&mut b);
+        b.write();
+        let id = env.id(&format!("pre{n}"));
+        let r = env.amphi_env(&REPORT, &["--debug", "run", "--bundle", b.path(), &id]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(
+            r.stdout.strip_prefix("preinitialized "),
+            Some(table),
+            "start {n}: {}",
+            r.stdout
+        );
+        let initialized = r.stderr.contains("wasm: pre-initialize");
+        assert_eq!(initialized, n == 0, "start {n}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(if n == 0 {
+                "wasm cache: Compiled"
+            } else {
+                "wasm cache: Hit"
+            }),
+            "start {n}: {}",
+            r.stderr
+        );
+        env.assert_clean(&id, &b.cgroup());
+    }
+}
+
+/// An initialization that traps, outgrows the memory limit, calls an
+/// import that is not WASI, or runs past its fuel (here a tenth of a
+/// second's) fails create, naming the module and why; a module with
+/// nothing to run, a component, or a budget that is not a number is
+/// refused. Nothing is left behind, not even a compiled artifact.
+#[test]
+fn a_failed_preinitialization_fails_create_and_stores_nothing() {
+    let env = Env::new();
+    let module = |init: &str| {
+        format!(
+            "(module (import \"env\" \"secret\" (func $secret)) (memory (export \"memory\") 1) \
+             (func (export \"wizer.initialize\") {init}) (func (export \"_start\")))"
+        )
+    };
+    let cases = [
+        ("trap", module("unreachable"), "unreachable"),
+        (
+            "grow",
+            module("(drop (memory.grow (i32.const 4096)))"),
+            "linux.resources.memory.limit (64 MiB)",
+        ),
+        ("import", module("call $secret"), "env::secret"),
+        ("forever", module("(loop br 0)"), "without returning"),
+        (
+            "none",
+            "(module (func (export \"_start\")))".to_owned(),
+            "exports no initialization function",
+        ),
+        ("component", "(component)".to_owned(), "components"),
+    ];
+    for (name, body, needle) in cases {
+        let mut b = env.wasm_bundle(name, &["/app/x.wasm"]);
+        std::fs::write(b.rootfs().join("app/x.wasm"), body).unwrap();
+        b.spec["annotations"] = json!({
+            "module.wasm.image/variant": "compat",
+            "io.github.amphi.preinit": "true",
+            "io.github.amphi.preinit.fuel": "100000000",
+        });
+        b.spec["linux"]["resources"] = json!({"memory": {"limit": 64 << 20}});
+        b.write();
+        let id = env.id(name);
+        let r = env.amphi(&["create", "--bundle", b.path(), &id]);
+        assert_ne!(r.code, 0, "{name}");
+        assert!(
+            r.stderr.contains("/app/x.wasm") && r.stderr.contains(needle),
+            "{name}: {}",
+            r.stderr
+        );
+        env.assert_clean(&id, &b.cgroup());
+    }
+    let mut b = env.wasm_bundle("fuel", &["/app/preinit.wasm"]);
+    b.spec["annotations"] = json!({
+        "io.github.amphi.preinit": "true",
+        "io.github.amphi.preinit.fuel": "lots",
+    });
+    b.write();
+    let id = env.id("fuel");
+    env.amphi(&["create", "--bundle", b.path(), &id])
+        .fails_with("io.github.amphi.preinit.fuel=\"lots\"");
+    env.assert_clean(&id, &b.cgroup());
+    assert_eq!(
+        artifacts(&env.root.join("wasm-cache")),
+        Vec::<std::path::PathBuf>::new()
+    );
+}
+
 #[test]
 fn guest_cannot_reach_the_runtime_binary_through_proc() {
     // The guest runs inside the amphi process (CVE-2019-5736 class): its

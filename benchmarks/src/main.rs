@@ -193,6 +193,16 @@ fn start_group(w: &World, o: &Opts) -> Result<Value> {
             run: Box::new(|w, i| w.run_time(&w.amphi, &w.wasm_hello, &format!("w{i}"), &[])),
         },
         Variant {
+            name: "amphi wasm preinit (cached)".into(),
+            note: "amphi run, preinit.wasm (a table of 200,000 primes built at start) with io.github.amphi.preinit=true: the table comes with the cached snapshot".into(),
+            run: Box::new(|w, i| w.run_time(&w.amphi, &w.wasm_preinit, &format!("z{i}"), &[])),
+        },
+        Variant {
+            name: "amphi wasm own init (cached)".into(),
+            note: "amphi run, the same preinit.wasm without the annotation: it builds its table at every start".into(),
+            run: Box::new(|w, i| w.run_time(&w.amphi, &w.wasm_own_init, &format!("o{i}"), &[])),
+        },
+        Variant {
             name: "amphi wasm (first start)".into(),
             note: "amphi run, hello.wasm, empty module cache (compiles)".into(),
             run: Box::new(|w, i| {
@@ -321,6 +331,12 @@ fn start_targets(variants: &[Variant], samples: &[Vec<f64>]) -> Vec<Value> {
         "amphi native",
         "runc native",
         0.3,
+    );
+    ratio(
+        "wasm: a pre-initialized start / hello's",
+        "amphi wasm preinit (cached)",
+        "amphi wasm (cached)",
+        1.2,
     );
     for name in ["amphi, pod bundle", "amphi, pod bundle, cgroup2"] {
         if let Some(s) = of(name) {

@@ -50,6 +50,10 @@ pub struct World {
     pub pod_true_crun: PathBuf,
     pub native_sleep: PathBuf,
     pub wasm_hello: PathBuf,
+    /// preinit.wasm, whose start is mostly its own initialization, with
+    /// io.github.amphi.preinit=true, and as it is.
+    pub wasm_preinit: PathBuf,
+    pub wasm_own_init: PathBuf,
     pub floor_cgroup: String,
     /// The cgroup2 view: a mount namespace with cgroup2 at /sys/fs/cgroup,
     /// made once and held by a sleeping process; the cgroup2 rows join it.
@@ -134,7 +138,7 @@ impl World {
         }
         let out = repo_root().join("bundles/out");
         std::fs::create_dir_all(rootfs.join("app"))?;
-        for g in ["hello", "idle", "bench", "counter"] {
+        for g in ["hello", "idle", "bench", "counter", "preinit"] {
             std::fs::copy(
                 out.join(format!("wasm/{g}.wasm")),
                 rootfs.join(format!("app/{g}.wasm")),
@@ -159,6 +163,8 @@ impl World {
             pod_true_crun: PathBuf::new(),
             native_sleep: PathBuf::new(),
             wasm_hello: PathBuf::new(),
+            wasm_preinit: PathBuf::new(),
+            wasm_own_init: PathBuf::new(),
             tmp,
         };
         w.native_true = w.bundle("true", &["/bin/true"])?;
@@ -167,6 +173,12 @@ impl World {
         w.pod_true_crun = w.pod_bundle("pod-crun", PodCgroups::None)?;
         w.native_sleep = w.bundle("sleep", &["/bin/sleep", "600"])?;
         w.wasm_hello = w.bundle("hello", &["/app/hello.wasm"])?;
+        w.wasm_own_init = w.bundle("own-init", &["/app/preinit.wasm"])?;
+        w.wasm_preinit = w.bundle("preinit", &["/app/preinit.wasm"])?;
+        let config = w.wasm_preinit.join("config.json");
+        let mut spec: Value = serde_json::from_slice(&std::fs::read(&config)?)?;
+        spec["annotations"] = json!({"io.github.amphi.preinit": "true"});
+        std::fs::write(&config, serde_json::to_vec_pretty(&spec)?)?;
         Ok(w)
     }
 

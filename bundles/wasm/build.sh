@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the guest programs: core modules (wasm32-wasip1) for every program
-# and a component (wasm32-wasip2) of hello, WASI 0.3 guests (p3-hello, p3-http),
+# (preinit: a start that Wizer's pre-initialization removes) and a component
+# (wasm32-wasip2) of hello, WASI 0.3 guests (p3-hello, p3-http),
 # into bundles/out/wasm/; and the
 # benchmark and CGI programs for the host too (static, to run in a busybox rootfs),
 # into bundles/out/bin/.
@@ -14,7 +15,7 @@ export CARGO_TARGET_DIR=$here/../out/wasm-target
 cargo build --quiet --release --manifest-path "$here/Cargo.toml" --target wasm32-wasip1
 cargo build --quiet --release --manifest-path "$here/Cargo.toml" --target wasm32-wasip2 --bin hello --bin idle --bin counter
 mkdir -p "$out"
-for bin in hello probe trap spin spinsum counter alloc cpu bench idle cgi; do
+for bin in hello probe trap spin spinsum counter alloc cpu bench idle cgi preinit; do
     cp "$CARGO_TARGET_DIR/wasm32-wasip1/release/$bin.wasm" "$out/$bin.wasm"
 done
 host=$(rustc -vV | sed -n 's/^host: //p')

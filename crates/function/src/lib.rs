@@ -49,6 +49,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// host's handler takes exactly the containers that carry it.
 pub const FUNCTION_ANNOTATION: &str = "io.github.amphi.function";
 
+/// The annotation `preinit = true` sets on a module's envelope (the wasm
+/// executor's `preinit::ANNOTATION`, which this crate cannot import).
+pub const PREINIT_ANNOTATION: &str = "io.github.amphi.preinit";
+
 /// The path `amphi serve` answers itself; no function may take it.
 pub const METRICS_ROUTE: &str = "/metrics";
 
@@ -143,6 +147,9 @@ pub struct Function {
     /// A port of the function's own: its envelope's worker accepts and
     /// serves these connections itself, with no hop through the server.
     pub listen: Option<std::net::SocketAddr>,
+    /// Run the module's `wizer.initialize` once, when it is compiled, and
+    /// start every instance from the snapshot (`io.github.amphi.preinit`).
+    pub preinit: bool,
 }
 
 /// Functions' user namespaces map 65536 ids each onto host ids from here
@@ -209,6 +216,7 @@ struct Raw {
     allowed_outbound_hosts: Option<Vec<String>>,
     user_namespace: Option<bool>,
     listen: Option<String>,
+    preinit: Option<bool>,
 }
 
 /// A size or a duration: a bare number or a string with a unit.
@@ -487,6 +495,14 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
             "a port of its own is for wasm functions (module = FILE); a native program is served through the server's port",
         ));
     }
+    let preinit = raw.preinit.unwrap_or(false);
+    if preinit && (source.kind() != Some(Kind::Module) || interface != Interface::Cgi) {
+        return Err(bad(
+            name,
+            "preinit",
+            "pre-initialization is for wasm core modules (module = FILE, interface = \"cgi\"); a component or a native program has no wizer.initialize to run",
+        ));
+    }
     Ok(Function {
         name: name.into(),
         route,
@@ -514,6 +530,7 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
         allowed_outbound_hosts,
         user_namespace,
         listen,
+        preinit,
     })
 }
 
@@ -1004,6 +1021,9 @@ impl Function {
         if kind == Kind::Module {
             let mut a = std::collections::HashMap::new();
             a.insert("run.oci.handler".to_string(), "wasm".to_string());
+            if self.preinit {
+                a.insert(PREINIT_ANNOTATION.to_string(), "true".to_string());
+            }
             spec.set_annotations(Some(a));
         }
         spec

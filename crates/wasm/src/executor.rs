@@ -475,6 +475,19 @@ impl Executor for Wasm {
                 crate::checkpoint::ANNOTATION
             )));
         }
+        if crate::preinit::wanted(ctx.spec) {
+            if let Some(why) = crate::preinit::refusal(flavor, &bytes) {
+                return Err(fail(format!("{what}: {why}")));
+            }
+            if self.checkpoint.is_some() {
+                return Err(fail(format!(
+                    "{what}: {}=true and {}=true together: a checkpointable module \
+                     restores its own state; drop one",
+                    crate::preinit::ANNOTATION,
+                    crate::checkpoint::ANNOTATION
+                )));
+            }
+        }
         if self.checkpoint.is_some() {
             self.prepare_checkpointable(ctx, &what, &bytes)?;
             self.cache.close();
@@ -483,10 +496,14 @@ impl Executor for Wasm {
         self.linked =
             Some(match flavor {
                 Flavor::Module => {
-                    let module = self
-                        .cache
-                        .module(Kind::Command, &bytes)
-                        .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
+                    let module = crate::preinit::module(
+                        &mut self.cache,
+                        Kind::Command,
+                        ctx.spec,
+                        &bytes,
+                        self.memory_limit,
+                    )
+                    .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
                     amphi_core::util::trace::phase("wasm: link");
                     let mut linker: Linker<P1State> = Linker::new(engine);
                     add_wasi_p1(&mut linker, |s| &mut s.wasi)

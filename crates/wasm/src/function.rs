@@ -345,10 +345,14 @@ impl Function {
         };
         let linked = match (self.interface, flavor) {
             (Interface::Cgi, Flavor::Module) => {
-                let module = self
-                    .cache
-                    .module(Kind::Function, &bytes)
-                    .map_err(|e| compile_error(&what, &e, memory_limit))?;
+                let module = crate::preinit::module(
+                    &mut self.cache,
+                    Kind::Function,
+                    ctx.spec,
+                    &bytes,
+                    memory_limit,
+                )
+                .map_err(|e| compile_error(&what, &e, memory_limit))?;
                 // Directories are found (fd_prestat_*) and used (path_*,
                 // fd_readdir) by name or by a known fd number.
                 self.sees_files = module.imports().any(|i| {

@@ -71,11 +71,15 @@ pub fn flavor(bytes: &[u8]) -> Option<Flavor> {
 /// fails its table.grow, as one that grows memory past the cap fails its
 /// memory.grow.
 pub(crate) fn store_limits(memory_limit: Option<u64>) -> StoreLimits {
-    let mut b = StoreLimitsBuilder::new().table_elements(MAX_TABLE_ELEMENTS);
-    if let Some(limit) = memory_limit {
-        b = b.memory_size(guest_memory_cap(limit, anon_rss()) as usize);
+    store_limits_builder(memory_limit).build()
+}
+
+pub(crate) fn store_limits_builder(memory_limit: Option<u64>) -> StoreLimitsBuilder {
+    let b = StoreLimitsBuilder::new().table_elements(MAX_TABLE_ELEMENTS);
+    match memory_limit {
+        Some(limit) => b.memory_size(guest_memory_cap(limit, anon_rss()) as usize),
+        None => b,
     }
-    b.build()
 }
 
 /// Room kept in the cgroup for the runtime around the guest: wasmtime's own

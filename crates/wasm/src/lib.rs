@@ -45,6 +45,8 @@ mod guest;
 #[cfg(feature = "engine")]
 pub mod outbound;
 #[cfg(feature = "engine")]
+pub mod preinit;
+#[cfg(feature = "engine")]
 pub mod service;
 
 #[cfg(feature = "engine")]

@@ -1,0 +1,261 @@
+//! Pre-initialization, as Wizer does it (upstream as `wasmtime-wizer`): a
+//! module that exports an initialization function has it run once, when
+//! amphi compiles it, and its memories and globals after that become the
+//! module's initial state. Every instance then starts from the snapshot,
+//! mapped copy-on-write from the cached artifact like any module's data,
+//! instead of running its own initialization (an interpreter's start, a
+//! table built at load).
+//!
+//! The initialization runs in a sandbox as Wizer's: WASI with no
+//! arguments, no environment, no preopened directory and no socket, any
+//! other import a trap, the container's memory limit on its memories, and
+//! a fuel budget so that one that never returns fails instead of hanging
+//! `create`. It runs in the container's init, single-threaded, before
+//! the snapshot is compiled and cached under a key of the module and the
+//! export run; a failure stores nothing.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use oci_spec::runtime::Spec;
+use wasmtime::{Config, Engine, Linker, Module, Store, StoreLimits};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
+
+use crate::engine::Kind;
+use crate::guest::add_wasi_p1;
+use crate::{Cache, Flavor};
+
+/// `io.github.amphi.preinit=true`: pre-initialize the bundle's module
+/// (a function's manifest sets it with `preinit = true`).
+pub const ANNOTATION: &str = amphi_function::PREINIT_ANNOTATION;
+
+/// The export Wizer runs: its name today, then its older one.
+pub const INIT_EXPORTS: [&str; 2] = ["wizer-initialize", "wizer.initialize"];
+
+/// `io.github.amphi.preinit.fuel=N`: how many instructions (wasmtime's
+/// fuel) the initialization may run, so that one that never returns fails
+/// create instead of hanging it.
+pub const FUEL_ANNOTATION: &str = "io.github.amphi.preinit.fuel";
+
+/// The default budget: a couple of minutes of work here, far more than an
+/// interpreter's start.
+const DEFAULT_FUEL: u64 = 200_000_000_000;
+
+/// The most of the initialization's stderr an error quotes.
+const MAX_STDERR: usize = 4 << 10;
+
+pub fn wanted(spec: &Spec) -> bool {
+    annotation(spec, ANNOTATION).is_some_and(|v| v == "true")
+}
+
+fn annotation<'s>(spec: &'s Spec, name: &str) -> Option<&'s String> {
+    spec.annotations().as_ref().and_then(|a| a.get(name))
+}
+
+/// The initialization's fuel, from [`FUEL_ANNOTATION`] or the default.
+pub fn fuel(spec: &Spec) -> Result<u64, String> {
+    match annotation(spec, FUEL_ANNOTATION) {
+        None => Ok(DEFAULT_FUEL),
+        Some(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            format!("{FUEL_ANNOTATION}={v:?}: give a positive number of instructions")
+        }),
+    }
+}
+
+/// The initialization export of `bytes`, a core module in binary or text;
+/// None when it has none.
+pub(crate) fn init_export(bytes: &[u8]) -> Option<&'static str> {
+    let bytes = wat::parse_bytes(bytes).ok()?;
+    let exports: Vec<String> = wasmparser::Parser::new(0)
+        .parse_all(&bytes)
+        .filter_map(Result::ok)
+        .filter_map(|payload| match payload {
+            wasmparser::Payload::ExportSection(s) => Some(s),
+            _ => None,
+        })
+        .flat_map(|s| {
+            s.into_iter()
+                .filter_map(Result::ok)
+                .map(|e| e.name.to_owned())
+        })
+        .collect();
+    INIT_EXPORTS
+        .into_iter()
+        .find(|name| exports.iter().any(|e| e == name))
+}
+
+/// Why `bytes` cannot be pre-initialized, before anything runs.
+pub(crate) fn refusal(flavor: Flavor, bytes: &[u8]) -> Option<String> {
+    match flavor {
+        Flavor::Component => Some(format!(
+            "{ANNOTATION}=true: amphi pre-initializes core modules only, not components; \
+             drop the annotation"
+        )),
+        Flavor::Module if init_export(bytes).is_none() => Some(format!(
+            "{ANNOTATION}=true: the module exports no initialization function ({}); \
+             export one, or drop the annotation",
+            INIT_EXPORTS.join(" or ")
+        )),
+        Flavor::Module => None,
+    }
+}
+
+/// The core module of `bytes` for guests of `kind`, from the cache or
+/// compiled into it: pre-initialized when `spec` asks, under a key of the
+/// module and the export run, so a second start runs no initialization.
+pub(crate) fn module(
+    cache: &mut Cache,
+    kind: Kind,
+    spec: &Spec,
+    bytes: &[u8],
+    memory_limit: Option<u64>,
+) -> wasmtime::Result<Module> {
+    if !wanted(spec) {
+        return cache.module(kind, bytes);
+    }
+    if let Some(why) = refusal(Flavor::Module, bytes) {
+        wasmtime::bail!("{why}");
+    }
+    let fuel = fuel(spec).map_err(|e| wasmtime::format_err!("{e}"))?;
+    let export = init_export(bytes).expect("refusal checked the export");
+    cache.derived_module(kind, bytes, &format!("preinit:{export}"), || {
+        amphi_core::util::trace::phase("wasm: pre-initialize");
+        snapshot(bytes, memory_limit, fuel)
+            .map_err(|e| e.context(format!("pre-initialization ({ANNOTATION}=true)")))
+    })
+}
+
+struct Sandbox {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+/// Run `bytes`' initialization export in the sandbox and return the
+/// module with the state it left.
+fn snapshot(bytes: &[u8], memory_limit: Option<u64>, fuel: u64) -> wasmtime::Result<Vec<u8>> {
+    let bytes = wat::parse_bytes(bytes)?;
+    let export = init_export(&bytes).ok_or_else(|| {
+        wasmtime::format_err!("no initialization export ({})", INIT_EXPORTS.join(" or "))
+    })?;
+    let mut wizer = Wizer::new();
+    wizer.init_func(export);
+    let (cx, instrumented) = wizer.instrument(&bytes)?;
+
+    let mut config = Config::new();
+    config.consume_fuel(true).parallel_compilation(false);
+    let engine = Engine::new(&config)?;
+    let module = Module::new(&engine, &instrumented)?;
+    let mut linker: Linker<Sandbox> = Linker::new(&engine);
+    add_wasi_p1(&mut linker, |s| &mut s.wasi)?;
+    linker.define_unknown_imports_as_traps(&module)?;
+    let stderr = MemoryOutputPipe::new(MAX_STDERR);
+    let wasi = WasiCtxBuilder::new()
+        .stderr(stderr.clone())
+        .allow_blocking_current_thread(true)
+        .build_p1();
+    // A memory that cannot grow fails the initialization (with its
+    // reason) instead of leaving a state the guest may not expect.
+    let limits = crate::guest::store_limits_builder(memory_limit)
+        .trap_on_grow_failure(true)
+        .build();
+    let mut store = Store::new(&engine, Sandbox { wasi, limits });
+    store.limiter(|s| &mut s.limits);
+    store.set_fuel(fuel)?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let run = runtime.block_on(async {
+        let instance = linker.instantiate_async(&mut store, &module).await?;
+        // A reactor's own initialization first, as Wizer does.
+        if let Ok(reactor) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
+            reactor.call_async(&mut store, ()).await?;
+        }
+        instance
+            .get_typed_func::<(), ()>(&mut store, export)?
+            .call_async(&mut store, ())
+            .await?;
+        Ok::<_, wasmtime::Error>(instance)
+    });
+    // One line: the trap or error itself, without the wasm backtrace
+    // (the guest's own frames, which the export's name stands for).
+    let instance = run.map_err(|e| {
+        let said = String::from_utf8_lossy(&stderr.contents())
+            .trim()
+            .to_owned();
+        let why = if store.get_fuel().is_ok_and(|f| f == 0) {
+            format!(
+                "`{export}` ran {fuel} instructions without returning (raise {FUEL_ANNOTATION})"
+            )
+        } else {
+            let cause = e.root_cause().to_string();
+            match memory_limit.filter(|_| cause.contains("growing memory")) {
+                Some(limit) => format!(
+                    "`{export}` failed: {cause}, past the guest's share of \
+                     linux.resources.memory.limit ({} MiB)",
+                    limit >> 20
+                ),
+                None => format!("`{export}` failed: {cause}"),
+            }
+        };
+        match said.is_empty() {
+            true => wasmtime::format_err!("{why}"),
+            false => wasmtime::format_err!("{why}; it wrote to stderr: {said}"),
+        }
+    })?;
+    let mut state = Instance {
+        store: &mut store,
+        instance,
+    };
+    ready(wizer.snapshot(&cx, &mut state))
+}
+
+/// The instance as Wizer reads it.
+struct Instance<'a> {
+    store: &'a mut Store<Sandbox>,
+    instance: wasmtime::Instance,
+}
+
+impl InstanceState for Instance<'_> {
+    fn global_get(&mut self, name: &str, _: ValType) -> impl Future<Output = SnapshotVal> + Send {
+        let global = self
+            .instance
+            .get_global(&mut *self.store, name)
+            .expect("wizer's instrumentation exports every global");
+        let value = match global.get(&mut *self.store) {
+            wasmtime::Val::I32(x) => SnapshotVal::I32(x),
+            wasmtime::Val::I64(x) => SnapshotVal::I64(x),
+            wasmtime::Val::F32(x) => SnapshotVal::F32(x),
+            wasmtime::Val::F64(x) => SnapshotVal::F64(x),
+            wasmtime::Val::V128(x) => SnapshotVal::V128(x.as_u128()),
+            other => panic!("wizer snapshots numeric globals only, not {other:?}"),
+        };
+        std::future::ready(value)
+    }
+
+    fn memory_contents(
+        &mut self,
+        name: &str,
+        contents: impl FnOnce(&[u8]) + Send,
+    ) -> impl Future<Output = ()> + Send {
+        let memory = self
+            .instance
+            .get_memory(&mut *self.store, name)
+            .expect("wizer's instrumentation exports every memory");
+        contents(memory.data(&*self.store));
+        std::future::ready(())
+    }
+}
+
+/// The value of a future that does not wait: Wizer's snapshot is async
+/// only for runtimes whose reads are.
+fn ready<T>(f: impl Future<Output = T>) -> T {
+    match pin!(f).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(t) => t,
+        Poll::Pending => unreachable!("the snapshot's reads are all ready"),
+    }
+}
