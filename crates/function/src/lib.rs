@@ -321,20 +321,7 @@ fn bad(function: &str, field: &str, why: impl Into<String>) -> Error {
 /// A manifest's text, checked for everything but the files it names (their
 /// paths are still relative to the manifest's directory).
 pub fn parse(name: &str, text: &str) -> Result<Function> {
-    if name.is_empty()
-        || name.len() > 64
-        || name.starts_with(['.', '-'])
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(bad(
-            name,
-            "name",
-            "the manifest's file name (without .toml) names the function: 1 to 64 of \
-             A-Z a-z 0-9 . _ -, not starting with . or -",
-        ));
-    }
+    check_name(name)?;
     let raw: Raw = toml::from_str(text).map_err(|e| {
         let field = e
             .span()
@@ -358,39 +345,11 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
             ))
         }
     };
-    let source = match (raw.module, raw.program, raw.bundle, raw.rootfs) {
-        (Some(m), None, None, rootfs) => source(m, rootfs, Kind::Module),
-        (None, Some(p), None, rootfs) => source(p, rootfs, Kind::Program),
-        (None, None, Some(b), None) => Source::Bundle(b),
-        (None, None, Some(_), Some(_)) => {
-            return Err(bad(
-                name,
-                "rootfs",
-                "a bundle has its own root filesystem; drop rootfs",
-            ))
-        }
-        (None, None, None, _) => {
-            return Err(bad(
-                name,
-                "module",
-                "say what runs: module = FILE (wasm), program = FILE (native) or bundle = DIR",
-            ))
-        }
-        _ => {
-            return Err(bad(
-                name,
-                "module",
-                "give only one of module, program and bundle",
-            ))
-        }
-    };
-    if interface == Interface::Http && source.kind() == Some(Kind::Program) {
-        return Err(bad(
-            name,
-            "interface",
-            "\"http\" runs wasi:http/proxy components; give module = FILE, or use \"cgi\" for a native program",
-        ));
-    }
+    let source = what_runs(
+        name,
+        (raw.module, raw.program, raw.bundle, raw.rootfs),
+        interface,
+    )?;
     let env = raw.env.unwrap_or_default();
     for k in env.keys() {
         if k.is_empty() || k.contains(['=', '\0']) {
@@ -469,32 +428,7 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
             (None | Some(true), _) => Some(userns_host_base(name)),
         };
     let strict = isolation == Isolation::Envelope;
-    let listen = raw
-        .listen
-        .map(|l| {
-            l.parse::<std::net::SocketAddr>().map_err(|_| {
-                bad(
-                    name,
-                    "listen",
-                    format!("{l:?}; give an address and port, e.g. \"127.0.0.1:8081\""),
-                )
-            })
-        })
-        .transpose()?;
-    if listen.is_some() && strict {
-        return Err(bad(
-            name,
-            "listen",
-            "a port of its own is served by the function's one warm envelope; isolation = \"envelope\" makes an envelope per request: drop listen or use \"instance\"",
-        ));
-    }
-    if listen.is_some() && source.kind() == Some(Kind::Program) {
-        return Err(bad(
-            name,
-            "listen",
-            "a port of its own is for wasm functions (module = FILE); a native program is served through the server's port",
-        ));
-    }
+    let listen = own_port(name, raw.listen, strict, &source)?;
     let preinit = raw.preinit.unwrap_or(false);
     if preinit && (source.kind() != Some(Kind::Module) || interface != Interface::Cgi) {
         return Err(bad(
@@ -532,6 +466,110 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
         listen,
         preinit,
     })
+}
+
+/// The manifest's file name names the function.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || name.starts_with(['.', '-'])
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(bad(
+            name,
+            "name",
+            "the manifest's file name (without .toml) names the function: 1 to 64 of \
+             A-Z a-z 0-9 . _ -, not starting with . or -",
+        ));
+    }
+    Ok(())
+}
+
+/// The one of `module`, `program` and `bundle` the manifest gives, and
+/// whether `interface` can run it.
+fn what_runs(
+    name: &str,
+    // module, program, bundle, rootfs
+    given: (
+        Option<PathBuf>,
+        Option<PathBuf>,
+        Option<PathBuf>,
+        Option<PathBuf>,
+    ),
+    interface: Interface,
+) -> Result<Source> {
+    let source = match given {
+        (Some(m), None, None, rootfs) => source(m, rootfs, Kind::Module),
+        (None, Some(p), None, rootfs) => source(p, rootfs, Kind::Program),
+        (None, None, Some(b), None) => Source::Bundle(b),
+        (None, None, Some(_), Some(_)) => {
+            return Err(bad(
+                name,
+                "rootfs",
+                "a bundle has its own root filesystem; drop rootfs",
+            ))
+        }
+        (None, None, None, _) => {
+            return Err(bad(
+                name,
+                "module",
+                "say what runs: module = FILE (wasm), program = FILE (native) or bundle = DIR",
+            ))
+        }
+        _ => {
+            return Err(bad(
+                name,
+                "module",
+                "give only one of module, program and bundle",
+            ))
+        }
+    };
+    if interface == Interface::Http && source.kind() == Some(Kind::Program) {
+        return Err(bad(
+            name,
+            "interface",
+            "\"http\" runs wasi:http/proxy components; give module = FILE, or use \"cgi\" for a native program",
+        ));
+    }
+    Ok(source)
+}
+
+/// `listen`: a port of the function's own, for a wasm function with a
+/// warm envelope.
+fn own_port(
+    name: &str,
+    listen: Option<String>,
+    strict: bool,
+    source: &Source,
+) -> Result<Option<std::net::SocketAddr>> {
+    let listen = listen
+        .map(|l| {
+            l.parse::<std::net::SocketAddr>().map_err(|_| {
+                bad(
+                    name,
+                    "listen",
+                    format!("{l:?}; give an address and port, e.g. \"127.0.0.1:8081\""),
+                )
+            })
+        })
+        .transpose()?;
+    if listen.is_some() && strict {
+        return Err(bad(
+            name,
+            "listen",
+            "a port of its own is served by the function's one warm envelope; isolation = \"envelope\" makes an envelope per request: drop listen or use \"instance\"",
+        ));
+    }
+    if listen.is_some() && source.kind() == Some(Kind::Program) {
+        return Err(bad(
+            name,
+            "listen",
+            "a port of its own is for wasm functions (module = FILE); a native program is served through the server's port",
+        ));
+    }
+    Ok(listen)
 }
 
 fn isolation(
