@@ -55,12 +55,7 @@ impl Runtime {
     ) -> Result<i32> {
         let spec = &bundle.spec;
         let locked = self.store.create(o.id)?;
-        let mut guard = CreateGuard {
-            locked: Some(locked),
-            cgroup_created: Vec::new(),
-            cgroup_paths: Vec::new(),
-            systemd_unit: None,
-        };
+        let mut guard = CreateGuard::new(locked);
         let locked = guard.locked.as_ref().expect("set above");
         let planned = cgroups::plan(o.id, spec.linux().as_ref(), self.cgroups)?;
         if planned.systemd.is_some() {

@@ -73,12 +73,7 @@ impl Runtime {
 
         let locked = self.store.create(o.id)?;
         util::failpoint("create:dir");
-        let mut guard = CreateGuard {
-            locked: Some(locked),
-            cgroup_created: Vec::new(),
-            cgroup_paths: Vec::new(),
-            systemd_unit: None,
-        };
+        let mut guard = CreateGuard::new(locked);
         let locked = guard.locked.as_ref().expect("set above");
         let fifo = locked.fifo();
         nix::unistd::mkfifo(&fifo, FileMode::from_bits_truncate(0o622))
@@ -259,6 +254,19 @@ pub(crate) struct CreateGuard {
     pub(crate) cgroup_created: Vec<PathBuf>,
     pub(crate) cgroup_paths: Vec<PathBuf>,
     pub(crate) systemd_unit: Option<String>,
+}
+
+impl CreateGuard {
+    /// Armed: dropped while it still holds `locked`, it removes the state
+    /// directory and what it records.
+    pub(crate) fn new(locked: Locked) -> CreateGuard {
+        CreateGuard {
+            locked: Some(locked),
+            cgroup_created: Vec::new(),
+            cgroup_paths: Vec::new(),
+            systemd_unit: None,
+        }
+    }
 }
 
 impl Drop for CreateGuard {
