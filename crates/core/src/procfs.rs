@@ -138,6 +138,16 @@ impl ProcFs {
         Ok(s)
     }
 
+    /// A number of this process's `status` (`Threads`, `RssAnon` in kB),
+    /// its unit left out.
+    pub fn self_status_number(&self, field: &str) -> Option<u64> {
+        let status = self.read_self("status").ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Set a sysctl (`net.ipv4.ip_forward`) for the namespaces this
     /// process is in.
     pub fn write_sysctl(&self, key: &str, value: &str) -> nix::Result<()> {
@@ -221,6 +231,14 @@ fn detached_clone() -> nix::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_numbers_of_its_own_status() {
+        let p = ProcFs::open().unwrap();
+        assert!(p.self_status_number("Threads").is_some_and(|n| n >= 1));
+        assert!(p.self_status_number("RssAnon").is_some_and(|kib| kib > 0));
+        assert_eq!(p.self_status_number("NoSuchField"), None);
+    }
 
     #[test]
     fn reads_and_reopens_through_its_own_instance() {

@@ -96,12 +96,7 @@ pub(crate) fn compile_in_helper(
 fn single_threaded() -> bool {
     amphi_core::procfs::handle()
         .ok()
-        .and_then(|p| p.read_self("status").ok())
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|n| n.trim().parse::<u32>().ok())
-        })
+        .and_then(|p| p.self_status_number("Threads"))
         .is_none_or(|n| n == 1)
 }
 

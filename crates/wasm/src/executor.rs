@@ -476,7 +476,7 @@ impl Executor for Wasm {
             )));
         }
         if crate::preinit::wanted(ctx.spec) {
-            if let Some(why) = crate::preinit::refusal(flavor, &bytes) {
+            if let Some(why) = crate::preinit::refusal(flavor) {
                 return Err(fail(format!("{what}: {why}")));
             }
             if self.checkpoint.is_some() {

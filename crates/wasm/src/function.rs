@@ -336,6 +336,11 @@ impl Function {
         POOL_SLOTS.get_or_init(|| self.pool_slots);
         let flavor = flavor(&bytes)
             .ok_or_else(|| fail(format!("{what}: not a WebAssembly module or component")))?;
+        if let Some(why) =
+            crate::preinit::refusal(flavor).filter(|_| crate::preinit::wanted(ctx.spec))
+        {
+            return Err(fail(format!("{what}: {why}")));
+        }
         let engine = engine();
         let memory_limit = self.memory_limit;
         let component = |cache: &mut Cache| {

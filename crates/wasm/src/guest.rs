@@ -121,12 +121,7 @@ const ANON_RSS_FRESH: std::time::Duration = std::time::Duration::from_millis(20)
 fn read_anon_rss() -> u64 {
     amphi_core::procfs::handle()
         .ok()
-        .and_then(|p| p.read_self("status").ok())
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("RssAnon:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
+        .and_then(|p| p.self_status_number("RssAnon"))
         .map_or(0, |kib| kib * 1024)
 }
 

@@ -67,41 +67,35 @@ pub fn fuel(spec: &Spec) -> Result<u64, String> {
 }
 
 /// The initialization export of `bytes`, a core module in binary or text;
-/// None when it has none.
-pub(crate) fn init_export(bytes: &[u8]) -> Option<&'static str> {
+/// None when it has none. Read up to the export section only: it comes
+/// before the code, which a module's start need not walk.
+fn init_export(bytes: &[u8]) -> Option<&'static str> {
     let bytes = wat::parse_bytes(bytes).ok()?;
-    let exports: Vec<String> = wasmparser::Parser::new(0)
-        .parse_all(&bytes)
-        .filter_map(Result::ok)
-        .filter_map(|payload| match payload {
-            wasmparser::Payload::ExportSection(s) => Some(s),
-            _ => None,
-        })
-        .flat_map(|s| {
-            s.into_iter()
-                .filter_map(Result::ok)
-                .map(|e| e.name.to_owned())
-        })
-        .collect();
-    INIT_EXPORTS
-        .into_iter()
-        .find(|name| exports.iter().any(|e| e == name))
+    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+        match payload.ok()? {
+            wasmparser::Payload::ExportSection(exports) => {
+                let names: Vec<&str> = exports
+                    .into_iter()
+                    .filter_map(|e| Some(e.ok()?.name))
+                    .collect();
+                return INIT_EXPORTS.into_iter().find(|name| names.contains(name));
+            }
+            wasmparser::Payload::CodeSectionStart { .. } => return None,
+            _ => {}
+        }
+    }
+    None
 }
 
-/// Why `bytes` cannot be pre-initialized, before anything runs.
-pub(crate) fn refusal(flavor: Flavor, bytes: &[u8]) -> Option<String> {
-    match flavor {
-        Flavor::Component => Some(format!(
+/// Why a guest of `flavor` cannot be pre-initialized: amphi does core
+/// modules only.
+pub(crate) fn refusal(flavor: Flavor) -> Option<String> {
+    (flavor == Flavor::Component).then(|| {
+        format!(
             "{ANNOTATION}=true: amphi pre-initializes core modules only, not components; \
              drop the annotation"
-        )),
-        Flavor::Module if init_export(bytes).is_none() => Some(format!(
-            "{ANNOTATION}=true: the module exports no initialization function ({}); \
-             export one, or drop the annotation",
-            INIT_EXPORTS.join(" or ")
-        )),
-        Flavor::Module => None,
-    }
+        )
+    })
 }
 
 /// The core module of `bytes` for guests of `kind`, from the cache or
@@ -117,14 +111,17 @@ pub(crate) fn module(
     if !wanted(spec) {
         return cache.module(kind, bytes);
     }
-    if let Some(why) = refusal(Flavor::Module, bytes) {
-        wasmtime::bail!("{why}");
-    }
+    let export = init_export(bytes).ok_or_else(|| {
+        wasmtime::format_err!(
+            "{ANNOTATION}=true: the module exports no initialization function ({}); \
+             export one, or drop the annotation",
+            INIT_EXPORTS.join(" or ")
+        )
+    })?;
     let fuel = fuel(spec).map_err(|e| wasmtime::format_err!("{e}"))?;
-    let export = init_export(bytes).expect("refusal checked the export");
     cache.derived_module(kind, bytes, &format!("preinit:{export}"), || {
         amphi_core::util::trace::phase("wasm: pre-initialize");
-        snapshot(bytes, memory_limit, fuel)
+        snapshot(bytes, export, memory_limit, fuel)
             .map_err(|e| e.context(format!("pre-initialization ({ANNOTATION}=true)")))
     })
 }
@@ -134,13 +131,15 @@ struct Sandbox {
     limits: StoreLimits,
 }
 
-/// Run `bytes`' initialization export in the sandbox and return the
+/// Run `bytes`' initialization `export` in the sandbox and return the
 /// module with the state it left.
-fn snapshot(bytes: &[u8], memory_limit: Option<u64>, fuel: u64) -> wasmtime::Result<Vec<u8>> {
+fn snapshot(
+    bytes: &[u8],
+    export: &str,
+    memory_limit: Option<u64>,
+    fuel: u64,
+) -> wasmtime::Result<Vec<u8>> {
     let bytes = wat::parse_bytes(bytes)?;
-    let export = init_export(&bytes).ok_or_else(|| {
-        wasmtime::format_err!("no initialization export ({})", INIT_EXPORTS.join(" or "))
-    })?;
     let mut wizer = Wizer::new();
     wizer.init_func(export);
     let (cx, instrumented) = wizer.instrument(&bytes)?;
