@@ -55,10 +55,7 @@ if ! command -v cargo >/dev/null; then
     echo "deps.sh: no cargo on PATH: install a Rust toolchain (rustup) first" >&2
     exit 1
 fi
-for component in rustfmt clippy; do
-    rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
-done
-# The wasm guests and the corpus's crates are built for WASI.
-for target in wasm32-wasip1 wasm32-wasip2; do
-    rustup target list --installed | grep -qx "$target" || rustup target add "$target"
-done
+# The toolchain rust-toolchain.toml pins, with its components and the
+# WASI targets the wasm guests and the corpus's crates are built for
+# (rustup installs what the file lists; it is a no-op once there).
+rustup toolchain install

@@ -973,9 +973,9 @@ fn a_proposal_the_cli_leaves_off_is_named() {
             "custom page sizes proposal",
         ),
         (
-            "wide",
-            "(module (func (export \"_start\") i64.const 1 i64.const 2 i64.const 3 i64.const 4 i64.add128 drop drop))",
-            "wide arithmetic",
+            "legacy",
+            "(module (tag) (func (export \"_start\") try nop catch 0 end))",
+            "legacy_exceptions feature required",
         ),
     ] {
         let mut b = env.wasm_bundle(name, &["/app/x.wasm"]);

@@ -41,6 +41,10 @@ pub struct Opts {
     pub pods: usize,
     pub out: PathBuf,
     pub smoke: bool,
+    /// An amphi binary of another build (the release before an upgrade,
+    /// say) that the wasm and serve groups measure beside this one,
+    /// interleaved, so each pair comes from one run.
+    pub baseline: Option<PathBuf>,
 }
 
 impl Opts {
@@ -58,6 +62,7 @@ impl Opts {
             pods: if group == "density" { 1000 } else { 20 },
             out: report::default_out(),
             smoke: false,
+            baseline: None,
         };
         while let Some(a) = args.next() {
             let mut value = || args.next().with_context(|| format!("{a} needs a value"));
@@ -73,6 +78,7 @@ impl Opts {
                 }
                 "--pods" => o.pods = value()?.parse()?,
                 "--out" => o.out = value()?.into(),
+                "--baseline" => o.baseline = Some(value()?.into()),
                 "--smoke" => {
                     o.smoke = true;
                     o.runs = 3;

@@ -340,13 +340,34 @@ fn wasm_section(md: &mut String, wasm: &Value, o: &Opts) -> Result<()> {
         if let Some(reference) = p["wasmtime_compile_ms"].as_f64() {
             writeln!(
                 against_wasmtime,
-                "\n{name}: first start {:.2}x wasmtime's own compile and serialize of it ({:.1} s, the wasmtime 48 Python package)",
+                "\n{name}: first start {:.2}x wasmtime's own compile and serialize of it ({:.1} s, wasmtime's Python package of the same version)",
                 f(&p["first_start_over_wasmtime_compile"]),
                 reference / 1e3
             )?;
         }
     }
     md.push_str(&against_wasmtime);
+    if let Some(baseline) = wasm["baseline"].as_str() {
+        writeln!(
+            md,
+            "\nAgainst the baseline build ({baseline}), same run, turn about:\n\n\
+             | program | first start | baseline | ratio | cached start | baseline | ratio |\n|---|---|---|---|---|---|---|"
+        )?;
+        for p in wasm["programs"].as_array().into_iter().flatten() {
+            let (first, cached) = (f(&p["first_start_ms"]), f(&p["cached_start_ms"]));
+            let (base_first, base_cached) = (
+                f(&p["baseline_first_start_ms"]),
+                f(&p["baseline_cached_start_ms"]),
+            );
+            writeln!(
+                md,
+                "| {} | {first:.0} ms | {base_first:.0} ms | {:.2}x | {cached:.1} ms | {base_cached:.1} ms | {:.2}x |",
+                p["program"].as_str().unwrap_or(""),
+                first / base_first,
+                cached / base_cached
+            )?;
+        }
+    }
     for skip in wasm["skipped"].as_array().into_iter().flatten() {
         writeln!(md, "- skipped: {}", skip.as_str().unwrap_or(""))?;
     }
@@ -461,6 +482,15 @@ fn serve_table(md: &mut String, sv: &Value, o: &Opts) -> Result<()> {
         )?;
     } else {
         writeln!(md, ".")?;
+    }
+    if let Some(baseline) = r["baseline"].as_str() {
+        writeln!(
+            md,
+            "\nThis build / the baseline build ({baseline}), requests/s, same run: wasm CGI {:.2}, wasi:http {:.2} (instance), {:.2} (reuse).",
+            f(&r["over_baseline_rps_wasm_cgi"]),
+            f(&r["over_baseline_rps_http"]),
+            f(&r["over_baseline_rps_http_reuse"])
+        )?;
     }
     std::fs::write(o.out.join("serve.csv"), csv)?;
     Ok(())

@@ -95,12 +95,12 @@ fn row(name: &str, note: &str, loads: &[Load]) -> Value {
 }
 
 /// The wasmtime CLI the comparison uses: amphi's own wasmtime version.
-const WASMTIME_VERSION: &str = "48.0.8";
+const WASMTIME_VERSION: &str = "50.0.1";
 
 /// `wasmtime serve` from $WASMTIME, PATH, or (a full run) built once with
-/// `cargo install` into target/wasmtime-cli and kept there: about 25
-/// minutes on 2 cores the first time, nothing after. The smoke pass never
-/// builds it.
+/// `cargo install` into target/wasmtime-cli-VERSION and kept there: about
+/// 25 minutes on 2 cores the first time, nothing after. The smoke pass
+/// never builds it.
 fn wasmtime(o: &Opts) -> Result<Option<PathBuf>> {
     if let Some(bin) = std::env::var_os("WASMTIME")
         .map(PathBuf::from)
@@ -108,7 +108,7 @@ fn wasmtime(o: &Opts) -> Result<Option<PathBuf>> {
     {
         return Ok(Some(bin));
     }
-    let root = world::repo_root().join("target/wasmtime-cli");
+    let root = world::repo_root().join(format!("target/wasmtime-cli-{WASMTIME_VERSION}"));
     let bin = root.join("bin/wasmtime");
     if bin.exists() || o.smoke {
         return Ok(bin.exists().then_some(bin));
@@ -259,7 +259,7 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
     // Warm: a fresh instance (wasm) or process (native) per request in a
     // warm envelope.
     let routed = serve.addr;
-    let warm = [
+    let mut warm = vec![
         (routed, "/wasm"),
         (routed, "/native"),
         (routed, "/http"),
@@ -269,6 +269,24 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
         (serve.port_of("http-port"), "/http-port"),
         (serve.port_of("http-reuse-port"), "/http-reuse-port"),
     ];
+    // The baseline build's server, on the same functions: its wasm
+    // variants are loaded in the same rounds, turn about with this one's.
+    let baseline_env = o.baseline.clone().map(Env::for_runtime);
+    let baseline = match &baseline_env {
+        Some(env) => Some(
+            Serve::start(env, &dir, &[])
+                .map_err(|f| anyhow::anyhow!("amphi serve (baseline): {}", f.stderr))?,
+        ),
+        None => None,
+    };
+    const BASELINE_WARM: [(&str, &str); 3] = [
+        ("/wasm", "wasm CGI (warm)"),
+        ("/http", "wasi:http (warm)"),
+        ("/http-reuse", "wasi:http (warm, isolation reuse)"),
+    ];
+    if let Some(b) = &baseline {
+        warm.extend(BASELINE_WARM.iter().map(|(path, _)| (b.addr, *path)));
+    }
     let mut warm_loads: Vec<Vec<Load>> = warm.iter().map(|_| Vec::new()).collect();
     for (addr, path) in &warm {
         let _warm_up = load(*addr, path, clients, secs / 4.0);
@@ -320,6 +338,16 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             &warm_loads[7],
         ),
     ];
+    if baseline.is_some() {
+        for (j, (_, variant)) in BASELINE_WARM.iter().enumerate() {
+            rows.push(row(
+                &format!("amphi serve, {variant} [baseline]"),
+                "the same function on the baseline build's server",
+                &warm_loads[8 + j],
+            ));
+        }
+    }
+    drop(baseline);
 
     // Strict: an envelope per request, from a warm pool or made on demand.
     let strict = [
@@ -434,6 +462,19 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
         "port_over_routed_rps_http": rps("wasi:http (warm, own port)") / rps("wasi:http (warm)"),
         "port_over_routed_rps_wasm_cgi": rps("wasm CGI (warm, own port)") / rps("wasm CGI (warm)"),
     });
+    if let Some(b) = &o.baseline {
+        ratios["baseline"] = json!(world::version_of(b));
+        for (key, variant) in [
+            ("over_baseline_rps_wasm_cgi", "wasm CGI (warm)"),
+            ("over_baseline_rps_http", "wasi:http (warm)"),
+            (
+                "over_baseline_rps_http_reuse",
+                "wasi:http (warm, isolation reuse)",
+            ),
+        ] {
+            ratios[key] = json!(rps(variant) / rps(&format!("{variant} [baseline]")));
+        }
+    }
     if let Some(rps) = wasmtime_row["rps"].as_f64() {
         ratios["amphi_http_over_wasmtime_serve_rps"] =
             json!(stat("amphi serve, wasi:http (warm)", "rps") / rps);

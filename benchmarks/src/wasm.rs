@@ -17,8 +17,8 @@ use crate::{median_p95, ms, Opts};
 
 /// The reference compiler: wasmtime's Python package of the pinned major
 /// release (a wheel: a zip holding the C API's shared library).
-const WHEEL_URL: &str = "https://files.pythonhosted.org/packages/a2/92/e144fcf578fc394678c24b042efe45f3b0614acdb87ea95d8b839b208842/wasmtime-48.0.0-py3-none-manylinux1_x86_64.whl";
-const WHEEL_SHA256: &str = "58544d539053dff7bd4cf30c40d7a540862d683013c0dfa6ba46a063f5b682f7";
+const WHEEL_URL: &str = "https://files.pythonhosted.org/packages/d5/9d/97c109d4a25c716c4045644398d7e684e1d4fa5ec6c99412b5cba35a9a98/wasmtime-50.0.1-py3-none-manylinux1_x86_64.whl";
+const WHEEL_SHA256: &str = "cc14c3a17654e0394e0225b11813532ef0cd7bd1e222a0c5494cdedaabeddac4";
 
 /// Compile and serialize a module; print the seconds it took.
 const COMPILE_PY: &str = "
@@ -32,6 +32,7 @@ print(time.perf_counter() - t, len(artifact))
 
 pub fn group(w: &World, o: &Opts) -> Result<Value> {
     let env = amphi_tests::Env::for_runtime(w.amphi.clone());
+    let baseline = o.baseline.clone().map(amphi_tests::Env::for_runtime);
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
     let programs: Vec<&Program> = PROGRAMS
@@ -51,29 +52,50 @@ pub fn group(w: &World, o: &Opts) -> Result<Value> {
         let size = std::fs::metadata(&module)?.len();
         // A first start costs seconds to a minute: fewer rounds of those.
         let rounds = if o.smoke || size > 32 << 20 { 1 } else { 3 };
-        let (mut cold, mut cached) = (Vec::new(), Vec::new());
+        // This build, then the baseline's (if any), turn about.
+        let builds: Vec<&amphi_tests::Env> = std::iter::once(&env).chain(&baseline).collect();
+        let mut cold = vec![Vec::new(); builds.len()];
+        let mut cached = vec![Vec::new(); builds.len()];
         for round in 0..rounds {
-            let cache = w.tmp().join(format!("wasm-cache-{}-{round}", p.name));
-            cold.push(ms(start(&env, p, &fetched, &cache, &format!("c{round}"))?));
-            for again in 0..rounds.max(3) {
-                let name = format!("h{round}-{again}");
-                cached.push(ms(start(&env, p, &fetched, &cache, &name)?));
+            let cache = |b: usize| w.tmp().join(format!("wasm-cache-{}-{round}-{b}", p.name));
+            for (b, env) in builds.iter().enumerate() {
+                cold[b].push(ms(start(
+                    env,
+                    p,
+                    &fetched,
+                    &cache(b),
+                    &format!("c{round}"),
+                )?));
             }
-            let _ = std::fs::remove_dir_all(&cache);
+            for again in 0..rounds.max(3) {
+                for (b, env) in builds.iter().enumerate() {
+                    let name = format!("h{round}-{again}");
+                    cached[b].push(ms(start(env, p, &fetched, &cache(b), &name)?));
+                }
+            }
+            for b in 0..builds.len() {
+                let _ = std::fs::remove_dir_all(cache(b));
+            }
         }
         let mut row = json!({
             "program": p.name, "toolchain": p.toolchain, "origin": p.origin_text(),
-            "module_bytes": size, "first_start_ms": median_p95(&cold).0,
-            "cached_start_ms": median_p95(&cached).0,
+            "module_bytes": size, "first_start_ms": median_p95(&cold[0]).0,
+            "cached_start_ms": median_p95(&cached[0]).0,
         });
+        if baseline.is_some() {
+            row["baseline_first_start_ms"] = json!(median_p95(&cold[1]).0);
+            row["baseline_cached_start_ms"] = json!(median_p95(&cached[1]).0);
+        }
         if size > 32 << 20 && !o.smoke {
             let reference = reference_compile(&module)?;
             row["wasmtime_compile_ms"] = json!(ms(reference));
-            row["first_start_over_wasmtime_compile"] = json!(median_p95(&cold).0 / ms(reference));
+            row["first_start_over_wasmtime_compile"] =
+                json!(median_p95(&cold[0]).0 / ms(reference));
         }
         rows.push(row);
     }
-    Ok(json!({"programs": rows, "skipped": skipped}))
+    Ok(json!({"programs": rows, "skipped": skipped,
+              "baseline": o.baseline.as_ref().map(|b| crate::world::version_of(b))}))
 }
 
 /// `amphi run` of `p` once, timed; its exit status checked.
@@ -101,7 +123,7 @@ fn start(
 
 fn reference_compile(module: &Path) -> Result<Duration> {
     let base = corpus::corpus_dir();
-    let wheel = base.join("downloads/wasmtime-48.0.0.whl");
+    let wheel = base.join("downloads/wasmtime-50.0.1.whl");
     corpus::download(WHEEL_URL, WHEEL_SHA256, &wheel).map_err(|e| match e {
         Unavailable::Offline(why) | Unavailable::Broken(why) => anyhow::anyhow!(why),
     })?;

@@ -117,6 +117,20 @@ fn amphi_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// What `amphi --version` says of a build, on one line (its wasmtime
+/// included).
+pub fn version_of(amphi: &Path) -> String {
+    Command::new(amphi)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .replace('\n', ", ")
+        })
+        .unwrap_or_default()
+}
+
 impl World {
     pub fn new(smoke: bool) -> Result<World> {
         let amphi = amphi_bin()?;

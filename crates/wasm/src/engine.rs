@@ -7,9 +7,11 @@
 //! run` uses, so a module that runs there runs here: every proposal the
 //! pinned wasmtime enables by default (exceptions, GC and typed function
 //! references, tail calls, SIMD and relaxed SIMD, threads, memory64,
-//! multi-memory, ...) given the cargo features amphi builds it with, which
-//! are the CLI's (`tests/wasm_parity.rs` checks both against a wasmtime
-//! built by its maintainers).
+//! multi-memory, wide arithmetic, ...) given the cargo features amphi
+//! builds it with, which are the CLI's (the tests below check both against
+//! the CLI's own option parser, `wasmtime-cli-flags` of the same version).
+//! The checkpoint engine alone also lets modules define a shared memory:
+//! its instrumentation's flag is one (`checkpoint/instrument.rs`).
 //!
 //! The engines that run guests never compile in parallel: they live in
 //! the container's init, whose credentials and capabilities are per
@@ -27,7 +29,8 @@ pub enum Kind {
     /// An invocation of `amphi serve`.
     Function,
     /// A container's process instrumented for checkpoints (its module
-    /// polls at loop back-edges, told to by an epoch tick).
+    /// polls at loop back-edges once the runtime raises a flag in a shared
+    /// memory of the instrumentation's).
     Checkpoint,
 }
 
@@ -39,7 +42,7 @@ pub(crate) static POOL_SLOTS: OnceLock<Option<u32>> = OnceLock::new();
 pub(crate) fn config(kind: Kind) -> Config {
     let mut config = Config::new();
     if kind == Kind::Checkpoint {
-        config.epoch_interruption(true);
+        config.shared_memory(true);
     }
     if kind == Kind::Function {
         config.epoch_interruption(true);
@@ -84,14 +87,16 @@ pub(crate) fn compiling_engine(kind: Kind) -> wasmtime::Result<Engine> {
 }
 
 /// A proposal the wasmtime CLI leaves off by default is off here too; a
-/// module that needs one fails validation with wasmparser's words ("...
-/// support is not enabled"), which name the proposal but not what to do.
+/// module that needs one fails validation or translation with wasmparser's
+/// words ("... support is not enabled", "... feature required for ..."),
+/// which name the proposal but not what to do.
 pub(crate) fn explain(error: &wasmtime::Error) -> Option<&'static str> {
     let text = format!("{error:#}");
     [
         "not enabled",
         "not supported without",
         "proposal must be enabled",
+        "feature required for",
     ]
     .iter()
     .any(|phrase| text.contains(phrase))

@@ -23,7 +23,7 @@ use amphi_core::executor::PrepareContext;
 use amphi_core::Result;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Accessor, ResourceTable};
 use wasmtime::{Engine, InstancePre, Linker, Store, StoreLimits};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
@@ -229,21 +229,6 @@ struct KeptP3 {
 }
 
 type Reply = tokio::sync::oneshot::Sender<wasmtime::Result<hyper::Response<Bytes>>>;
-
-/// One request on a kept 0.3 instance, and where its answer goes.
-struct JobP3 {
-    service: std::sync::Arc<wasmtime_wasi_http::p3::bindings::Service>,
-    request: hyper::Request<Full<Bytes>>,
-    reply: Reply,
-}
-
-impl wasmtime::component::AccessorTask<P2State> for JobP3 {
-    async fn run(self, accessor: &wasmtime::component::Accessor<P2State>) -> wasmtime::Result<()> {
-        let answer = serve_p3(accessor, &self.service, self.request).await;
-        let _ = self.reply.send(answer);
-        Ok(())
-    }
-}
 
 /// An instance between requests.
 struct Warm {
@@ -660,10 +645,10 @@ impl Function {
             let _ = store
                 .run_concurrent(async |accessor| {
                     while let Some((request, reply)) = requests.recv().await {
-                        let job = JobP3 {
-                            service: service.clone(),
-                            request,
-                            reply,
+                        let service = service.clone();
+                        let job = async move |accessor: &Accessor<P2State>| {
+                            let _ = reply.send(serve_p3(accessor, &service, request).await);
+                            Ok(())
                         };
                         if accessor.spawn(job).is_err() {
                             break;
@@ -930,7 +915,7 @@ where
 /// loop: the guest writes the body from a task of its own after it
 /// returned the response, so the body is read there too.
 async fn serve_p3<B>(
-    accessor: &wasmtime::component::Accessor<P2State>,
+    accessor: &Accessor<P2State>,
     service: &wasmtime_wasi_http::p3::bindings::Service,
     request: hyper::Request<B>,
 ) -> wasmtime::Result<hyper::Response<Bytes>>

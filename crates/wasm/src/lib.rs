@@ -19,7 +19,7 @@
 pub mod detect;
 
 /// The wasmtime release amphi is built with (pinned in Cargo.toml).
-pub const WASMTIME_VERSION: &str = "48.0.8";
+pub const WASMTIME_VERSION: &str = "50.0.1";
 
 #[cfg(test)]
 #[test]

@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use wasmtime::{Caller, Func, Global, Instance, Linker, Memory, Store, UpdateDeadline, Val};
+use wasmtime::{Caller, Func, Instance, Linker, Memory, SharedMemory, Store, Val};
 
 use super::{
     Global as Saved, Image, Manifest, OpenFile, Request, ACK, FLAG_EXPORT, GLOBAL_EXPORT_PREFIX,
     IMAGE_PAGE, MEMORY_EXPORT, POLL_IMPORT, WASI_EXPORT_PREFIX, WASM_PAGE,
 };
-use crate::engine::{engine, Kind};
 
 /// The runtime's region in the guest's memory, grown at the first
 /// checkpoint (after the guest's allocator took what it saw at start):
@@ -40,10 +40,28 @@ struct Pending {
     leave_running: bool,
 }
 
+/// The flag every back-edge of the instrumented guest reads: byte 0 of a
+/// shared memory of the instrumentation's, known once the guest is
+/// instantiated. A request that comes before is raised then.
+#[derive(Clone, Default)]
+struct Flag(Arc<OnceLock<SharedMemory>>);
+
+impl Flag {
+    fn set(&self, value: u8) {
+        if let Some(memory) = self.0.get() {
+            let byte = memory.data()[0].get();
+            // SAFETY: the memory is shared, so written and read atomically
+            // from any thread (the guest reads it with `i32.atomic.load8_u`),
+            // and `memory` keeps it mapped.
+            unsafe { AtomicU8::from_ptr(byte) }.store(value, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Answers connections on the socket for the life of the guest: a request
-/// is parked for the guest's next poll and the engine's epoch ticked, so
-/// the guest's next back-edge sets its flag.
-fn serve(listener: UnixListener, pending: Arc<Mutex<Option<Pending>>>) {
+/// is parked for the guest's next poll and the flag raised, so the guest
+/// polls at its next back-edge.
+fn serve(listener: UnixListener, pending: Arc<Mutex<Option<Pending>>>, flag: Flag) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
@@ -67,7 +85,7 @@ fn serve(listener: UnixListener, pending: Arc<Mutex<Option<Pending>>>) {
             leave_running: request.leave_running,
         });
         drop(slot);
-        engine(Kind::Checkpoint).increment_epoch();
+        flag.set(1);
     }
 }
 
@@ -92,7 +110,7 @@ pub(crate) struct Session {
     pending: Arc<Mutex<Option<Pending>>>,
     serving: Option<Pending>,
     rewinding: bool,
-    flag: Option<Global>,
+    flag: Flag,
     /// Start of the runtime's region, once there is one.
     region: Option<u32>,
     files: BTreeMap<u32, OpenFile>,
@@ -110,15 +128,16 @@ impl Session {
         instrumentation: String,
     ) -> Session {
         let pending = Arc::new(Mutex::new(None));
+        let flag = Flag::default();
         if let Some(listener) = listener {
-            let pending = pending.clone();
-            std::thread::spawn(move || serve(listener, pending));
+            let (pending, flag) = (pending.clone(), flag.clone());
+            std::thread::spawn(move || serve(listener, pending, flag));
         }
         Session {
             pending,
             serving: None,
             rewinding: false,
-            flag: None,
+            flag,
             region: None,
             files: BTreeMap::new(),
             wasi: None,
@@ -230,15 +249,14 @@ async fn poll<T: HasSession>(caller: &mut Caller<'_, T>) -> wasmtime::Result<()>
             .await;
     }
     let session = caller.data_mut().session();
-    let flag = session.flag;
+    // Lowered before the request is taken: one parked after that raises
+    // it again.
+    session.flag.set(0);
     let taken = session
         .pending
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
-    if let Some(flag) = flag {
-        flag.set(&mut *caller, Val::I32(0))?;
-    }
     let Some(mut request) = taken else {
         return Ok(());
     };
@@ -288,9 +306,19 @@ pub(crate) async fn run<T: HasSession>(
     image: Option<&Image>,
 ) -> wasmtime::Result<Outcome> {
     let flag = instance
-        .get_global(&mut *store, FLAG_EXPORT)
+        .get_shared_memory(&mut *store, FLAG_EXPORT)
         .ok_or_else(|| wasmtime::format_err!("the instrumented module lacks {FLAG_EXPORT}"))?;
-    store.data_mut().session().flag = Some(flag);
+    let session = store.data_mut().session();
+    let _ = session.flag.0.set(flag);
+    // A request parked before the guest existed.
+    if session
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some()
+    {
+        session.flag.set(1);
+    }
     let wrapper = |store: &mut Store<T>, name: &str| {
         let name = format!("{WASI_EXPORT_PREFIX}{name}");
         instance
@@ -304,13 +332,6 @@ pub(crate) async fn run<T: HasSession>(
         fd_seek: wrapper(store, "fd_seek")?,
     };
     store.data_mut().session().wasi = Some(wasi);
-    store.epoch_deadline_callback(|mut ctx| {
-        if let Some(flag) = ctx.data_mut().session().flag {
-            flag.set(&mut ctx, Val::I32(1))?;
-        }
-        Ok(UpdateDeadline::Continue(1))
-    });
-    store.set_epoch_deadline(1);
     let func = |store: &mut Store<T>, name: &str| {
         instance
             .get_func(&mut *store, name)

@@ -3,9 +3,8 @@
 //! 1. amphi's own pass (wasmparser in, wasm-encoder out): every `loop`
 //!    starts with `if (global.get $flag) (call $amphi.poll)`, so a guest
 //!    that never calls the host still reaches a safe point within one
-//!    iteration once the runtime sets the flag (from wasmtime's epoch
-//!    callback: the flag is a plain global, one load and branch a
-//!    back-edge); every mutable global and memory 0 is exported, so
+//!    iteration once the runtime sets the flag; every mutable global and
+//!    memory 0 is exported, so
 //!    the runtime can read and write them (`__stack_pointer` above all);
 //!    and the guest's `path_open`, `fd_close` and `fd_renumber` go through
 //!    wrappers in the module that report each call's outcome to the
@@ -16,6 +15,13 @@
 //! 2. Binaryen's Asyncify (`wasm-opt --asyncify`) with `amphi.poll` as the
 //!    only import that unwinds: a call to it can unwind the whole wasm
 //!    stack into linear memory and later rewind it, in a new process.
+//! 3. The flag moves from that global into a one-page shared memory of
+//!    its own, which each back-edge reads with an atomic load: the
+//!    runtime's checkpoint thread raises it whenever a request comes,
+//!    while the guest runs (wasmtime lets nobody write a wasm global
+//!    then, not even its epoch callback). A step of its own after
+//!    Asyncify, because Binaryen 108 (Debian 12's) reads no module with a
+//!    second memory.
 //!
 //! What cannot be carried is refused here, naming it, rather than restored
 //! wrong: a second or 64-bit or shared memory, tables the guest changes
@@ -485,10 +491,142 @@ pub(crate) fn add_polls(bytes: &[u8]) -> Result<Vec<u8>, String> {
     Ok(module.finish())
 }
 
+/// Step 3: every read of the flag global (found by its export) becomes an
+/// atomic load of byte 0 of an added shared memory, exported under the
+/// flag's name instead. The module has exactly one memory (step 1 saw to
+/// it), so the flag's is memory 1.
+pub(crate) fn flag_in_memory(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let mut flag_global = None;
+    let mut has_memory_section = false;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| e.to_string())? {
+            Payload::MemorySection(_) => has_memory_section = true,
+            Payload::ExportSection(r) => {
+                for e in r {
+                    let e = e.map_err(|e| e.to_string())?;
+                    if e.name == FLAG_EXPORT && e.kind == wasmparser::ExternalKind::Global {
+                        flag_global = Some(e.index);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let flag_global = flag_global.ok_or_else(|| format!("the module exports no {FLAG_EXPORT}"))?;
+    let mut pass = FlagMemory {
+        flag_global,
+        has_memory_section,
+        added_memory: false,
+    };
+    let mut module = wasm_encoder::Module::new();
+    pass.parse_core_module(&mut module, Parser::new(0), bytes)
+        .map_err(|e| e.to_string())?;
+    Ok(module.finish())
+}
+
+const FLAG_MEMORY: u32 = 1;
+
+struct FlagMemory {
+    flag_global: u32,
+    has_memory_section: bool,
+    added_memory: bool,
+}
+
+impl FlagMemory {
+    fn add_memory(&mut self, memories: &mut wasm_encoder::MemorySection) {
+        memories.memory(wasm_encoder::MemoryType {
+            minimum: 1,
+            maximum: Some(1),
+            memory64: false,
+            shared: true,
+            page_size_log2: None,
+        });
+        self.added_memory = true;
+    }
+}
+
+impl Reencode for FlagMemory {
+    type Error = std::convert::Infallible;
+
+    fn parse_memory_section(
+        &mut self,
+        memories: &mut wasm_encoder::MemorySection,
+        section: wasmparser::MemorySectionReader<'_>,
+    ) -> Result<(), reencode::Error> {
+        reencode::utils::parse_memory_section(self, memories, section)?;
+        self.add_memory(memories);
+        Ok(())
+    }
+
+    fn parse_export_section(
+        &mut self,
+        exports: &mut wasm_encoder::ExportSection,
+        section: wasmparser::ExportSectionReader<'_>,
+    ) -> Result<(), reencode::Error> {
+        for export in section {
+            let export = export?;
+            if export.name == FLAG_EXPORT {
+                exports.export(FLAG_EXPORT, ExportKind::Memory, FLAG_MEMORY);
+            } else {
+                let index = self.external_index(export.kind, export.index)?;
+                exports.export(export.name, self.export_kind(export.kind)?, index);
+            }
+        }
+        Ok(())
+    }
+
+    /// A module whose one memory is imported has no memory section: one is
+    /// made where it belongs.
+    fn intersperse_section_hook(
+        &mut self,
+        module: &mut wasm_encoder::Module,
+        _after: Option<wasm_encoder::SectionId>,
+        before: Option<wasm_encoder::SectionId>,
+    ) -> Result<(), reencode::Error> {
+        use wasm_encoder::SectionId as S;
+        let after_memories = !matches!(
+            before,
+            Some(S::Custom | S::Type | S::Import | S::Function | S::Table | S::Memory)
+        );
+        if !self.has_memory_section && !self.added_memory && after_memories {
+            let mut memories = wasm_encoder::MemorySection::new();
+            self.add_memory(&mut memories);
+            module.section(&memories);
+        }
+        Ok(())
+    }
+
+    fn parse_function_body(
+        &mut self,
+        code: &mut wasm_encoder::CodeSection,
+        body: wasmparser::FunctionBody<'_>,
+    ) -> Result<(), reencode::Error> {
+        let mut f = reencode::utils::new_function_with_parsed_locals(self, &body)?;
+        let mut ops = body.get_operators_reader()?;
+        while !ops.eof() {
+            match ops.read()? {
+                Operator::GlobalGet { global_index } if global_index == self.flag_global => {
+                    f.instruction(&Instruction::I32Const(0));
+                    f.instruction(&Instruction::I32AtomicLoad8U(wasm_encoder::MemArg {
+                        offset: 0,
+                        align: 0,
+                        memory_index: FLAG_MEMORY,
+                    }));
+                }
+                op => {
+                    f.instruction(&self.instruction(op)?);
+                }
+            }
+        }
+        code.function(&f);
+        Ok(())
+    }
+}
+
 /// Binaryen's tool, found on PATH.
 const WASM_OPT: &str = "wasm-opt";
 
-/// Both steps: the module's checkpointable form.
+/// The three steps: the module's checkpointable form.
 pub fn instrument(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let polled = add_polls(bytes)?;
     let (module, name) = POLL_IMPORT;
@@ -528,7 +666,7 @@ pub fn instrument(bytes: &[u8]) -> Result<Vec<u8>, String> {
         std::fs::read(&output).map_err(|e| format!("read {}: {e}", output.display()))
     })();
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    flag_in_memory(&result?)
 }
 
 /// The version of the instrumenting tool, part of the compiled module's
@@ -591,6 +729,26 @@ mod tests {
             text.contains(&format!("(export \"{FLAG_EXPORT}\" (global 1))")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_flag_moves_to_a_shared_memory_the_back_edges_load_atomically() {
+        let imported = r#"(module
+            (import "env" "memory" (memory 1))
+            (func (export "f") (loop (br 0))))"#;
+        for wat in [LOOP, imported] {
+            let polled = add_polls(&wat::parse_str(wat).unwrap()).unwrap();
+            let out = flag_in_memory(&polled).unwrap();
+            wasmparser::Validator::new().validate_all(&out).unwrap();
+            let text = wasmprinter::print_bytes(&out).unwrap();
+            assert!(text.contains("i32.atomic.load8_u 1"), "{text}");
+            assert!(!text.contains("global.get"), "{text}");
+            assert!(text.contains("(memory (;1;) 1 1 shared)"), "{text}");
+            assert!(
+                text.contains(&format!("(export \"{FLAG_EXPORT}\" (memory 1))")),
+                "{text}"
+            );
+        }
     }
 
     #[test]

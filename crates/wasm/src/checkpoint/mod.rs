@@ -52,7 +52,7 @@ pub(crate) const WASI_EXPORT_PREFIX: &str = "amphi_wasi_";
 
 /// Version of amphi's own pass; with Binaryen's, what an image needs to
 /// find again to rewind.
-const PASS_VERSION: u32 = 3;
+const PASS_VERSION: u32 = 4;
 const FORMAT: u32 = 1;
 
 /// Whether the bundle asks for checkpoints.
