@@ -1223,6 +1223,17 @@ fn exec_reaches_the_cache_without_the_containers_proc() {
 /// arguments, environment and files as 0.3's streams and futures) runs as
 /// a container: its output, its exit status, the rootfs as its
 /// filesystem, and nothing left behind.
+/// A command has the container's network, as a native process in it has:
+/// wasi:sockets in the container's own namespace (its loopback).
+#[test]
+fn a_command_uses_the_containers_network_through_wasi_sockets() {
+    let env = Env::new();
+    let (r, id, cg) = run(&env, "net", &["/app/net-component.wasm"], |_| {});
+    r.ok();
+    assert_eq!(r.stdout, "over wasi:sockets on 127.0.0.1\n");
+    env.assert_clean(&id, &cg);
+}
+
 #[test]
 fn a_wasi_0_3_command_runs_as_a_container() {
     let env = Env::new();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the guest programs: core modules (wasm32-wasip1) for every program
-# (preinit: a start that Wizer's pre-initialization removes) and a component
-# (wasm32-wasip2) of hello, WASI 0.3 guests (p3-hello, p3-http),
+# (preinit: a start that Wizer's pre-initialization removes), components
+# (wasm32-wasip2) of hello, idle, counter and net (wasi:sockets), WASI 0.3
+# guests (p3-hello, p3-http),
 # into bundles/out/wasm/; and the
 # benchmark and CGI programs for the host too (static, to run in a busybox rootfs),
 # into bundles/out/bin/.
@@ -13,7 +14,7 @@ for target in wasm32-wasip1 wasm32-wasip2; do
 done
 export CARGO_TARGET_DIR=$here/../out/wasm-target
 cargo build --quiet --release --manifest-path "$here/Cargo.toml" --target wasm32-wasip1
-cargo build --quiet --release --manifest-path "$here/Cargo.toml" --target wasm32-wasip2 --bin hello --bin idle --bin counter
+cargo build --quiet --release --manifest-path "$here/Cargo.toml" --target wasm32-wasip2 --bin hello --bin idle --bin counter --bin net
 mkdir -p "$out"
 for bin in hello probe trap spin spinsum counter alloc cpu bench idle cgi preinit; do
     cp "$CARGO_TARGET_DIR/wasm32-wasip1/release/$bin.wasm" "$out/$bin.wasm"
@@ -33,3 +34,4 @@ cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/p3_http.wasm" "$out/p3-http.wasm"
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/hello.wasm" "$out/hello-component.wasm"
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/idle.wasm" "$out/idle-component.wasm"
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/counter.wasm" "$out/counter-component.wasm"
+cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/net.wasm" "$out/net-component.wasm"

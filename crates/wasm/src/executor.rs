@@ -14,6 +14,7 @@ use wasmtime::{InstancePre, Linker, Store, StoreLimits};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::engine::{engine, Kind};
 use crate::guest::{add_wasi_p1, compile_error, fail, flavor, store_limits, Flavor, TRAP_EXIT};
@@ -61,7 +62,20 @@ struct P1State {
 struct P2State {
     ctx: WasiCtx,
     table: ResourceTable,
+    http: WasiHttpCtx,
     limits: StoreLimits,
+}
+
+/// `wasi:http`'s client for commands, as `wasmtime run -S http` links it:
+/// requests go out through the container's network, like its sockets.
+impl WasiHttpView for P2State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
 }
 
 impl WasiView for P2State {
@@ -136,6 +150,14 @@ impl Wasm {
         // One guest per process: file I/O may block this thread rather
         // than go to a pool of blocking threads.
         b.inherit_stdio().allow_blocking_current_thread(true);
+        // The container's network, as a native process in it has (its own
+        // namespace, or the host's when the bundle shares it): wasi:sockets
+        // and name lookup, as runwasi's wasmtime shim and `wasmtime run -S
+        // inherit-network,allow-ip-name-lookup` give.
+        b.inherit_network()
+            .allow_tcp(true)
+            .allow_udp(true)
+            .allow_ip_name_lookup(true);
         b.args(p.args().as_deref().unwrap_or_default());
         let env: Vec<(&str, &str)> = p
             .env()
@@ -294,6 +316,7 @@ fn component_store(
         P2State {
             ctx: wasi.build(),
             table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
             limits,
         },
     );
@@ -536,10 +559,15 @@ impl Executor for Wasm {
                         .component(Kind::Command, &bytes)
                         .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
                     // Both WASI 0.2 and 0.3, as `wasmtime run` links them: a 0.3
-                    // command is run as one, anything else as 0.2's.
+                    // command is run as one, anything else as 0.2's. wasi:http
+                    // too, for commands that make requests.
                     let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
                     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+                        .and_then(|()| {
+                            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+                        })
                         .and_then(|()| wasmtime_wasi::p3::add_to_linker(&mut linker))
+                        .and_then(|()| wasmtime_wasi_http::p3::add_to_linker(&mut linker))
                         .map_err(|e| fail(format!("link WASI: {e:#}")))?;
                     let pre = linker.instantiate_pre(&component);
                     if let Some(p3) = pre.as_ref().ok().and_then(|pre| {
