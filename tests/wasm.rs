@@ -1234,6 +1234,46 @@ fn a_command_uses_the_containers_network_through_wasi_sockets() {
     env.assert_clean(&id, &cg);
 }
 
+/// A command's wasi:http client reaches what the container's network
+/// reaches: here the host's loopback, the bundle sharing the host's
+/// network namespace, where the test answers one request.
+#[test]
+fn a_command_makes_requests_with_wasi_http() {
+    use std::io::{BufRead, BufReader, Write};
+    let env = Env::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let authority = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(&conn);
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).unwrap();
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 2 {
+            line.clear();
+        }
+        (&conn)
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 13\r\nconnection: close\r\n\r\nfrom the host",
+            )
+            .unwrap();
+        request_line
+    });
+    let (r, id, cg) = run(
+        &env,
+        "httpget",
+        &["/app/http-get.wasm", &authority, "/greeting?x=1"],
+        |b| {
+            let namespaces = b.spec["linux"]["namespaces"].as_array_mut().unwrap();
+            namespaces.retain(|n| n["type"] != "network");
+        },
+    );
+    r.ok();
+    assert_eq!(r.stdout, "200 from the host\n");
+    assert_eq!(server.join().unwrap(), "GET /greeting?x=1 HTTP/1.1\r\n");
+    env.assert_clean(&id, &cg);
+}
+
 #[test]
 fn a_wasi_0_3_command_runs_as_a_container() {
     let env = Env::new();

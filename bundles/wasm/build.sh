@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the guest programs: core modules (wasm32-wasip1) for every program
 # (preinit: a start that Wizer's pre-initialization removes), components
-# (wasm32-wasip2) of hello, idle, counter and net (wasi:sockets), WASI 0.3
+# (wasm32-wasip2) of hello, idle, counter, net (wasi:sockets) and http-get
+# (wasi:http's client), WASI 0.3
 # guests (p3-hello, p3-http),
 # into bundles/out/wasm/; and the
 # benchmark and CGI programs for the host too (static, to run in a busybox rootfs),
@@ -27,6 +28,7 @@ cp "$CARGO_TARGET_DIR/$host/release/bench" "$here/../out/bin/bench"
 cp "$CARGO_TARGET_DIR/$host/release/cgi" "$here/../out/bin/cgi"
 cargo build --quiet --release --manifest-path "$here/http-hello/Cargo.toml" --target wasm32-wasip2
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/http_hello.wasm" "$out/http-hello.wasm"
+cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/http-get.wasm" "$out/http-get.wasm"
 cargo build --quiet --release --manifest-path "$here/p3-hello/Cargo.toml" --target wasm32-wasip2
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/p3_hello.wasm" "$out/p3-hello.wasm"
 cargo build --quiet --release --manifest-path "$here/p3-http/Cargo.toml" --target wasm32-wasip2
