@@ -570,7 +570,36 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                     .is_ok_and(|e| e.flatten().any(|e| e.file_type().is_ok_and(|t| t.is_dir())))
             })
             .collect();
-        assert!(below.is_empty(), "pod cgroups left below {below:?}");
+        if !below.is_empty() {
+            // What is left, with its processes, and what containerd said of
+            // the clean-up (a dead shim's `delete` reports there).
+            let mut left = Vec::new();
+            for dir in &below {
+                for e in walkdir(dir) {
+                    let procs = std::fs::read_to_string(e.join("cgroup.procs")).unwrap_or_default();
+                    left.push(format!(
+                        "{} procs [{}]",
+                        e.display(),
+                        procs.split_whitespace().collect::<Vec<_>>().join(" ")
+                    ));
+                }
+            }
+            let log =
+                std::fs::read_to_string(self.tmp.path().join("containerd.err")).unwrap_or_default();
+            let said: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    ["level=error", "level=warn", "cleanup", "dead shim"]
+                        .iter()
+                        .any(|w| l.contains(w))
+                })
+                .collect();
+            panic!(
+                "pod cgroups left below {below:?}:\n{}\ncontainerd's errors and clean-ups:\n{}",
+                left.join("\n"),
+                said.join("\n")
+            );
+        }
         let state = self.tmp.path().join("amphi-root");
         let left: Vec<_> = std::fs::read_dir(&state)
             .map(|e| {
@@ -655,4 +684,16 @@ pub fn container(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
         }),
         ..Default::default()
     }
+}
+
+/// `dir`'s directories below it, depth first.
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            found.extend(walkdir(&e.path()));
+            found.push(e.path());
+        }
+    }
+    found
 }

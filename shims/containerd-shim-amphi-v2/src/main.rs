@@ -19,6 +19,10 @@ use containerd_shim::{api, publisher::RemotePublisher, Config, ExitSignal, Flags
 /// shim to leave.
 const SERVER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How many more times a dead shim's clean-up runs `amphi delete` when it
+/// fails, a second apart.
+const DEAD_SHIM_DELETE_RETRIES: usize = 5;
+
 struct Shim {
     exit: Arc<ExitSignal>,
     namespace: String,
@@ -67,11 +71,29 @@ impl containerd_shim::Shim for Shim {
         let bundle = std::env::current_dir().unwrap_or_default();
         let amphi = amphi::Amphi::new(&self.namespace, &bundle, &options::Options::load(&bundle));
         std::thread::spawn(|| reaper::REAPER.run());
-        let _ = amphi.run(&["delete", "--force", &self.id], Default::default(), None);
+        // amphi keeps a container whose cgroup is still busy (a process
+        // its new parent has not reaped yet) and asks for another delete:
+        // this clean-up is the last delete the container gets, so it tries
+        // again for a few seconds, then says why in containerd's log.
+        let delete = || amphi.run(&["delete", "--force", &self.id], Default::default(), None);
+        let mut outcome = delete();
+        for _ in 0..DEAD_SHIM_DELETE_RETRIES {
+            if outcome.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            outcome = delete();
+        }
         let rootfs = bundle.join("rootfs");
         if let Ok(c) = std::ffi::CString::new(rootfs.as_os_str().as_encoded_bytes()) {
             // SAFETY: a valid C string.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        if let Err(e) = outcome {
+            return Err(containerd_shim::Error::Other(format!(
+                "clean-up of {} after its shim died: amphi delete --force: {e}",
+                self.id
+            )));
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
