@@ -59,3 +59,6 @@ fi
 # WASI targets the wasm guests and the corpus's crates are built for
 # (rustup installs what the file lists; it is a no-op once there).
 rustup toolchain install
+# The wasm corpus builds rustpython 0.4.0 with the Rust it builds with
+# (tests/src/corpus.rs says why).
+rustup toolchain install 1.95.0 --profile minimal -t wasm32-wasip1

@@ -27,6 +27,8 @@ pub enum Origin {
         /// `--no-default-features --features ...`, or none for defaults.
         features: Option<&'static str>,
         bin: &'static str,
+        /// The Rust toolchain it is built with, when not the workspace's.
+        rust: Option<&'static str>,
     },
 }
 
@@ -203,6 +205,7 @@ pub const PROGRAMS: &[Program] = &[
             version: "14.1.1",
             features: None,
             bin: "rg.wasm",
+            rust: None,
         },
         inputs: &[("/work/notes.txt", NOTES_TXT)],
         args: &["-i", "-n", "gamma", "/work/notes.txt"],
@@ -219,6 +222,11 @@ pub const PROGRAMS: &[Program] = &[
             version: "0.4.0",
             features: Some("stdlib,freeze-stdlib"),
             bin: "rustpython.wasm",
+            // Its `libc` links wasi-libc's `_CLOCK_PROCESS_CPUTIME_ID`,
+            // which the wasi-libc of Rust 1.97 provides only with the
+            // emulated process clocks, which Rust does not ship: built
+            // with the toolchain it builds with (scripts/deps.sh installs it).
+            rust: Some("1.95.0"),
         },
         inputs: &[("/work/script.py", SCRIPT_PY)],
         args: &["/work/script.py"],
@@ -363,8 +371,12 @@ pub fn fetch(p: &Program) -> Result<PathBuf, Unavailable> {
             version,
             features,
             bin,
+            rust,
         } => {
             let mut cargo = Command::new("cargo");
+            if let Some(toolchain) = rust {
+                cargo.arg(format!("+{toolchain}"));
+            }
             cargo
                 .args([
                     "install",
