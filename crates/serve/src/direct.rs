@@ -1,17 +1,21 @@
-//! A function's own port (`listen`), served by the worker in its envelope:
-//! the server binds the socket and hands it over (SCM_RIGHTS), so the
-//! envelope's network namespace stays empty while its worker accepts
-//! connections made outside it. A request then costs no hop: no socket
-//! pair, pipe or control message before the guest runs. The worker
-//! applies the function's limits (route, body size, concurrency and
-//! queue, timeout) as the server does ([`crate::invocation`]) and reports
-//! each request afterwards ([`Served`]) for the server's log line, metrics
-//! and trace. The server takes the port back to scale to zero
-//! ([`ToWorker::Drain`](crate::protocol::ToWorker::Drain)) and gives it to a
-//! new envelope when a connection waits.
+//! Connections a wasm function's worker serves itself: those of the
+//! function's own port (`listen`: the server binds the socket and hands
+//! it over with SCM_RIGHTS, so the envelope's network namespace stays
+//! empty while its worker accepts connections made outside it) and those
+//! of the server's port whose request the server routed to the function
+//! ([`crate::connection`]). A request then costs no hop: no socket pair,
+//! pipe or control message before the guest runs. The worker applies the
+//! function's limits (route, body size, concurrency and queue, timeout) as
+//! the server does ([`crate::invocation`]) and reports each request
+//! afterwards ([`Served`]) for the server's log line, metrics and trace.
+//! A request on a server's connection that is not the function's goes to
+//! the server ([`FromWorker::Forward`]), and the connection with it, once
+//! that answer is written ([`FromWorker::Returned`]). The server takes the
+//! port and the connections back to scale to zero
+//! ([`ToWorker::Drain`](crate::protocol::ToWorker::Drain)).
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,10 +28,11 @@ use hyper::{Request, Response, StatusCode};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use crate::connection::{serve_until_given_back, Answer, GiveBack, Serving};
 use crate::in_process::{phases, InProcess};
 use crate::invocation::{
     self, busy_response, failed, text, timed_out, too_large_response, Admission, Ending, Input,
-    MAX_STDERR_LOGGED,
+    MAX_REQUEST_HEAD, MAX_RESPONSE, MAX_STDERR_LOGGED,
 };
 use crate::protocol::{epoch_ns, send, FromWorker, Served};
 
@@ -47,6 +52,16 @@ pub struct Plan {
     pub max_body: u64,
     pub concurrency: usize,
     pub queue: usize,
+    /// Paths under the route that the server's router sends elsewhere.
+    pub elsewhere: Vec<String>,
+}
+
+impl Plan {
+    /// Whether the server's router gives this path to the function.
+    fn routes(&self, path: &str) -> bool {
+        invocation::routed(&self.route, path)
+            && !self.elsewhere.iter().any(|r| invocation::routed(r, path))
+    }
 }
 
 pub struct Direct {
@@ -58,8 +73,15 @@ pub struct Direct {
     next_id: AtomicU64,
     /// Set until the first request after a cold hand-over is served.
     cold: AtomicBool,
+    /// When the server made the envelope for a handed connection's first
+    /// request, told with that request.
+    made: std::sync::Mutex<Option<(u64, u64)>>,
     traced: AtomicBool,
-    drain: tokio::sync::Notify,
+    /// The port's accept loop and the connections being served; stopped
+    /// by the server's Drain (the port closed, every connection of the
+    /// server's given back between two requests).
+    serving: Serving,
+    reporting: std::sync::Once,
     /// Served requests not yet reported, sent in batches: under load the
     /// server wakes once for many.
     reports: std::sync::Mutex<Vec<Served>>,
@@ -80,8 +102,10 @@ impl Direct {
             in_flight: AtomicUsize::new(0),
             next_id: AtomicU64::new(FIRST_ID),
             cold: AtomicBool::new(false),
+            made: std::sync::Mutex::new(None),
             traced: AtomicBool::new(false),
-            drain: tokio::sync::Notify::new(),
+            serving: Serving::default(),
+            reporting: std::sync::Once::new(),
             reports: std::sync::Mutex::new(Vec::new()),
             reported: tokio::sync::Notify::new(),
         })
@@ -93,17 +117,40 @@ impl Direct {
         self.admission.slot().await
     }
 
-    pub fn drain(&self) {
-        self.drain.notify_one();
+    /// Close the port, give the server's connections back as their
+    /// requests end, then say so.
+    pub fn drain(self: &Arc<Self>) {
+        self.serving.stop();
+        let direct = self.clone();
+        tokio::spawn(async move {
+            direct.serving.all_ended().await;
+            direct.send_reports().await;
+            direct.report(&FromWorker::Drained).await;
+        });
+    }
+
+    /// What the server said of its tracing and of the envelope's first
+    /// request, and the reporter, started once.
+    fn begin(self: &Arc<Self>, traced: bool, cold: bool) {
+        self.traced.store(traced, Ordering::Relaxed);
+        if cold {
+            self.cold.store(true, Ordering::Relaxed);
+        }
+        self.serving.begin();
+        self.reporting
+            .call_once(|| drop(tokio::spawn(self.clone().reporter())));
     }
 
     async fn report(&self, msg: &FromWorker) {
-        let _ = self
-            .control
+        let _ = self.report_with(msg, &[]).await;
+    }
+
+    async fn report_with(&self, msg: &FromWorker, fds: &[RawFd]) -> std::io::Result<()> {
+        self.control
             .async_io(Interest::WRITABLE, |fd| {
-                send(fd.as_fd(), msg, &[]).map_err(std::io::Error::from)
+                send(fd.as_fd(), msg, fds).map_err(std::io::Error::from)
             })
-            .await;
+            .await
     }
 
     fn queue_report(&self, served: Served) {
@@ -144,11 +191,15 @@ impl Direct {
         }
     }
 
-    /// Accept and serve until drained, then finish the open connections
-    /// and say so.
-    pub async fn serve(self: Arc<Self>, listener: OwnedFd, traced: bool, cold: bool) {
-        self.traced.store(traced, Ordering::Relaxed);
-        self.cold.store(cold, Ordering::Relaxed);
+    /// Serve the function's own port until drained (counted from the
+    /// moment the server's message is read).
+    pub fn listen(self: &Arc<Self>, listener: OwnedFd, traced: bool, cold: bool) {
+        self.begin(traced, cold);
+        tokio::spawn(self.clone().serve_port(listener));
+    }
+
+    /// Accept and serve until drained, then finish the open connections.
+    async fn serve_port(self: Arc<Self>, listener: OwnedFd) {
         let listener = std::net::TcpListener::from(listener);
         let listener = match listener
             .set_nonblocking(true)
@@ -157,16 +208,15 @@ impl Direct {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("amphi: function worker: the function's port: {e}");
-                self.report(&FromWorker::Drained).await;
+                self.serving.end();
                 return;
             }
         };
-        let reporter = tokio::spawn(self.clone().reporter());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let direct = self.clone();
         invocation::accept_until(
             &listener,
-            self.drain.notified(),
+            self.serving.stopped(),
             &graceful,
             move |req, local, remote| {
                 let direct = direct.clone();
@@ -178,9 +228,109 @@ impl Direct {
         // envelope the server makes.
         drop(listener);
         graceful.shutdown().await;
-        reporter.abort();
-        self.send_reports().await;
-        self.report(&FromWorker::Drained).await;
+        self.serving.end();
+    }
+
+    /// Serve a connection of the server's port (counted from the moment
+    /// the server's message is read).
+    pub fn connection(self: &Arc<Self>, socket: OwnedFd, handed: Handed) {
+        if handed.cold.is_some() {
+            *self.made.lock().expect("made") = handed.cold;
+        }
+        self.begin(handed.traced, handed.cold.is_some());
+        tokio::spawn(self.clone().serve_handed(socket, handed));
+    }
+
+    /// Serve the function's requests on a connection of the server's
+    /// port; give it back, between two requests, when one is another's or
+    /// the server drains the worker.
+    async fn serve_handed(self: Arc<Self>, socket: OwnedFd, handed: Handed) {
+        let Handed {
+            local,
+            remote,
+            read,
+            ..
+        } = handed;
+        let stream = std::net::TcpStream::from(socket);
+        let stream = match stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(stream))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("amphi: function worker: a connection of the server's: {e}");
+                self.serving.end();
+                return;
+            }
+        };
+        let direct = self.clone();
+        let service = move |give_back: Arc<tokio::sync::Notify>| {
+            hyper::service::service_fn(move |req| {
+                let (direct, give_back) = (direct.clone(), give_back.clone());
+                Box::pin(
+                    async move { Ok(direct.handle_handed(req, local, remote, give_back).await) },
+                ) as Answer
+            })
+        };
+        let back = serve_until_given_back(stream, read, service, self.serving.stopped()).await;
+        // Bounded by hyper's buffer and what the server read; a connection
+        // that cannot be described in a message is closed.
+        if let Some((stream, read)) = back.filter(|(_, read)| read.len() <= 2 * MAX_REQUEST_HEAD) {
+            let back = FromWorker::Returned {
+                local,
+                remote,
+                read,
+            };
+            let _ = self.report_with(&back, &[stream.as_raw_fd()]).await;
+        }
+        self.serving.end();
+    }
+
+    /// A request on a connection of the server's: the function's, or the
+    /// server's to answer; then the connection goes back to it.
+    async fn handle_handed(
+        &self,
+        req: Request<Incoming>,
+        local: SocketAddr,
+        remote: SocketAddr,
+        give_back: Arc<tokio::sync::Notify>,
+    ) -> Response<GiveBack> {
+        if self.plan.routes(req.uri().path()) {
+            let response = self.handle(req, local, remote).await;
+            return response.map(|body| GiveBack::new(body, None));
+        }
+        let response = match self.forward(req, local, remote).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("amphi: function worker: a request for the server: {e}");
+                text(StatusCode::BAD_GATEWAY, "the server could not be reached\n")
+            }
+        };
+        response.map(|body| GiveBack::new(body, Some(give_back)))
+    }
+
+    /// Have the server answer a request, over a stream of their own.
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        self.report_with(
+            &FromWorker::Forward { local, remote },
+            &[theirs.as_raw_fd()],
+        )
+        .await?;
+        drop(theirs);
+        let stream = tokio::net::UnixStream::from_std(ours)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let (parts, body) = sender.send_request(req).await?.into_parts();
+        let body = Limited::new(body, MAX_RESPONSE).collect().await?.to_bytes();
+        Ok(Response::from_parts(parts, Full::new(body)))
     }
 
     async fn handle(
@@ -192,18 +342,26 @@ impl Direct {
         if !invocation::routed(&self.plan.route, req.uri().path()) {
             return text(StatusCode::NOT_FOUND, "no function at this path\n");
         }
-        let started = SystemTime::now();
+        let cold = self.cold.swap(false, Ordering::Relaxed);
+        // A cold request on a handed connection began when the server
+        // started making the envelope for it.
+        let made = cold
+            .then(|| self.made.lock().expect("made").take())
+            .flatten();
         let mut served = Served {
             method: req.method().to_string(),
             path: req.uri().path().to_string(),
-            started: epoch_ns(started),
-            cold: self.cold.swap(false, Ordering::Relaxed),
+            started: made.map_or_else(|| epoch_ns(SystemTime::now()), |(from, _)| from),
+            cold,
             ..Served::default()
         };
         if self.traced.load(Ordering::Relaxed) {
             served.trace = Some(crate::trace::new_invocation_context(req.headers()));
         }
         let response = self.answer(req, local, remote, &mut served).await;
+        if let Some((from, to)) = made {
+            served.phases.insert(0, ("envelope".into(), from, to));
+        }
         served.status = response.status().as_u16();
         served.ended = epoch_ns(SystemTime::now());
         served.in_flight = self.in_flight.load(Ordering::Relaxed);
@@ -298,4 +456,14 @@ impl Direct {
 fn failure(served: &mut Served, kind: &str, why: String) {
     served.error_kind = Some(kind.into());
     served.error = Some(why);
+}
+
+/// What the server says of a connection it hands over.
+pub struct Handed {
+    pub traced: bool,
+    /// The envelope was made for the connection: from when to when.
+    pub cold: Option<(u64, u64)>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub read: Vec<u8>,
 }

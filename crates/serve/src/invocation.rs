@@ -37,8 +37,6 @@ pub async fn accept_until<H, F>(
         + 'static,
     F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.max_buf_size(MAX_REQUEST_HEAD);
     tokio::pin!(stop);
     loop {
         let (stream, remote) = tokio::select! {
@@ -56,19 +54,41 @@ pub async fn accept_until<H, F>(
         let Ok(local) = stream.local_addr() else {
             continue;
         };
-        let handle = handle.clone();
-        let conn = http.serve_connection(
-            hyper_util::rt::TokioIo::new(stream),
-            hyper::service::service_fn(move |req| {
-                let reply = handle(req, local, remote);
-                async move { Ok::<_, std::convert::Infallible>(reply.await) }
-            }),
-        );
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        serve_connection(stream, local, remote, graceful, handle.clone());
     }
+}
+
+/// Serve one HTTP/1 connection in a task of its own, each request by
+/// `handle`, watched by `graceful`.
+pub fn serve_connection<I, H, F>(
+    io: I,
+    local: SocketAddr,
+    remote: SocketAddr,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    handle: H,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr, SocketAddr) -> F + Send + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let conn = http1().serve_connection(
+        hyper_util::rt::TokioIo::new(io),
+        hyper::service::service_fn(move |req| {
+            let reply = handle(req, local, remote);
+            async move { Ok::<_, std::convert::Infallible>(reply.await) }
+        }),
+    );
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+}
+
+/// The HTTP/1 server settings of every connection.
+pub fn http1() -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.max_buf_size(MAX_REQUEST_HEAD);
+    http
 }
 
 /// `concurrency` invocations at once, `queue` more waiting, the rest

@@ -16,6 +16,7 @@
 //! (HTTP, limits, metrics), [`cgi`] (the CGI/1.1 mapping).
 
 pub mod cgi;
+mod connection;
 mod direct;
 pub mod handler;
 mod in_process;
@@ -90,7 +91,7 @@ pub fn run(o: Options) -> Result<()> {
     let mut plans = Vec::new();
     let mut engines = Vec::new();
     for f in &functions {
-        let plan = plan(f, work.path())?;
+        let plan = plan(f, work.path(), &functions)?;
         engines.push(plan.engine);
         plans.push(plan);
     }
@@ -133,8 +134,9 @@ impl Engine {
     }
 }
 
-/// Write the function's worker bundle and say what the keeper needs.
-fn plan(f: &Function, work: &Path) -> Result<Plan> {
+/// Write the function's worker bundle and say what the keeper needs
+/// (`all`: every function, whose routes may take paths below `f`'s).
+fn plan(f: &Function, work: &Path, all: &[Function]) -> Result<Plan> {
     let dir = work.join(&f.name);
     std::fs::create_dir_all(dir.join("rootfs"))
         .with_context(|| format!("create {}", dir.display()))?;
@@ -255,10 +257,13 @@ fn plan(f: &Function, work: &Path) -> Result<Plan> {
             _ => None,
         },
         outbound: !f.allowed_outbound_hosts.is_empty(),
-        direct: f.listen.map(|_| {
+        // A wasm function's worker serves connections itself: its own
+        // port's and those of the server's port handed to it.
+        direct: (engine == Engine::Wasm && !f.strict()).then(|| {
             std::sync::Arc::new(direct::Plan {
                 name: f.name.clone(),
                 route: f.route.clone(),
+                elsewhere: routes_below(f, all),
                 interface: f.interface,
                 timeout: f.timeout,
                 max_body: f.max_body,
@@ -267,6 +272,18 @@ fn plan(f: &Function, work: &Path) -> Result<Plan> {
             })
         }),
     })
+}
+
+/// The paths under `f`'s route that the server's router gives to another
+/// function (a longer route) or answers itself (`/metrics`).
+fn routes_below(f: &Function, all: &[Function]) -> Vec<String> {
+    all.iter()
+        .map(|o| o.route.as_str())
+        .filter(|r| r.len() > f.route.len())
+        .chain([amphi_function::METRICS_ROUTE])
+        .filter(|r| invocation::routed(&f.route, r))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The envelope's own spec: the function's, but its process is the worker,

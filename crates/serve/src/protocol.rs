@@ -2,14 +2,16 @@
 //! SOCK_SEQPACKET socket: one JSON message each, with the fds it carries.
 
 use std::io::IoSliceMut;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
 
 /// The largest message either side sends (an invocation's head and CGI
-/// variables; the server caps request heads well below it).
-pub const MAX_MESSAGE: usize = 256 << 10;
+/// variables; a connection's unread bytes, hex, up to twice
+/// [`crate::invocation::MAX_REQUEST_HEAD`] of them).
+pub const MAX_MESSAGE: usize = 512 << 10;
 
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(tag = "op", rename_all = "lowercase")]
@@ -32,7 +34,21 @@ pub enum ToWorker {
         /// first request is a cold start.
         cold: bool,
     },
-    /// Stop accepting, finish what is in flight, then say [`FromWorker::Drained`].
+    /// Serve a connection of the server's port whose next request is
+    /// the function's; fd: the connection.
+    Connection {
+        traced: bool,
+        /// The envelope was made for this connection's request: from when
+        /// to when (nanoseconds since the epoch), for its trace.
+        cold: Option<(u64, u64)>,
+        local: SocketAddr,
+        remote: SocketAddr,
+        /// What the server read of the connection already.
+        #[serde(with = "hex_bytes")]
+        read: Vec<u8>,
+    },
+    /// Stop accepting, finish what is in flight, give every connection
+    /// of the server's port back, then say [`FromWorker::Drained`].
     Drain,
 }
 
@@ -53,8 +69,51 @@ pub enum FromWorker {
     Served {
         reports: Vec<Served>,
     },
-    /// The port is given back and nothing is in flight.
+    /// A request on a connection of the server's port that is another
+    /// function's (or the server's own): the server answers it; fd: the
+    /// stream socket the worker sends it on, as HTTP/1.1.
+    Forward {
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
+    /// A connection of the server's port given back, between two
+    /// requests; fd: the connection.
+    Returned {
+        local: SocketAddr,
+        remote: SocketAddr,
+        /// What the worker read of the connection and did not serve.
+        #[serde(with = "hex_bytes")]
+        read: Vec<u8>,
+    },
+    /// The port and the connections are given back and nothing is in
+    /// flight.
     Drained,
+}
+
+/// Bytes as a hex string: half the size of JSON's array of numbers.
+mod hex_bytes {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(2 * bytes.len());
+        for b in bytes {
+            out.push(DIGITS[usize::from(b >> 4)] as char);
+            out.push(DIGITS[usize::from(b & 15)] as char);
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <&str>::deserialize(d)?;
+        if text.len() % 2 != 0 {
+            return Err(D::Error::custom("odd hex length"));
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(D::Error::custom))
+            .collect()
+    }
 }
 
 /// What the server logs, counts and traces of a request served on the

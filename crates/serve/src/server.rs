@@ -20,6 +20,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::sync::oneshot;
 
+use crate::connection::{next_request, serve_until_given_back, Answer, GiveBack, Next, Serving};
 use crate::invocation::{
     self, busy_response, failed, text, timed_out, too_large_response, Admission, Ending, Input,
     MAX_RESPONSE, MAX_STDERR_LOGGED,
@@ -27,7 +28,7 @@ use crate::invocation::{
 use crate::keeper::Keeper;
 use crate::log::{log_line, log_lines};
 use crate::metrics::{self, FunctionMetrics};
-use crate::protocol::{recv, send, Done, FromWorker, Head, Served, ToWorker};
+use crate::protocol::{epoch_ns, recv, send, Done, FromWorker, Head, Served, ToWorker};
 
 pub struct Settings {
     pub listen: SocketAddr,
@@ -69,7 +70,7 @@ impl Envelope {
     /// Route each worker report to its invocation, and each outgoing
     /// request to the proxy; at the end of the stream the envelope is dead
     /// and every waiting invocation learns it.
-    async fn read_reports(self: Arc<Self>, func: Arc<Func>) {
+    async fn read_reports(self: Arc<Self>, func: Arc<Func>, server: Arc<Server>) {
         let mut buf = vec![0u8; crate::protocol::MAX_MESSAGE];
         loop {
             let r = self
@@ -91,6 +92,20 @@ impl Envelope {
                             .map(|s| served(&func, &self.id, s))
                             .collect(),
                     ),
+                    Ok(FromWorker::Forward { local, remote }) => {
+                        if let Some(stream) = fds.into_iter().next() {
+                            server.answer_forwarded(stream, local, remote);
+                        }
+                    }
+                    Ok(FromWorker::Returned {
+                        local,
+                        remote,
+                        read,
+                    }) => {
+                        if let Some(socket) = fds.into_iter().next() {
+                            server.take_back(socket, local, remote, read);
+                        }
+                    }
                     Ok(FromWorker::Drained) => {
                         self.drained.store(true, Ordering::Release);
                         self.changed.notify_one();
@@ -146,6 +161,16 @@ pub(crate) struct Func {
     pub(crate) metrics: FunctionMetrics,
     /// The function's own port (`listen`), bound at start.
     port: std::sync::OnceLock<std::net::TcpListener>,
+    /// Its warm envelope is being drained to scale to zero.
+    draining: AtomicBool,
+}
+
+impl Func {
+    /// Whether its worker serves connections itself ([`crate::direct`]):
+    /// the server's port hands it those whose request is the function's.
+    fn serves_connections(&self) -> bool {
+        self.engine == crate::Engine::Wasm && !self.f.strict()
+    }
 }
 
 impl crate::outbound::Caller for Func {
@@ -165,6 +190,11 @@ pub struct Server {
     seq: AtomicU64,
     invocations: AtomicU64,
     local: Mutex<SocketAddr>,
+    /// Connections of the port the server serves itself, a request at a
+    /// time; stopped at shutdown, after which connections are closed.
+    serving: Serving,
+    /// Requests workers forward; taken at shutdown.
+    forwarded: Mutex<Option<hyper_util::server::graceful::GracefulShutdown>>,
 }
 
 /// What became of one invocation.
@@ -194,6 +224,7 @@ impl Server {
                     last_used: Mutex::new(Instant::now()),
                     metrics: FunctionMetrics::default(),
                     port: std::sync::OnceLock::new(),
+                    draining: AtomicBool::new(false),
                     f,
                 })
             })
@@ -205,6 +236,8 @@ impl Server {
             seq: AtomicU64::new(0),
             invocations: AtomicU64::new(0),
             local: Mutex::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+            serving: Serving::default(),
+            forwarded: Mutex::new(Some(hyper_util::server::graceful::GracefulShutdown::new())),
         })
     }
 
@@ -242,7 +275,7 @@ impl Server {
             drained: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
         });
-        tokio::spawn(envelope.clone().read_reports(func.clone()));
+        tokio::spawn(envelope.clone().read_reports(func.clone(), self.clone()));
         func.metrics.envelopes.fetch_add(1, Ordering::Relaxed);
         Ok(envelope)
     }
@@ -396,12 +429,7 @@ impl Server {
                         }
                         continue;
                     }
-                    // Scale to zero: the worker finishes what it has.
-                    let _ = e.send(&ToWorker::Drain, &[]).await;
-                    e.drained().await;
-                    if let Some(e) = func.warm.lock().await.take() {
-                        self.retire(&func, e);
-                    }
+                    self.drain_warm(&func).await;
                 }
                 Some(_) => {
                     if let Some(dead) = func.warm.lock().await.take() {
@@ -459,10 +487,11 @@ impl Server {
         }
     }
 
-    /// Take every function's port back, letting in-flight requests end.
-    async fn drain_ports(&self) {
+    /// Take every port and connection back from the workers, letting
+    /// in-flight requests end.
+    async fn drain_workers(&self) {
         let mut draining = Vec::new();
-        for func in self.funcs.iter().filter(|f| f.port.get().is_some()) {
+        for func in self.funcs.iter().filter(|f| f.serves_connections()) {
             if let Some(e) = func.warm.lock().await.clone() {
                 let _ = e.send(&ToWorker::Drain, &[]).await;
                 draining.push(e);
@@ -470,6 +499,20 @@ impl Server {
         }
         for e in draining {
             e.drained().await;
+        }
+    }
+
+    /// Scale a function that serves connections to zero: its worker
+    /// finishes what it has and gives its port and connections back
+    /// first. Requests routed meanwhile wait for the next envelope.
+    async fn drain_warm(self: &Arc<Self>, func: &Arc<Func>) {
+        let mut warm = func.warm.lock().await;
+        if let Some(e) = warm.take() {
+            if e.alive() {
+                let _ = e.send(&ToWorker::Drain, &[]).await;
+                e.drained().await;
+            }
+            self.retire(func, e);
         }
     }
 
@@ -484,7 +527,15 @@ impl Server {
         {
             return;
         }
-        if let Ok(mut warm) = func.warm.try_lock() {
+        if func.serves_connections() {
+            if !func.draining.swap(true, Ordering::AcqRel) {
+                let (server, func) = (self.clone(), func.clone());
+                tokio::spawn(async move {
+                    server.drain_warm(&func).await;
+                    func.draining.store(false, Ordering::Release);
+                });
+            }
+        } else if let Ok(mut warm) = func.warm.try_lock() {
             if func.metrics.in_flight.load(Ordering::Acquire) == 0 {
                 if let Some(e) = warm.take() {
                     self.retire(func, e);
@@ -528,6 +579,150 @@ impl Server {
         }
         let keeper = self.keeper.clone();
         let _ = tokio::task::spawn_blocking(move || keeper.shutdown()).await;
+    }
+
+    /// A connection of the server's port, between two requests: the next
+    /// request's function serves it when its worker serves connections
+    /// (handed over: no hop), else the server serves that one request and
+    /// routes the next.
+    async fn connection(
+        self: Arc<Self>,
+        mut stream: tokio::net::TcpStream,
+        local: SocketAddr,
+        remote: SocketAddr,
+        mut read: Vec<u8>,
+    ) {
+        loop {
+            if self.serving.stopping() {
+                return;
+            }
+            let func = match next_request(&mut stream, &mut read).await {
+                Next::Closed => return,
+                Next::Path(path) => self
+                    .route(&path)
+                    .filter(|f| f.serves_connections())
+                    .cloned(),
+                Next::Unreadable => None,
+            };
+            if let Some(func) = func {
+                match self.hand(&func, stream, local, remote, read).await {
+                    Ok(()) => return,
+                    // An envelope that cannot be made or reached: the
+                    // server answers (502, counted and logged as on
+                    // every path).
+                    Err((s, r)) => (stream, read) = (s, r),
+                }
+            }
+            match self.serve_one(stream, remote, read).await {
+                Some((s, r)) => (stream, read) = (s, r),
+                None => return,
+            }
+        }
+    }
+
+    /// Hand a connection to the function's warm envelope (made now if
+    /// there is none); the connection back if it cannot be.
+    async fn hand(
+        self: &Arc<Self>,
+        func: &Arc<Func>,
+        stream: tokio::net::TcpStream,
+        local: SocketAddr,
+        remote: SocketAddr,
+        read: Vec<u8>,
+    ) -> Result<(), (tokio::net::TcpStream, Vec<u8>)> {
+        let asked = SystemTime::now();
+        let Ok((envelope, cold)) = self.shared_envelope(func, false).await else {
+            return Err((stream, read));
+        };
+        let msg = ToWorker::Connection {
+            traced: crate::trace::enabled(),
+            cold: cold.then(|| (epoch_ns(asked), epoch_ns(SystemTime::now()))),
+            local,
+            remote,
+            read,
+        };
+        match envelope.send(&msg, &[stream.as_raw_fd()]).await {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let ToWorker::Connection { read, .. } = msg else {
+                    unreachable!("the message built above")
+                };
+                Err((stream, read))
+            }
+        }
+    }
+
+    /// Serve the next request on a connection here; the connection after
+    /// it, to be routed again.
+    async fn serve_one(
+        self: &Arc<Self>,
+        stream: tokio::net::TcpStream,
+        remote: SocketAddr,
+        read: Vec<u8>,
+    ) -> Option<(tokio::net::TcpStream, Vec<u8>)> {
+        self.serving.begin();
+        let server = self.clone();
+        let service = move |give_back: Arc<tokio::sync::Notify>| {
+            hyper::service::service_fn(move |req| {
+                let (server, give_back) = (server.clone(), give_back.clone());
+                Box::pin(async move {
+                    let response = server.handle(req, remote).await;
+                    Ok(response.map(|body| GiveBack::new(body, Some(give_back))))
+                }) as Answer
+            })
+        };
+        let back = serve_until_given_back(stream, read, service, self.serving.stopped()).await;
+        self.serving.end();
+        back.filter(|_| !self.serving.stopping())
+    }
+
+    /// Serve a stream here to its end (or until shutdown).
+    fn serve_here<I>(self: &Arc<Self>, io: I, local: SocketAddr, remote: SocketAddr)
+    where
+        I: AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let forwarded = self.forwarded.lock().expect("forwarded");
+        let Some(graceful) = forwarded.as_ref() else {
+            return;
+        };
+        let server = self.clone();
+        invocation::serve_connection(io, local, remote, graceful, move |req, _local, remote| {
+            let server = server.clone();
+            async move { server.handle(req, remote).await }
+        });
+    }
+
+    /// A request a worker met on a connection of the server's port that is
+    /// not its function's: answered here as on the port.
+    fn answer_forwarded(self: &Arc<Self>, stream: OwnedFd, local: SocketAddr, remote: SocketAddr) {
+        let stream = std::os::unix::net::UnixStream::from(stream);
+        if let Ok(stream) = stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(stream))
+        {
+            self.serve_here(stream, local, remote);
+        }
+    }
+
+    /// A connection a worker gave back: routed again (closed once the
+    /// server is shutting down).
+    fn take_back(
+        self: &Arc<Self>,
+        socket: OwnedFd,
+        local: SocketAddr,
+        remote: SocketAddr,
+        read: Vec<u8>,
+    ) {
+        if self.serving.stopping() {
+            return;
+        }
+        let stream = std::net::TcpStream::from(socket);
+        if let Ok(stream) = stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(stream))
+        {
+            tokio::spawn(self.clone().connection(stream, local, remote, read));
+        }
     }
 
     fn route(&self, path: &str) -> Option<&Arc<Func>> {
@@ -928,6 +1123,7 @@ fn served(func: &Func, envelope: &str, s: Served) -> serde_json::Value {
     if let Some(span) = span {
         for (name, from, to) in &s.phases {
             let name = match name.as_str() {
+                "envelope" => "envelope",
                 "queue" => "queue",
                 "run" => "run",
                 "instance" => "instance",
@@ -990,21 +1186,27 @@ pub async fn serve(server: Arc<Server>, settings: Settings) -> Result<()> {
         .filter(|f| f.port.get().is_some())
         .map(|f| tokio::spawn(server.clone().port_loop(f.clone())))
         .collect();
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let stop = async {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    };
-    let routing = server.clone();
-    invocation::accept_until(&listener, stop, &graceful, move |req, _local, remote| {
-        let server = routing.clone();
-        async move { server.handle(req, remote).await }
-    })
-    .await;
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Out of fds or memory: let in-flight requests end.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
+        tokio::spawn(server.clone().connection(stream, local, remote, Vec::new()));
+    }
     drop(listener);
     log_line(
         serde_json::json!({"msg": "shutting down", "deadline_s": settings.shutdown_timeout.as_secs_f64()}),
@@ -1012,8 +1214,17 @@ pub async fn serve(server: Arc<Server>, settings: Settings) -> Result<()> {
     for port in &ports {
         port.abort();
     }
+    server.serving.stop();
     let finished = tokio::time::timeout(settings.shutdown_timeout, async {
-        tokio::join!(graceful.shutdown(), server.drain_ports())
+        // Workers draining may still forward a request that is not theirs.
+        let workers = async {
+            server.drain_workers().await;
+            let forwarded = server.forwarded.lock().expect("forwarded").take();
+            if let Some(graceful) = forwarded {
+                graceful.shutdown().await;
+            }
+        };
+        tokio::join!(server.serving.all_ended(), workers)
     })
     .await;
     if finished.is_err() {

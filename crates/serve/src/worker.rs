@@ -187,15 +187,32 @@ impl Worker {
                     }
                     Ok(ToWorker::Listen { traced, cold }) => {
                         match (&direct, fds.into_iter().next()) {
-                            (Some(direct), Some(listener)) => {
-                                tokio::spawn(direct.clone().serve(listener, traced, cold));
-                            }
+                            (Some(direct), Some(listener)) => direct.listen(listener, traced, cold),
                             _ => eprintln!("amphi: function worker: a port without its socket, or for a function without one"),
                         }
                     }
+                    Ok(ToWorker::Connection {
+                        traced,
+                        cold,
+                        local,
+                        remote,
+                        read,
+                    }) => match (&direct, fds.into_iter().next()) {
+                        (Some(direct), Some(socket)) => direct.connection(
+                            socket,
+                            crate::direct::Handed {
+                                traced,
+                                cold,
+                                local,
+                                remote,
+                                read,
+                            },
+                        ),
+                        _ => eprintln!("amphi: function worker: a connection without its socket, or for a function that takes none"),
+                    },
                     Ok(ToWorker::Drain) => match &direct {
                         Some(direct) => direct.drain(),
-                        None => eprintln!("amphi: function worker: drain without a port"),
+                        None => eprintln!("amphi: function worker: drain without connections"),
                     },
                     Err(e) => eprintln!("amphi: function worker: bad message: {e}"),
                 }
@@ -303,8 +320,8 @@ impl Worker {
                         let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
                     }
                 }
-                Ok(ToWorker::Listen { .. } | ToWorker::Drain) => {
-                    eprintln!("amphi: function worker: a native function has no port of its own")
+                Ok(ToWorker::Listen { .. } | ToWorker::Connection { .. } | ToWorker::Drain) => {
+                    eprintln!("amphi: function worker: a native function serves no connection")
                 }
                 Err(e) => eprintln!("amphi: function worker: bad message: {e}"),
             }

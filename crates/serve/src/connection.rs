@@ -1,0 +1,361 @@
+//! Connections of the server's port that move between the server and the
+//! workers: a wasm function's worker serves the connection itself (no hop
+//! on the request path) while its requests are the function's, and gives
+//! it back, with what it read and did not serve, when one is not.
+//!
+//! Whoever holds a connection holds the bytes read from it that nobody has
+//! served yet; [`Resumed`] replays them before reading the socket again.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::invocation::MAX_REQUEST_HEAD;
+
+/// The future of a request on a connection that may be given back.
+pub type Answer = Pin<Box<dyn Future<Output = Result<Response<GiveBack>, Infallible>> + Send>>;
+
+/// Serve requests on a connection until a response asks for it to be
+/// given back ([`GiveBack`]) or `stop` ends (the request in flight is
+/// answered first). Then the connection and what was read of it but not
+/// served, for whoever routes its next request; None when it ended (the
+/// client closed it, or HTTP did).
+pub async fn serve_until_given_back<S>(
+    stream: TcpStream,
+    read: Vec<u8>,
+    service: impl FnOnce(Arc<Notify>) -> S,
+    stop: impl Future<Output = ()>,
+) -> Option<(TcpStream, Vec<u8>)>
+where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<GiveBack>,
+            Error = Infallible,
+            Future = Answer,
+        > + Unpin,
+{
+    let give_back = Arc::new(Notify::new());
+    let mut conn = crate::invocation::http1().serve_connection(
+        hyper_util::rt::TokioIo::new(Resumed::new(read, stream)),
+        service(give_back.clone()),
+    );
+    tokio::pin!(stop);
+    let mut giving_back = false;
+    let ended = loop {
+        tokio::select! {
+            ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break ended,
+            () = give_back.notified(), if !giving_back => {
+                giving_back = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+            () = &mut stop, if !giving_back => {
+                giving_back = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    };
+    if !giving_back || ended.is_err() {
+        return None;
+    }
+    let parts = conn.into_parts();
+    let (stream, unread) = parts.io.into_inner().into_parts();
+    let mut read = parts.read_buf.to_vec();
+    read.extend(unread);
+    Some((stream, read))
+}
+
+/// A response body that, once hyper has written the head and is done
+/// with the body, asks for the connection to be given back: shutting it
+/// down then ends it after this response and adds no `Connection: close`.
+pub struct GiveBack {
+    body: Full<Bytes>,
+    then: Option<Arc<Notify>>,
+}
+
+impl GiveBack {
+    /// `then`: who to tell once the response is written (None: keep the
+    /// connection).
+    pub fn new(body: Full<Bytes>, then: Option<Arc<Notify>>) -> GiveBack {
+        GiveBack { body, then }
+    }
+}
+
+impl hyper::body::Body for GiveBack {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        if let Some(then) = &self.then {
+            then.notify_one();
+        }
+    }
+}
+
+/// Connections (or accept loops) being served, and the signal that ends
+/// them.
+pub struct Serving {
+    count: AtomicUsize,
+    ended: Notify,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Serving {
+    fn default() -> Serving {
+        Serving {
+            count: AtomicUsize::new(0),
+            ended: Notify::new(),
+            stop: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl Serving {
+    pub fn begin(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn end(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.ended.notify_waiters();
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Until [`Serving::stop`].
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.subscribe();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    }
+
+    /// Until nothing is being served.
+    pub async fn all_ended(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// A stream whose first bytes were read before it was handed over.
+pub struct Resumed<S> {
+    read: Vec<u8>,
+    at: usize,
+    stream: S,
+}
+
+impl<S> Resumed<S> {
+    pub fn new(read: Vec<u8>, stream: S) -> Resumed<S> {
+        Resumed {
+            read,
+            at: 0,
+            stream,
+        }
+    }
+
+    /// The stream, and what of the earlier bytes nobody read.
+    pub fn into_parts(mut self) -> (S, Vec<u8>) {
+        self.read.drain(..self.at);
+        (self.stream, self.read)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Resumed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.read.len() {
+            let n = buf.remaining().min(self.read.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.read[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Resumed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// What the next request on a connection is, by its request line.
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    /// The request line's path (without the query).
+    Path(String),
+    /// The client closed the connection between requests.
+    Closed,
+    /// Not a request line the router can read (too long, not HTTP/1, a
+    /// read error): whoever serves it answers as HTTP says.
+    Unreadable,
+}
+
+/// Read until `read` holds the next request's line, and say where it goes.
+/// Bytes read stay in `read`, for whoever serves the request.
+pub async fn next_request(stream: &mut (impl AsyncRead + Unpin), read: &mut Vec<u8>) -> Next {
+    loop {
+        if let Some(next) = request_line_path(read) {
+            return next;
+        }
+        if read.len() >= MAX_REQUEST_HEAD {
+            return Next::Unreadable;
+        }
+        read.reserve(4096);
+        match stream.read_buf(read).await {
+            Ok(0) if read.iter().all(u8::is_ascii_whitespace) => return Next::Closed,
+            Ok(0) | Err(_) => return Next::Unreadable,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The path of the request line at the start of `read` (HTTP allows empty
+/// lines before it); None until the line is whole.
+fn request_line_path(read: &[u8]) -> Option<Next> {
+    let start = read.iter().position(|b| !matches!(b, b'\r' | b'\n'))?;
+    let line = &read[start..];
+    let end = line.iter().position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&line[..end]).ok();
+    let Some(mut parts) = line.map(|l| l.trim_end_matches('\r').split(' ')) else {
+        return Some(Next::Unreadable);
+    };
+    let (Some(_method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Some(Next::Unreadable);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Some(Next::Unreadable);
+    }
+    // The absolute form (a request through a proxy) names the path after
+    // the authority.
+    let target = match target.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |at| &rest[at..]),
+        None => target,
+    };
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    if !path.starts_with('/') {
+        return Some(Next::Unreadable);
+    }
+    Some(Next::Path(path.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_is_read_from_the_request_line_once_it_is_whole() {
+        let path = |s: &str| request_line_path(s.as_bytes());
+        assert_eq!(
+            path("GET /a/b?x=1 HTTP/1.1\r\nHost: x\r\n"),
+            Some(Next::Path("/a/b".into()))
+        );
+        assert_eq!(
+            path("\r\nPOST /f HTTP/1.0\n"),
+            Some(Next::Path("/f".into()))
+        );
+        assert_eq!(
+            path("GET http://h:8080/g/h?q HTTP/1.1\r\n"),
+            Some(Next::Path("/g/h".into()))
+        );
+        assert_eq!(
+            path("GET http://h HTTP/1.1\r\n"),
+            Some(Next::Path("/".into()))
+        );
+        assert_eq!(path("GET /a HTTP/1.1"), None, "the line is not whole");
+        assert_eq!(path("\r\n"), None);
+        assert_eq!(path("GET * HTTP/1.1\r\n"), Some(Next::Unreadable));
+        assert_eq!(path("PRI * HTTP/2.0\r\n"), Some(Next::Unreadable));
+        assert_eq!(path("GET /a  HTTP/1.1\r\n"), Some(Next::Unreadable));
+        assert_eq!(path("\u{ff}\r\n"), Some(Next::Unreadable));
+    }
+
+    #[tokio::test]
+    async fn bytes_read_before_a_hand_over_are_read_again_first() {
+        let (mut client, server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"world")
+            .await
+            .unwrap();
+        drop(client);
+        let mut resumed = Resumed::new(b"hello ".to_vec(), server);
+        let mut first = [0u8; 3];
+        resumed.read_exact(&mut first).await.unwrap();
+        let (mut server, rest) = resumed.into_parts();
+        assert_eq!((&first, rest.as_slice()), (b"hel", &b"lo "[..]));
+        let mut tail = String::new();
+        server.read_to_string(&mut tail).await.unwrap();
+        assert_eq!(tail, "world");
+    }
+}
