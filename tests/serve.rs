@@ -1034,11 +1034,12 @@ fn a_function_with_its_own_port_is_served_by_its_envelope() {
     s.assert_clean(&env);
 }
 
-/// Read `n` responses (each with a Content-Length) off one connection.
+/// Read `n` responses (each with a Content-Length) off one kept-alive
+/// connection.
 fn responses(conn: &mut std::io::BufReader<std::net::TcpStream>, n: usize) -> Vec<(u16, String)> {
     use std::io::{BufRead, Read};
     (0..n)
-        .map(|_| {
+        .map(|i| {
             let mut line = String::new();
             conn.read_line(&mut line).unwrap();
             let status = line
@@ -1058,6 +1059,11 @@ fn responses(conn: &mut std::io::BufReader<std::net::TcpStream>, n: usize) -> Ve
                     if k.eq_ignore_ascii_case("content-length") {
                         len = v.trim().parse().unwrap();
                     }
+                    // Handing the connection over is not closing it.
+                    assert!(
+                        !(k.eq_ignore_ascii_case("connection") && v.trim() == "close"),
+                        "{line} in response {i}"
+                    );
                 }
             }
             let mut body = vec![0u8; len];
@@ -1151,12 +1157,17 @@ fn the_servers_port_hands_each_connection_to_its_functions_worker() {
         assert_eq!(answers[3].1, w_answer);
         assert!(answers[4].1.contains("path=/http/again"), "{answers:?}");
     }
-    // The last request was the wasi:http function's: its worker has the
-    // connection again.
+    // The last request went to the server with the connection (its
+    // holder was w's worker); the next goes on to the wasi:http
+    // function's worker, which keeps it.
+    conn.get_mut()
+        .write_all(get("/http/last").as_bytes())
+        .unwrap();
+    assert_eq!(responses(&mut conn, 1)[0].0, 200);
     let http_worker = worker_of(&s, "http");
     assert!(
-        wait_for(10, || holds_socket(http_worker, &inode)),
-        "the connection went back to the function's worker"
+        holds_socket(http_worker, &inode),
+        "the connection went on to the function's worker"
     );
 
     // The function's limits, on the server's port.
@@ -1174,7 +1185,7 @@ fn the_servers_port_hands_each_connection_to_its_functions_worker() {
         "amphi_requests_total{function=\"w\",code=\"200\"} 4",
         "amphi_requests_total{function=\"w\",code=\"504\"} 1",
         "amphi_requests_total{function=\"n\",code=\"200\"} 2",
-        "amphi_requests_total{function=\"http\",code=\"200\"} 3",
+        "amphi_requests_total{function=\"http\",code=\"200\"} 4",
         "amphi_errors_total{function=\"w\",kind=\"timeout\"} 1",
         "amphi_errors_total{function=\"w\",kind=\"too_large\"} 1",
         "amphi_errors_total{function=\"w\",kind=\"crash\"} 1",
@@ -1196,7 +1207,7 @@ fn the_servers_port_hands_each_connection_to_its_functions_worker() {
     assert!(
         wait_for(10, || lines_of("w") == 7
             && lines_of("n") == 2
-            && lines_of("http") == 3),
+            && lines_of("http") == 4),
         "one line per request: {}",
         s.log_text()
     );

@@ -24,49 +24,61 @@ use tokio::sync::Notify;
 
 use crate::invocation::MAX_REQUEST_HEAD;
 
-/// The future of a request on a connection that may be given back.
-pub type Answer = Pin<Box<dyn Future<Output = Result<Response<GiveBack>, Infallible>> + Send>>;
-
-/// Serve requests on a connection until a response asks for it to be
-/// given back ([`GiveBack`]) or `stop` ends (the request in flight is
-/// answered first). Then the connection and what was read of it but not
-/// served, for whoever routes its next request; None when it ended (the
-/// client closed it, or HTTP did).
-pub async fn serve_until_given_back<S>(
+/// Serve requests on a connection, each answered by `handle` with its
+/// response and whether the connection should then go back, until one
+/// should or `stop` ends. Then the connection and what was read of it but
+/// not served, for whoever routes its next request; None when it ended
+/// (the client closed it, or HTTP did).
+///
+/// hyper is shut down only when no request is in flight: shut down
+/// during one (a pipelined request it read ahead), it would add
+/// `Connection: close` to that response. Idle, it stops without writing
+/// anything and returns what it had read.
+pub async fn serve_until_given_back<H, F>(
     stream: TcpStream,
     read: Vec<u8>,
-    service: impl FnOnce(Arc<Notify>) -> S,
+    handle: H,
     stop: impl Future<Output = ()>,
 ) -> Option<(TcpStream, Vec<u8>)>
 where
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<GiveBack>,
-            Error = Infallible,
-            Future = Answer,
-        > + Unpin,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = (Response<Full<Bytes>>, bool)> + Send + 'static,
 {
-    let give_back = Arc::new(Notify::new());
+    let turns = Arc::new(Turns::default());
+    let (handle, counted) = (Arc::new(handle), turns.clone());
+    let service = hyper::service::service_fn(move |req| {
+        // Counted from the moment hyper dispatches the request.
+        let mut turn = Turn {
+            turns: counted.clone(),
+            give_back: false,
+        };
+        counted.in_flight.fetch_add(1, Ordering::AcqRel);
+        let answer = handle(req);
+        Box::pin(async move {
+            let (response, give_back) = answer.await;
+            turn.give_back = give_back;
+            Ok(response.map(|body| Answered { body, _turn: turn }))
+        }) as Answer
+    });
     let mut conn = crate::invocation::http1().serve_connection(
         hyper_util::rt::TokioIo::new(Resumed::new(read, stream)),
-        service(give_back.clone()),
+        service,
     );
     tokio::pin!(stop);
-    let mut giving_back = false;
+    let (mut stopped, mut shutting) = (false, false);
     let ended = loop {
         tokio::select! {
             ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break ended,
-            () = give_back.notified(), if !giving_back => {
-                giving_back = true;
-                Pin::new(&mut conn).graceful_shutdown();
-            }
-            () = &mut stop, if !giving_back => {
-                giving_back = true;
-                Pin::new(&mut conn).graceful_shutdown();
-            }
+            () = turns.changed.notified(), if !shutting => {}
+            () = &mut stop, if !stopped => stopped = true,
+        }
+        let wanted = stopped || turns.give_back.load(Ordering::Acquire);
+        if !shutting && wanted && turns.in_flight.load(Ordering::Acquire) == 0 {
+            shutting = true;
+            Pin::new(&mut conn).graceful_shutdown();
         }
     };
-    if !giving_back || ended.is_err() {
+    if !shutting || ended.is_err() {
         return None;
     }
     let parts = conn.into_parts();
@@ -76,23 +88,43 @@ where
     Some((stream, read))
 }
 
-/// A response body that, once hyper has written the head and is done
-/// with the body, asks for the connection to be given back: shutting it
-/// down then ends it after this response and adds no `Connection: close`.
-pub struct GiveBack {
-    body: Full<Bytes>,
-    then: Option<Arc<Notify>>,
+type Answer = Pin<Box<dyn Future<Output = Result<Response<Answered>, Infallible>> + Send>>;
+
+/// Requests in flight on one connection, and whether the last one
+/// answered asked for the connection to go back (HTTP/1 answers in
+/// order: a pipelined run of requests that ends with the holder's own
+/// keeps it there).
+#[derive(Default)]
+struct Turns {
+    in_flight: AtomicUsize,
+    give_back: std::sync::atomic::AtomicBool,
+    changed: Notify,
 }
 
-impl GiveBack {
-    /// `then`: who to tell once the response is written (None: keep the
-    /// connection).
-    pub fn new(body: Full<Bytes>, then: Option<Arc<Notify>>) -> GiveBack {
-        GiveBack { body, then }
+/// One request, in flight until hyper is done with its response (it has
+/// written the head by then) or drops it unanswered.
+struct Turn {
+    turns: Arc<Turns>,
+    give_back: bool,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.turns
+            .give_back
+            .store(self.give_back, Ordering::Release);
+        self.turns.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.turns.changed.notify_one();
     }
 }
 
-impl hyper::body::Body for GiveBack {
+/// A response body that holds its request's [`Turn`].
+struct Answered {
+    body: Full<Bytes>,
+    _turn: Turn,
+}
+
+impl hyper::body::Body for Answered {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -109,14 +141,6 @@ impl hyper::body::Body for GiveBack {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
-    }
-}
-
-impl Drop for GiveBack {
-    fn drop(&mut self) {
-        if let Some(then) = &self.then {
-            then.notify_one();
-        }
     }
 }
 

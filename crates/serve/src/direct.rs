@@ -28,7 +28,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::connection::{serve_until_given_back, Answer, GiveBack, Serving};
+use crate::connection::{serve_until_given_back, Serving};
 use crate::in_process::{phases, InProcess};
 use crate::invocation::{
     self, busy_response, failed, text, timed_out, too_large_response, Admission, Ending, Input,
@@ -264,15 +264,11 @@ impl Direct {
             }
         };
         let direct = self.clone();
-        let service = move |give_back: Arc<tokio::sync::Notify>| {
-            hyper::service::service_fn(move |req| {
-                let (direct, give_back) = (direct.clone(), give_back.clone());
-                Box::pin(
-                    async move { Ok(direct.handle_handed(req, local, remote, give_back).await) },
-                ) as Answer
-            })
+        let handle = move |req| {
+            let direct = direct.clone();
+            async move { direct.handle_handed(req, local, remote).await }
         };
-        let back = serve_until_given_back(stream, read, service, self.serving.stopped()).await;
+        let back = serve_until_given_back(stream, read, handle, self.serving.stopped()).await;
         // Bounded by hyper's buffer and what the server read; a connection
         // that cannot be described in a message is closed.
         if let Some((stream, read)) = back.filter(|(_, read)| read.len() <= 2 * MAX_REQUEST_HEAD) {
@@ -287,17 +283,15 @@ impl Direct {
     }
 
     /// A request on a connection of the server's: the function's, or the
-    /// server's to answer; then the connection goes back to it.
+    /// server's to answer; then the connection goes back to it (true).
     async fn handle_handed(
         &self,
         req: Request<Incoming>,
         local: SocketAddr,
         remote: SocketAddr,
-        give_back: Arc<tokio::sync::Notify>,
-    ) -> Response<GiveBack> {
+    ) -> (Response<Full<Bytes>>, bool) {
         if self.plan.routes(req.uri().path()) {
-            let response = self.handle(req, local, remote).await;
-            return response.map(|body| GiveBack::new(body, None));
+            return (self.handle(req, local, remote).await, false);
         }
         let response = match self.forward(req, local, remote).await {
             Ok(r) => r,
@@ -306,7 +300,7 @@ impl Direct {
                 text(StatusCode::BAD_GATEWAY, "the server could not be reached\n")
             }
         };
-        response.map(|body| GiveBack::new(body, Some(give_back)))
+        (response, true)
     }
 
     /// Have the server answer a request, over a stream of their own.

@@ -20,7 +20,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::sync::oneshot;
 
-use crate::connection::{next_request, serve_until_given_back, Answer, GiveBack, Next, Serving};
+use crate::connection::{next_request, serve_until_given_back, Next, Serving};
 use crate::invocation::{
     self, busy_response, failed, text, timed_out, too_large_response, Admission, Ending, Input,
     MAX_RESPONSE, MAX_STDERR_LOGGED,
@@ -166,6 +166,12 @@ pub(crate) struct Func {
 }
 
 impl Func {
+    /// Nothing in flight, and nothing since its `idle` time.
+    fn idle(&self) -> bool {
+        self.metrics.in_flight.load(Ordering::Acquire) == 0
+            && self.last_used.lock().expect("last used").elapsed() >= self.f.idle
+    }
+
     /// Whether its worker serves connections itself ([`crate::direct`]):
     /// the server's port hands it those whose request is the function's.
     fn serves_connections(&self) -> bool {
@@ -421,8 +427,7 @@ impl Server {
             let current = func.warm.lock().await.clone();
             match current {
                 Some(e) if e.alive() => {
-                    let idle = func.last_used.lock().expect("last used").elapsed() >= func.f.idle;
-                    if !idle {
+                    if !func.idle() {
                         tokio::select! {
                             _ = e.changed.notified() => {}
                             _ = tokio::time::sleep(tick) => {}
@@ -507,6 +512,11 @@ impl Server {
     /// first. Requests routed meanwhile wait for the next envelope.
     async fn drain_warm(self: &Arc<Self>, func: &Arc<Func>) {
         let mut warm = func.warm.lock().await;
+        // Idle still: the envelope may be new, made for a request routed
+        // while this waited for the lock.
+        if !func.idle() {
+            return;
+        }
         if let Some(e) = warm.take() {
             if e.alive() {
                 let _ = e.send(&ToWorker::Drain, &[]).await;
@@ -522,13 +532,12 @@ impl Server {
         if func.port.get().is_some() {
             return;
         }
-        if func.metrics.in_flight.load(Ordering::Acquire) > 0
-            || func.last_used.lock().expect("last used").elapsed() < func.f.idle
-        {
+        if !func.idle() {
             return;
         }
         if func.serves_connections() {
-            if !func.draining.swap(true, Ordering::AcqRel) {
+            let warm = func.warm.try_lock().map(|w| w.is_some());
+            if warm.unwrap_or(true) && !func.draining.swap(true, Ordering::AcqRel) {
                 let (server, func) = (self.clone(), func.clone());
                 tokio::spawn(async move {
                     server.drain_warm(&func).await;
@@ -662,16 +671,11 @@ impl Server {
     ) -> Option<(tokio::net::TcpStream, Vec<u8>)> {
         self.serving.begin();
         let server = self.clone();
-        let service = move |give_back: Arc<tokio::sync::Notify>| {
-            hyper::service::service_fn(move |req| {
-                let (server, give_back) = (server.clone(), give_back.clone());
-                Box::pin(async move {
-                    let response = server.handle(req, remote).await;
-                    Ok(response.map(|body| GiveBack::new(body, Some(give_back))))
-                }) as Answer
-            })
+        let handle = move |req| {
+            let server = server.clone();
+            async move { (server.handle(req, remote).await, true) }
         };
-        let back = serve_until_given_back(stream, read, service, self.serving.stopped()).await;
+        let back = serve_until_given_back(stream, read, handle, self.serving.stopped()).await;
         self.serving.end();
         back.filter(|_| !self.serving.stopping())
     }
