@@ -9,8 +9,9 @@
 //! the server does ([`crate::invocation`]) and reports each request
 //! afterwards ([`Served`]) for the server's log line, metrics and trace.
 //! A request on a server's connection that is not the function's goes to
-//! the server ([`FromWorker::Forward`]), and the connection with it, once
-//! that answer is written ([`FromWorker::Returned`]). The server takes the
+//! the server ([`FromWorker::Forward`]), and the connection with it once
+//! no request is in flight and the last one answered was not the
+//! function's ([`FromWorker::Returned`]). The server takes the
 //! port and the connections back to scale to zero
 //! ([`ToWorker::Drain`](crate::protocol::ToWorker::Drain)).
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// The largest message either side sends (an invocation's head and CGI
 /// variables; a connection's unread bytes, hex, up to twice
-/// [`crate::invocation::MAX_REQUEST_HEAD`] of them).
+/// `invocation::MAX_REQUEST_HEAD` of them).
 pub const MAX_MESSAGE: usize = 512 << 10;
 
 #[derive(Serialize, Deserialize, Debug)]
