@@ -879,6 +879,14 @@ fn holds_socket(pid: i64, inode: &str) -> bool {
         .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == want))
 }
 
+/// Nothing runs in the envelope but its worker (a timed-out guest is gone).
+fn assert_only_its_worker_runs(env: &Env, envelope: &str) {
+    let pids = env.amphi(&["ps", "--format", "json", envelope]);
+    pids.ok();
+    let pids: Vec<i64> = serde_json::from_str(&pids.stdout).unwrap();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+}
+
 fn envelope_pid(env: &Env, id: &str) -> i64 {
     let state = env.amphi(&["state", id]);
     state.ok();
@@ -996,10 +1004,7 @@ fn a_function_with_its_own_port_is_served_by_its_envelope() {
         .into_iter()
         .find(|id| id.contains("-w-"))
         .unwrap();
-    let pids = env.amphi(&["ps", "--format", "json", &w_envelope]);
-    pids.ok();
-    let pids: Vec<i64> = serde_json::from_str(&pids.stdout).unwrap();
-    assert_eq!(pids.len(), 1, "{pids:?}");
+    assert_only_its_worker_runs(&env, &w_envelope);
 
     // Idle: the port's envelope goes; a connection brings a new one.
     assert!(
@@ -1218,10 +1223,7 @@ fn the_servers_port_hands_each_connection_to_its_functions_worker() {
         .into_iter()
         .find(|id| id.contains("-w-"))
         .unwrap();
-    let pids = env.amphi(&["ps", "--format", "json", &w_envelope]);
-    pids.ok();
-    let pids: Vec<i64> = serde_json::from_str(&pids.stdout).unwrap();
-    assert_eq!(pids.len(), 1, "{pids:?}");
+    assert_only_its_worker_runs(&env, &w_envelope);
 
     // Idle with the connection open: the worker gives it back and its
     // envelope goes; the next request on it starts the function cold.
