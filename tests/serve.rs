@@ -1455,10 +1455,11 @@ fn fails_to_start(env: &Env, dir: &Path, needles: &[&str]) {
     }
 }
 
-/// `preinit = true`: the module's `wizer.initialize` runs once, when the
-/// function starts, and every invocation begins from the snapshot (the
-/// table built, the invocation's own CGI environment); the same module
-/// without it initializes itself per invocation.
+/// `preinit = true`: the module's `wizer.initialize` (a component's
+/// `wizer-initialize`) runs once, when the server starts, and every
+/// invocation begins from the snapshot (the table built, the
+/// invocation's own CGI environment); the same module without it
+/// initializes itself per invocation.
 #[test]
 fn a_preinitialized_function_starts_from_its_snapshot() {
     let env = Env::new();
@@ -1474,15 +1475,78 @@ fn a_preinitialized_function_starts_from_its_snapshot() {
         "cold",
         &format!("route = \"/cold\"\nmodule = {module:?}\n"),
     );
+    manifest(
+        &dir,
+        "component",
+        &format!(
+            "route = \"/component\"\nmodule = {:?}\npreinit = true\n",
+            wasm_guest("preinit-component.wasm")
+        ),
+    );
     let mut s = Serve::start(&env, &dir, &[]).unwrap();
     let cold = s.get("/cold").text();
     let table = cold.strip_prefix("cold ").expect("initialized itself");
-    for _ in 0..3 {
-        let r = s.get("/pre");
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.text().strip_prefix("preinitialized "), Some(table));
+    for route in ["/pre", "/pre", "/pre", "/component", "/component"] {
+        let r = s.get(route);
+        assert_eq!(r.status, 200, "{route}: {}", r.text());
+        assert_eq!(
+            r.text().strip_prefix("preinitialized "),
+            Some(table),
+            "{route}"
+        );
     }
     assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
+/// The server compiles each wasm function once, at start, and its
+/// envelopes map that artifact. An envelope runs as the function's own
+/// user, which may not write the host's cache: one that compiled for
+/// itself would compile again at every cold start.
+#[test]
+fn cold_envelopes_map_what_the_server_compiled_at_start() {
+    let env = Env::new();
+    let dir = functions(&env);
+    manifest(
+        &dir,
+        "c",
+        &format!("module = {:?}\nidle = \"0s\"\n", wasm_guest("cgi.wasm")),
+    );
+    manifest(
+        &dir,
+        "h",
+        &format!(
+            "module = {:?}\ninterface = \"http\"\nidle = \"0s\"\n",
+            wasm_guest("http-hello.wasm")
+        ),
+    );
+    let mut s =
+        Serve::start_with_env(&env, &dir, &[], &[("AMPHI_WASM_CACHE_REPORT", "1")]).unwrap();
+    for _ in 0..2 {
+        assert!(
+            wait_for(20, || s.envelopes(&env).is_empty()),
+            "idle envelopes are still there: {:?}",
+            s.envelopes(&env)
+        );
+        assert_eq!(s.get("/c").status, 200);
+        assert_eq!(s.get("/h").status, 200);
+    }
+    let cold = || s.log().iter().filter(|l| l["cold"] == true).count();
+    assert!(
+        wait_for(10, || cold() == 4),
+        "each request after scale-to-zero is cold:\n{}",
+        s.log_text()
+    );
+    assert_eq!(s.stop(), Some(0));
+    let text = s.log_text();
+    assert_eq!(
+        text.matches("wasm cache: Compiled").count(),
+        2,
+        "one compile a module, at start:\n{text}"
+    );
+    for never in ["wasm cache: Hit", "wasm cache: Recompiled", "not writable"] {
+        assert!(!text.contains(never), "{never}:\n{text}");
+    }
     s.assert_clean(&env);
 }
 
@@ -1497,12 +1561,20 @@ fn bad_manifests_and_bundles_stop_start_up_with_the_function_and_field_named() {
             vec!["function typo", "unknown field `memroy`"],
         ),
         (
-            "preinithttp",
+            "preinitnative",
+            format!("program = {:?}\npreinit = true\n", native_cgi()),
+            vec!["function preinitnative: preinit", "a native program"],
+        ),
+        (
+            "preinitnothing",
             format!(
                 "module = {:?}\ninterface = \"http\"\npreinit = true\n",
                 wasm_guest("http-hello.wasm")
             ),
-            vec!["function preinithttp: preinit", "core modules"],
+            vec![
+                "function preinitnothing",
+                "the component exports no initialization function",
+            ],
         ),
         (
             "nofile",

@@ -590,8 +590,18 @@ fn a_preinitialized_module_starts_from_its_snapshot() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let table = r.stdout.strip_prefix("cold ").expect("initialized itself");
     env.assert_clean(&id, &cg);
-    for n in 0..2 {
-        let mut b = env.wasm_bundle(&format!("pre{n}"), &["/app/preinit.wasm"]);
+    // The same program as a component: Wizer's component support runs
+    // its `wizer-initialize` export.
+    for (n, module) in [
+        "/app/preinit.wasm",
+        "/app/preinit.wasm",
+        "/app/preinit-component.wasm",
+        "/app/preinit-component.wasm",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut b = env.wasm_bundle(&format!("pre{n}"), &[module]);
         preinit(&mut b);
         b.write();
         let id = env.id(&format!("pre{n}"));
@@ -603,10 +613,11 @@ fn a_preinitialized_module_starts_from_its_snapshot() {
             "start {n}: {}",
             r.stdout
         );
+        let first = n % 2 == 0;
         let initialized = r.stderr.contains("wasm: pre-initialize");
-        assert_eq!(initialized, n == 0, "start {n}: {}", r.stderr);
+        assert_eq!(initialized, first, "start {n}: {}", r.stderr);
         assert!(
-            r.stderr.contains(if n == 0 {
+            r.stderr.contains(if first {
                 "wasm cache: Compiled"
             } else {
                 "wasm cache: Hit"
@@ -620,9 +631,10 @@ fn a_preinitialized_module_starts_from_its_snapshot() {
 
 /// An initialization that traps, outgrows the memory limit, calls an
 /// import that is not WASI, or runs past its fuel (here a tenth of a
-/// second's) fails create, naming the module and why; a module with
-/// nothing to run, a component, or a budget that is not a number is
-/// refused. Nothing is left behind, not even a compiled artifact.
+/// second's) fails create, naming the module and why, a component's
+/// too; a module or component with nothing to run, or a budget that is
+/// not a number, is refused. Nothing is left behind, not even a compiled
+/// artifact.
 #[test]
 fn a_failed_preinitialization_fails_create_and_stores_nothing() {
     let env = Env::new();
@@ -646,7 +658,19 @@ fn a_failed_preinitialization_fails_create_and_stores_nothing() {
             "(module (func (export \"_start\")))".to_owned(),
             "exports no initialization function",
         ),
-        ("component", "(component)".to_owned(), "components"),
+        (
+            "component",
+            "(component)".to_owned(),
+            "the component exports no initialization function",
+        ),
+        (
+            "componenttrap",
+            "(component (core module $m (func (export \"init\") unreachable)) \
+             (core instance $i (instantiate $m)) \
+             (func (export \"wizer-initialize\") (canon lift (core func $i \"init\"))))"
+                .to_owned(),
+            "unreachable",
+        ),
     ];
     for (name, body, needle) in cases {
         let mut b = env.wasm_bundle(name, &["/app/x.wasm"]);

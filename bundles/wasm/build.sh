@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build the guest programs: core modules (wasm32-wasip1) for every program
 # (preinit: a start that Wizer's pre-initialization removes), components
-# (wasm32-wasip2) of hello, idle, counter, net (wasi:sockets) and http-get
-# (wasi:http's client), WASI 0.3
+# (wasm32-wasip2) of hello, idle, counter, net (wasi:sockets), http-get
+# (wasi:http's client) and preinit (a wizer-initialize export), WASI 0.3
 # guests (p3-hello, p3-http),
 # into bundles/out/wasm/; and the
 # benchmark and CGI programs for the host too (static, to run in a busybox rootfs),
@@ -33,6 +33,8 @@ cargo build --quiet --release --manifest-path "$here/p3-hello/Cargo.toml" --targ
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/p3_hello.wasm" "$out/p3-hello.wasm"
 cargo build --quiet --release --manifest-path "$here/p3-http/Cargo.toml" --target wasm32-wasip2
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/p3_http.wasm" "$out/p3-http.wasm"
+cargo build --quiet --release --manifest-path "$here/preinit-component/Cargo.toml" --target wasm32-wasip2
+cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/preinit-component.wasm" "$out/preinit-component.wasm"
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/hello.wasm" "$out/hello-component.wasm"
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/idle.wasm" "$out/idle-component.wasm"
 cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/counter.wasm" "$out/counter-component.wasm"

@@ -430,11 +430,11 @@ pub fn parse(name: &str, text: &str) -> Result<Function> {
     let strict = isolation == Isolation::Envelope;
     let listen = own_port(name, raw.listen, strict, &source)?;
     let preinit = raw.preinit.unwrap_or(false);
-    if preinit && (source.kind() != Some(Kind::Module) || interface != Interface::Cgi) {
+    if preinit && source.kind() != Some(Kind::Module) {
         return Err(bad(
             name,
             "preinit",
-            "pre-initialization is for wasm core modules (module = FILE, interface = \"cgi\"); a component or a native program has no wizer.initialize to run",
+            "pre-initialization is for wasm modules and components (module = FILE); a native program has no wizer.initialize to run",
         ));
     }
     Ok(Function {

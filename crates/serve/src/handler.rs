@@ -19,6 +19,13 @@ use oci_spec::runtime::{Process, Spec};
 use crate::worker::{Worker, Workload};
 use crate::Engine;
 
+/// A wasm function's module as the server compiled it.
+#[derive(Debug)]
+pub struct Artifact {
+    pub file: std::fs::File,
+    pub flavor: amphi_wasm::Flavor,
+}
+
 /// What a function's envelope is made from: the keeper creates it, the
 /// handler builds its worker.
 #[derive(Clone)]
@@ -41,6 +48,8 @@ pub struct Plan {
     pub outbound: bool,
     /// For a function with a port of its own.
     pub direct: Option<std::sync::Arc<crate::direct::Plan>>,
+    /// A wasm function's artifact, compiled by the server at start.
+    pub artifact: Option<std::sync::Arc<Artifact>>,
 }
 
 /// Control sockets waiting for their envelope, by container id.
@@ -103,13 +112,22 @@ impl Handler for FunctionHandler {
                     plan.readonly_root,
                     plan.pool_slots,
                 );
-                Workload::Wasm(match plan.reuse {
+                let function = match &plan.artifact {
+                    Some(a) => function.with_precompiled(amphi_wasm::function::Precompiled {
+                        artifact: a.file.try_clone().map_err(|e| {
+                            Error::io("dup", std::path::Path::new("the compiled artifact"), e)
+                        })?,
+                        flavor: a.flavor,
+                    }),
+                    None => function,
+                };
+                Workload::Wasm(Box::new(match plan.reuse {
                     // Each kept instance's /tmp goes in the envelope's.
                     Some((max, concurrency)) => {
                         function.with_reuse(max, concurrency, (plan.tmp > 0).then(|| "/tmp".into()))
                     }
                     None => function,
-                })
+                }))
             }
         };
         Ok(Box::new(Worker {

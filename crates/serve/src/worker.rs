@@ -35,7 +35,7 @@ pub enum Workload {
     Native(amphi_native::Native),
     /// A wasm module or component: a fresh instance per invocation, in the
     /// worker's own process.
-    Wasm(amphi_wasm::function::Function),
+    Wasm(Box<amphi_wasm::function::Function>),
 }
 
 pub struct Worker {
@@ -95,9 +95,10 @@ impl Worker {
     fn serve_in_process(self) -> Result<()> {
         // Before any thread exists: credentials and the filter are per thread.
         amphi_core::init::assume_process(&self.process, self.seccomp.as_ref())?;
-        let Workload::Wasm(mut function) = self.workload else {
+        let Workload::Wasm(function) = self.workload else {
             unreachable!("in-process serving is for wasm")
         };
+        let mut function = *function;
         amphi_wasm::function::start_epoch_ticker();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

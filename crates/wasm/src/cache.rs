@@ -123,16 +123,21 @@ impl std::hash::Hasher for Sha256Hasher {
 }
 
 fn key(engine: &Engine, module: &[u8]) -> String {
+    key_of_parts(engine, &[module])
+}
+
+/// [`key`] of the concatenation of `parts`, without making it.
+fn key_of_parts(engine: &Engine, parts: &[&[u8]]) -> String {
     let mut engine_hash = Sha256Hasher(Sha256::new());
     engine
         .precompile_compatibility_hash()
         .hash(&mut engine_hash);
     let engine_hash = engine_hash.0.finalize();
-    format!(
-        "{}-{}",
-        hex(&Sha256::digest(module)),
-        hex(&engine_hash[..8])
-    )
+    let mut module = Sha256::new();
+    for part in parts {
+        module.update(part);
+    }
+    format!("{}-{}", hex(&module.finalize()), hex(&engine_hash[..8]))
 }
 
 /// What makes a file the same file with the same bytes: a write changes
@@ -378,6 +383,12 @@ impl Cache {
         self.fd.as_ref().map(|f| f.as_raw_fd())
     }
 
+    /// The artifact loaded last (a cache file, locked shared, or the memfd
+    /// it was compiled into when the cache took nothing).
+    pub fn last_artifact(&self) -> Option<&File> {
+        self.held.last()
+    }
+
     /// Let go of the directory (before the guest runs); the artifacts in
     /// use stay locked.
     pub fn close(&mut self) {
@@ -398,18 +409,19 @@ impl Cache {
         self.get(kind, bytes)
     }
 
-    /// A module made from `original` by `derive` (e.g. instrumented), from
-    /// the cache under a key of `original` and `tag`, so a hit pays for
-    /// neither deriving nor compiling.
-    pub fn derived_module(
+    /// A module or component made from `original` by `derive`
+    /// (instrumented, pre-initialized), from the cache under a key of
+    /// `original` and `tag`, so a hit pays for neither deriving nor
+    /// compiling.
+    pub(crate) fn derived<T: Artifact>(
         &mut self,
         kind: Kind,
         original: &[u8],
         tag: &str,
         derive: impl FnOnce() -> wasmtime::Result<Vec<u8>>,
-    ) -> wasmtime::Result<Module> {
+    ) -> wasmtime::Result<T> {
         let engine = engine::engine(kind);
-        let key = key(engine, &[original, tag.as_bytes()].concat());
+        let key = key_of_parts(engine, &[original, tag.as_bytes()]);
         let mut derived = None;
         self.get_keyed(kind, key, || Ok(derived.insert(derive()?).as_slice()))
     }
@@ -598,7 +610,9 @@ impl Cache {
             }
             // SAFETY: just compiled by an engine of this configuration,
             // into a memfd nobody else holds.
-            return unsafe { T::load(engine, &written.memfd) };
+            let t = unsafe { T::load(engine, &written.memfd) }?;
+            self.held.push(written.memfd);
+            return Ok(t);
         };
         let (_, mut temp) = temp.expect("the helper wrote to the file it was given");
         let dir = temp.dir;

@@ -138,7 +138,9 @@ impl Wasm {
                 what()
             )));
         }
-        let mut bytes = Vec::new();
+        // Sized up front: grown by doubling, a 20 MB module was copied
+        // about as many times over as it is read.
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0) + 1);
         f.take(MAX_MODULE + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| fail(format!("{}: {e}", what())))?;
@@ -425,7 +427,7 @@ impl Wasm {
         amphi_core::util::trace::phase("wasm: load instrumented module");
         let module = self
             .cache
-            .derived_module(Kind::Checkpoint, bytes, &instrumentation, || {
+            .derived::<wasmtime::Module>(Kind::Checkpoint, bytes, &instrumentation, || {
                 instrument::instrument(bytes).map_err(|e| wasmtime::format_err!("{e}"))
             })
             .map_err(|e| refused(format!("{e:#}")))?;
@@ -498,18 +500,13 @@ impl Executor for Wasm {
                 crate::checkpoint::ANNOTATION
             )));
         }
-        if crate::preinit::wanted(ctx.spec) {
-            if let Some(why) = crate::preinit::refusal(flavor) {
-                return Err(fail(format!("{what}: {why}")));
-            }
-            if self.checkpoint.is_some() {
-                return Err(fail(format!(
-                    "{what}: {}=true and {}=true together: a checkpointable module \
-                     restores its own state; drop one",
-                    crate::preinit::ANNOTATION,
-                    crate::checkpoint::ANNOTATION
-                )));
-            }
+        if crate::preinit::wanted(ctx.spec) && self.checkpoint.is_some() {
+            return Err(fail(format!(
+                "{what}: {}=true and {}=true together: a checkpointable module \
+                 restores its own state; drop one",
+                crate::preinit::ANNOTATION,
+                crate::checkpoint::ANNOTATION
+            )));
         }
         if self.checkpoint.is_some() {
             self.prepare_checkpointable(ctx, &what, &bytes)?;
@@ -554,10 +551,14 @@ impl Executor for Wasm {
                     Linked::Service(Box::new(function), port)
                 }
                 Flavor::Component => {
-                    let component = self
-                        .cache
-                        .component(Kind::Command, &bytes)
-                        .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
+                    let component = crate::preinit::component(
+                        &mut self.cache,
+                        Kind::Command,
+                        ctx.spec,
+                        &bytes,
+                        self.memory_limit,
+                    )
+                    .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
                     // Both WASI 0.2 and 0.3, as `wasmtime run` links them: a 0.3
                     // command is run as one, anything else as 0.2's. wasi:http
                     // too, for commands that make requests.

@@ -197,6 +197,20 @@ pub struct Function {
     /// no scratch `/tmp`), which cost 14% of a small `wasi:http`
     /// request's throughput in one measurement.
     sees_files: bool,
+    /// The artifact the server compiled, run instead of the rootfs's module.
+    precompiled: Option<Precompiled>,
+}
+
+/// A function's module as the server compiled it, for its envelopes.
+pub struct Precompiled {
+    /// The artifact: a cache file (locked shared) or a memfd.
+    pub artifact: std::fs::File,
+    pub flavor: Flavor,
+}
+
+enum Compiled {
+    Module(wasmtime::Module),
+    Component(wasmtime::component::Component),
 }
 
 /// Isolation "reuse": `wasi:http` instances kept between requests and
@@ -266,6 +280,7 @@ impl Function {
             reuse: None,
             outbound: Default::default(),
             sees_files: true,
+            precompiled: None,
         }
     }
 
@@ -309,40 +324,159 @@ impl Function {
     }
 
     pub fn inherited_fds(&self) -> Vec<std::os::fd::RawFd> {
-        self.cache.raw_fd().into_iter().collect()
+        let artifact = self
+            .precompiled
+            .as_ref()
+            .map(|p| std::os::fd::AsRawFd::as_raw_fd(&p.artifact));
+        self.cache.raw_fd().into_iter().chain(artifact).collect()
+    }
+
+    /// Compile `spec`'s module (rootfs at `rootfs`) into `cache`, as an
+    /// envelope of the function would, pre-initialized when it asks, and
+    /// check that it links. For the host's process, ahead of the
+    /// function's envelopes: each runs as a user of its own, which may not
+    /// write the host's cache, so a module not there already would be
+    /// compiled (and pre-initialized) again by every cold envelope.
+    ///
+    /// A module bind-mounted over `process.args[0]` (a manifest's
+    /// `module`) is read from the mount's source, the host file the
+    /// operator named; any other from the rootfs, resolved inside it.
+    pub fn precompile(
+        cache: Cache,
+        interface: Interface,
+        spec: &oci_spec::runtime::Spec,
+        rootfs: &Path,
+        memory_limit: Option<u64>,
+    ) -> Result<Precompiled> {
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| fail("config.json has no process"))?;
+        let inside = process.cwd().join(amphi_core::executor::program(process));
+        let bound = spec.mounts().iter().flatten().find(|m| {
+            m.destination() == &inside && m.typ().as_deref() == Some("bind") && m.source().is_some()
+        });
+        let (path, bytes) = match bound.and_then(|m| m.source().as_ref()) {
+            Some(source) => {
+                let bytes = std::fs::read(source)
+                    .map_err(|e| fail(format!("{}: {e}", source.display())))?;
+                (source.clone(), bytes)
+            }
+            None => {
+                let root = nix::fcntl::open(
+                    rootfs,
+                    nix::fcntl::OFlag::O_PATH
+                        | nix::fcntl::OFlag::O_DIRECTORY
+                        | nix::fcntl::OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .map_err(|e| fail(format!("root.path {}: {e}", rootfs.display())))?;
+                let ctx = PrepareContext {
+                    spec,
+                    process,
+                    rootfs,
+                    root_fd: std::os::fd::AsFd::as_fd(&root),
+                    state_dir: None,
+                };
+                crate::Wasm::read_module(&ctx, ctx.program())?
+            }
+        };
+        let mut function = Function::new(cache, interface, memory_limit, false, None);
+        function.link(spec, &path, &bytes)?;
+        let artifact = function
+            .cache
+            .last_artifact()
+            .and_then(|f| f.try_clone().ok())
+            .ok_or_else(|| fail(format!("{}: no artifact to hand on", path.display())))?;
+        Ok(Precompiled {
+            artifact,
+            flavor: flavor(&bytes).expect("linked"),
+        })
+    }
+
+    /// Run `precompiled`, the artifact [`Function::precompile`] gave, instead
+    /// of the module the envelope's rootfs holds: the envelope neither
+    /// reads nor hashes the module (20 ms for a 20 MB interpreter), it maps
+    /// the artifact.
+    pub fn with_precompiled(mut self, precompiled: Precompiled) -> Function {
+        self.precompiled = Some(precompiled);
+        self
     }
 
     /// Compile (or load from the cache) and link the module named by
     /// `process.args[0]`, for the function's interface.
     pub fn prepare(&mut self, ctx: &PrepareContext) -> Result<()> {
-        let arg0 = ctx.program();
-        let (path, bytes) = crate::Wasm::read_module(ctx, arg0)?;
+        if let Some(p) = self.precompiled.take() {
+            let what = format!("process.args[0] {} (compiled by the server)", ctx.program());
+            return self.link_precompiled(p, &what);
+        }
+        let (path, bytes) = crate::Wasm::read_module(ctx, ctx.program())?;
+        self.link(ctx.spec, &path, &bytes)
+    }
+
+    /// Compile (or load from the cache) and link `bytes`, the module at
+    /// `path`, for the function's interface.
+    fn link(&mut self, spec: &oci_spec::runtime::Spec, path: &Path, bytes: &[u8]) -> Result<()> {
         let what = format!("process.args[0] {}", path.display());
         POOL_SLOTS.get_or_init(|| self.pool_slots);
-        let flavor = flavor(&bytes)
+        let flavor = flavor(bytes)
             .ok_or_else(|| fail(format!("{what}: not a WebAssembly module or component")))?;
-        if let Some(why) =
-            crate::preinit::refusal(flavor).filter(|_| crate::preinit::wanted(ctx.spec))
-        {
-            return Err(fail(format!("{what}: {why}")));
+        if (self.interface, flavor) == (Interface::Http, Flavor::Module) {
+            return Err(fail(format!(
+                "{what}: a core module; interface \"http\" runs components of the wasi:http/proxy world"
+            )));
         }
-        let engine = engine();
         let memory_limit = self.memory_limit;
-        let component = |cache: &mut Cache| {
-            cache
-                .component(Kind::Function, &bytes)
-                .map_err(|e| compile_error(&what, &e, memory_limit))
+        let compiled = match flavor {
+            Flavor::Module => {
+                crate::preinit::module(&mut self.cache, Kind::Function, spec, bytes, memory_limit)
+                    .map(Compiled::Module)
+            }
+            Flavor::Component => crate::preinit::component(
+                &mut self.cache,
+                Kind::Function,
+                spec,
+                bytes,
+                memory_limit,
+            )
+            .map(Compiled::Component),
         };
-        let linked = match (self.interface, flavor) {
-            (Interface::Cgi, Flavor::Module) => {
-                let module = crate::preinit::module(
-                    &mut self.cache,
-                    Kind::Function,
-                    ctx.spec,
-                    &bytes,
-                    memory_limit,
-                )
-                .map_err(|e| compile_error(&what, &e, memory_limit))?;
+        self.link_compiled(
+            compiled.map_err(|e| compile_error(&what, &e, memory_limit))?,
+            &what,
+        )
+    }
+
+    /// Link the artifact the server compiled.
+    fn link_precompiled(&mut self, p: Precompiled, what: &str) -> Result<()> {
+        POOL_SLOTS.get_or_init(|| self.pool_slots);
+        let engine = engine();
+        let load = |e: wasmtime::Error| fail(format!("{what}: load the compiled artifact: {e:#}"));
+        // SAFETY: the server compiled it for an engine of this kind, in
+        // the cache (replaced only by rename) or a memfd of its own;
+        // wasmtime checks the engine's compatibility as it loads.
+        let compiled = unsafe {
+            match p.flavor {
+                Flavor::Module => Compiled::Module(
+                    <wasmtime::Module as crate::cache::Artifact>::load(engine, &p.artifact)
+                        .map_err(load)?,
+                ),
+                Flavor::Component => Compiled::Component(
+                    <wasmtime::component::Component as crate::cache::Artifact>::load(
+                        engine,
+                        &p.artifact,
+                    )
+                    .map_err(load)?,
+                ),
+            }
+        };
+        self.link_compiled(compiled, what)
+    }
+
+    fn link_compiled(&mut self, compiled: Compiled, what: &str) -> Result<()> {
+        let engine = engine();
+        let linked = match (self.interface, compiled) {
+            (Interface::Cgi, Compiled::Module(module)) => {
                 // Directories are found (fd_prestat_*) and used (path_*,
                 // fd_readdir) by name or by a known fd number.
                 self.sees_files = module.imports().any(|i| {
@@ -358,8 +492,7 @@ impl Function {
                     fail(format!("{what}: {e:#}; amphi provides wasi_snapshot_preview1 only"))
                 })?)
             }
-            (Interface::Cgi, Flavor::Component) => {
-                let c = component(&mut self.cache)?;
+            (Interface::Cgi, Compiled::Component(c)) => {
                 self.sees_files = imports_filesystem(&c, engine);
                 let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
                 wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -368,8 +501,7 @@ impl Function {
                     fail(format!("{what}: {e:#}; a CGI component is of the wasi:cli/command world"))
                 })?)
             }
-            (Interface::Http, Flavor::Component) => {
-                let c = component(&mut self.cache)?;
+            (Interface::Http, Compiled::Component(c)) => {
                 self.sees_files = imports_filesystem(&c, engine);
                 // wasi:http 0.2 and 0.3 both, as `wasmtime serve` links them.
                 let mut linker = wasmtime::component::Linker::<P2State>::new(engine);
@@ -382,17 +514,16 @@ impl Function {
                 if let Some(p3) = pre.as_ref().ok().and_then(|pre| {
                     wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone()).ok()
                 }) {
-                    self.linked = Some(Linked::ServiceP3(p3));
-                    self.cache.close();
-                    return Ok(());
+                    Linked::ServiceP3(p3)
+                } else {
+                    Linked::Proxy(pre.and_then(ProxyPre::new).map_err(|e| {
+                        fail(format!(
+                            "{what}: {e:#}; interface \"http\" runs components of the wasi:http/proxy world"
+                        ))
+                    })?)
                 }
-                Linked::Proxy(pre.and_then(ProxyPre::new).map_err(|e| {
-                    fail(format!(
-                        "{what}: {e:#}; interface \"http\" runs components of the wasi:http/proxy world"
-                    ))
-                })?)
             }
-            (Interface::Http, Flavor::Module) => {
+            (Interface::Http, Compiled::Module(_)) => {
                 return Err(fail(format!(
                     "{what}: a core module; interface \"http\" runs components of the wasi:http/proxy world"
                 )))

@@ -19,15 +19,16 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use oci_spec::runtime::Spec;
+use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Config, Engine, Linker, Module, Store, StoreLimits};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wizer::{ComponentInstanceState, InstanceState, SnapshotVal, ValType, Wizer};
 
 use crate::engine::Kind;
 use crate::guest::add_wasi_p1;
-use crate::{Cache, Flavor};
+use crate::Cache;
 
 /// `io.github.amphi.preinit=true`: pre-initialize the bundle's module
 /// (a function's manifest sets it with `preinit = true`).
@@ -87,15 +88,30 @@ fn init_export(bytes: &[u8]) -> Option<&'static str> {
     None
 }
 
-/// Why a guest of `flavor` cannot be pre-initialized: amphi does core
-/// modules only.
-pub(crate) fn refusal(flavor: Flavor) -> Option<String> {
-    (flavor == Flavor::Component).then(|| {
-        format!(
-            "{ANNOTATION}=true: amphi pre-initializes core modules only, not components; \
-             drop the annotation"
-        )
-    })
+/// The initialization export of `bytes`, a component: a function of its
+/// own (not of a component or module inside it) named `wizer-initialize`.
+fn component_init_export(bytes: &[u8]) -> Option<&'static str> {
+    const EXPORT: &str = INIT_EXPORTS[0];
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.ok()? {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) if depth > 0 => depth -= 1,
+            wasmparser::Payload::ComponentExportSection(exports) if depth == 0 => {
+                let found = exports.into_iter().any(|e| {
+                    e.is_ok_and(|e| {
+                        e.name.name == EXPORT && e.kind == wasmparser::ComponentExternalKind::Func
+                    })
+                });
+                if found {
+                    return Some(EXPORT);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The core module of `bytes` for guests of `kind`, from the cache or
@@ -119,9 +135,37 @@ pub(crate) fn module(
         )
     })?;
     let fuel = fuel(spec).map_err(|e| wasmtime::format_err!("{e}"))?;
-    cache.derived_module(kind, bytes, &format!("preinit:{export}"), || {
+    cache.derived(kind, bytes, &format!("preinit:{export}"), || {
         amphi_core::util::trace::phase("wasm: pre-initialize");
         snapshot(bytes, export, memory_limit, fuel)
+            .map_err(|e| e.context(format!("pre-initialization ({ANNOTATION}=true)")))
+    })
+}
+
+/// [`module`] for a component: its `wizer-initialize` export run once,
+/// the component snapshotted (Wizer's component support).
+pub(crate) fn component(
+    cache: &mut Cache,
+    kind: Kind,
+    spec: &Spec,
+    bytes: &[u8],
+    memory_limit: Option<u64>,
+) -> wasmtime::Result<Component> {
+    if !wanted(spec) {
+        return cache.component(kind, bytes);
+    }
+    let binary = wat::parse_bytes(bytes)?;
+    let export = component_init_export(&binary).ok_or_else(|| {
+        wasmtime::format_err!(
+            "{ANNOTATION}=true: the component exports no initialization function \
+             (`{}: func()`); export one, or drop the annotation",
+            INIT_EXPORTS[0]
+        )
+    })?;
+    let fuel = fuel(spec).map_err(|e| wasmtime::format_err!("{e}"))?;
+    cache.derived(kind, bytes, &format!("preinit:{export}"), || {
+        amphi_core::util::trace::phase("wasm: pre-initialize");
+        snapshot_component(&binary, export, memory_limit, fuel)
             .map_err(|e| e.context(format!("pre-initialization ({ANNOTATION}=true)")))
     })
 }
@@ -129,6 +173,135 @@ pub(crate) fn module(
 struct Sandbox {
     wasi: WasiP1Ctx,
     limits: StoreLimits,
+}
+
+/// A component's sandbox: WASI 0.2 with nothing granted.
+struct ComponentSandbox {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for ComponentSandbox {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The sandbox's engine: fuel, so an initialization that never returns
+/// fails; compiled on this thread.
+fn sandbox_engine() -> wasmtime::Result<Engine> {
+    let mut config = Config::new();
+    config.consume_fuel(true).parallel_compilation(false);
+    Engine::new(&config)
+}
+
+/// Give back what compiling the instrumented guest freed: the guest's
+/// memory cap is what the limit leaves after this process's resident
+/// memory, and a compile's freed heap (hundreds of MB for an
+/// interpreter) would otherwise count as held.
+fn trim() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// The sandbox's stderr, kept to quote in an error, and its limits: a
+/// memory that cannot grow fails the initialization (with its reason)
+/// instead of leaving a state the guest may not expect.
+fn stderr_and_limits(memory_limit: Option<u64>) -> (MemoryOutputPipe, StoreLimits) {
+    let limits = crate::guest::store_limits_builder(memory_limit)
+        .trap_on_grow_failure(true)
+        .build();
+    (MemoryOutputPipe::new(MAX_STDERR), limits)
+}
+
+/// Why the initialization failed, in one line: the trap or error itself,
+/// without the wasm backtrace (the guest's own frames, which the
+/// export's name stands for), and what it wrote to stderr.
+fn failure(
+    e: &wasmtime::Error,
+    out_of_fuel: bool,
+    stderr: &MemoryOutputPipe,
+    export: &str,
+    fuel: u64,
+    memory_limit: Option<u64>,
+) -> wasmtime::Error {
+    let said = String::from_utf8_lossy(&stderr.contents())
+        .trim()
+        .to_owned();
+    let why = if out_of_fuel {
+        format!("`{export}` ran {fuel} instructions without returning (raise {FUEL_ANNOTATION})")
+    } else {
+        let cause = e.root_cause().to_string();
+        match memory_limit.filter(|_| cause.contains("growing memory")) {
+            Some(limit) => format!(
+                "`{export}` failed: {cause}, past the guest's share of \
+                 linux.resources.memory.limit ({} MiB)",
+                limit >> 20
+            ),
+            None => format!("`{export}` failed: {cause}"),
+        }
+    };
+    match said.is_empty() {
+        true => wasmtime::format_err!("{why}"),
+        false => wasmtime::format_err!("{why}; it wrote to stderr: {said}"),
+    }
+}
+
+/// Run component `bytes`' initialization `export` in the sandbox and
+/// return the component with the state it left.
+fn snapshot_component(
+    bytes: &[u8],
+    export: &str,
+    memory_limit: Option<u64>,
+    fuel: u64,
+) -> wasmtime::Result<Vec<u8>> {
+    let mut wizer = Wizer::new();
+    // Kept: the component lifts the export from its core instance, which
+    // a snapshot without it would no longer provide.
+    wizer.init_func(export).keep_init_func(true);
+    let (cx, instrumented) = wizer.instrument_component(bytes)?;
+    let engine = sandbox_engine()?;
+    let component = Component::new(&engine, &instrumented)?;
+    trim();
+    let mut linker = wasmtime::component::Linker::<ComponentSandbox>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    linker.define_unknown_imports_as_traps(&component)?;
+    let (stderr, limits) = stderr_and_limits(memory_limit);
+    let wasi = WasiCtxBuilder::new()
+        .stderr(stderr.clone())
+        .allow_blocking_current_thread(true)
+        .build();
+    let sandbox = ComponentSandbox {
+        wasi,
+        table: ResourceTable::new(),
+        limits,
+    };
+    let mut store = Store::new(&engine, sandbox);
+    store.limiter(|s| &mut s.limits);
+    store.set_fuel(fuel)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let run = runtime.block_on(async {
+        let instance = linker.instantiate_async(&mut store, &component).await?;
+        instance
+            .get_typed_func::<(), ()>(&mut store, export)?
+            .call_async(&mut store, ())
+            .await?;
+        Ok::<_, wasmtime::Error>(instance)
+    });
+    let out_of_fuel = store.get_fuel().is_ok_and(|f| f == 0);
+    let instance =
+        run.map_err(|e| failure(&e, out_of_fuel, &stderr, export, fuel, memory_limit))?;
+    let mut state = ComponentInstance {
+        store: &mut store,
+        instance,
+    };
+    runtime.block_on(wizer.snapshot_component(&cx, &mut state))
 }
 
 /// Run `bytes`' initialization `export` in the sandbox and return the
@@ -144,23 +317,17 @@ fn snapshot(
     wizer.init_func(export);
     let (cx, instrumented) = wizer.instrument(&bytes)?;
 
-    let mut config = Config::new();
-    config.consume_fuel(true).parallel_compilation(false);
-    let engine = Engine::new(&config)?;
+    let engine = sandbox_engine()?;
     let module = Module::new(&engine, &instrumented)?;
+    trim();
     let mut linker: Linker<Sandbox> = Linker::new(&engine);
     add_wasi_p1(&mut linker, |s| &mut s.wasi)?;
     linker.define_unknown_imports_as_traps(&module)?;
-    let stderr = MemoryOutputPipe::new(MAX_STDERR);
+    let (stderr, limits) = stderr_and_limits(memory_limit);
     let wasi = WasiCtxBuilder::new()
         .stderr(stderr.clone())
         .allow_blocking_current_thread(true)
         .build_p1();
-    // A memory that cannot grow fails the initialization (with its
-    // reason) instead of leaving a state the guest may not expect.
-    let limits = crate::guest::store_limits_builder(memory_limit)
-        .trap_on_grow_failure(true)
-        .build();
     let mut store = Store::new(&engine, Sandbox { wasi, limits });
     store.limiter(|s| &mut s.limits);
     store.set_fuel(fuel)?;
@@ -180,32 +347,9 @@ fn snapshot(
             .await?;
         Ok::<_, wasmtime::Error>(instance)
     });
-    // One line: the trap or error itself, without the wasm backtrace
-    // (the guest's own frames, which the export's name stands for).
-    let instance = run.map_err(|e| {
-        let said = String::from_utf8_lossy(&stderr.contents())
-            .trim()
-            .to_owned();
-        let why = if store.get_fuel().is_ok_and(|f| f == 0) {
-            format!(
-                "`{export}` ran {fuel} instructions without returning (raise {FUEL_ANNOTATION})"
-            )
-        } else {
-            let cause = e.root_cause().to_string();
-            match memory_limit.filter(|_| cause.contains("growing memory")) {
-                Some(limit) => format!(
-                    "`{export}` failed: {cause}, past the guest's share of \
-                     linux.resources.memory.limit ({} MiB)",
-                    limit >> 20
-                ),
-                None => format!("`{export}` failed: {cause}"),
-            }
-        };
-        match said.is_empty() {
-            true => wasmtime::format_err!("{why}"),
-            false => wasmtime::format_err!("{why}; it wrote to stderr: {said}"),
-        }
-    })?;
+    let out_of_fuel = store.get_fuel().is_ok_and(|f| f == 0);
+    let instance =
+        run.map_err(|e| failure(&e, out_of_fuel, &stderr, export, fuel, memory_limit))?;
     let mut state = Instance {
         store: &mut store,
         instance,
@@ -247,6 +391,72 @@ impl InstanceState for Instance<'_> {
             .expect("wizer's instrumentation exports every memory");
         contents(memory.data(&*self.store));
         std::future::ready(())
+    }
+}
+
+/// A component instance as Wizer reads it: through the accessor
+/// functions its instrumentation exported.
+struct ComponentInstance<'a> {
+    store: &'a mut Store<ComponentSandbox>,
+    instance: wasmtime::component::Instance,
+}
+
+impl ComponentInstance<'_> {
+    async fn call<R: wasmtime::component::Lift + 'static, T>(
+        &mut self,
+        instance: &str,
+        func: &str,
+        value: impl FnOnce(&Store<ComponentSandbox>, R) -> T,
+    ) -> T {
+        let (_, within) = self
+            .instance
+            .get_export(&mut *self.store, None, instance)
+            .expect("wizer's instrumentation exports its accessors");
+        let (_, index) = self
+            .instance
+            .get_export(&mut *self.store, Some(&within), func)
+            .expect("wizer's instrumentation exports its accessors");
+        let f = self
+            .instance
+            .get_typed_func::<(), (R,)>(&mut *self.store, index)
+            .expect("wizer's accessors have the types it gives them");
+        let (r,) = f
+            .call_async(&mut *self.store, ())
+            .await
+            .expect("wizer's accessors only read");
+        value(self.store, r)
+    }
+}
+
+impl ComponentInstanceState for ComponentInstance<'_> {
+    async fn call_func_ret_list_u8(
+        &mut self,
+        instance: &str,
+        func: &str,
+        contents: impl FnOnce(&[u8]) + Send,
+    ) {
+        self.call(
+            instance,
+            func,
+            |store, list: wasmtime::component::WasmList<u8>| contents(list.as_le_slice(store)),
+        )
+        .await
+    }
+
+    async fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> i32 {
+        self.call(instance, func, |_, r| r).await
+    }
+
+    async fn call_func_ret_s64(&mut self, instance: &str, func: &str) -> i64 {
+        self.call(instance, func, |_, r| r).await
+    }
+
+    async fn call_func_ret_f32(&mut self, instance: &str, func: &str) -> u32 {
+        self.call(instance, func, |_, r: f32| r.to_bits()).await
+    }
+
+    async fn call_func_ret_f64(&mut self, instance: &str, func: &str) -> u64 {
+        self.call(instance, func, |_, r: f64| r.to_bits()).await
     }
 }
 
