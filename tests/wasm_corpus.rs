@@ -3,26 +3,36 @@
 //! its output checked both times. A registry this machine cannot reach
 //! skips its programs, saying so; anything else that goes wrong fails.
 
-use amphi_tests::corpus::{bundle, fetch, Program, Unavailable, PROGRAMS};
+use std::path::PathBuf;
+
+use amphi_tests::corpus::{bundle, fetch, Program, Unavailable, PROGRAMS, PYTHON_FUNCTION_ANSWER};
+use amphi_tests::serve::{manifest, Serve};
 use amphi_tests::Env;
 
 fn program(name: &str) -> &'static Program {
     PROGRAMS.iter().find(|p| p.name == name).unwrap()
 }
 
-fn runs_cold_and_cached(name: &str) {
-    let p = program(name);
-    let fetched = match fetch(p) {
-        Ok(dir) => dir,
+/// The program, fetched; None (saying why) when its registry is out of
+/// reach.
+fn fetched(p: &Program) -> Option<PathBuf> {
+    match fetch(p) {
+        Ok(dir) => Some(dir),
         Err(Unavailable::Offline(why)) => {
             eprintln!(
-                "SKIP corpus {name} ({}): registry unreachable: {why}",
+                "SKIP corpus {} ({}): registry unreachable: {why}",
+                p.name,
                 p.origin_text()
             );
-            return;
+            None
         }
-        Err(Unavailable::Broken(why)) => panic!("fetch {name}: {why}"),
-    };
+        Err(Unavailable::Broken(why)) => panic!("fetch {}: {why}", p.name),
+    }
+}
+
+fn runs_cold_and_cached(name: &str) {
+    let p = program(name);
+    let Some(fetched) = fetched(p) else { return };
     let env = Env::new();
     let cache = env.tmp.path().join("wasm-cache").display().to_string();
     let report = [("AMPHI_WASM_CACHE_REPORT", "1")];
@@ -91,6 +101,70 @@ fn corpus_ripgrep() {
 #[test]
 fn corpus_rustpython() {
     runs_cold_and_cached("rustpython");
+}
+
+#[test]
+fn corpus_python_function() {
+    runs_cold_and_cached("python-function");
+}
+
+/// The Python function with `io.github.amphi.preinit=true`: the
+/// interpreter's start and the handler's imports run once, when the
+/// module is compiled, and every start, in a container or as a function
+/// of `amphi serve`, begins from the snapshot and answers its own
+/// arguments or request.
+#[test]
+fn corpus_python_function_starts_preinitialized() {
+    let p = program("python-function");
+    let Some(fetched) = fetched(p) else { return };
+    let env = Env::new();
+    let cache = env.tmp.path().join("wasm-cache").display().to_string();
+    let report = [("AMPHI_WASM_CACHE_REPORT", "1")];
+    let want = format!("preinitialized {PYTHON_FUNCTION_ANSWER}\n");
+    for (round, expect) in [
+        ("cold", "wasm cache: Compiled"),
+        ("cached", "wasm cache: Hit"),
+    ] {
+        let mut b = bundle(&env, p, &fetched, &format!("pre-{round}"));
+        b.spec["annotations"]["io.github.amphi.preinit"] = "true".into();
+        b.write();
+        let id = env.id(&format!("pre-{round}"));
+        let r = env.amphi_env(
+            &report,
+            &["--wasm-cache", &cache, "run", "--bundle", b.path(), &id],
+        );
+        assert_eq!(r.code, 0, "{round}: {}", r.stderr);
+        assert!(r.stderr.contains(expect), "{round}: {}", r.stderr);
+        assert_eq!(r.stdout, want, "{round}");
+        env.assert_clean(&id, &b.cgroup());
+    }
+
+    // Scaled to zero after each request: every one makes its envelope,
+    // which maps what the server compiled and snapshotted at start.
+    let dir = env.tmp.path().join("functions");
+    let module = fetched.join("python-function.wasm");
+    manifest(
+        &dir,
+        "py",
+        &format!("module = {module:?}\npreinit = true\nidle = \"0s\"\n"),
+    );
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    for _ in 0..2 {
+        assert!(
+            amphi_tests::wait_for(20, || s.envelopes(&env).is_empty()),
+            "the idle envelope is still there"
+        );
+        let r = s.get("/py?text=to+be+or+not+to+be");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), want);
+    }
+    let r = s.get("/py?text=a+b+a");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains(r#""words": 3"#), "{}", r.text());
+    let cold = s.log().iter().filter(|l| l["cold"] == true).count();
+    assert!(cold >= 2, "{}", s.log_text());
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
 }
 
 #[test]

@@ -337,6 +337,14 @@ fn wasm_section(md: &mut String, wasm: &Value, o: &Opts) -> Result<()> {
             f(&p["first_start_ms"]),
             f(&p["cached_start_ms"])
         )?;
+        if let Some(again) = p["preinit_cached_start_ms"].as_f64() {
+            writeln!(
+                against_wasmtime,
+                "\n{name} with `io.github.amphi.preinit=true`: first start {:.0} ms (runs the initialization, compiles the snapshot), cached start {again:.1} ms, {:.2}x its cached start without",
+                f(&p["preinit_first_start_ms"]),
+                f(&p["preinit_over_plain_cached_start"])
+            )?;
+        }
         if let Some(reference) = p["wasmtime_compile_ms"].as_f64() {
             writeln!(
                 against_wasmtime,
@@ -482,6 +490,13 @@ fn serve_table(md: &mut String, sv: &Value, o: &Opts) -> Result<()> {
         )?;
     } else {
         writeln!(md, ".")?;
+    }
+    if let Some(x) = r["python_preinit_over_plain_rps_warm"].as_f64() {
+        writeln!(
+            md,
+            "\nPython function, preinit / without, same run: requests/s (warm) {x:.2}, p50 (cold) {:.2}.",
+            f(&r["python_preinit_over_plain_p50_cold"])
+        )?;
     }
     if let Some(baseline) = r["baseline"].as_str() {
         writeln!(

@@ -135,6 +135,23 @@ fn wasmtime(o: &Opts) -> Result<Option<PathBuf>> {
     Ok(Some(bin))
 }
 
+/// The corpus's Python function (bundles/wasm/python), built if need be;
+/// None when crates.io is out of reach.
+fn python_function() -> Result<Option<PathBuf>> {
+    let p = amphi_tests::corpus::PROGRAMS
+        .iter()
+        .find(|p| p.name == "python-function")
+        .context("no python-function in the corpus")?;
+    match amphi_tests::corpus::fetch(p) {
+        Ok(dir) => Ok(Some(dir.join("python-function.wasm"))),
+        Err(amphi_tests::corpus::Unavailable::Offline(why)) => {
+            eprintln!("amphi-bench: serve: no Python function: {why}");
+            Ok(None)
+        }
+        Err(amphi_tests::corpus::Unavailable::Broken(why)) => bail!("python-function: {why}"),
+    }
+}
+
 struct WasmtimeServe {
     child: Child,
     addr: SocketAddr,
@@ -254,6 +271,20 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
     ] {
         manifest(&dir, name, &format!("{source}\n{common}{extra}"));
     }
+    // A Python function (RustPython inside), pre-initialized and as it is:
+    // its start is the interpreter's. Built from the test corpus; not in
+    // the smoke pass (a first build takes minutes).
+    let python = if o.smoke { None } else { python_function()? };
+    if let Some(module) = &python {
+        for (name, extra) in [
+            ("python", ""),
+            ("python-preinit", "preinit = true\n"),
+            ("python-cold", "idle = \"0s\"\n"),
+            ("python-preinit-cold", "preinit = true\nidle = \"0s\"\n"),
+        ] {
+            manifest(&dir, name, &format!("module = {module:?}\n{common}{extra}"));
+        }
+    }
     let serve =
         Serve::start(&env, &dir, &[]).map_err(|f| anyhow::anyhow!("amphi serve: {}", f.stderr))?;
     let clients = 4;
@@ -287,6 +318,13 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
         ("/http", "wasi:http (warm)"),
         ("/http-reuse", "wasi:http (warm, isolation reuse)"),
     ];
+    if python.is_some() {
+        warm.extend([
+            (routed, "/python?text=to+be+or+not+to+be"),
+            (routed, "/python-preinit?text=to+be+or+not+to+be"),
+        ]);
+    }
+    let baseline_from = warm.len();
     if let Some(b) = &baseline {
         warm.extend(BASELINE_WARM.iter().map(|(path, _)| (b.addr, *path)));
     }
@@ -341,12 +379,24 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             &warm_loads[7],
         ),
     ];
+    if python.is_some() {
+        rows.push(row(
+            "amphi serve, Python function (warm)",
+            "RustPython: an instance per request starts the interpreter and imports the handler's modules",
+            &warm_loads[8],
+        ));
+        rows.push(row(
+            "amphi serve, Python function (warm, preinit)",
+            "the same module with preinit = true: an instance per request, from the snapshot",
+            &warm_loads[9],
+        ));
+    }
     if baseline.is_some() {
         for (j, (_, variant)) in BASELINE_WARM.iter().enumerate() {
             rows.push(row(
                 &format!("amphi serve, {variant} [baseline]"),
                 "the same function on the baseline build's server",
-                &warm_loads[8 + j],
+                &warm_loads[baseline_from + j],
             ));
         }
     }
@@ -373,7 +423,7 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
     // Cold: every request after scale-to-zero makes the envelope first.
     // One client, requests interleaved across the variants.
     let cold_n = if o.smoke { 2 } else { 30 };
-    let cold = [
+    let mut cold = vec![
         ("amphi serve, wasm CGI (cold)", "/wasm-cold"),
         ("amphi serve, native CGI (cold)", "/native-cold"),
         (
@@ -381,12 +431,22 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             "/native-cold-hostns",
         ),
     ];
+    if python.is_some() {
+        cold.extend([
+            ("amphi serve, Python function (cold)", "/python-cold"),
+            (
+                "amphi serve, Python function (cold, preinit)",
+                "/python-preinit-cold",
+            ),
+        ]);
+    }
     let mut cold_lat: Vec<Vec<f64>> = vec![Vec::new(); cold.len()];
     let mut c = Client::new(serve.addr);
     for _ in 0..cold_n {
         for (i, (_, path)) in cold.iter().enumerate() {
             // Let the previous request's envelope go first.
             std::thread::sleep(Duration::from_millis(30));
+            let path = &format!("{path}?text=to+be+or+not+to+be");
             let t = Instant::now();
             let r = c.request("GET", path, &[], b"");
             if r.status == 200 {
@@ -465,6 +525,12 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
         "port_over_routed_rps_http": rps("wasi:http (warm, own port)") / rps("wasi:http (warm)"),
         "port_over_routed_rps_wasm_cgi": rps("wasm CGI (warm, own port)") / rps("wasm CGI (warm)"),
     });
+    if python.is_some() {
+        ratios["python_preinit_over_plain_rps_warm"] =
+            json!(rps("Python function (warm, preinit)") / rps("Python function (warm)"));
+        ratios["python_preinit_over_plain_p50_cold"] =
+            json!(p50("Python function (cold, preinit)") / p50("Python function (cold)"));
+    }
     if let Some(b) = &o.baseline {
         ratios["baseline"] = json!(world::version_of(b));
         for (key, variant) in [

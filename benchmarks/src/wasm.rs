@@ -65,12 +65,13 @@ pub fn group(w: &World, o: &Opts) -> Result<Value> {
                     &fetched,
                     &cache(b),
                     &format!("c{round}"),
+                    false,
                 )?));
             }
             for again in 0..rounds.max(3) {
                 for (b, env) in builds.iter().enumerate() {
                     let name = format!("h{round}-{again}");
-                    cached[b].push(ms(start(env, p, &fetched, &cache(b), &name)?));
+                    cached[b].push(ms(start(env, p, &fetched, &cache(b), &name, false)?));
                 }
             }
             for b in 0..builds.len() {
@@ -86,6 +87,31 @@ pub fn group(w: &World, o: &Opts) -> Result<Value> {
             row["baseline_first_start_ms"] = json!(median_p95(&cold[1]).0);
             row["baseline_cached_start_ms"] = json!(median_p95(&cached[1]).0);
         }
+        if p.name == "python-function" {
+            // Pre-initialized: the first start runs the initialization and
+            // compiles the snapshot; later ones start from it.
+            let (mut first, mut again) = (Vec::new(), Vec::new());
+            for round in 0..rounds {
+                let cache = w.tmp().join(format!("wasm-cache-{}-pre-{round}", p.name));
+                first.push(ms(start(
+                    &env,
+                    p,
+                    &fetched,
+                    &cache,
+                    &format!("pc{round}"),
+                    true,
+                )?));
+                for i in 0..3 {
+                    let name = format!("ph{round}-{i}");
+                    again.push(ms(start(&env, p, &fetched, &cache, &name, true)?));
+                }
+                let _ = std::fs::remove_dir_all(cache);
+            }
+            row["preinit_first_start_ms"] = json!(median_p95(&first).0);
+            row["preinit_cached_start_ms"] = json!(median_p95(&again).0);
+            row["preinit_over_plain_cached_start"] =
+                json!(median_p95(&again).0 / median_p95(&cached[0]).0);
+        }
         if size > 32 << 20 && !o.smoke {
             let reference = reference_compile(&module)?;
             row["wasmtime_compile_ms"] = json!(ms(reference));
@@ -98,16 +124,21 @@ pub fn group(w: &World, o: &Opts) -> Result<Value> {
               "baseline": o.baseline.as_ref().map(|b| crate::world::version_of(b))}))
 }
 
-/// `amphi run` of `p` once, timed; its exit status checked.
+/// `amphi run` of `p` once (pre-initialized: with
+/// `io.github.amphi.preinit=true`), timed; its exit status checked.
 fn start(
     env: &amphi_tests::Env,
     p: &Program,
     fetched: &Path,
     cache: &Path,
     name: &str,
+    preinit: bool,
 ) -> Result<Duration> {
     let bundle_name = format!("{}-{name}", p.name);
-    let b = corpus::bundle(env, p, fetched, &bundle_name);
+    let mut b = corpus::bundle(env, p, fetched, &bundle_name);
+    if preinit {
+        b.spec["annotations"]["io.github.amphi.preinit"] = "true".into();
+    }
     b.write();
     let id = env.id(&bundle_name);
     let cache = cache.to_str().context("cache path")?;
