@@ -547,7 +547,8 @@ impl Executor for Wasm {
                         self.readonly_root,
                         Some(SERVICE_POOL_SLOTS),
                     );
-                    function.prepare(ctx)?;
+                    // The module read above, not read (and hashed) again.
+                    function.link(ctx.spec, &path, &bytes)?;
                     Linked::Service(Box::new(function), port)
                 }
                 Flavor::Component => {

@@ -416,7 +416,12 @@ impl Function {
 
     /// Compile (or load from the cache) and link `bytes`, the module at
     /// `path`, for the function's interface.
-    fn link(&mut self, spec: &oci_spec::runtime::Spec, path: &Path, bytes: &[u8]) -> Result<()> {
+    pub(crate) fn link(
+        &mut self,
+        spec: &oci_spec::runtime::Spec,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<()> {
         let what = format!("process.args[0] {}", path.display());
         POOL_SLOTS.get_or_init(|| self.pool_slots);
         let flavor = flavor(bytes)

@@ -9,30 +9,12 @@
 //! under CGI (`amphi serve`) after a header, which shows the environment
 //! is the invocation's, not the snapshot's.
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
 
-const PRIMES: usize = 200_000;
+#[path = "../primes.rs"]
+mod primes;
+use primes::table;
 
-static TABLE: OnceLock<Vec<u32>> = OnceLock::new();
 static PREINITIALIZED: AtomicBool = AtomicBool::new(false);
-
-fn table() -> &'static [u32] {
-    TABLE.get_or_init(|| {
-        let mut primes: Vec<u32> = Vec::with_capacity(PRIMES);
-        let mut n = 2u32;
-        while primes.len() < PRIMES {
-            if primes
-                .iter()
-                .take_while(|p| **p * **p <= n)
-                .all(|p| n % p != 0)
-            {
-                primes.push(n);
-            }
-            n += 1;
-        }
-        primes
-    })
-}
 
 #[export_name = "wizer.initialize"]
 pub extern "C" fn initialize() {
@@ -46,7 +28,7 @@ fn main() {
     }
     let preinitialized = PREINITIALIZED.load(Ordering::Relaxed);
     let t = table();
-    let sum = t.iter().fold(0u64, |s, p| s.wrapping_mul(31).wrapping_add(u64::from(*p)));
+    let sum = primes::checksum(t);
     println!(
         "{} {} {:x}",
         if preinitialized { "preinitialized" } else { "cold" },
