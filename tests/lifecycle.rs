@@ -514,3 +514,34 @@ fn delete_removes_nested_cgroups_and_keeps_the_record_while_one_is_busy() {
     env.amphi(&["delete", &id]).ok();
     env.assert_clean(&id, &b.cgroup());
 }
+
+/// A parent directory amphi made for a container (a pod's, made by its
+/// first container) goes with the last of the containers in it, whichever
+/// that is: after a killed shim containerd deletes a pod's containers all
+/// at once, the pod's first container as often first as last.
+#[test]
+fn a_shared_parent_cgroup_goes_with_the_last_container_in_it() {
+    let env = Env::new();
+    let pod = format!("{}-pod", env.tag);
+    for first_deleted in ["sandbox", "app"] {
+        let mut ids = Vec::new();
+        for name in ["sandbox", "app"] {
+            let mut b = env.bundle(&format!("{name}-{first_deleted}"), &["sleep", "600"]);
+            b.spec["linux"]["cgroupsPath"] = json!(format!("{pod}/{name}"));
+            b.write();
+            let id = env.id(&format!("{name}-{first_deleted}"));
+            env.amphi(&["create", "--bundle", b.path(), &id]).ok();
+            ids.push((name, id));
+        }
+        ids.sort_by_key(|(name, _)| *name != first_deleted);
+        let (_, first) = &ids[0];
+        env.amphi(&["delete", "--force", first]).ok();
+        assert!(
+            amphi_tests::cgroup_dirs(&pod).iter().any(|d| d.exists()),
+            "the pod's directory went while a container was in it"
+        );
+        let (_, last) = &ids[1];
+        env.amphi(&["delete", "--force", last]).ok();
+        env.assert_clean(last, &pod);
+    }
+}

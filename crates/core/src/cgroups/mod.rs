@@ -148,6 +148,17 @@ pub fn plan(id: &str, linux: Option<&Linux>, driver: Driver) -> Result<Container
             .take_while(|a| !a.exists())
             .map(Path::to_path_buf)
             .collect();
+        // A parent another container made (a pod's directory, made by the
+        // pod's first container) is this container's to remove as well:
+        // whichever of them goes last removes it, in whatever order they
+        // are deleted (after a killed shim, containerd deletes them all at
+        // once).
+        let adopted = p
+            .ancestors()
+            .skip(missing.len())
+            .filter(|a| *a != p)
+            .take_while(|a| made_by_amphi(a));
+        missing.extend(adopted.map(Path::to_path_buf));
         missing.reverse();
         created.extend(missing);
     }
@@ -237,6 +248,9 @@ impl ContainerCgroup {
             let e = lib_err(self.cgroup.path(), "create", e);
             remove(&self.created, &self.paths);
             return Err(e);
+        }
+        for parent in self.created.iter().filter(|d| !self.paths.contains(d)) {
+            mark_made_by_amphi(parent);
         }
         if let Some(r) = &self.resources {
             if let Err(e) = self.apply(r) {
@@ -455,6 +469,45 @@ pub fn remove(created: &[PathBuf], paths: &[PathBuf]) -> Vec<Error> {
         }
     }
     errors
+}
+
+/// The mark on a parent directory amphi made, so that the containers that
+/// later share it remove it too. `trusted.` needs CAP_SYS_ADMIN in the
+/// host's user namespace, so no container can mark a directory itself.
+const MADE_BY_AMPHI: &std::ffi::CStr = c"trusted.amphi.parent";
+
+fn made_by_amphi(dir: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: both names are NUL-terminated; a zero-sized read only asks
+    // whether the attribute exists.
+    unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            MADE_BY_AMPHI.as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        ) >= 0
+    }
+}
+
+/// Best effort: where the hierarchy keeps no xattrs, the parent is removed
+/// only by the container that made it (if it goes last).
+fn mark_made_by_amphi(dir: &Path) {
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: NUL-terminated names and a one-byte value that outlives the call.
+    unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            MADE_BY_AMPHI.as_ptr(),
+            b"1".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
 }
 
 /// Remove the cgroups below `dir`, deepest first; a busy one stays (and
