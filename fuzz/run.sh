@@ -13,6 +13,10 @@ cd "$here"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 export AMPHI_FUZZ_DIR=$scratch
+# Every target in one build (each `fuzz run` would otherwise link its own
+# afterwards); `--build-only` stops there (tests/run.sh builds ahead).
+cargo +nightly fuzz build
+[ "${1:-}" = --build-only ] && exit 0
 for target in config executor_choice state_file seccomp function_manifest paths; do
     mkdir -p "$scratch/$target" "corpus/$target"
     cargo +nightly fuzz run "$target" "$scratch/$target" "corpus/$target" -- \
