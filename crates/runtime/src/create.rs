@@ -86,10 +86,12 @@ impl Runtime {
         util::trace::phase("create: cgroup");
         let planned = cgroups::plan(o.id, linux, self.cgroups)?;
         let mut state = new_state(o, &bundle, handler, &planned);
+        util::trace::phase("create: cgroup planned");
         // Recorded before anything exists outside the state directory, so
         // that `delete --force` after a crash knows what to remove.
         locked.save(&state)?;
         util::failpoint("create:state");
+        util::trace::phase("create: state recorded");
         let cgroup = match planned.make() {
             Err(e) if rootless_without_cgroup(&e, linux) => {
                 state.cgroup_paths.clear();
@@ -104,6 +106,7 @@ impl Runtime {
         guard.cgroup_paths = state.cgroup_paths.clone();
         guard.systemd_unit = state.systemd_unit.clone();
         util::failpoint("create:cgroup");
+        util::trace::phase("create: cgroup made");
 
         let hooks = spec.hooks().as_ref();
         let mut runtime_hooks = |pid: i32| -> Result<()> {

@@ -119,10 +119,12 @@ pub fn run(channel: Channel, args: InitArgs) -> ! {
 
 /// The steps every init takes, then the mode's own.
 fn init(mut a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
+    crate::util::trace::phase("init: started");
     // Before anything is charged; an intermediate's init is born here.
     for tasks in a.cgroup_tasks.drain(..) {
         tasks.join_self()?;
     }
+    crate::util::trace::phase("init: joined cgroup");
     protect_runtime_binary(a.plan);
     crate::lsm::probe();
     // Default dispositions and nothing blocked (`run` blocks everything;
@@ -145,7 +147,9 @@ fn init(mut a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
     // Our own procfs, in the pid namespace the init lives in, before any of
     // the container's mount namespaces is joined: every procfs access from
     // here on goes through it, never through the container's /proc.
+    crate::util::trace::phase("init: fds closed");
     let proc = procfs::handle()?;
+    crate::util::trace::phase("init: procfs");
     // Before the container's namespaces are joined, through our procfs.
     process::set_oom_score_adj(&proc, a.bundle.process())?;
     // A session of its own, as runc's and crun's inits: nothing of the
@@ -153,6 +157,7 @@ fn init(mut a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
     // dumps only trees whose session leader is inside them.
     nix::unistd::setsid().sys(|| "setsid".into())?;
     parent.expect(Msg::Go, "before the id maps were written")?;
+    crate::util::trace::phase("init: go");
     join_namespaces(a.plan, |t| {
         !matches!(t, LinuxNamespaceType::User | LinuxNamespaceType::Pid)
     })?;
@@ -168,6 +173,7 @@ fn init(mut a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
     if a.new_keyring {
         join_new_session_keyring()?;
     }
+    crate::util::trace::phase("init: namespaces, keyring");
     match a.mode {
         Mode::Create { pivot } => create::create(a, pivot, parent),
         Mode::Exec => exec::exec(a, parent),
