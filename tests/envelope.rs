@@ -948,3 +948,69 @@ echo "host-to-container: $("$RT" --root "$ROOT" exec "$H2C_ID" grep -c " /vol/fr
         );
     }
 }
+
+/// v1 controllers: the device rules become the cgroup's list, exactly (the
+/// spec's, then the defaults every runtime adds), and hold: /dev/null
+/// opens, a /dev/mem made with mknod does not; `update` replaces them.
+#[test]
+fn device_rules_are_the_cgroups_list_on_v1_controllers() {
+    let env = Env::new();
+    let Some((_, own)) = amphi_tests::cgroup_dirs_by_hierarchy("")
+        .into_iter()
+        .find(|(ctrls, _)| ctrls.split(',').any(|c| c == "devices"))
+    else {
+        eprintln!("skipped: no v1 devices controller on this host");
+        return;
+    };
+    let mut b = env.bundle("devices", &["sleep", "600"]);
+    b.spec["linux"]["resources"] = json!({"devices": [
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rw"},
+    ]});
+    b.write();
+    let id = env.id("devices");
+    env.amphi(&["create", "--bundle", b.path(), &id]).ok();
+    let list = || std::fs::read_to_string(own.join(b.cgroup()).join("devices.list")).unwrap();
+    let want = [
+        "c *:* m",
+        "b *:* m",
+        "c 1:3 rwm",
+        "c 1:5 rwm",
+        "c 1:7 rwm",
+        "c 1:8 rwm",
+        "c 1:9 rwm",
+        "c 5:0 rwm",
+        "c 5:1 rwm",
+        "c 5:2 rwm",
+        "c 10:200 rw",
+        "c 136:* rwm",
+    ];
+    let mut have: Vec<String> = list().lines().map(str::to_owned).collect();
+    have.sort();
+    let mut sorted = want.map(str::to_owned).to_vec();
+    sorted.sort();
+    assert_eq!(have, sorted);
+    // Allowing kmsg (1:11) adds exactly it; denying it again removes it.
+    let resources = env.tmp.path().join("devices.json");
+    for allow in [true, false] {
+        let rules = json!({"devices": [
+            {"allow": false, "access": "rwm"},
+            {"allow": allow, "type": "c", "major": 1, "minor": 11, "access": "rwm"},
+        ]});
+        std::fs::write(&resources, rules.to_string()).unwrap();
+        env.amphi(&["update", "--resources", resources.to_str().unwrap(), &id])
+            .ok();
+        assert_eq!(list().contains("c 1:11 rwm"), allow, "{}", list());
+    }
+    env.amphi(&["start", &id]).ok();
+    let script = "head -c 1 /dev/null && echo null-ok; mknod /tmp/mem c 1 1 && head -c 1 /tmp/mem; echo mem=$?";
+    let r = env.amphi(&["exec", &id, "sh", "-c", script]);
+    assert!(
+        r.stdout.contains("null-ok") && r.stdout.contains("mem=1"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    env.amphi(&["delete", "--force", &id]).ok();
+    env.assert_clean(&id, &b.cgroup());
+}
