@@ -35,9 +35,13 @@ stage build cargo build --workspace --locked
 # directory) soaks up what the next two stages leave idle: the host tests
 # wait on containers, and the lane's QEMU keeps only one core busy. Niced
 # below everything else, it takes no time from them; the fuzz stage waits
-# for it.
-setsid nice -n 19 bash fuzz/run.sh --build-only >/dev/null 2>&1 &
+# for it. A process group of its own (job control, for the kill on exit)
+# but not a session: a new session is a new scheduler autogroup, which
+# would get half the CPU whatever its nice value.
+set -m
+nice -n 19 bash fuzz/run.sh --build-only </dev/null >/dev/null 2>&1 &
 fuzz_build=$!
+set +m
 stop_fuzz_build() { kill -- "-$fuzz_build" 2>/dev/null || true; }
 trap 'stop_fuzz_build; report' EXIT
 stage test cargo test --workspace --locked -- --skip corpus_
