@@ -575,7 +575,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             // the clean-up (a dead shim's `delete` reports there).
             let mut left = Vec::new();
             for dir in &below {
-                for e in walkdir(dir) {
+                for e in crate::cgroup_subdirs(dir) {
                     let procs = std::fs::read_to_string(e.join("cgroup.procs")).unwrap_or_default();
                     left.push(format!(
                         "{} procs [{}]",
@@ -684,16 +684,4 @@ pub fn container(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
         }),
         ..Default::default()
     }
-}
-
-/// `dir`'s directories below it, depth first.
-fn walkdir(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            found.extend(walkdir(&e.path()));
-            found.push(e.path());
-        }
-    }
-    found
 }

@@ -332,7 +332,37 @@ impl Drop for Env {
             }
         }
         reap_inits();
+        // Cgroups named for this test that no container record covers (a
+        // parent the runtime failed to remove, which the test reports):
+        // removed while empty, deepest first, so the machine stays clean.
+        let prefix = format!("{}-", self.tag);
+        for own in cgroup_dirs("") {
+            let Ok(entries) = std::fs::read_dir(&own) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    for dir in cgroup_subdirs(&e.path()) {
+                        let _ = std::fs::remove_dir(dir);
+                    }
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
     }
+}
+
+/// The directories below `dir`, each after those below it (the order
+/// rmdir takes them in).
+pub(crate) fn cgroup_subdirs(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            found.extend(cgroup_subdirs(&e.path()));
+            found.push(e.path());
+        }
+    }
+    found
 }
 
 /// A busybox rootfs made once per test process (bundles/busybox-rootfs.sh
