@@ -208,46 +208,99 @@ fn trim() {
     unsafe { libc::malloc_trim(0) };
 }
 
-/// The sandbox's stderr, kept to quote in an error, and its limits: a
-/// memory that cannot grow fails the initialization (with its reason)
-/// instead of leaving a state the guest may not expect.
-fn stderr_and_limits(memory_limit: Option<u64>) -> (MemoryOutputPipe, StoreLimits) {
-    let limits = crate::guest::store_limits_builder(memory_limit)
-        .trap_on_grow_failure(true)
-        .build();
-    (MemoryOutputPipe::new(MAX_STDERR), limits)
+/// One initialization's run: the export, the memory share and fuel it
+/// runs under, and its stderr, kept to quote in an error.
+struct Run<'a> {
+    export: &'a str,
+    memory_limit: Option<u64>,
+    fuel: u64,
+    stderr: MemoryOutputPipe,
+    runtime: tokio::runtime::Runtime,
 }
 
-/// Why the initialization failed, in one line: the trap or error itself,
-/// without the wasm backtrace (the guest's own frames, which the
-/// export's name stands for), and what it wrote to stderr.
-fn failure(
-    e: &wasmtime::Error,
-    out_of_fuel: bool,
-    stderr: &MemoryOutputPipe,
-    export: &str,
-    fuel: u64,
-    memory_limit: Option<u64>,
-) -> wasmtime::Error {
-    let said = String::from_utf8_lossy(&stderr.contents())
-        .trim()
-        .to_owned();
-    let why = if out_of_fuel {
-        format!("`{export}` ran {fuel} instructions without returning (raise {FUEL_ANNOTATION})")
-    } else {
-        let cause = e.root_cause().to_string();
-        match memory_limit.filter(|_| cause.contains("growing memory")) {
-            Some(limit) => format!(
-                "`{export}` failed: {cause}, past the guest's share of \
-                 linux.resources.memory.limit ({} MiB)",
-                limit >> 20
-            ),
-            None => format!("`{export}` failed: {cause}"),
+impl<'a> Run<'a> {
+    fn new(export: &'a str, memory_limit: Option<u64>, fuel: u64) -> wasmtime::Result<Run<'a>> {
+        Ok(Run {
+            export,
+            memory_limit,
+            fuel,
+            stderr: MemoryOutputPipe::new(MAX_STDERR),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        })
+    }
+
+    /// WASI with nothing granted: no arguments, environment, directories
+    /// or sockets; stderr is kept.
+    fn wasi(&self) -> WasiCtxBuilder {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stderr(self.stderr.clone())
+            .allow_blocking_current_thread(true);
+        wasi
+    }
+
+    /// A store of `data` (made with the run's limits) under its fuel. A
+    /// memory that cannot grow fails the initialization (with its reason)
+    /// instead of leaving a state the guest may not expect.
+    fn store<T: 'static>(
+        &self,
+        engine: &Engine,
+        data: impl FnOnce(StoreLimits) -> T,
+        limits: fn(&mut T) -> &mut StoreLimits,
+    ) -> wasmtime::Result<Store<T>> {
+        let store_limits = crate::guest::store_limits_builder(self.memory_limit)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(engine, data(store_limits));
+        store.limiter(move |s| limits(s));
+        store.set_fuel(self.fuel)?;
+        Ok(store)
+    }
+
+    /// Drive `init` to its end on this thread; a failure says why.
+    fn run<T, R>(
+        &self,
+        store: &mut Store<T>,
+        init: impl AsyncFnOnce(&mut Store<T>) -> wasmtime::Result<R>,
+    ) -> wasmtime::Result<R> {
+        let result = self.runtime.block_on(init(store));
+        let out_of_fuel = store.get_fuel().is_ok_and(|f| f == 0);
+        result.map_err(|e| self.failure(&e, out_of_fuel))
+    }
+
+    /// Why the initialization failed, in one line: the trap or error
+    /// itself, without the wasm backtrace (the guest's own frames, which
+    /// the export's name stands for), and what it wrote to stderr.
+    fn failure(&self, e: &wasmtime::Error, out_of_fuel: bool) -> wasmtime::Error {
+        let Run {
+            export,
+            memory_limit,
+            fuel,
+            ..
+        } = self;
+        let said = String::from_utf8_lossy(&self.stderr.contents())
+            .trim()
+            .to_owned();
+        let why = if out_of_fuel {
+            format!(
+                "`{export}` ran {fuel} instructions without returning (raise {FUEL_ANNOTATION})"
+            )
+        } else {
+            let cause = e.root_cause().to_string();
+            match memory_limit.filter(|_| cause.contains("growing memory")) {
+                Some(limit) => format!(
+                    "`{export}` failed: {cause}, past the guest's share of \
+                     linux.resources.memory.limit ({} MiB)",
+                    limit >> 20
+                ),
+                None => format!("`{export}` failed: {cause}"),
+            }
+        };
+        match said.is_empty() {
+            true => wasmtime::format_err!("{why}"),
+            false => wasmtime::format_err!("{why}; it wrote to stderr: {said}"),
         }
-    };
-    match said.is_empty() {
-        true => wasmtime::format_err!("{why}"),
-        false => wasmtime::format_err!("{why}; it wrote to stderr: {said}"),
     }
 }
 
@@ -270,38 +323,31 @@ fn snapshot_component(
     let mut linker = wasmtime::component::Linker::<ComponentSandbox>::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     linker.define_unknown_imports_as_traps(&component)?;
-    let (stderr, limits) = stderr_and_limits(memory_limit);
-    let wasi = WasiCtxBuilder::new()
-        .stderr(stderr.clone())
-        .allow_blocking_current_thread(true)
-        .build();
-    let sandbox = ComponentSandbox {
-        wasi,
-        table: ResourceTable::new(),
-        limits,
-    };
-    let mut store = Store::new(&engine, sandbox);
-    store.limiter(|s| &mut s.limits);
-    store.set_fuel(fuel)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let run = runtime.block_on(async {
-        let instance = linker.instantiate_async(&mut store, &component).await?;
+    let run = Run::new(export, memory_limit, fuel)?;
+    let wasi = run.wasi().build();
+    let mut store = run.store(
+        &engine,
+        |limits| ComponentSandbox {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+        },
+        |s| &mut s.limits,
+    )?;
+    let instance = run.run(&mut store, async |store| {
+        let instance = linker.instantiate_async(&mut *store, &component).await?;
         instance
-            .get_typed_func::<(), ()>(&mut store, export)?
-            .call_async(&mut store, ())
+            .get_typed_func::<(), ()>(&mut *store, export)?
+            .call_async(&mut *store, ())
             .await?;
-        Ok::<_, wasmtime::Error>(instance)
-    });
-    let out_of_fuel = store.get_fuel().is_ok_and(|f| f == 0);
-    let instance =
-        run.map_err(|e| failure(&e, out_of_fuel, &stderr, export, fuel, memory_limit))?;
+        Ok(instance)
+    })?;
     let mut state = ComponentInstance {
         store: &mut store,
         instance,
     };
-    runtime.block_on(wizer.snapshot_component(&cx, &mut state))
+    run.runtime
+        .block_on(wizer.snapshot_component(&cx, &mut state))
 }
 
 /// Run `bytes`' initialization `export` in the sandbox and return the
@@ -323,33 +369,25 @@ fn snapshot(
     let mut linker: Linker<Sandbox> = Linker::new(&engine);
     add_wasi_p1(&mut linker, |s| &mut s.wasi)?;
     linker.define_unknown_imports_as_traps(&module)?;
-    let (stderr, limits) = stderr_and_limits(memory_limit);
-    let wasi = WasiCtxBuilder::new()
-        .stderr(stderr.clone())
-        .allow_blocking_current_thread(true)
-        .build_p1();
-    let mut store = Store::new(&engine, Sandbox { wasi, limits });
-    store.limiter(|s| &mut s.limits);
-    store.set_fuel(fuel)?;
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let run = runtime.block_on(async {
-        let instance = linker.instantiate_async(&mut store, &module).await?;
+    let run = Run::new(export, memory_limit, fuel)?;
+    let wasi = run.wasi().build_p1();
+    let mut store = run.store(
+        &engine,
+        |limits| Sandbox { wasi, limits },
+        |s| &mut s.limits,
+    )?;
+    let instance = run.run(&mut store, async |store| {
+        let instance = linker.instantiate_async(&mut *store, &module).await?;
         // A reactor's own initialization first, as Wizer does.
-        if let Ok(reactor) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
-            reactor.call_async(&mut store, ()).await?;
+        if let Ok(reactor) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {
+            reactor.call_async(&mut *store, ()).await?;
         }
         instance
-            .get_typed_func::<(), ()>(&mut store, export)?
-            .call_async(&mut store, ())
+            .get_typed_func::<(), ()>(&mut *store, export)?
+            .call_async(&mut *store, ())
             .await?;
-        Ok::<_, wasmtime::Error>(instance)
-    });
-    let out_of_fuel = store.get_fuel().is_ok_and(|f| f == 0);
-    let instance =
-        run.map_err(|e| failure(&e, out_of_fuel, &stderr, export, fuel, memory_limit))?;
+        Ok(instance)
+    })?;
     let mut state = Instance {
         store: &mut store,
         instance,
