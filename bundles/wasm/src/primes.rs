@@ -1,6 +1,8 @@
-//! The table both pre-initialization guests build at start (`preinit.rs`,
-//! a core module, and `preinit-component`): the first 200,000 primes by
-//! trial division, and a checksum that shows it is the same either way.
+//! What both pre-initialization guests do (`preinit.rs`, a core module,
+//! and `preinit-component`): build the first 200,000 primes by trial
+//! division, in their initialization export or at start, and report a
+//! checksum that shows the table is the same either way.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 const PRIMES: usize = 200_000;
@@ -25,8 +27,33 @@ pub fn table() -> &'static [u32] {
     })
 }
 
-pub fn checksum(table: &[u32]) -> u64 {
+fn checksum(table: &[u32]) -> u64 {
     table
         .iter()
         .fold(0u64, |s, p| s.wrapping_mul(31).wrapping_add(u64::from(*p)))
+}
+
+static PREINITIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// The initialization export's work: the table, in the snapshot.
+pub fn initialize() {
+    table();
+    PREINITIALIZED.store(true, Ordering::Relaxed);
+}
+
+/// Prints "preinitialized" or "cold", then the table's size and checksum;
+/// under CGI (`amphi serve`) after a header, which shows the environment
+/// is the invocation's, not the snapshot's.
+pub fn report() {
+    if std::env::var_os("GATEWAY_INTERFACE").is_some() {
+        print!("Content-Type: text/plain\r\n\r\n");
+    }
+    let preinitialized = PREINITIALIZED.load(Ordering::Relaxed);
+    let t = table();
+    println!(
+        "{} {} {:x}",
+        if preinitialized { "preinitialized" } else { "cold" },
+        t.len(),
+        checksum(t)
+    );
 }

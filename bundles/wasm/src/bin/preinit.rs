@@ -8,31 +8,14 @@
 //! built now ("cold"), then its size and checksum, the same either way;
 //! under CGI (`amphi serve`) after a header, which shows the environment
 //! is the invocation's, not the snapshot's.
-use std::sync::atomic::{AtomicBool, Ordering};
-
 #[path = "../primes.rs"]
 mod primes;
-use primes::table;
-
-static PREINITIALIZED: AtomicBool = AtomicBool::new(false);
 
 #[export_name = "wizer.initialize"]
 pub extern "C" fn initialize() {
-    table();
-    PREINITIALIZED.store(true, Ordering::Relaxed);
+    primes::initialize();
 }
 
 fn main() {
-    if std::env::var_os("GATEWAY_INTERFACE").is_some() {
-        print!("Content-Type: text/plain\r\n\r\n");
-    }
-    let preinitialized = PREINITIALIZED.load(Ordering::Relaxed);
-    let t = table();
-    let sum = primes::checksum(t);
-    println!(
-        "{} {} {:x}",
-        if preinitialized { "preinitialized" } else { "cold" },
-        t.len(),
-        sum
-    );
+    primes::report();
 }
