@@ -1649,7 +1649,15 @@ fn bad_manifests_and_bundles_stop_start_up_with_the_function_and_field_named() {
             ],
         ),
     ];
-    for (name, text, needles) in cases {
+    // A module that is a FIFO: read, it would hang the server's start.
+    let fifo = env.tmp.path().join("fifo.wasm");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let fifo_case = (
+        "fifo",
+        format!("module = {fifo:?}\n"),
+        vec!["function fifo", "not a regular file"],
+    );
+    for (name, text, needles) in cases.into_iter().chain([fifo_case]) {
         let dir = env.tmp.path().join(format!("fn-{name}"));
         // A good function next to the bad one: it must not stay up alone.
         manifest(&dir, "good", &format!("module = {module:?}\n"));

@@ -4,6 +4,7 @@
 use std::io::Read;
 
 use sha2::Digest;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
 use amphi_core::executor::{Executor, PrepareContext};
@@ -128,8 +129,15 @@ impl Wasm {
 
     pub(crate) fn read_module(ctx: &PrepareContext, arg0: &str) -> Result<(PathBuf, Vec<u8>)> {
         let path = ctx.process.cwd().join(arg0);
-        let what = || format!("process.args[0] {arg0:?}");
-        let (f, size) = amphi_core::paths::open_regular_in_root(ctx.root_fd, &path)
+        let bytes = Self::read_module_at(ctx.root_fd, &path, &format!("process.args[0] {arg0:?}"))?;
+        Ok((path, bytes))
+    }
+
+    /// Read module `path` below `root`, bounded, and only if it is a
+    /// regular file (a FIFO would hang the read). `what` names it in errors.
+    pub(crate) fn read_module_at(root: BorrowedFd, path: &Path, what: &str) -> Result<Vec<u8>> {
+        let what = || what.to_owned();
+        let (f, size) = amphi_core::paths::open_regular_in_root(root, path)
             .map_err(|e| fail(format!("{}: {e}", what())))?;
         // Bounded: a module is read whole into memory.
         if size > MAX_MODULE {
@@ -144,7 +152,7 @@ impl Wasm {
         f.take(MAX_MODULE + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| fail(format!("{}: {e}", what())))?;
-        Ok((path, bytes))
+        Ok(bytes)
     }
 
     fn wasi(&self, p: &Process) -> Result<WasiCtxBuilder> {

@@ -15,6 +15,7 @@
 //! memory cap, in-memory stdio and, when the host gives one, a scratch
 //! directory of its own as `/tmp`.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
@@ -357,25 +358,23 @@ impl Function {
             m.destination() == &inside && m.typ().as_deref() == Some("bind") && m.source().is_some()
         });
         let (path, bytes) = match bound.and_then(|m| m.source().as_ref()) {
+            // A host path, as the bind's source is: resolved from the
+            // host's root, through the same bounded regular-file read.
             Some(source) => {
-                let bytes = std::fs::read(source)
-                    .map_err(|e| fail(format!("{}: {e}", source.display())))?;
+                let host_root =
+                    open_dir(Path::new("/")).map_err(|e| fail(format!("open /: {e}")))?;
+                let what = format!("mounts[].source {}", source.display());
+                let bytes = crate::Wasm::read_module_at(host_root.as_fd(), source, &what)?;
                 (source.clone(), bytes)
             }
             None => {
-                let root = nix::fcntl::open(
-                    rootfs,
-                    nix::fcntl::OFlag::O_PATH
-                        | nix::fcntl::OFlag::O_DIRECTORY
-                        | nix::fcntl::OFlag::O_CLOEXEC,
-                    nix::sys::stat::Mode::empty(),
-                )
-                .map_err(|e| fail(format!("root.path {}: {e}", rootfs.display())))?;
+                let root = open_dir(rootfs)
+                    .map_err(|e| fail(format!("root.path {}: {e}", rootfs.display())))?;
                 let ctx = PrepareContext {
                     spec,
                     process,
                     rootfs,
-                    root_fd: std::os::fd::AsFd::as_fd(&root),
+                    root_fd: root.as_fd(),
                     state_dir: None,
                 };
                 crate::Wasm::read_module(&ctx, ctx.program())?
@@ -1208,4 +1207,13 @@ fn imports_filesystem(c: &wasmtime::component::Component, engine: &Engine) -> bo
     c.component_type()
         .imports(engine)
         .any(|(name, _)| name.starts_with("wasi:filesystem/"))
+}
+
+/// A directory, opened to resolve paths below it.
+fn open_dir(dir: &Path) -> nix::Result<std::os::fd::OwnedFd> {
+    nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
 }
