@@ -91,10 +91,17 @@ impl Serve {
                     stderr: log,
                 });
             }
-            assert!(
-                Instant::now() < deadline,
-                "amphi serve did not come up:\n{log}"
-            );
+            if Instant::now() >= deadline {
+                // Stuck (a compile helper blocked, say): nothing it started
+                // may outlive the test.
+                for p in std::iter::once(pid).chain(descendants(pid)) {
+                    // SAFETY: our child server and the processes it started.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+                let _ = child.wait();
+                reap_inits();
+                panic!("amphi serve did not come up:\n{log}");
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -405,10 +412,34 @@ pub fn rss_kib(pid: i32) -> u64 {
             })
             .unwrap_or(0)
     };
-    let children: Vec<i32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+    own(pid) + children(pid).into_iter().map(own).sum::<u64>()
+}
+
+/// The children of `pid`'s main thread (where a single-threaded fork lands).
+fn children(pid: i32) -> Vec<i32> {
+    task_children(pid, &pid.to_string())
+}
+
+fn task_children(pid: i32, tid: &str) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
         .unwrap_or_default()
         .split_whitespace()
         .filter_map(|c| c.parse().ok())
-        .collect();
-    own(pid) + children.into_iter().map(own).sum::<u64>()
+        .collect()
+}
+
+/// Every process below `pid` that forked from any of its threads.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for child in task_children(pid, &task.file_name().to_string_lossy()) {
+            found.push(child);
+            found.extend(descendants(child));
+        }
+    }
+    found
 }
