@@ -7,8 +7,10 @@
 # `cargo build -p` selection unifies features differently from the
 # workspace build and would compile the crates again). Installs `amphi` (the runtime: `podman
 # --runtime`, Docker's daemon.json `runtimes`, containerd's runc shim with
-# BinaryName) and `containerd-shim-amphi-v2` (containerd's runtime_type
-# io.containerd.amphi.v2), side by side: the shim runs the amphi next to it;
+# BinaryName), `amphi-wasm` (the same command line with the wasm engine,
+# which amphi runs for wasm bundles) and `containerd-shim-amphi-v2`
+# (containerd's runtime_type io.containerd.amphi.v2), side by side: amphi
+# runs the amphi-wasm next to it, the shim the amphi next to it;
 # and their man pages into PREFIX/share/man/man8 (amphi(8), amphi-run(8),
 # ..., containerd-shim-amphi-v2(8)).
 set -euo pipefail
@@ -19,7 +21,7 @@ if [ "${1:-}" = --uninstall ]; then
     shift
 fi
 prefix=${1:-/usr/local}
-bins=(amphi containerd-shim-amphi-v2)
+bins=(amphi amphi-wasm containerd-shim-amphi-v2)
 man8=$prefix/share/man/man8
 if $uninstall; then
     for b in "${bins[@]}"; do

@@ -34,6 +34,68 @@ fn hello_module_and_component_without_annotation() {
     }
 }
 
+/// `amphi` has no engine linked in: alone, without `amphi-wasm` beside
+/// it, it still runs a native bundle, and refuses a wasm one, `exec` of a
+/// module and `serve` by naming what to install, leaving nothing behind.
+/// Beside it, the wasm bundle is handed over once and runs.
+#[test]
+fn amphi_hands_wasm_to_amphi_wasm_beside_it() {
+    let alone = tempfile::tempdir().unwrap();
+    let amphi_alone = alone.path().join("amphi");
+    std::fs::copy(amphi_tests::amphi_bin(), &amphi_alone).unwrap();
+    let env = Env::for_runtime(amphi_alone);
+
+    let native = env.bundle("native", &["echo", "native"]);
+    native.write();
+    let id = env.id("native");
+    let r = env.amphi(&["run", "--bundle", native.path(), &id]);
+    assert_eq!(r.ok().stdout, "native\n");
+    env.assert_clean(&id, &native.cgroup());
+
+    let (r, id, cg) = run(&env, "alone", &["/app/hello.wasm"], |_| {});
+    r.fails_with("a WebAssembly workload needs")
+        .fails_with("amphi-wasm");
+    assert_eq!(r.stdout, "");
+    env.assert_clean(&id, &cg);
+
+    let sleeper = env.bundle("sleeper", &["sleep", "600"]);
+    sleeper.write();
+    let id = env.id("sleeper");
+    env.amphi(&["run", "-d", "--bundle", sleeper.path(), &id])
+        .ok();
+    std::fs::copy(
+        amphi_tests::guests_dir().join("hello.wasm"),
+        sleeper.rootfs().join("hello.wasm"),
+    )
+    .unwrap();
+    env.amphi(&["exec", &id, "/hello.wasm"])
+        .fails_with("amphi-wasm");
+    env.amphi(&["exec", &id, "true"]).ok();
+    env.amphi(&["delete", "--force", &id]).ok();
+    env.assert_clean(&id, &sleeper.cgroup());
+
+    env.amphi(&["serve", "--functions", "/nonexistent"])
+        .fails_with("amphi serve needs")
+        .fails_with("amphi-wasm");
+
+    let env = Env::new();
+    let (r, id, cg) = run(&env, "handed", &["/app/hello.wasm"], |_| {});
+    let b = env.wasm_bundle("debug", &["/app/hello.wasm"]);
+    b.write();
+    let debug_id = env.id("debug");
+    let debug = env.amphi(&["--debug", "run", "--bundle", b.path(), &debug_id]);
+    assert_eq!(r.ok().stdout, "hello from wasm\n");
+    assert_eq!(debug.ok().stdout, "hello from wasm\n");
+    assert_eq!(
+        debug.stderr.matches("hand off to amphi-wasm").count(),
+        1,
+        "{}",
+        debug.stderr
+    );
+    env.assert_clean(&id, &cg);
+    env.assert_clean(&debug_id, &b.cgroup());
+}
+
 #[test]
 fn state_records_the_executor() {
     let env = Env::new();

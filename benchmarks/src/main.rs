@@ -199,6 +199,13 @@ fn start_group(w: &World, o: &Opts) -> Result<Value> {
             run: Box::new(|w, i| w.run_time(&w.amphi, &w.wasm_hello, &format!("w{i}"), &[])),
         },
         Variant {
+            name: "amphi-wasm wasm (cached)".into(),
+            note: "amphi-wasm run, hello.wasm: the binary amphi hands a wasm bundle to, called directly as the containerd shim creates wasm containers".into(),
+            run: Box::new(|w, i| {
+                w.run_time(&w.amphi.with_file_name("amphi-wasm"), &w.wasm_hello, &format!("d{i}"), &[])
+            }),
+        },
+        Variant {
             name: "amphi wasm preinit (cached)".into(),
             note: "amphi run, preinit.wasm (a table of 200,000 primes built at start) with io.github.amphi.preinit=true: the table comes with the cached snapshot".into(),
             run: Box::new(|w, i| w.run_time(&w.amphi, &w.wasm_preinit, &format!("z{i}"), &[])),
@@ -252,6 +259,30 @@ fn start_group(w: &World, o: &Opts) -> Result<Value> {
         run: Box::new(|w, _| floor::once(&w.rootfs, &w.floor_cgroup, floor::Layout::Unified)),
     });
 
+    // The baseline build beside this one, interleaved: the before and
+    // after of a change from one run.
+    if let Some(baseline) = o.baseline.clone() {
+        let version = world::version_of(&baseline);
+        for (name, what) in [
+            ("amphi, pod bundle", "pod"),
+            ("amphi wasm (cached)", "wasm"),
+        ] {
+            let bin = baseline.clone();
+            variants.push(Variant {
+                name: format!("{name} [baseline]"),
+                note: format!("the same, run by the baseline build ({version})"),
+                run: Box::new(move |w, i| {
+                    let bundle = if what == "pod" {
+                        &w.pod_true
+                    } else {
+                        &w.wasm_hello
+                    };
+                    w.run_time(&bin, bundle, &format!("b{what}{i}"), &[])
+                }),
+            });
+        }
+    }
+
     let total = o.warmup + o.runs;
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 0..total {
@@ -281,13 +312,19 @@ fn start_group(w: &World, o: &Opts) -> Result<Value> {
         skipped.push("youki: not installed (cargo install youki --features \"v1 v2 seccomp\"; about 11 minutes here)".to_string());
     }
 
-    // The split, amphi against runc, interleaved.
-    let mut split: Vec<(String, Vec<[f64; 4]>)> =
-        vec![("amphi".into(), Vec::new()), ("runc".into(), Vec::new())];
+    // The split, amphi against runc (and the baseline build), interleaved.
+    let mut runtimes = vec![
+        ("amphi".to_owned(), w.amphi.clone()),
+        ("runc".into(), w.runc.clone()),
+    ];
+    runtimes.extend(o.baseline.clone().map(|b| ("amphi [baseline]".into(), b)));
+    let mut split: Vec<(String, Vec<[f64; 4]>)> = runtimes
+        .iter()
+        .map(|(name, _)| (name.clone(), Vec::new()))
+        .collect();
     for round in 0..total {
-        for (name, s) in split.iter_mut() {
-            let bin = if name == "amphi" { &w.amphi } else { &w.runc };
-            let phases = w.split_time(bin, &w.pod_true, &format!("s{name}{round}"))?;
+        for (i, ((_, s), (_, bin))) in split.iter_mut().zip(&runtimes).enumerate() {
+            let phases = w.split_time(bin, &w.pod_true, &format!("s{i}-{round}"))?;
             if round >= o.warmup {
                 s.push(phases.map(ms));
             }
@@ -303,8 +340,8 @@ fn start_group(w: &World, o: &Opts) -> Result<Value> {
     Ok(json!({"variants": rows, "skipped": skipped, "split": split_rows, "targets": targets}))
 }
 
-/// The start-up ratios the project holds itself to (issue #18), each from
-/// one run's interleaved samples.
+/// The start-up ratios the project holds itself to (issue #31's, tighter
+/// than #18's), each from one run's interleaved samples.
 fn start_targets(variants: &[Variant], samples: &[Vec<f64>]) -> Vec<Value> {
     let of = |name: &str| {
         variants
@@ -324,13 +361,13 @@ fn start_targets(variants: &[Variant], samples: &[Vec<f64>]) -> Vec<Value> {
         "pod bundle, v1 controllers: amphi / runc",
         "amphi, pod bundle",
         "runc, pod bundle",
-        0.3,
+        0.15,
     );
     ratio(
         "pod bundle, cgroup2: amphi / crun (no cgroup work)",
         "amphi, pod bundle, cgroup2",
         "crun, pod bundle, cgroup2 (lower bound)",
-        0.7,
+        0.35,
     );
     ratio(
         "lean bundle: amphi / runc",
@@ -344,10 +381,16 @@ fn start_targets(variants: &[Variant], samples: &[Vec<f64>]) -> Vec<Value> {
         "amphi wasm (cached)",
         1.2,
     );
+    ratio(
+        "wasm: a cached hello module's start / native /bin/true's",
+        "amphi wasm (cached)",
+        "amphi native",
+        1.1,
+    );
     for name in ["amphi, pod bundle", "amphi, pod bundle, cgroup2"] {
         if let Some(s) = of(name) {
             let (median, p95) = median_p95(s);
-            out.push(json!({"what": format!("{name}: p95 / median"), "value": p95 / median, "target": 1.5, "unit": "x"}));
+            out.push(json!({"what": format!("{name}: p95 / median"), "value": p95 / median, "target": 1.3, "unit": "x"}));
         }
     }
     // Each floor is compared with the start on its own layout.
@@ -365,7 +408,7 @@ fn start_targets(variants: &[Variant], samples: &[Vec<f64>]) -> Vec<Value> {
     ] {
         if let (Some(a), Some(floor)) = (of(amphi), of(floor)) {
             let over = median_p95(a).0 - median_p95(floor).0;
-            out.push(json!({"what": what, "value": over, "target": 2.0, "unit": "ms"}));
+            out.push(json!({"what": what, "value": over, "target": 3.0, "unit": "ms"}));
         }
     }
     out

@@ -131,7 +131,7 @@ fn start_section(md: &mut String, s: &Value, o: &Opts) -> Result<()> {
         let (value, target) = (f(&t["value"]), f(&t["target"]));
         writeln!(
             md,
-            "| {} | {value:.2} {unit} | ≤ {target:.1} {unit} ({}) |",
+            "| {} | {value:.2} {unit} | ≤ {target} {unit} ({}) |",
             t["what"].as_str().unwrap_or(""),
             if value <= target { "met" } else { "missed" }
         )?;

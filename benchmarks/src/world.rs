@@ -94,8 +94,8 @@ fn first_line(cmd: &Path, arg: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The amphi binary of this build profile (and the shim beside it), built
-/// if missing.
+/// The amphi binary of this build profile (amphi-wasm and the shim beside
+/// it), built if missing.
 fn amphi_bin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("AMPHI_BIN") {
         return Ok(p.into());
@@ -103,7 +103,10 @@ fn amphi_bin() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?;
     let bin = dir.join("amphi");
-    if !bin.exists() || !dir.join("containerd-shim-amphi-v2").exists() {
+    if ["amphi", "amphi-wasm", "containerd-shim-amphi-v2"]
+        .iter()
+        .any(|b| !dir.join(b).exists())
+    {
         let mut c = Command::new("cargo");
         c.args(["build", "-p", "amphi", "-p", "containerd-shim-amphi-v2"])
             .current_dir(repo_root());

@@ -56,20 +56,24 @@ impl Runtime {
         util::trace::phase("create: load bundle");
         let bundle = Bundle::load(o.bundle)?;
         let spec = &bundle.spec;
-        for w in &bundle.warnings {
-            (self.warn)(w);
-        }
+        // The warnings wait for the executor: a frontend may hand the whole
+        // command to another binary as it builds one, and that one warns.
+        let warn_bundle = || bundle.warnings.iter().for_each(|w| (self.warn)(w));
         if let Some(image) = o.restore {
             let handler = executor::choose(&self.handlers, spec, &bundle.rootfs)?;
             if handler.restores_through_criu() {
+                warn_bundle();
                 return self.restore_through_criu(o, &bundle, handler, image);
             }
         }
+        let chosen =
+            self.executor_and_console(o.id, spec, &bundle.rootfs, o.console_socket, o.restore);
+        warn_bundle();
         let Chosen {
             handler,
             executor,
             console_socket,
-        } = self.executor_and_console(o.id, spec, &bundle.rootfs, o.console_socket, o.restore)?;
+        } = chosen?;
 
         let locked = self.store.create(o.id)?;
         util::failpoint("create:dir");

@@ -16,8 +16,12 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::Path;
 
+use amphi_core::executor::Verdict;
 use amphi_core::paths::open_regular_in_root;
 use oci_spec::runtime::Spec;
+
+/// The executor's name in a container's state, whichever binary runs it.
+pub const EXECUTOR_NAME: &str = "wasm";
 
 pub const VARIANT: &str = "module.wasm.image/variant";
 pub const HANDLER: &str = "run.oci.handler";
@@ -96,6 +100,14 @@ pub fn is_wasm(spec: &Spec, rootfs: &Path) -> Wasm {
         Some(false) => Wasm::No("a -smart wasm annotation, and process.args[0] is not a module"),
         None if entrypoint_is_wasm(rootfs, spec, arg0) => Wasm::Yes,
         None => Wasm::No("no wasm annotation, and process.args[0] is not a module"),
+    }
+}
+
+/// [`is_wasm`] as a handler's answer.
+pub fn verdict(spec: &Spec, rootfs: &Path) -> Verdict {
+    match is_wasm(spec, rootfs) {
+        Wasm::Yes => Verdict::Yes,
+        Wasm::No(why) => Verdict::No(why.into()),
     }
 }
 

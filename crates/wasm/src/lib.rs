@@ -73,7 +73,6 @@ mod handler {
     use amphi_core::Result;
     use oci_spec::runtime::Spec;
 
-    use crate::detect::{is_wasm, Wasm};
     use crate::{CacheDir, Wasm as Executor_};
 
     /// Runs the bundles [`crate::detect`] calls wasm, with compiled
@@ -106,14 +105,11 @@ mod handler {
 
     impl amphi_core::executor::Handler for Handler {
         fn name(&self) -> &'static str {
-            "wasm"
+            crate::detect::EXECUTOR_NAME
         }
 
         fn can_handle(&self, spec: &Spec, rootfs: &std::path::Path) -> Verdict {
-            match is_wasm(spec, rootfs) {
-                Wasm::Yes => Verdict::Yes,
-                Wasm::No(why) => Verdict::No(why.into()),
-            }
+            crate::detect::verdict(spec, rootfs)
         }
 
         fn executor(&self, _id: &str, spec: &Spec) -> Result<Box<dyn Executor>> {

@@ -8,6 +8,8 @@ use amphi_runtime::Runtime;
 use anyhow::{anyhow, Context as _, Result};
 use clap::ValueEnum;
 
+use crate::{Engine, WasmCache};
+
 pub mod checkpoint;
 pub mod create;
 pub mod delete;
@@ -28,20 +30,22 @@ pub mod state;
 pub mod update;
 pub mod wasm_cache;
 
-/// What the subcommands take from the global flags.
-pub struct Ctx {
+/// What the subcommands take from the global flags, and the engine of
+/// this binary.
+pub struct Ctx<'e> {
     pub root: PathBuf,
-    pub wasm_cache: amphi_wasm::CacheDir,
+    pub wasm_cache: WasmCache,
+    engine: &'e dyn Engine,
     log: Option<PathBuf>,
     log_format: crate::log::Format,
     systemd_cgroup: bool,
 }
 
-impl Ctx {
-    pub fn new(cli: &crate::Cli) -> Ctx {
+impl<'e> Ctx<'e> {
+    pub fn new(cli: &crate::Cli, engine: &'e dyn Engine) -> Ctx<'e> {
         let root = cli.root.clone().unwrap_or_else(default_root);
         Ctx {
-            wasm_cache: amphi_wasm::CacheDir {
+            wasm_cache: WasmCache {
                 path: cli
                     .wasm_cache
                     .clone()
@@ -49,6 +53,7 @@ impl Ctx {
                 max: cli.wasm_cache_max,
             },
             root,
+            engine,
             log: cli.log.clone(),
             log_format: cli.log_format,
             systemd_cgroup: cli.systemd_cgroup,
@@ -64,7 +69,7 @@ impl Ctx {
         } else {
             amphi_core::cgroups::Driver::Cgroupfs
         };
-        Runtime::new(&self.root, handlers(self.wasm_cache.clone()))
+        Runtime::new(&self.root, self.engine.handlers(&self.wasm_cache))
             .map(|rt| rt.cgroup_driver(driver))
             .map(|rt| {
                 rt.on_warning(move |msg| {
@@ -74,14 +79,6 @@ impl Ctx {
             })
             .with_context(|| format!("runtime root {}", self.root.display()))
     }
-}
-
-/// The executors this command line runs, in the order they are asked.
-fn handlers(wasm_cache: amphi_wasm::CacheDir) -> Vec<Box<dyn amphi_core::executor::Handler>> {
-    vec![
-        Box::new(amphi_wasm::Handler::new(wasm_cache)),
-        Box::new(amphi_native::Handler),
-    ]
 }
 
 /// runc's choice: /run for root, the user's runtime directory for a
