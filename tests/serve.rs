@@ -791,6 +791,42 @@ fn failures_get_their_status_and_the_host_lives_on() {
     s.assert_clean(&env);
 }
 
+/// A body over `max_body` gets its 413 on every connection, declared or
+/// chunked, never a reset: the server reads and drops a bounded rest of
+/// the body before it closes, so the kernel has no unread input to reset
+/// the connection for (a reset can destroy the 413 before the client
+/// reads it). No retry: each request is one fresh connection.
+#[test]
+fn every_body_over_max_body_gets_its_413() {
+    let env = Env::new();
+    let dir = cgi_pair(&env, "max_body = 1000\n");
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    let declared = vec![b'x'; 64 << 10];
+    let chunked: Vec<u8> = b"fa00\r\n"
+        .iter()
+        .chain(&declared[..0xfa00])
+        .chain(b"\r\n0\r\n\r\n")
+        .copied()
+        .collect();
+    for route in ["/w", "/n"] {
+        for i in 0..40 {
+            let (headers, body): (&[(&str, &str)], &[u8]) = if i % 2 == 0 {
+                (&[], &declared)
+            } else {
+                (&[("Transfer-Encoding", "chunked")], &chunked)
+            };
+            let r = s
+                .client()
+                .try_request("POST", &format!("{route}/echo"), headers, body)
+                .unwrap_or_else(|e| panic!("{route}, request {i}: {e}"));
+            assert_eq!(r.status, 413, "{route}, request {i}: {}", r.text());
+        }
+        assert_eq!(s.get(route).status, 200, "{route} still serves");
+    }
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
 #[test]
 fn concurrency_beyond_the_limit_is_queued_then_refused() {
     let env = Env::new();

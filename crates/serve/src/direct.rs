@@ -32,8 +32,8 @@ use tokio::io::Interest;
 use crate::connection::{serve_until_given_back, Serving};
 use crate::in_process::{phases, InProcess};
 use crate::invocation::{
-    self, busy_response, failed, text, timed_out, too_large_response, Admission, Ending, Input,
-    MAX_REQUEST_HEAD, MAX_RESPONSE, MAX_STDERR_LOGGED,
+    self, busy_response, failed, read_body, text, timed_out, too_large_response, Admission, Body,
+    Ending, Input, MAX_REQUEST_HEAD, MAX_RESPONSE, MAX_STDERR_LOGGED,
 };
 use crate::protocol::{epoch_ns, send, FromWorker, Served};
 
@@ -372,27 +372,15 @@ impl Direct {
         served: &mut Served,
     ) -> Response<Full<Bytes>> {
         let plan = &self.plan;
-        let declared = req
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let too_large = format!("request body over max_body ({} bytes)", plan.max_body);
-        if declared.is_some_and(|n| n > plan.max_body) {
-            failure(served, "too_large", too_large);
-            return too_large_response(plan.max_body);
-        }
-        let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, plan.max_body as usize).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                failure(served, "too_large", too_large);
+        let (parts, body) = read_body(req, plan.max_body).await;
+        let body = match body {
+            Body::Read(bytes) => bytes,
+            Body::TooLarge => {
+                let why = format!("request body over max_body ({} bytes)", plan.max_body);
+                failure(served, "too_large", why);
                 return too_large_response(plan.max_body);
             }
-            Err(e) => {
+            Body::Broken(e) => {
                 served.error = Some(format!("reading the request body: {e}"));
                 return text(StatusCode::BAD_REQUEST, "bad request body\n");
             }

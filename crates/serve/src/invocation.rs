@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use amphi_function::Interface;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Response, StatusCode};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::cgi;
@@ -162,6 +163,89 @@ pub fn too_large_response(max_body: u64) -> Response<Full<Bytes>> {
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("request body larger than {max_body} bytes\n"),
     )
+}
+
+/// A request body as a function gets it.
+pub enum Body {
+    Read(Bytes),
+    /// Over the function's `max_body`: answer 413.
+    TooLarge,
+    /// The connection failed mid-body: answer 400, with why for the log.
+    Broken(String),
+}
+
+/// How much of a body over `max_body` is read and thrown away, and for how
+/// long, before the 413 is sent. A server that closes a connection with
+/// input unread makes the kernel reset it, and a client still sending, or
+/// not yet reading, can lose the 413 to the reset (nginx's lingering close
+/// answers the same race).
+const DRAIN_BYTES: u64 = 1 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `req`'s body, if it is at most `max` bytes.
+pub async fn read_body(req: Request<Incoming>, max: u64) -> (hyper::http::request::Parts, Body) {
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // A client that waits for 100-continue sends nothing until the body is
+    // read: refused at once, it never uploads.
+    let waits = req
+        .headers()
+        .get(hyper::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (parts, mut body) = req.into_parts();
+    if declared.is_some_and(|n| n > max) {
+        if !waits {
+            drain(body).await;
+        }
+        return (parts, Body::TooLarge);
+    }
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_trailers) => continue,
+            },
+            Err(e) => return (parts, Body::Broken(e.to_string())),
+        };
+        len += data.len() as u64;
+        if len > max {
+            drain(body).await;
+            return (parts, Body::TooLarge);
+        }
+        chunks.push(data);
+    }
+    let bytes = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => chunks
+            .iter()
+            .fold(BytesMut::with_capacity(len as usize), |mut all, c| {
+                all.extend_from_slice(c);
+                all
+            })
+            .freeze(),
+    };
+    (parts, Body::Read(bytes))
+}
+
+/// Read and drop what is left of `body`, within the drain's bounds.
+async fn drain(mut body: Incoming) {
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            match left.checked_sub(n) {
+                Some(rest) => left = rest,
+                None => break,
+            }
+        }
+    })
+    .await;
 }
 
 /// Whether `path` is the function's: its route or below it.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use amphi_function::{Function, METRICS_ROUTE};
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tokio::io::unix::AsyncFd;
@@ -22,8 +22,8 @@ use tokio::sync::oneshot;
 
 use crate::connection::{next_request, serve_until_given_back, Next, Serving};
 use crate::invocation::{
-    self, busy_response, failed, text, timed_out, too_large_response, Admission, Ending, Input,
-    MAX_RESPONSE, MAX_STDERR_LOGGED,
+    self, busy_response, failed, read_body, text, timed_out, too_large_response, Admission, Body,
+    Ending, Input, MAX_RESPONSE, MAX_STDERR_LOGGED,
 };
 use crate::keeper::Keeper;
 use crate::log::{log_line, log_lines};
@@ -800,24 +800,11 @@ impl Server {
             record.error = Some(format!("request body over max_body ({} bytes)", f.max_body));
             too_large_response(f.max_body)
         };
-        let declared = req
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > f.max_body) {
-            return (too_large(&mut record), record);
-        }
-        let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, f.max_body as usize).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return (too_large(&mut record), record)
-            }
-            Err(e) => {
+        let (parts, body) = read_body(req, f.max_body).await;
+        let body = match body {
+            Body::Read(bytes) => bytes,
+            Body::TooLarge => return (too_large(&mut record), record),
+            Body::Broken(e) => {
                 record.error = Some(format!("reading the request body: {e}"));
                 return (text(StatusCode::BAD_REQUEST, "bad request body\n"), record);
             }
