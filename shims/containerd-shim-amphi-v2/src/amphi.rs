@@ -77,22 +77,6 @@ impl Amphi {
         }
     }
 
-    /// What creates `bundle`'s container: `amphi-wasm` for a wasm bundle
-    /// when the binary is amphi's own (not a `BinaryName`), the binary
-    /// `amphi` would hand it to, so the create starts one binary and not
-    /// two. Every later command goes to `amphi`, which needs no engine.
-    pub fn creator(&self, bundle: &Path) -> Amphi {
-        let wasm_beside = self.binary.with_file_name("amphi-wasm");
-        let ours = self.binary.file_name() == Some("amphi".as_ref())
-            && self.binary.is_absolute()
-            && wasm_beside.exists();
-        let mut creator = self.clone();
-        if ours && is_wasm(bundle) {
-            creator.binary = wasm_beside;
-        }
-        creator
-    }
-
     fn command(&self) -> Command {
         let mut c = Command::new(&self.binary);
         c.arg("--root").arg(&self.root).args(&self.flags);
@@ -195,20 +179,4 @@ impl Amphi {
         REAPER.ignore(pid);
         Some((pid, child.stdout.take()?))
     }
-}
-
-/// Whether amphi runs `bundle` as wasm (the same rules, read the same
-/// way); a bundle that cannot be read is not, and `amphi` reports why.
-fn is_wasm(bundle: &Path) -> bool {
-    let Ok(config) = std::fs::read(bundle.join("config.json")) else {
-        return false;
-    };
-    let Ok(spec) = serde_json::from_slice::<oci_spec::runtime::Spec>(&config) else {
-        return false;
-    };
-    let rootfs = spec
-        .root()
-        .as_ref()
-        .map_or_else(|| bundle.join("rootfs"), |r| bundle.join(r.path()));
-    amphi_wasm::detect::is_wasm(&spec, &rootfs) == amphi_wasm::detect::Wasm::Yes
 }

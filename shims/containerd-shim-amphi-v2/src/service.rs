@@ -426,7 +426,7 @@ impl containerd_shim::Task for Service {
                 args.extend(["--console-socket", s]);
             }
             args.push(&req.id);
-            let created = amphi.creator(&bundle).run(&args, stdio, None);
+            let created = amphi.run(&args, stdio, None);
             let master = finish_io(sock, &p);
             created.map_err(failed)?;
             Ok((read_pid(&pid_file)?, master?))
