@@ -49,9 +49,20 @@ impl Bundle {
             ));
         }
         let data = std::fs::read(&file).map_err(|e| Error::io("read", &file, e))?;
-        let mut json: serde_json::Value = parse(&file, &data)?;
-        let mut warnings = drop_unknown_capabilities(&mut json);
-        let spec: Spec = parse(&file, &serde_json::to_vec(&json).expect("json"))?;
+        // Most configs parse as they are, in one pass. Only one that does
+        // not goes the long way, which names the field that does not fit
+        // and leaves out capabilities this build does not know: the same
+        // spec and warnings either way, since a config with an unknown
+        // capability never parses directly.
+        let (spec, mut warnings) = match serde_json::from_slice::<Spec>(&data) {
+            Ok(spec) => (spec, Vec::new()),
+            Err(_) => {
+                let mut json: serde_json::Value = parse(&file, &data)?;
+                let warnings = drop_unknown_capabilities(&mut json);
+                let spec = parse(&file, &serde_json::to_vec(&json).expect("json"))?;
+                (spec, warnings)
+            }
+        };
         warnings.extend(crate::capabilities::unsupported(spec.process().as_ref()));
         warnings.extend(crate::lsm::warnings(spec.process().as_ref()));
         let rootfs = validate(&file, &dir, &spec)?;
@@ -529,6 +540,37 @@ mod tests {
             Err(Error::InvalidSpec { field, .. }) => field,
             other => panic!("expected InvalidSpec, got {other:?}"),
         }
+    }
+
+    fn load(patch: impl FnOnce(&mut serde_json::Value)) -> Result<Bundle> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        std::fs::write(dir.path().join(CONFIG), spec_json(patch)).unwrap();
+        Bundle::load(dir.path())
+    }
+
+    /// Bundle::load parses most configs in one pass and goes the long way
+    /// only for one that does not parse: both ways must give what the
+    /// long way alone gave.
+    #[test]
+    fn loading_names_the_bad_field_and_leaves_out_unknown_capabilities() {
+        let caps = |names: &[&str]| serde_json::json!({"bounding": names, "effective": names});
+        let plain = load(|v| v["process"]["capabilities"] = caps(&["CAP_CHOWN"])).unwrap();
+        assert!(plain.warnings.is_empty(), "{:?}", plain.warnings);
+
+        let future =
+            load(|v| v["process"]["capabilities"] = caps(&["CAP_CHOWN", "CAP_FROM_THE_FUTURE"]))
+                .unwrap();
+        let bounding = future.process().capabilities().as_ref().unwrap().bounding();
+        assert_eq!(bounding.as_ref().map(|b| b.len()), Some(1), "{bounding:?}");
+        assert_eq!(future.warnings.len(), 2, "{:?}", future.warnings);
+        assert!(future.warnings[0].contains("CAP_FROM_THE_FUTURE"));
+
+        let bad = load(|v| v["process"]["user"]["uid"] = "x".into()).map(|_| ());
+        assert!(
+            matches!(&bad, Err(Error::InvalidSpec { field, .. }) if field == "process.user.uid"),
+            "{bad:?}"
+        );
     }
 
     #[test]
