@@ -200,7 +200,7 @@ fn start_group(w: &World, o: &Opts) -> Result<Value> {
         },
         Variant {
             name: "amphi-wasm wasm (cached)".into(),
-            note: "amphi-wasm run, hello.wasm: the binary amphi hands a wasm bundle to, called directly as the containerd shim creates wasm containers".into(),
+            note: "amphi-wasm run, hello.wasm: the binary amphi hands a wasm bundle to, called directly (no hand-off)".into(),
             run: Box::new(|w, i| {
                 w.run_time(&w.amphi.with_file_name("amphi-wasm"), &w.wasm_hello, &format!("d{i}"), &[])
             }),
