@@ -249,27 +249,34 @@ impl Drop for Containerd {
     }
 }
 
-/// Reap our exited children (orphaned shims), never the daemon or a `ctr`,
-/// and only zombies, so no `Command` waiting on its own child is robbed
-/// (the benchmark runs `ctr` from several threads at once).
+/// Reap our exited children that were handed to us (orphaned shims and
+/// what they ran), never a child this process spawned itself: a `Command`
+/// of another thread (`ctr`, `bash`, `amphi`) may be about to wait for its
+/// zombie, and would get ECHILD (it did, building an image while another
+/// test's daemon went down). Those stay in this process's session; a
+/// client daemon ([`crate::clients::daemon`]) and what it starts, shims
+/// included, are in the daemon's session, and a container's init is in
+/// one of its own, so a zombie child in another session was handed to us.
 pub fn reap_zombies(daemon: i32) {
-    let me = std::process::id().to_string();
+    // SAFETY: getsid(0) only reads this process's session id.
+    let own_session = unsafe { libc::getsid(0) };
+    let me = std::process::id() as i32;
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        let field = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(|v| v.trim().to_owned())
+        // After the command's closing parenthesis: state, ppid, pgrp, session.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
         };
-        let zombie = field("State:").is_some_and(|s| s.starts_with('Z'));
-        let ctr = field("Name:").as_deref() == Some("ctr");
-        if pid != daemon && zombie && !ctr && field("PPid:").as_deref() == Some(me.as_str()) {
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let number = |i: usize| fields.get(i).and_then(|f| f.parse::<i32>().ok());
+        let zombie = fields.first() == Some(&"Z");
+        let handed_to_us = number(1) == Some(me) && number(3).is_some_and(|s| s != own_session);
+        if pid != daemon && zombie && handed_to_us {
             // SAFETY: reaping our own exited child.
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
         }
