@@ -96,6 +96,37 @@ fn amphi_hands_wasm_to_amphi_wasm_beside_it() {
     env.assert_clean(&debug_id, &b.cgroup());
 }
 
+/// `amphi` is what clients start three times per container, and the
+/// engine costs every start: wasmtime's compiler, WASI's host side and
+/// the function host's async runtime belong to `amphi-wasm` alone. A
+/// reference from `amphi`'s own paths to any of them would link it all
+/// back in, and only a benchmark would notice.
+#[test]
+fn amphi_links_no_engine() {
+    let symbols = |bin: &std::path::Path| {
+        let out = std::process::Command::new("nm")
+            .arg(bin)
+            .output()
+            .expect("nm (binutils)");
+        assert!(out.status.success(), "nm {}", bin.display());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let amphi = amphi_tests::amphi_bin();
+    let lean = symbols(&amphi);
+    let full = symbols(&amphi.with_file_name("amphi-wasm"));
+    for name in ["cranelift_codegen", "wasmtime_wasi", "5tokio"] {
+        let (in_lean, in_full) = (lean.matches(name).count(), full.matches(name).count());
+        assert!(
+            in_full > 1000,
+            "amphi-wasm has {in_full} {name} symbols: is this nm's format?"
+        );
+        assert!(
+            in_lean * 100 < in_full,
+            "amphi links {name}: {in_lean} symbols (amphi-wasm: {in_full})"
+        );
+    }
+}
+
 #[test]
 fn state_records_the_executor() {
     let env = Env::new();
