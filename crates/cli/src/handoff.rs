@@ -15,7 +15,6 @@ use anyhow::Result;
 use oci_spec::runtime::Spec;
 
 use crate::commands::{serve, wasm_cache, Ctx};
-use crate::WasmCache;
 
 /// The binary with the engine in, installed beside `amphi`.
 pub const AMPHI_WASM: &str = "amphi-wasm";
@@ -23,7 +22,7 @@ pub const AMPHI_WASM: &str = "amphi-wasm";
 pub struct HandOff;
 
 impl crate::Engine for HandOff {
-    fn handlers(&self, _: &WasmCache) -> Vec<Box<dyn Handler>> {
+    fn handlers(&self, _: &amphi_wasm::CacheDir) -> Vec<Box<dyn Handler>> {
         vec![Box::new(WasmHandOff), Box::new(amphi_native::Handler)]
     }
 

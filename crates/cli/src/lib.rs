@@ -124,16 +124,9 @@ enum Command {
 /// ([`handoff::HandOff`]).
 trait Engine {
     /// The executors, in the order they are asked.
-    fn handlers(&self, wasm_cache: &WasmCache) -> Vec<Box<dyn Handler>>;
+    fn handlers(&self, wasm_cache: &amphi_wasm::CacheDir) -> Vec<Box<dyn Handler>>;
     fn serve(&self, a: &serve::Args, ctx: &Ctx) -> Result<ExitCode>;
     fn wasm_cache(&self, a: &wasm_cache::Args, ctx: &Ctx) -> Result<ExitCode>;
-}
-
-/// `--wasm-cache` and `--wasm-cache-max`.
-#[derive(Clone)]
-pub struct WasmCache {
-    pub path: PathBuf,
-    pub max: u64,
 }
 
 /// Each subcommand's module runs it.

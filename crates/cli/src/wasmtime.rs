@@ -7,14 +7,13 @@ use amphi_core::executor::Handler;
 use anyhow::{Context, Result};
 
 use crate::commands::{parse_duration, serve, wasm_cache, Ctx, ListFormat};
-use crate::WasmCache;
 
 pub struct Wasmtime;
 
 impl crate::Engine for Wasmtime {
-    fn handlers(&self, wasm_cache: &WasmCache) -> Vec<Box<dyn Handler>> {
+    fn handlers(&self, wasm_cache: &amphi_wasm::CacheDir) -> Vec<Box<dyn Handler>> {
         vec![
-            Box::new(amphi_wasm::Handler::new(cache_dir(wasm_cache))),
+            Box::new(amphi_wasm::Handler::new(wasm_cache.clone())),
             Box::new(amphi_native::Handler),
         ]
     }
@@ -28,13 +27,6 @@ impl crate::Engine for Wasmtime {
     }
 }
 
-fn cache_dir(c: &WasmCache) -> amphi_wasm::CacheDir {
-    amphi_wasm::CacheDir {
-        path: c.path.clone(),
-        max: c.max,
-    }
-}
-
 fn serve(a: &serve::Args, ctx: &Ctx) -> Result<ExitCode> {
     let shutdown_timeout = parse_duration(&a.shutdown_timeout).context("--shutdown-timeout")?;
     let keepers = a
@@ -45,7 +37,7 @@ fn serve(a: &serve::Args, ctx: &Ctx) -> Result<ExitCode> {
         functions: a.functions.clone(),
         listen: a.listen,
         root: ctx.root.clone(),
-        wasm_cache: cache_dir(&ctx.wasm_cache),
+        wasm_cache: ctx.wasm_cache.clone(),
         work_dir: a.work_dir.clone(),
         shutdown_timeout,
         keepers,

@@ -54,15 +54,7 @@ pub const DEFAULT_MAX: u64 = 2 << 30;
 
 const FORMAT: &str = "amphi-wasm-cache 1";
 
-/// Where the cache is and how much it may hold.
-#[derive(Clone, Debug)]
-pub struct CacheDir {
-    pub path: PathBuf,
-    /// The bytes of artifacts kept (`--wasm-cache-max`).
-    pub max: u64,
-}
-
-impl CacheDir {
+impl crate::CacheDir {
     /// Create the directory if need be and open the cache. A cache that
     /// cannot be made costs a warning and a compile, never the container.
     pub fn open(&self) -> Cache {

@@ -18,6 +18,15 @@
 
 pub mod detect;
 
+/// Where the compiled modules' cache is and how much it may hold (a
+/// frontend without the engine passes it on to the binary with one).
+#[derive(Clone, Debug)]
+pub struct CacheDir {
+    pub path: std::path::PathBuf,
+    /// The bytes of artifacts kept (`--wasm-cache-max`).
+    pub max: u64,
+}
+
 /// The wasmtime release amphi is built with (pinned in Cargo.toml).
 pub const WASMTIME_VERSION: &str = "50.0.1";
 
@@ -50,7 +59,7 @@ pub mod preinit;
 pub mod service;
 
 #[cfg(feature = "engine")]
-pub use cache::{Cache, CacheDir};
+pub use cache::Cache;
 #[cfg(feature = "engine")]
 pub use compile::CompilerKilled;
 #[cfg(feature = "engine")]

@@ -8,7 +8,7 @@ use amphi_runtime::Runtime;
 use anyhow::{anyhow, Context as _, Result};
 use clap::ValueEnum;
 
-use crate::{Engine, WasmCache};
+use crate::Engine;
 
 pub mod checkpoint;
 pub mod create;
@@ -34,7 +34,7 @@ pub mod wasm_cache;
 /// this binary.
 pub struct Ctx<'e> {
     pub root: PathBuf,
-    pub wasm_cache: WasmCache,
+    pub wasm_cache: amphi_wasm::CacheDir,
     engine: &'e dyn Engine,
     log: Option<PathBuf>,
     log_format: crate::log::Format,
@@ -45,7 +45,7 @@ impl<'e> Ctx<'e> {
     pub fn new(cli: &crate::Cli, engine: &'e dyn Engine) -> Ctx<'e> {
         let root = cli.root.clone().unwrap_or_else(default_root);
         Ctx {
-            wasm_cache: WasmCache {
+            wasm_cache: amphi_wasm::CacheDir {
                 path: cli
                     .wasm_cache
                     .clone()
