@@ -8,12 +8,12 @@ if [ "$(id -u)" != 0 ]; then
     echo "tests/run.sh: run as root (the tests create namespaces, cgroups and mounts)" >&2
     exit 1
 fi
-corpus_log=$(mktemp)
+lane_log=$(mktemp)
 times=$(mktemp)
 report() {
     echo "tests/run.sh: stage times (s)" >&2
     column -t "$times" >&2 2>/dev/null || cat "$times" >&2
-    rm -f "$corpus_log" "$times"
+    rm -f "$lane_log" "$times"
 }
 trap report EXIT
 # stage NAME COMMAND...: run it, and note how long it took.
@@ -44,22 +44,29 @@ fuzz_build=$!
 set +m
 stop_fuzz_build() { kill -- "-$fuzz_build" 2>/dev/null || true; }
 trap 'stop_fuzz_build; report' EXIT
+# The test executables and wasm guests first, so that the two long passes
+# below start together instead of one after the other.
+stage test-build cargo test --workspace --locked --no-run
+stage guests bash bundles/wasm/build.sh
+# The pure cgroup v2 lane in a VM (tests/vm/lane.sh: QEMU's one vCPU;
+# AMPHI_SKIP_VM=1 skips it on a machine without QEMU) runs beside the host
+# tests: they wait on containers and clients more than they compute, and
+# the guest keeps one core busy for about ten minutes whatever the host
+# does. Its own output follows once it ends.
+lane_started=$SECONDS
+bash tests/vm/lane.sh >"$lane_log" 2>&1 &
+lane=$!
+stop_lane() { kill "$lane" 2>/dev/null || true; }
+trap 'stop_lane; stop_fuzz_build; report' EXIT
 stage test cargo test --workspace --locked -- --skip corpus_
-# Two long passes side by side: the real third-party wasm programs
-# (tests/wasm_corpus.rs: fetching, and compiling a 68 MB module, use the
-# cores) and the pure cgroup v2 lane in a VM (tests/vm/lane.sh: QEMU's one
-# vCPU; AMPHI_SKIP_VM=1 skips it on a machine without QEMU).
-corpus_started=$SECONDS
-cargo test -p amphi-tests --test wasm_corpus --locked >"$corpus_log" 2>&1 &
-corpus=$!
+# The real third-party wasm programs (tests/wasm_corpus.rs: fetching, and
+# compiling a 68 MB module, use the cores) once the host tests are done.
+stage wasm-corpus cargo test -p amphi-tests --test wasm_corpus --locked
 lane_status=0
-stage vm-lane bash tests/vm/lane.sh || lane_status=$?
-corpus_status=0
-wait "$corpus" || corpus_status=$?
-echo "wasm-corpus $((SECONDS - corpus_started)) (beside the lane)" >> "$times"
-cat "$corpus_log"
+wait "$lane" || lane_status=$?
+echo "vm-lane $((SECONDS - lane_started)) (beside the host tests)" >> "$times"
+cat "$lane_log"
 [ "$lane_status" = 0 ] || { echo "tests/run.sh: the cgroup v2 lane failed" >&2; exit "$lane_status"; }
-[ "$corpus_status" = 0 ] || { echo "tests/run.sh: the wasm corpus failed" >&2; exit "$corpus_status"; }
 # A short fuzzing pass of every cargo-fuzz target (nightly; built beside
 # the stages above, and a failed build fails here); longer campaigns:
 # SECONDS_PER_TARGET=600 bash fuzz/run.sh.

@@ -44,12 +44,16 @@ work=$(mktemp -d)
 results=$(mktemp -d)
 qemu_pid=
 cleanup() {
-    [ -n "$qemu_pid" ] && kill -9 "$qemu_pid" 2>/dev/null
+    # TERM, which `timeout` passes on to QEMU; a KILL would end `timeout`
+    # alone and leave QEMU running.
+    [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null
     # The last run's logs stay for a look: target/vm/results.
     rm -rf "$cache/results" && mv "$results" "$cache/results" 2>/dev/null
     rm -rf "$work" "$results"
 }
 trap cleanup EXIT
+# Stopped by tests/run.sh (a failed stage): clean up on the way out.
+trap 'exit 143' TERM INT
 ir=$work/initramfs
 mkdir -p "$ir"/{bin,proc,sys,dev,host,rw,merged,modules}
 cp /bin/busybox "$ir/bin/busybox"
