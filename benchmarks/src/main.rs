@@ -337,7 +337,54 @@ fn start_group(w: &World, o: &Opts) -> Result<Value> {
             json!({"runtime": name, "create_ms": phase(0), "start_ms": phase(1), "wait_ms": phase(2), "delete_ms": phase(3)})
         })
         .collect();
-    Ok(json!({"variants": rows, "skipped": skipped, "split": split_rows, "targets": targets}))
+    let phases = phase_table(w, &runtimes, o)?;
+    Ok(
+        json!({"variants": rows, "skipped": skipped, "split": split_rows,
+              "phases": phases, "targets": targets}),
+    )
+}
+
+/// amphi's own `--debug` steps of a pod bundle's `run`, this build and the
+/// baseline interleaved: the median of each step, in this build's order.
+fn phase_table(w: &world::World, runtimes: &[(String, PathBuf)], o: &Opts) -> Result<Value> {
+    let amphis: Vec<&(String, PathBuf)> = runtimes
+        .iter()
+        .filter(|(name, _)| name.starts_with("amphi"))
+        .collect();
+    let mut samples: Vec<Vec<Vec<(String, f64)>>> = vec![Vec::new(); amphis.len()];
+    for round in 0..o.warmup + o.runs {
+        for (i, (_, bin)) in amphis.iter().enumerate() {
+            let steps = w.debug_phases(bin, &w.pod_true, &format!("p{i}-{round}"))?;
+            if round >= o.warmup {
+                samples[i].push(steps);
+            }
+        }
+    }
+    let mut order: Vec<String> = Vec::new();
+    for s in samples.iter().flatten().flatten() {
+        if !order.contains(&s.0) {
+            order.push(s.0.clone());
+        }
+    }
+    let rows: Vec<Value> = order
+        .iter()
+        .map(|step| {
+            let mut row = json!({"step": step});
+            for ((name, _), runs) in amphis.iter().zip(&samples) {
+                let took: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|r| r.iter().find(|(s, _)| s == step).map(|(_, t)| *t))
+                    .collect();
+                row[name.as_str()] = if took.is_empty() {
+                    Value::Null
+                } else {
+                    json!(median_p95(&took).0)
+                };
+            }
+            row
+        })
+        .collect();
+    Ok(json!(rows))
 }
 
 /// The start-up ratios the project holds itself to (issue #31's, tighter

@@ -154,6 +154,39 @@ fn start_section(md: &mut String, s: &Value, o: &Opts) -> Result<()> {
         )?;
     }
     std::fs::write(o.out.join("split.csv"), csv)?;
+    phase_table(md, &s["phases"])
+}
+
+/// The `--debug` steps of amphi's `run`, one column per build.
+fn phase_table(md: &mut String, phases: &Value) -> Result<()> {
+    let Some(rows) = phases.as_array().filter(|r| !r.is_empty()) else {
+        return Ok(());
+    };
+    let builds: Vec<String> = rows[0]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k.clone())
+        .filter(|k| k != "step")
+        .collect();
+    writeln!(
+        md,
+        "\n**amphi's steps** (`amphi --debug run`, pod bundle; median ms since the step before):\n\n| step | {} |\n|---|{}",
+        builds.join(" | "),
+        "---|".repeat(builds.len())
+    )?;
+    for r in rows {
+        let cells: Vec<String> = builds
+            .iter()
+            .map(|b| r[b].as_f64().map_or("—".into(), |v| format!("{v:.2}")))
+            .collect();
+        writeln!(
+            md,
+            "| {} | {} |",
+            r["step"].as_str().unwrap_or(""),
+            cells.join(" | ")
+        )?;
+    }
     Ok(())
 }
 

@@ -444,6 +444,55 @@ impl World {
         Ok([t1 - t0, t2 - t1, t3 - t2, t4 - t3])
     }
 
+    /// `RUNTIME --debug run` of the bundle: each step amphi's `--debug`
+    /// names (parent and init, in time order) with the milliseconds since
+    /// the step before it.
+    pub fn debug_phases(
+        &self,
+        bin: &Path,
+        bundle: &Path,
+        suffix: &str,
+    ) -> Result<Vec<(String, f64)>> {
+        let id = self.id(suffix);
+        let out = self
+            .cmd(
+                bin,
+                &["--debug"],
+                &["run", "--bundle", bundle.to_str().unwrap(), &id],
+            )
+            .stderr(Stdio::piped())
+            .output()
+            .context("--debug run")?;
+        if !out.status.success() {
+            bail!(
+                "{} --debug run: {}: {}",
+                bin.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        // "amphi: debug: <ms> ms [<pid>] <step>"
+        let mut steps: Vec<(f64, String)> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("amphi: debug:")?.trim_start();
+                let (ms, rest) = rest.split_once(" ms [")?;
+                let (_, step) = rest.split_once("] ")?;
+                Some((ms.trim().parse().ok()?, step.to_owned()))
+            })
+            .collect();
+        steps.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut last = 0.0;
+        Ok(steps
+            .into_iter()
+            .map(|(at, step)| {
+                let took = at - last;
+                last = at;
+                (step, took)
+            })
+            .collect())
+    }
+
     fn kill_delete(&self, bin: &Path, id: &str, pid: i32) {
         let _ = self.cmd(bin, &[], &["delete", "--force", id]).status();
         // SAFETY: reaping a process we inherited.

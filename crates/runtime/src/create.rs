@@ -55,6 +55,7 @@ impl Runtime {
         amphi_core::id::validate(o.id)?;
         util::trace::phase("create: load bundle");
         let bundle = Bundle::load(o.bundle)?;
+        util::trace::phase("create: bundle loaded");
         let spec = &bundle.spec;
         // The warnings wait for the executor: a frontend may hand the whole
         // command to another binary as it builds one, and that one warns.
@@ -69,6 +70,7 @@ impl Runtime {
         let chosen =
             self.executor_and_console(o.id, spec, &bundle.rootfs, o.console_socket, o.restore);
         warn_bundle();
+        util::trace::phase("create: executor chosen");
         let Chosen {
             handler,
             executor,
@@ -140,6 +142,7 @@ impl Runtime {
         )?;
         util::failpoint("create:ready");
         record_init(locked, &mut state, pid, o.pid_file)?;
+        util::trace::phase("create: init recorded");
         guard.locked = None;
         Ok(pid)
     }
@@ -157,6 +160,7 @@ impl Runtime {
 
     pub fn start(&self, id: &str) -> Result<()> {
         let (locked, state, status) = self.load(id)?;
+        util::trace::phase("start: state loaded");
         if status != Status::Created {
             return Err(wrong_state(
                 id,
@@ -201,6 +205,7 @@ impl Runtime {
                 Err(e) => return Err(Error::sys("poll exec fifo", e)),
             }
         }
+        util::trace::phase("start: init released");
         std::fs::remove_file(&fifo_path).map_err(|e| Error::io("remove", &fifo_path, e))?;
         let json = serde_json::to_vec(&state.oci_state(Status::Running)).expect("json");
         let poststart = state

@@ -63,7 +63,9 @@ impl Runtime {
             }
         }
         util::failpoint("delete:killed");
+        util::trace::phase("delete: state loaded");
         wait_gone(&state);
+        util::trace::phase("delete: processes gone");
         let mut errors = Vec::new();
         if let Some(unit) = &state.systemd_unit {
             errors.extend(cgroups::systemd::stop(unit).err());
@@ -79,6 +81,7 @@ impl Runtime {
             )));
         }
         util::failpoint("delete:cgroup");
+        util::trace::phase("delete: cgroup removed");
         let json = serde_json::to_vec(&state.oci_state(Status::Stopped)).expect("json");
         let poststop = state
             .spec
