@@ -6,6 +6,8 @@
 # A failure fails the lane with the guest's output; a guest that does not
 # finish fails it with QEMU's and the kernel's last lines.
 #   bash tests/vm/lane.sh             # build what it needs, boot, run
+#   bash tests/vm/lane.sh --prepare   # build what it needs, list it, stop
+#   bash tests/vm/lane.sh --prepared  # boot and run what --prepare listed
 #   AMPHI_SKIP_VM=1 bash tests/run.sh # skip it (a machine without QEMU)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -78,20 +80,24 @@ done
 (cd "$ir" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 > "$work/initramfs.gz")
 
 # What runs in the guest: test executables built here, with their filters.
-bash bundles/wasm/build.sh
-cargo build --workspace --locked >/dev/null
-exe() { # TEST -> the path of its test executable
-    cargo test -p amphi-tests --test "$1" --no-run --locked --message-format=json 2>/dev/null |
-        python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["executable"])' | tail -n 1
-}
-while read -r name test filter; do
-    case $name in ''|'#'*) continue ;; esac
-    echo "$name $(exe "$test") ${filter:-}" >> "$results/tests.list"
-done < "${AMPHI_VM_TESTS:-tests/vm/tests.list}"
+# `--prepare` builds them and lists them, and stops there; `--prepared`
+# boots with that list, running no cargo (tests/run.sh: the lane runs
+# beside a `cargo test`, which holds the build directory's lock).
+prepared=$cache/prepared.list
+if [ "${1:-}" = --prepared ]; then
+    cp "$prepared" "$results/tests.list"
+else
+    bash bundles/wasm/build.sh
+    cargo build --workspace --locked >/dev/null
+    while read -r name test filter; do
+        case $name in ''|'#'*) continue ;; esac
+        echo "$name $(bash tests/test-exe.sh "$test") ${filter:-}" >> "$results/tests.list"
+    done < "${AMPHI_VM_TESTS:-tests/vm/tests.list}"
+    if [ "${1:-}" = --prepare ]; then
+        cp "$results/tests.list" "$prepared"
+        exit 0
+    fi
+fi
 
 # What systemd would do at boot that the lane needs not (udev, journald,
 # tmpfiles...) costs minutes under emulation.
