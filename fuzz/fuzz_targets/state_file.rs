@@ -12,5 +12,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(back.pid, state.pid);
         assert_eq!(back.id, state.id);
         let _ = state.oci_state(amphi_core::state::Status::Stopped);
+        // The config is kept as JSON and parsed only when asked for.
+        let _ = state.hooks();
+        let _ = state.spec();
     }
 });

@@ -55,7 +55,7 @@ pub fn dump(state: &ContainerState, o: &CheckpointOptions) -> Result<()> {
     }
     c.args(runc_flags(o));
     record_stdio(state.pid, images)?;
-    for mount in external_mounts(state) {
+    for mount in external_mounts(&state.spec()?, &state.rootfs) {
         c.arg("--external")
             .arg(format!("mnt[{0}]:{0}", mount.display()));
     }
@@ -100,16 +100,15 @@ fn recorded_stdio(images: &Path) -> Vec<String> {
 /// Destinations CRIU must not take for the container's own mounts: bind
 /// mounts (their source is a host path) and masked files (/dev/null bound
 /// over them), as runc lists them.
-fn external_mounts(state: &ContainerState) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = state
-        .spec
+fn external_mounts(spec: &oci_spec::runtime::Spec, rootfs: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = spec
         .mounts()
         .iter()
         .flatten()
         .filter(|m| is_bind(m))
         .map(|m| m.destination().clone())
         .collect();
-    out.extend(masked_files(&state.spec, &state.rootfs));
+    out.extend(masked_files(spec, rootfs));
     out
 }
 

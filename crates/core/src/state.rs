@@ -9,8 +9,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{Hooks, Spec};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::{paths, Error, Result};
 
@@ -67,11 +68,57 @@ pub struct ContainerState {
     pub cgroup_paths: Vec<PathBuf>,
     /// cgroup directories that `create` made, deepest last, removed by `delete`.
     pub cgroup_created: Vec<PathBuf>,
-    /// The config as created, kept for `delete` (poststop hooks) when the bundle is gone.
-    pub spec: Spec,
+    /// The config's hooks apart from the rest of it: `start` and `delete`
+    /// run them and need nothing else of the config.
+    #[serde(default)]
+    pub hooks: Option<Hooks>,
+    /// Whether `hooks` was recorded: a record from before it was has them
+    /// only in `spec`.
+    #[serde(default)]
+    pub hooks_recorded: bool,
+    /// The config as created (the bundle may be gone), as JSON: parsed only
+    /// by the commands that need more than the hooks (exec, update,
+    /// checkpoint), so that every `start`, `state`, `kill` and `delete`
+    /// reads the record without parsing a config (a pod's seccomp profile
+    /// alone is hundreds of entries).
+    pub spec: StoredSpec,
+}
+
+/// A config kept in the record as the JSON it serialises to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StoredSpec(Box<RawValue>);
+
+impl StoredSpec {
+    pub fn new(spec: &Spec) -> StoredSpec {
+        StoredSpec(serde_json::value::to_raw_value(spec).expect("a spec serialises"))
+    }
+
+    /// The config, parsed; `id` names the container in the error.
+    pub fn parse(&self, id: &str) -> Result<Spec> {
+        serde_json::from_str(self.0.get()).map_err(|e| Error::State {
+            id: id.into(),
+            path: PathBuf::from(STATE_FILE),
+            why: format!("the recorded config: {e}"),
+        })
+    }
 }
 
 impl ContainerState {
+    /// The config's hooks (from the config itself in a record that
+    /// predates `hooks`).
+    pub fn hooks(&self) -> Result<Option<Hooks>> {
+        if self.hooks_recorded {
+            return Ok(self.hooks.clone());
+        }
+        Ok(self.spec.parse(&self.id)?.hooks().clone())
+    }
+
+    /// The config as created.
+    pub fn spec(&self) -> Result<Spec> {
+        self.spec.parse(&self.id)
+    }
+
     /// Whether the init process recorded at create still lives (a zombie or
     /// a reused pid does not count).
     pub fn init_alive(&self) -> bool {
@@ -340,6 +387,50 @@ mod tests {
         assert!(matches!(store.lock("b"), Err(Error::NotFound(_))));
         assert!(matches!(store.create("../x"), Err(Error::InvalidId { .. })));
         assert_eq!(store.list().unwrap(), vec!["a".to_string()]);
+    }
+
+    fn record(spec: serde_json::Value, hooks: Option<serde_json::Value>) -> Vec<u8> {
+        let mut v = serde_json::json!({
+            "id": "c", "bundle": "/b", "rootfs": "/b/rootfs", "pid": 1,
+            "start_time": 0, "created": "", "executor": "native",
+            "annotations": {}, "cgroup_paths": [], "cgroup_created": [],
+            "spec": spec,
+        });
+        if let Some(h) = hooks {
+            v["hooks"] = h;
+            v["hooks_recorded"] = true.into();
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn reading_a_record_parses_no_config() {
+        // A config no command but exec, update and checkpoint reads: a
+        // record with one that does not parse still gives state, start and
+        // delete all they need.
+        let poststop = serde_json::json!({"poststop": [{"path": "/bin/true"}]});
+        let data = record(serde_json::json!({"ociVersion": 5}), Some(poststop));
+        let state: ContainerState = serde_json::from_slice(&data).unwrap();
+        let hooks = state.hooks().unwrap().unwrap();
+        assert_eq!(hooks.poststop().as_ref().unwrap().len(), 1);
+        let e = state.spec().unwrap_err().to_string();
+        assert!(e.contains("the recorded config"), "{e}");
+        // Saved and read again, the config is the same JSON.
+        let again: ContainerState =
+            serde_json::from_slice(&serde_json::to_vec(&state).unwrap()).unwrap();
+        assert_eq!(again.spec.0.get(), r#"{"ociVersion":5}"#);
+    }
+
+    #[test]
+    fn a_record_from_before_hooks_were_kept_apart_finds_them_in_its_config() {
+        let spec = serde_json::json!({
+            "ociVersion": "1.2.0",
+            "hooks": {"poststop": [{"path": "/bin/true"}, {"path": "/bin/false"}]},
+        });
+        let state: ContainerState = serde_json::from_slice(&record(spec, None)).unwrap();
+        assert!(!state.hooks_recorded);
+        let hooks = state.hooks().unwrap().unwrap();
+        assert_eq!(hooks.poststop().as_ref().unwrap().len(), 2);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use amphi_core::hooks;
 use amphi_core::init::Mode;
 use amphi_core::launch::{launch, Cgroup, LaunchConfig};
 use amphi_core::spec::Bundle;
-use amphi_core::state::{proc_stat, ContainerState, Locked, Status};
+use amphi_core::state::{proc_stat, ContainerState, Locked, Status, StoredSpec};
 use amphi_core::{paths, util, Error, Result};
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
@@ -208,11 +208,8 @@ impl Runtime {
         util::trace::phase("start: init released");
         std::fs::remove_file(&fifo_path).map_err(|e| Error::io("remove", &fifo_path, e))?;
         let json = serde_json::to_vec(&state.oci_state(Status::Running)).expect("json");
-        let poststart = state
-            .spec
-            .hooks()
-            .as_ref()
-            .and_then(|h| h.poststart().as_ref());
+        let hooks = state.hooks()?;
+        let poststart = hooks.as_ref().and_then(|h| h.poststart().as_ref());
         if let Err(e) = hooks::run_all(poststart, "poststart", &json) {
             // The spec: a failed poststart hook is logged, the container runs on.
             (self.warn)(&format!("container {id}: {e}"));
@@ -315,7 +312,9 @@ pub(crate) fn new_state(
         annotations: spec.annotations().clone().unwrap_or_default(),
         cgroup_paths: planned.paths.clone(),
         cgroup_created: planned.created.clone(),
-        spec: spec.clone(),
+        hooks: spec.hooks().clone(),
+        hooks_recorded: true,
+        spec: StoredSpec::new(spec),
     }
 }
 

@@ -83,11 +83,8 @@ impl Runtime {
         util::failpoint("delete:cgroup");
         util::trace::phase("delete: cgroup removed");
         let json = serde_json::to_vec(&state.oci_state(Status::Stopped)).expect("json");
-        let poststop = state
-            .spec
-            .hooks()
-            .as_ref()
-            .and_then(|h| h.poststop().as_ref());
+        let hooks = state.hooks()?;
+        let poststop = hooks.as_ref().and_then(|h| h.poststop().as_ref());
         // runtime.md, Lifecycle: a failed poststop hook is a warning, and
         // "the remaining hooks and lifecycle continue".
         for e in hooks::run_every(poststop, "poststop", &json) {

@@ -19,7 +19,7 @@ impl Runtime {
     /// the given overrides (as runc builds it).
     pub fn exec_process(&self, id: &str, o: ExecOverrides) -> Result<Process> {
         let (_locked, state, _status) = self.load(id)?;
-        let Some(mut p) = state.spec.process().clone() else {
+        let Some(mut p) = state.spec()?.process().clone() else {
             return Err(Error::State {
                 id: id.into(),
                 path: PathBuf::from(amphi_core::state::STATE_FILE),
@@ -104,7 +104,7 @@ impl Runtime {
                 o.id
             )));
         }
-        let mut spec = state.spec.clone();
+        let mut spec = state.spec()?;
         let mut linux = spec.linux().clone().unwrap_or_default();
         let joined: Vec<_> = linux
             .namespaces()

@@ -2,7 +2,7 @@
 //! `ps`, `pause` and `resume`.
 
 use amphi_core::cgroups;
-use amphi_core::state::Status;
+use amphi_core::state::{Status, StoredSpec};
 use amphi_core::Result;
 use oci_spec::runtime::LinuxResources;
 
@@ -20,7 +20,8 @@ impl Runtime {
                 "a stopped container has no cgroup to update",
             ));
         }
-        let mut linux = state.spec.linux().clone().unwrap_or_default();
+        let mut spec = state.spec()?;
+        let mut linux = spec.linux().clone().unwrap_or_default();
         let cgroup = cgroups::ContainerCgroup::open(&state.cgroup_paths)?;
         if let Some(unit) = &state.systemd_unit {
             let writes = cgroups::resources::writes(
@@ -38,7 +39,8 @@ impl Runtime {
             serde_json::to_value(resources).expect("json"),
         );
         linux.set_resources(serde_json::from_value(merged).ok());
-        state.spec.set_linux(Some(linux));
+        spec.set_linux(Some(linux));
+        state.spec = StoredSpec::new(&spec);
         locked.save(&state)
     }
 

@@ -143,7 +143,7 @@ mod handler {
                         .into(),
                 ));
             }
-            if !crate::checkpoint::wanted(&state.spec)
+            if !crate::checkpoint::wanted(&state.spec()?)
                 && !state_dir.join(crate::checkpoint::SOCKET).exists()
             {
                 return Err(amphi_core::Error::Unsupported(format!(
