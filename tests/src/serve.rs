@@ -72,7 +72,11 @@ impl Serve {
             .spawn()
             .expect("spawn amphi serve");
         let pid = child.id() as i32;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // The server compiles every function before it listens, and
+        // pre-initializes those that ask: the corpus's Python function
+        // takes 16 s of that on an idle machine and over a minute beside
+        // the rest of the suite. The deadline is for a stuck server only.
+        let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let log = std::fs::read_to_string(&stderr).unwrap_or_default();
             if let Some(addr) = log.lines().find_map(listening_address) {

@@ -89,10 +89,15 @@ if [ "${1:-}" = --prepared ]; then
 else
     bash bundles/wasm/build.sh
     cargo build --workspace --locked >/dev/null
+    list=${AMPHI_VM_TESTS:-tests/vm/tests.list}
+    # shellcheck disable=SC2046 # one word per test name
+    mapfile -t exes < <(bash tests/test-exe.sh $(awk '$1 !~ /^#/ && NF { print $2 }' "$list"))
+    i=0
     while read -r name test filter; do
         case $name in ''|'#'*) continue ;; esac
-        echo "$name $(bash tests/test-exe.sh "$test") ${filter:-}" >> "$results/tests.list"
-    done < "${AMPHI_VM_TESTS:-tests/vm/tests.list}"
+        echo "$name ${exes[$i]} ${filter:-}" >> "$results/tests.list"
+        i=$((i + 1))
+    done < "$list"
     if [ "${1:-}" = --prepare ]; then
         cp "$results/tests.list" "$prepared"
         exit 0
