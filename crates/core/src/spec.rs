@@ -63,9 +63,11 @@ impl Bundle {
                 (spec, warnings)
             }
         };
+        crate::util::trace::phase("bundle: config parsed");
         warnings.extend(crate::capabilities::unsupported(spec.process().as_ref()));
         warnings.extend(crate::lsm::warnings(spec.process().as_ref()));
         let rootfs = validate(&file, &dir, &spec)?;
+        crate::util::trace::phase("bundle: config validated");
         let mut bundle = Bundle::new(dir, rootfs, spec)?;
         warnings.append(&mut bundle.warnings);
         bundle.warnings = warnings;
