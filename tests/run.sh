@@ -8,13 +8,12 @@ if [ "$(id -u)" != 0 ]; then
     echo "tests/run.sh: run as root (the tests create namespaces, cgroups and mounts)" >&2
     exit 1
 fi
-lane_log=$(mktemp)
 corpus_log=$(mktemp)
 times=$(mktemp)
 report() {
     echo "tests/run.sh: stage times (s)" >&2
     column -t "$times" >&2 2>/dev/null || cat "$times" >&2
-    rm -f "$lane_log" "$corpus_log" "$times"
+    rm -f "$corpus_log" "$times"
 }
 trap report EXIT
 # stage NAME COMMAND...: run it, and note how long it took.
@@ -45,43 +44,20 @@ fuzz_build=$!
 set +m
 stop_fuzz_build() { kill -- "-$fuzz_build" 2>/dev/null || true; }
 trap 'stop_fuzz_build; report' EXIT
-# The test executables and wasm guests first, then what the lane and the
-# corpus need: both run beside the host tests, with no cargo of their own
-# (cargo holds the build directory's lock for as long as `cargo test`
-# runs, so a second cargo would wait for all of it).
-stage test-build cargo test --workspace --locked --no-run
-stage guests bash bundles/wasm/build.sh
-stage lane-prepare bash tests/vm/lane.sh --prepare
-corpus_exe=$(bash tests/test-exe.sh wasm_corpus)
-# Beside the host tests, which wait on containers and clients more than
-# they compute: the pure cgroup v2 lane in a VM (tests/vm/lane.sh: QEMU's
-# one vCPU, for about eight minutes; AMPHI_SKIP_VM=1 skips it on a
-# machine without QEMU), and the real third-party wasm programs
-# (tests/wasm_corpus.rs: building the Python function and compiling big
-# modules), niced so that they take the host tests' idle time and not
-# theirs. Each in a process group of its own, stopped if a stage fails;
-# their output follows once they end.
-set -m
-lane_started=$SECONDS
-bash tests/vm/lane.sh --prepared </dev/null >"$lane_log" 2>&1 &
-lane=$!
-corpus_started=$SECONDS
-(cd tests && exec nice -n 10 "$corpus_exe") </dev/null >"$corpus_log" 2>&1 &
-corpus=$!
-set +m
-stop_beside() {
-    kill -- "-$lane" "-$corpus" 2>/dev/null || true
-}
-trap 'stop_beside; stop_fuzz_build; report' EXIT
 stage test cargo test --workspace --locked -- --skip corpus_
+# Two long passes side by side: the real third-party wasm programs
+# (tests/wasm_corpus.rs: fetching, and compiling a 68 MB module, use the
+# cores) and the pure cgroup v2 lane in a VM (tests/vm/lane.sh: QEMU's one
+# vCPU; AMPHI_SKIP_VM=1 skips it on a machine without QEMU).
+corpus_started=$SECONDS
+cargo test -p amphi-tests --test wasm_corpus --locked >"$corpus_log" 2>&1 &
+corpus=$!
+lane_status=0
+stage vm-lane bash tests/vm/lane.sh || lane_status=$?
 corpus_status=0
 wait "$corpus" || corpus_status=$?
-echo "wasm-corpus $((SECONDS - corpus_started)) (beside the host tests)" >> "$times"
+echo "wasm-corpus $((SECONDS - corpus_started)) (beside the lane)" >> "$times"
 cat "$corpus_log"
-lane_status=0
-wait "$lane" || lane_status=$?
-echo "vm-lane $((SECONDS - lane_started)) (beside the host tests)" >> "$times"
-cat "$lane_log"
 [ "$lane_status" = 0 ] || { echo "tests/run.sh: the cgroup v2 lane failed" >&2; exit "$lane_status"; }
 [ "$corpus_status" = 0 ] || { echo "tests/run.sh: the wasm corpus failed" >&2; exit "$corpus_status"; }
 # A short fuzzing pass of every cargo-fuzz target (nightly; built beside

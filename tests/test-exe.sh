@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # test-exe.sh TEST...: build tests/TEST.rs of each if need be and print the
 # path of its test executable, one a line in the order given, for what runs
-# them without cargo (cargo holds the build directory's lock for as long as
-# it runs tests, so a second cargo beside a `cargo test` waits for all of
-# it). One cargo call for all of them.
+# them without cargo (the VM lane's guest has none). One cargo call for all
+# of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=()

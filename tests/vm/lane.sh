@@ -81,8 +81,8 @@ done
 
 # What runs in the guest: test executables built here, with their filters.
 # `--prepare` builds them and lists them, and stops there; `--prepared`
-# boots with that list, running no cargo (tests/run.sh: the lane runs
-# beside a `cargo test`, which holds the build directory's lock).
+# boots with that list and runs no cargo (to boot again and again while
+# changing nothing it runs).
 prepared=$cache/prepared.list
 if [ "${1:-}" = --prepared ]; then
     cp "$prepared" "$results/tests.list"
