@@ -168,6 +168,9 @@ impl Runtime {
                 "only a created container can be started",
             ));
         }
+        // Read before the init is released: a record that cannot give them
+        // fails start while the workload has not begun.
+        let recorded_hooks = state.hooks()?;
         let fifo_path = locked.fifo();
         let fifo = open(
             &fifo_path,
@@ -208,8 +211,7 @@ impl Runtime {
         util::trace::phase("start: init released");
         std::fs::remove_file(&fifo_path).map_err(|e| Error::io("remove", &fifo_path, e))?;
         let json = serde_json::to_vec(&state.oci_state(Status::Running)).expect("json");
-        let hooks = state.hooks()?;
-        let poststart = hooks.as_ref().and_then(|h| h.poststart().as_ref());
+        let poststart = recorded_hooks.as_ref().and_then(|h| h.poststart().as_ref());
         if let Err(e) = hooks::run_all(poststart, "poststart", &json) {
             // The spec: a failed poststart hook is logged, the container runs on.
             (self.warn)(&format!("container {id}: {e}"));

@@ -47,6 +47,9 @@ impl Runtime {
             Err(Error::State { .. } | Error::NotFound(_)) if force => return locked.remove(),
             Err(e) => return Err(e),
         };
+        // Read before anything is removed: a record that cannot give them
+        // fails delete with the container whole.
+        let recorded_hooks = state.hooks()?;
         let status = state.status(&locked.dir);
         match status {
             Status::Stopped => {}
@@ -83,8 +86,7 @@ impl Runtime {
         util::failpoint("delete:cgroup");
         util::trace::phase("delete: cgroup removed");
         let json = serde_json::to_vec(&state.oci_state(Status::Stopped)).expect("json");
-        let hooks = state.hooks()?;
-        let poststop = hooks.as_ref().and_then(|h| h.poststop().as_ref());
+        let poststop = recorded_hooks.as_ref().and_then(|h| h.poststop().as_ref());
         // runtime.md, Lifecycle: a failed poststop hook is a warning, and
         // "the remaining hooks and lifecycle continue".
         for e in hooks::run_every(poststop, "poststop", &json) {
