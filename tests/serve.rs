@@ -186,6 +186,33 @@ fn isolation_levels_decide_what_a_request_sees() {
     s.assert_clean(&env);
 }
 
+/// A fresh instance finds its module's image, not what the invocation
+/// before it wrote: the pool gives a module back the slot it had, and only
+/// the slot's reset keeps one invocation's memory from the next (a static
+/// with a value in the module's data, a zeroed one, and pages the memory
+/// grew by, each written all over by every invocation).
+#[test]
+fn invocations_start_from_clean_memory() {
+    let env = Env::new();
+    let dir = functions(&env);
+    manifest(
+        &dir,
+        "residue",
+        &format!("module = {:?}\nconcurrency = 1\n", wasm_guest("cgi.wasm")),
+    );
+    let mut s = Serve::start(&env, &dir, &[]).unwrap();
+    for i in 0..8 {
+        let r = s.get("/residue/residue");
+        assert_eq!(
+            (r.status, r.text().trim()),
+            (200, "clean"),
+            "invocation {i}"
+        );
+    }
+    assert_eq!(s.stop(), Some(0));
+    s.assert_clean(&env);
+}
+
 /// A `wasi:http@0.3` function (an async `handle`, the body a 0.3 stream)
 /// serves at every isolation level; at "reuse" a kept instance serves
 /// several requests at once (`reuse_concurrency`), each a task in its

@@ -3,6 +3,8 @@
 //! `/` greets, `/echo` returns what it was given, `/tmp?ID` shows what an
 //! invocation sees of /tmp while it writes there, `/sleep?MS`, `/alloc?MIB`,
 //! `/crash`, `/status?CODE`, `/location` and `/garbage` exercise the host,
+//! `/residue` tells what an instance finds in its memory of the invocation
+//! before it (wasm only),
 //! `/self` shows the invocation's credentials and user namespace (native
 //! only: /proc), `/env?NAME` a variable, `/read?PATH` whether it may read a file, `/fetch?URL` a
 //! GET of an http URL through `http_proxy` and `/tunnel?HOST:PORT/PATH` a
@@ -46,6 +48,9 @@ fn main() {
             std::thread::sleep(std::time::Duration::from_millis(400));
             let after = list_tmp();
             write!(out, "Content-Type: text/plain\n\nbefore={}\nafter={}\n", before.join(","), after.join(",")).unwrap();
+        }
+        "/residue" => {
+            write!(out, "Content-Type: text/plain\n\n{}\n", residue::check_then_dirty()).unwrap();
         }
         "/sleep" => {
             let ms: u64 = query.parse().unwrap_or(1000);
@@ -144,4 +149,54 @@ fn through_proxy(var: &str, messages: &[&[u8]]) -> std::io::Result<Vec<u8>> {
     }
     conn.read_to_end(&mut answer)?;
     Ok(answer)
+}
+
+/// A fresh instance must find its module's image in its memory, whatever
+/// the instance before it in the same slot wrote: a static with a value in
+/// the module's data, a zeroed static, and the pages memory grows by. Each
+/// is checked, then written all over, for the next invocation to check.
+mod residue {
+    const LEN: usize = 256 << 10;
+    static mut DATA: [u8; LEN] = [0x5a; LEN];
+    static mut ZEROED: [u8; LEN] = [0; LEN];
+
+    /// Bytes of `len` at `at` that are not `want`, then all set to 0xa5.
+    fn differing_then_dirty(at: *mut u8, len: usize, want: u8) -> usize {
+        (0..len)
+            .filter(|i| {
+                // SAFETY: `at` holds `len` bytes of this instance's memory;
+                // volatile, so the reads and writes are not elided.
+                unsafe {
+                    let byte = at.add(*i);
+                    let was = byte.read_volatile();
+                    byte.write_volatile(0xa5);
+                    was != want
+                }
+            })
+            .count()
+    }
+
+    #[cfg(target_family = "wasm")]
+    fn grown() -> usize {
+        let pages = 16;
+        let before = core::arch::wasm32::memory_grow(0, pages);
+        assert_ne!(before, usize::MAX, "memory.grow");
+        differing_then_dirty((before * 65536) as *mut u8, pages * 65536, 0)
+    }
+
+    #[cfg(not(target_family = "wasm"))]
+    fn grown() -> usize {
+        0
+    }
+
+    pub fn check_then_dirty() -> String {
+        let data = differing_then_dirty(std::ptr::addr_of_mut!(DATA).cast(), LEN, 0x5a);
+        let zeroed = differing_then_dirty(std::ptr::addr_of_mut!(ZEROED).cast(), LEN, 0);
+        let grown = grown();
+        if data + zeroed + grown == 0 {
+            "clean".into()
+        } else {
+            format!("dirty: {data} bytes of data, {zeroed} zeroed, {grown} grown")
+        }
+    }
 }
