@@ -455,6 +455,7 @@ impl Function {
     fn link_precompiled(&mut self, p: Precompiled, what: &str) -> Result<()> {
         POOL_SLOTS.get_or_init(|| self.pool_slots);
         let engine = engine();
+        amphi_core::util::trace::phase("wasm: engine");
         let load = |e: wasmtime::Error| fail(format!("{what}: load the compiled artifact: {e:#}"));
         // SAFETY: the server compiled it for an engine of this kind, in
         // the cache (replaced only by rename) or a memfd of its own;
@@ -474,6 +475,7 @@ impl Function {
                 ),
             }
         };
+        amphi_core::util::trace::phase("wasm: artifact loaded");
         self.link_compiled(compiled, what)
     }
 
@@ -534,6 +536,7 @@ impl Function {
             }
         };
         self.linked = Some(linked);
+        amphi_core::util::trace::phase("wasm: linked");
         // The envelope keeps nothing of the host's.
         self.cache.close();
         Ok(())
