@@ -25,6 +25,9 @@ stage() {
     return "$status"
 }
 
+# A fresh clone builds everything once: incremental compilation's
+# bookkeeping would only slow the workspace's crates down and fill the disk.
+export CARGO_INCREMENTAL=0
 stage deps bash scripts/deps.sh
 stage fmt cargo fmt --all --check
 stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
