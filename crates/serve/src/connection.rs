@@ -30,6 +30,12 @@ use crate::invocation::MAX_REQUEST_HEAD;
 /// not served, for whoever routes its next request; None when it ended
 /// (the client closed it, or HTTP did).
 ///
+/// A connection that comes with bytes read (a request routed here) is
+/// given back by `stop` only after one request: that request was routed
+/// here to be served. Given back unserved, it would be routed to the same
+/// function again, which a scale to zero (`stop`) has just taken away,
+/// and cost a second cold start.
+///
 /// hyper is shut down only when no request is in flight: shut down
 /// during one (a pipelined request it read ahead), it would add
 /// `Connection: close` to that response. Idle, it stops without writing
@@ -45,6 +51,7 @@ where
     F: Future<Output = (Response<Full<Bytes>>, bool)> + Send + 'static,
 {
     let turns = Arc::new(Turns::default());
+    let owes_a_request = !read.is_empty();
     let (handle, counted) = (Arc::new(handle), turns.clone());
     let service = hyper::service::service_fn(move |req| {
         // Counted from the moment hyper dispatches the request.
@@ -53,6 +60,7 @@ where
             give_back: false,
         };
         counted.in_flight.fetch_add(1, Ordering::AcqRel);
+        counted.dispatched.store(true, Ordering::Release);
         let answer = handle(req);
         Box::pin(async move {
             let (response, give_back) = answer.await;
@@ -72,7 +80,8 @@ where
             () = turns.changed.notified(), if !shutting => {}
             () = &mut stop, if !stopped => stopped = true,
         }
-        let wanted = stopped || turns.give_back.load(Ordering::Acquire);
+        let stop_now = stopped && (!owes_a_request || turns.dispatched.load(Ordering::Acquire));
+        let wanted = stop_now || turns.give_back.load(Ordering::Acquire);
         if !shutting && wanted && turns.in_flight.load(Ordering::Acquire) == 0 {
             shutting = true;
             Pin::new(&mut conn).graceful_shutdown();
@@ -97,6 +106,8 @@ type Answer = Pin<Box<dyn Future<Output = Result<Response<Answered>, Infallible>
 #[derive(Default)]
 struct Turns {
     in_flight: AtomicUsize,
+    /// A request was dispatched on the connection.
+    dispatched: std::sync::atomic::AtomicBool,
     give_back: std::sync::atomic::AtomicBool,
     changed: Notify,
 }
@@ -381,5 +392,74 @@ mod tests {
         let mut tail = String::new();
         server.read_to_string(&mut tail).await.unwrap();
         assert_eq!(tail, "world");
+    }
+
+    /// A connection, its client's end, and the request head the client
+    /// sent, read off it as the server's router reads it.
+    async fn routed_connection(head: &[u8]) -> (TcpStream, TcpStream, Vec<u8>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut client, head)
+            .await
+            .unwrap();
+        let mut read = vec![0u8; head.len()];
+        server.read_exact(&mut read).await.unwrap();
+        (server, client, read)
+    }
+
+    fn answer_served(
+        calls: Arc<AtomicUsize>,
+    ) -> impl Fn(Request<Incoming>) -> std::future::Ready<(Response<Full<Bytes>>, bool)> {
+        move |_req| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready((
+                Response::new(Full::new(Bytes::from_static(b"served"))),
+                false,
+            ))
+        }
+    }
+
+    /// A scale to zero that comes as a routed connection arrives (the
+    /// stop already given) still lets its request be served: given back
+    /// unserved, it would be routed to a new envelope, a second cold start.
+    /// Which of the two is polled first is tokio's random choice, so the
+    /// race is run many times.
+    #[tokio::test]
+    async fn a_routed_request_is_served_even_when_stopped_before_it() {
+        for _ in 0..32 {
+            let (server, mut client, read) =
+                routed_connection(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let calls = Arc::new(AtomicUsize::new(0));
+            let answer = answer_served(calls.clone());
+            let back = serve_until_given_back(server, read, answer, std::future::ready(())).await;
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "given back unserved");
+            let (_, unread) = back.expect("given back after its request");
+            assert!(unread.is_empty(), "{unread:?}");
+            let mut response = vec![0u8; 256];
+            let n = client.read(&mut response).await.unwrap();
+            let response = String::from_utf8_lossy(&response[..n]);
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            assert!(response.ends_with("served"), "{response}");
+        }
+    }
+
+    /// Between two requests (nothing read), a stopped holder gives the
+    /// connection back at once, so that draining never waits on a client.
+    #[tokio::test]
+    async fn an_idle_connection_is_given_back_at_once_when_stopped() {
+        let (server, _client, _) = routed_connection(b"").await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let back = serve_until_given_back(
+            server,
+            Vec::new(),
+            answer_served(calls.clone()),
+            std::future::ready(()),
+        )
+        .await;
+        assert!(back.is_some());
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
     }
 }

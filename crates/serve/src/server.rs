@@ -163,12 +163,17 @@ pub(crate) struct Func {
     port: std::sync::OnceLock<std::net::TcpListener>,
     /// Its warm envelope is being drained to scale to zero.
     draining: AtomicBool,
+    /// Connections on their way to its warm envelope: the worker counts
+    /// them in flight only once it has them.
+    handing: AtomicUsize,
 }
 
 impl Func {
-    /// Nothing in flight, and nothing since its `idle` time.
+    /// Nothing in flight or being handed over, and nothing since its
+    /// `idle` time.
     fn idle(&self) -> bool {
         self.metrics.in_flight.load(Ordering::Acquire) == 0
+            && self.handing.load(Ordering::Acquire) == 0
             && self.last_used.lock().expect("last used").elapsed() >= self.f.idle
     }
 
@@ -176,6 +181,23 @@ impl Func {
     /// the server's port hands it those whose request is the function's.
     fn serves_connections(&self) -> bool {
         self.engine == crate::Engine::Wasm && !self.f.strict()
+    }
+}
+
+/// A connection being handed to a function's envelope, counted while it
+/// lives.
+struct Handing<'a>(&'a Func);
+
+impl<'a> Handing<'a> {
+    fn of(func: &'a Func) -> Handing<'a> {
+        func.handing.fetch_add(1, Ordering::AcqRel);
+        Handing(func)
+    }
+}
+
+impl Drop for Handing<'_> {
+    fn drop(&mut self) {
+        self.0.handing.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -231,6 +253,7 @@ impl Server {
                     metrics: FunctionMetrics::default(),
                     port: std::sync::OnceLock::new(),
                     draining: AtomicBool::new(false),
+                    handing: AtomicUsize::new(0),
                     f,
                 })
             })
@@ -640,6 +663,11 @@ impl Server {
         read: Vec<u8>,
     ) -> Result<(), (tokio::net::TcpStream, Vec<u8>)> {
         let asked = SystemTime::now();
+        // Not idle until the worker has it: with `idle = "0s"` a scale to
+        // zero would otherwise drain an envelope made for this very
+        // connection before it is sent, and the request would make
+        // another (a third of cold requests did).
+        let _handing = Handing::of(func);
         let Ok((envelope, cold)) = self.shared_envelope(func, false).await else {
             return Err((stream, read));
         };
