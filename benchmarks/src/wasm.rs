@@ -1,5 +1,7 @@
 //! Real WebAssembly programs (the test corpus, `tests/src/corpus.rs`): the
-//! first start of each, which compiles, and a cached start; the 68 MB C++
+//! first start of each, which compiles, and a cached start, all from one
+//! bundle per program and build, as a node starts the containers of one
+//! image from one layer; the 68 MB C++
 //! one also against wasmtime's own compile of it (the `wasmtime` Python
 //! package, which embeds the C API, with its default configuration),
 //! compiling and serializing as `wasmtime compile` does.
@@ -56,22 +58,25 @@ pub fn group(w: &World, o: &Opts) -> Result<Value> {
         let builds: Vec<&amphi_tests::Env> = std::iter::once(&env).chain(&baseline).collect();
         let mut cold = vec![Vec::new(); builds.len()];
         let mut cached = vec![Vec::new(); builds.len()];
+        let bundles: Vec<Staged> = builds
+            .iter()
+            .map(|env| Staged::new(env, p, &fetched, "plain", false))
+            .collect();
         for round in 0..rounds {
             let cache = |b: usize| w.tmp().join(format!("wasm-cache-{}-{round}-{b}", p.name));
             for (b, env) in builds.iter().enumerate() {
                 cold[b].push(ms(start(
                     env,
                     p,
-                    &fetched,
+                    &bundles[b],
                     &cache(b),
                     &format!("c{round}"),
-                    false,
                 )?));
             }
             for again in 0..rounds.max(3) {
                 for (b, env) in builds.iter().enumerate() {
                     let name = format!("h{round}-{again}");
-                    cached[b].push(ms(start(env, p, &fetched, &cache(b), &name, false)?));
+                    cached[b].push(ms(start(env, p, &bundles[b], &cache(b), &name)?));
                 }
             }
             for b in 0..builds.len() {
@@ -91,19 +96,13 @@ pub fn group(w: &World, o: &Opts) -> Result<Value> {
             // Pre-initialized: the first start runs the initialization and
             // compiles the snapshot; later ones start from it.
             let (mut first, mut again) = (Vec::new(), Vec::new());
+            let bundle = Staged::new(&env, p, &fetched, "preinit", true);
             for round in 0..rounds {
                 let cache = w.tmp().join(format!("wasm-cache-{}-pre-{round}", p.name));
-                first.push(ms(start(
-                    &env,
-                    p,
-                    &fetched,
-                    &cache,
-                    &format!("pc{round}"),
-                    true,
-                )?));
+                first.push(ms(start(&env, p, &bundle, &cache, &format!("pc{round}"))?));
                 for i in 0..3 {
                     let name = format!("ph{round}-{i}");
-                    again.push(ms(start(&env, p, &fetched, &cache, &name, true)?));
+                    again.push(ms(start(&env, p, &bundle, &cache, &name)?));
                 }
                 let _ = std::fs::remove_dir_all(cache);
             }
@@ -124,31 +123,57 @@ pub fn group(w: &World, o: &Opts) -> Result<Value> {
               "baseline": o.baseline.as_ref().map(|b| crate::world::version_of(b))}))
 }
 
-/// `amphi run` of `p` once (pre-initialized: with
-/// `io.github.amphi.preinit=true`), timed; its exit status checked.
+/// A program's bundle, written once and removed when dropped.
+struct Staged(amphi_tests::Bundle);
+
+impl Staged {
+    /// `p`'s bundle (pre-initialized: with `io.github.amphi.preinit=true`).
+    fn new(
+        env: &amphi_tests::Env,
+        p: &Program,
+        fetched: &Path,
+        name: &str,
+        preinit: bool,
+    ) -> Staged {
+        let mut b = corpus::bundle(env, p, fetched, &format!("{}-{name}", p.name));
+        if preinit {
+            b.spec["annotations"]["io.github.amphi.preinit"] = "true".into();
+        }
+        b.write();
+        Staged(b)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(Path::new(self.0.path()));
+    }
+}
+
+/// `amphi run` of `bundle`, `p`'s, once as container `name`, timed; its
+/// exit status checked.
 fn start(
     env: &amphi_tests::Env,
     p: &Program,
-    fetched: &Path,
+    bundle: &Staged,
     cache: &Path,
     name: &str,
-    preinit: bool,
 ) -> Result<Duration> {
-    let bundle_name = format!("{}-{name}", p.name);
-    let mut b = corpus::bundle(env, p, fetched, &bundle_name);
-    if preinit {
-        b.spec["annotations"]["io.github.amphi.preinit"] = "true".into();
-    }
-    b.write();
-    let id = env.id(&bundle_name);
+    let id = env.id(&format!("{}-{name}", p.name));
     let cache = cache.to_str().context("cache path")?;
     let t = Instant::now();
-    let r = env.amphi(&["--wasm-cache", cache, "run", "--bundle", b.path(), &id]);
+    let r = env.amphi(&[
+        "--wasm-cache",
+        cache,
+        "run",
+        "--bundle",
+        bundle.0.path(),
+        &id,
+    ]);
     let took = t.elapsed();
     if r.code != p.exit {
         bail!("{} {name}: exit {}: {}", p.name, r.code, r.stderr);
     }
-    let _ = std::fs::remove_dir_all(Path::new(b.path()));
     Ok(took)
 }
 

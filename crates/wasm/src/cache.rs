@@ -46,6 +46,7 @@ use wasmtime::{Engine, Module};
 
 use crate::compile::{compile_in_helper, How};
 use crate::engine::{self, Kind};
+use crate::source::Source;
 use crate::{hex, Flavor};
 
 /// The default of `--wasm-cache-max`: room for a few big programs (a 68 MB
@@ -114,22 +115,25 @@ impl std::hash::Hasher for Sha256Hasher {
     }
 }
 
-fn key(engine: &Engine, module: &[u8]) -> String {
-    key_of_parts(engine, &[module])
+/// The key of a module of SHA-256 `digest`, for `engine`.
+fn key(engine: &Engine, digest: &[u8; 32]) -> String {
+    format!("{}-{}", hex(digest), engine_tag(engine))
 }
 
-/// [`key`] of the concatenation of `parts`, without making it.
-fn key_of_parts(engine: &Engine, parts: &[&[u8]]) -> String {
+/// The key of what `tag` derives from a module of SHA-256 `digest`.
+fn derived_key(engine: &Engine, digest: &[u8; 32], tag: &str) -> String {
+    let mut derived = Sha256::new();
+    derived.update(digest);
+    derived.update(tag.as_bytes());
+    format!("{}-{}", hex(&derived.finalize()), engine_tag(engine))
+}
+
+fn engine_tag(engine: &Engine) -> String {
     let mut engine_hash = Sha256Hasher(Sha256::new());
     engine
         .precompile_compatibility_hash()
         .hash(&mut engine_hash);
-    let engine_hash = engine_hash.0.finalize();
-    let mut module = Sha256::new();
-    for part in parts {
-        module.update(part);
-    }
-    format!("{}-{}", hex(&module.finalize()), hex(&engine_hash[..8]))
+    hex(&engine_hash.0.finalize()[..8])
 }
 
 /// What makes a file the same file with the same bytes: a write changes
@@ -234,51 +238,9 @@ impl Artifact for Component {
         // wasmtime maps components only by path, and a path is what the
         // cache must not use: map it here, and let wasmtime copy it
         // (components are small next to the modules that need mapping).
-        let mapping = Mapping::of(file)?;
+        let mapping = crate::source::Mapping::of(file)?;
         // SAFETY: the caller's contract.
         unsafe { Component::deserialize(engine, mapping.bytes()) }
-    }
-}
-
-/// A read-only private mapping of a whole file.
-struct Mapping {
-    addr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapping {
-    fn of(file: &File) -> std::io::Result<Mapping> {
-        let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
-        if len == 0 {
-            return Err(std::io::Error::other("empty artifact"));
-        }
-        // SAFETY: a fresh private read-only mapping of a file we hold.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Mapping { addr, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: mapped readable for len bytes until drop.
-        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping.
-        unsafe { libc::munmap(self.addr, self.len) };
     }
 }
 
@@ -392,35 +354,51 @@ impl Cache {
     }
 
     /// A core module from the cache, or compiled and cached.
-    pub fn module(&mut self, kind: Kind, bytes: &[u8]) -> wasmtime::Result<Module> {
-        self.get(kind, bytes)
+    pub fn module<'s>(
+        &mut self,
+        kind: Kind,
+        source: impl Into<Source<'s>>,
+    ) -> wasmtime::Result<Module> {
+        self.get(kind, source.into())
     }
 
     /// A component from the cache, or compiled and cached.
-    pub fn component(&mut self, kind: Kind, bytes: &[u8]) -> wasmtime::Result<Component> {
-        self.get(kind, bytes)
+    pub fn component<'s>(
+        &mut self,
+        kind: Kind,
+        source: impl Into<Source<'s>>,
+    ) -> wasmtime::Result<Component> {
+        self.get(kind, source.into())
     }
 
     /// A module or component made from `original` by `derive`
     /// (instrumented, pre-initialized), from the cache under a key of
     /// `original` and `tag`, so a hit pays for neither deriving nor
-    /// compiling.
+    /// compiling. `derive` is given a private copy of the original.
     pub(crate) fn derived<T: Artifact>(
         &mut self,
         kind: Kind,
-        original: &[u8],
+        original: Source,
         tag: &str,
-        derive: impl FnOnce() -> wasmtime::Result<Vec<u8>>,
+        derive: impl FnOnce(&[u8]) -> wasmtime::Result<Vec<u8>>,
     ) -> wasmtime::Result<T> {
         let engine = engine::engine(kind);
-        let key = key_of_parts(engine, &[original, tag.as_bytes()]);
+        let digest = self.digest(original);
+        let key = derived_key(engine, &digest, tag);
         let mut derived = None;
-        self.get_keyed(kind, key, || Ok(derived.insert(derive()?).as_slice()))
+        self.get_keyed(kind, key, || {
+            let original = original.snapshot(&digest)?;
+            Ok(derived.insert(derive(&original)?).as_slice())
+        })
     }
 
-    fn get<T: Artifact>(&mut self, kind: Kind, bytes: &[u8]) -> wasmtime::Result<T> {
-        let key = key(engine::engine(kind), bytes);
-        self.get_keyed(kind, key, || Ok(bytes))
+    fn get<T: Artifact>(&mut self, kind: Kind, source: Source) -> wasmtime::Result<T> {
+        let digest = self.digest(source);
+        let key = key(engine::engine(kind), &digest);
+        let mut snapshot = None;
+        self.get_keyed(kind, key, || {
+            Ok(snapshot.insert(source.snapshot(&digest)?).as_slice())
+        })
     }
 
     fn get_keyed<'b, T: Artifact>(
@@ -453,6 +431,25 @@ impl Cache {
             );
         }
         Ok(t)
+    }
+
+    /// The SHA-256 of `source`: remembered for its file's identity if
+    /// this cache hashed that file before (a 20 MB module takes 13 ms to
+    /// hash), else computed and, when the identity may stand for the
+    /// bytes, remembered.
+    fn digest(&self, source: Source) -> [u8; 32] {
+        let dir = self.dir_fd();
+        let identity = source.file.map(|(_, identity)| identity);
+        if let (Some(dir), Some(identity)) = (dir, identity) {
+            if let Some(digest) = seen::recall(dir, &identity) {
+                return digest;
+            }
+        }
+        let digest: [u8; 32] = Sha256::digest(source.bytes).into();
+        if let (Some(dir), Some(identity)) = (dir, source.identity_unchanged()) {
+            seen::remember(dir, &identity, &digest);
+        }
+        digest
     }
 
     fn load<T: Artifact>(
@@ -717,6 +714,7 @@ impl Cache {
             removed.push(entry);
         }
         self.drop_leftovers(dir)?;
+        seen::prune(dir, max == 0);
         Ok(removed)
     }
 
@@ -724,7 +722,7 @@ impl Cache {
     /// of entries gone, unless a compile holds their lock.
     fn drop_leftovers(&self, dir: BorrowedFd) -> std::io::Result<()> {
         let names = names(dir)?;
-        for name in &names {
+        for name in names.iter().filter(|n| !n.starts_with(seen::PREFIX)) {
             let Some((key, suffix)) = name.rsplit_once('.') else {
                 continue;
             };
@@ -804,8 +802,118 @@ fn touch(dir: BorrowedFd, key: &str) {
     );
 }
 
+/// What this cache hashed before: a module file's SHA-256 under the
+/// file's identity ([`crate::source::FileIdentity`]), one small file
+/// each, `seen-INODE-CTIME`. A lost or unreadable one costs a hash.
+mod seen {
+    use std::io::{Read, Write};
+    use std::os::fd::BorrowedFd;
+
+    use nix::fcntl::{renameat, OFlag};
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+
+    use super::{names, open};
+    use crate::hex;
+    use crate::source::FileIdentity;
+
+    pub(super) const PREFIX: &str = "seen-";
+    const FORMAT: &str = "amphi-wasm-seen 1";
+    /// Files remembered at most; the oldest are forgotten first.
+    const MAX: usize = 4096;
+
+    fn name(id: &FileIdentity) -> String {
+        format!("{PREFIX}{}-{}.{:09}", id.ino, id.ctime.0, id.ctime.1)
+    }
+
+    /// What a record says before the digest: all of the identity, so
+    /// that a record is used only for the file it was made for.
+    fn header(id: &FileIdentity) -> String {
+        format!(
+            "{FORMAT}\nidentity {} {} {} {} {} {}\nmodule-sha256 ",
+            id.ino, id.size, id.mtime.0, id.mtime.1, id.ctime.0, id.ctime.1
+        )
+    }
+
+    pub(super) fn recall(dir: BorrowedFd, id: &FileIdentity) -> Option<[u8; 32]> {
+        let mut text = String::new();
+        open(dir, &name(id), OFlag::O_RDONLY, 0)
+            .ok()?
+            .take(512)
+            .read_to_string(&mut text)
+            .ok()?;
+        let digest_hex = text.strip_prefix(&header(id))?.strip_suffix('\n')?;
+        if digest_hex.len() != 64 {
+            return None;
+        }
+        let mut digest = [0u8; 32];
+        for (byte, pair) in digest.iter_mut().zip(digest_hex.as_bytes().chunks(2)) {
+            *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        Some(digest)
+    }
+
+    /// Best effort: a cache the container's root may not write simply
+    /// hashes again next time.
+    pub(super) fn remember(dir: BorrowedFd, id: &FileIdentity, digest: &[u8; 32]) {
+        let name = name(id);
+        let temp = format!("{name}-{}.tmp", std::process::id());
+        let Ok(mut file) = open(
+            dir,
+            &temp,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL,
+            0o644,
+        ) else {
+            return;
+        };
+        let written = file
+            .write_all(format!("{}{}\n", header(id), hex(digest)).as_bytes())
+            .is_ok()
+            && renameat(dir, temp.as_str(), dir, name.as_str()).is_ok();
+        if !written {
+            let _ = unlinkat(dir, temp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+    }
+
+    /// Forget the oldest beyond [`MAX`] (all of them when the cache is
+    /// emptied), and temporary files a killed writer left.
+    pub(super) fn prune(dir: BorrowedFd, all: bool) {
+        let Ok(names) = names(dir) else { return };
+        let mut remembered = Vec::new();
+        for name in names.into_iter().filter(|n| n.starts_with(PREFIX)) {
+            let Ok(st) = nix::sys::stat::fstatat(
+                dir,
+                name.as_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) else {
+                continue;
+            };
+            let age = (st.st_mtime, st.st_mtime_nsec);
+            if name.ends_with(".tmp") {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                if now - st.st_mtime > 60 {
+                    let _ = unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir);
+                }
+                continue;
+            }
+            remembered.push((age, name));
+        }
+        let keep = if all { 0 } else { MAX };
+        if remembered.len() > keep {
+            remembered.sort();
+            let excess = remembered.len() - keep;
+            for (_, name) in remembered.into_iter().take(excess) {
+                let _ = unlinkat(dir, name.as_str(), UnlinkatFlags::NoRemoveDir);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
 
     const WAT: &[u8] = b"(module (func (export \"f\") (result i32) i32.const 7))";
@@ -818,6 +926,10 @@ mod tests {
             .unwrap()
     }
 
+    fn key_of(kind: Kind, bytes: &[u8]) -> String {
+        key(engine::engine(kind), &Sha256::digest(bytes).into())
+    }
+
     fn sum_ok(dir: &Path) -> bool {
         let artifact = std::fs::read(entry(dir, "cwasm")).unwrap();
         let sum = Sum::parse(&std::fs::read_to_string(entry(dir, "sum")).unwrap()).unwrap();
@@ -826,11 +938,10 @@ mod tests {
 
     #[test]
     fn the_key_is_stable_and_names_the_module() {
-        let engine = engine::engine(Kind::Command);
-        let k = key(engine, WAT);
-        assert_eq!(k, key(engine, WAT));
+        let k = key_of(Kind::Command, WAT);
+        assert_eq!(k, key_of(Kind::Command, WAT));
         assert!(k.starts_with(&hex(&Sha256::digest(WAT))), "{k}");
-        assert_ne!(k, key(engine::engine(Kind::Function), WAT));
+        assert_ne!(k, key_of(Kind::Function, WAT));
     }
 
     #[test]
@@ -899,7 +1010,7 @@ mod tests {
             // Last use has a one-second grain.
             let sum = dir.path().join(format!(
                 "{}.sum",
-                key(engine::engine(Kind::Command), module(n).as_bytes())
+                key_of(Kind::Command, module(n).as_bytes())
             ));
             let t = nix::sys::time::TimeSpec::new(1_000_000 + i64::from(n), 0);
             nix::sys::stat::utimensat(
@@ -916,7 +1027,7 @@ mod tests {
         assert_eq!(all.len(), 4);
         assert_eq!(all.iter().filter(|e| e.in_use).count(), 1);
         // Room for the entry in use and the newest: the two others go.
-        let newest = key(engine::engine(Kind::Command), module(3).as_bytes());
+        let newest = key_of(Kind::Command, module(3).as_bytes());
         let room = all
             .iter()
             .filter(|e| e.in_use || e.key == newest)
@@ -935,5 +1046,136 @@ mod tests {
         cache.shrink_to(0, None).unwrap();
         assert!(cache.list().unwrap().is_empty());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    fn seen_records(dir: &Path) -> Vec<String> {
+        let mut records: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(seen::PREFIX))
+            .map(|n| std::fs::read_to_string(dir.join(n)).unwrap())
+            .collect();
+        records.sort();
+        records
+    }
+
+    fn artifacts(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "cwasm")
+            })
+            .count()
+    }
+
+    fn load_file(cache_dir: &Path, path: &Path) {
+        let file = File::open(path).unwrap();
+        let size = file.metadata().unwrap().len();
+        let module = crate::source::ModuleFile::map(file, size).unwrap();
+        Cache::new(cache_dir, DEFAULT_MAX)
+            .module(Kind::Command, module.source())
+            .unwrap();
+    }
+
+    /// Past [`crate::source`]'s settling time, with a margin for a busy
+    /// machine's clock reads.
+    fn settle() {
+        std::thread::sleep(Duration::from_millis(3500));
+    }
+
+    #[test]
+    fn a_module_file_is_hashed_once_while_it_stays_the_same_file() {
+        let cache = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let path = files.path().join("m.wat");
+        std::fs::write(&path, WAT).unwrap();
+        // Just written: its ctime could still be shared by a later write.
+        load_file(cache.path(), &path);
+        assert!(seen_records(cache.path()).is_empty());
+        settle();
+        load_file(cache.path(), &path);
+        let records = seen_records(cache.path());
+        assert_eq!(records.len(), 1);
+        assert!(records[0].ends_with(&format!("{}\n", hex(&Sha256::digest(WAT)))));
+        // The record is what a later start goes by: pointed at another
+        // module's digest, it loads that module's entry, not the file's.
+        let other = b"(module (func (export \"f\") (result i32) i32.const 9))";
+        Cache::new(cache.path(), DEFAULT_MAX)
+            .module(Kind::Command, &other[..])
+            .unwrap();
+        assert_eq!(artifacts(cache.path()), 2);
+        let record = std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(seen::PREFIX)
+            })
+            .unwrap();
+        let pointed = records[0].replace(&hex(&Sha256::digest(WAT)), &hex(&Sha256::digest(other)));
+        std::fs::write(&record, pointed).unwrap();
+        let file = File::open(&path).unwrap();
+        let module = crate::source::ModuleFile::map(file, WAT.len() as u64).unwrap();
+        let mut c = Cache::new(cache.path(), DEFAULT_MAX);
+        c.module(Kind::Command, module.source()).unwrap();
+        let loaded = fstat(c.last_artifact().unwrap()).unwrap();
+        let other_entry = cache
+            .path()
+            .join(format!("{}.cwasm", key_of(Kind::Command, other)));
+        assert_eq!(std::fs::metadata(other_entry).unwrap().ino(), loaded.st_ino);
+    }
+
+    /// A hostile image rewrites its module in place, same size, with the
+    /// old mtime put back: the new ctime makes it another file, hashed.
+    #[test]
+    fn a_module_rewritten_with_its_old_mtime_is_hashed_again() {
+        let cache = tempfile::tempdir().unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let path = files.path().join("m.wat");
+        std::fs::write(&path, WAT).unwrap();
+        settle();
+        load_file(cache.path(), &path);
+        assert_eq!(seen_records(cache.path()).len(), 1);
+        let before = std::fs::metadata(&path).unwrap();
+        let rewritten = String::from_utf8(WAT.to_vec())
+            .unwrap()
+            .replace("const 7", "const 8");
+        std::fs::write(&path, &rewritten).unwrap();
+        let mtime = nix::sys::time::TimeSpec::new(before.mtime(), before.mtime_nsec());
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            &mtime,
+            &mtime,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        settle();
+        load_file(cache.path(), &path);
+        assert_eq!(
+            artifacts(cache.path()),
+            2,
+            "the rewritten module was not compiled"
+        );
+        let records = seen_records(cache.path());
+        assert_eq!(records.len(), 2);
+        let digest = hex(&Sha256::digest(rewritten.as_bytes()));
+        assert!(
+            records.iter().any(|r| r.ends_with(&format!("{digest}\n"))),
+            "{records:?}"
+        );
+        assert!(cache
+            .path()
+            .join(format!(
+                "{}.cwasm",
+                key_of(Kind::Command, rewritten.as_bytes())
+            ))
+            .exists());
     }
 }

@@ -1,8 +1,6 @@
 //! The command executor: a module or component run once as the
 //! container's process (see the crate's documentation).
 
-use std::io::Read;
-
 use sha2::Digest;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
@@ -19,6 +17,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::engine::{engine, Kind};
 use crate::guest::{add_wasi_p1, compile_error, fail, flavor, store_limits, Flavor, TRAP_EXIT};
+use crate::source::ModuleFile;
 use crate::Cache;
 
 /// What `prepare` hands to `exec`.
@@ -127,32 +126,24 @@ impl Wasm {
         self
     }
 
-    pub(crate) fn read_module(ctx: &PrepareContext, arg0: &str) -> Result<(PathBuf, Vec<u8>)> {
+    pub(crate) fn read_module(ctx: &PrepareContext, arg0: &str) -> Result<(PathBuf, ModuleFile)> {
         let path = ctx.process.cwd().join(arg0);
         let bytes = Self::read_module_at(ctx.root_fd, &path, &format!("process.args[0] {arg0:?}"))?;
         Ok((path, bytes))
     }
 
-    /// Read module `path` below `root`, bounded, and only if it is a
+    /// Map module `path` below `root`, bounded, and only if it is a
     /// regular file (a FIFO would hang the read). `what` names it in errors.
-    pub(crate) fn read_module_at(root: BorrowedFd, path: &Path, what: &str) -> Result<Vec<u8>> {
-        let what = || what.to_owned();
+    pub(crate) fn read_module_at(root: BorrowedFd, path: &Path, what: &str) -> Result<ModuleFile> {
         let (f, size) = amphi_core::paths::open_regular_in_root(root, path)
-            .map_err(|e| fail(format!("{}: {e}", what())))?;
-        // Bounded: a module is read whole into memory.
+            .map_err(|e| fail(format!("{what}: {e}")))?;
+        // Bounded: compiling copies it whole into memory.
         if size > MAX_MODULE {
             return Err(fail(format!(
-                "{}: {size} bytes; modules of at most {MAX_MODULE} bytes are run",
-                what()
+                "{what}: {size} bytes; modules of at most {MAX_MODULE} bytes are run"
             )));
         }
-        // Sized up front: grown by doubling, a 20 MB module was copied
-        // about as many times over as it is read.
-        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0) + 1);
-        f.take(MAX_MODULE + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| fail(format!("{}: {e}", what())))?;
-        Ok(bytes)
+        ModuleFile::map(f, size).map_err(|e| fail(format!("{what}: {e}")))
     }
 
     fn wasi(&self, p: &Process) -> Result<WasiCtxBuilder> {
@@ -427,16 +418,19 @@ impl Wasm {
                  to run it as it is"
             ))
         };
-        // A text module is checkpointed as the binary module it stands for.
-        let binary = wat::parse_bytes(bytes).map_err(|e| refused(e.to_string()))?;
+        // A text module is checkpointed as the binary module it stands for;
+        // a private copy, so that the image's digest is that of what runs.
+        let binary = wat::parse_bytes(bytes)
+            .map_err(|e| refused(e.to_string()))?
+            .into_owned();
         let bytes = &*binary;
         let module_sha256 = crate::hex(&sha2::Sha256::digest(bytes));
         let instrumentation = instrumentation().map_err(refused)?;
         amphi_core::util::trace::phase("wasm: load instrumented module");
         let module = self
             .cache
-            .derived::<wasmtime::Module>(Kind::Checkpoint, bytes, &instrumentation, || {
-                instrument::instrument(bytes).map_err(|e| wasmtime::format_err!("{e}"))
+            .derived::<wasmtime::Module>(Kind::Checkpoint, bytes.into(), &instrumentation, |m| {
+                instrument::instrument(m).map_err(|e| wasmtime::format_err!("{e}"))
             })
             .map_err(|e| refused(format!("{e:#}")))?;
         amphi_core::util::trace::phase("wasm: link");
@@ -528,7 +522,7 @@ impl Executor for Wasm {
                         &mut self.cache,
                         Kind::Command,
                         ctx.spec,
-                        &bytes,
+                        bytes.source(),
                         self.memory_limit,
                     )
                     .map_err(|e| compile_error(&what, &e, self.memory_limit))?;
@@ -556,7 +550,7 @@ impl Executor for Wasm {
                         Some(SERVICE_POOL_SLOTS),
                     );
                     // The module read above, not read (and hashed) again.
-                    function.link(ctx.spec, &path, &bytes)?;
+                    function.link(ctx.spec, &path, bytes.source())?;
                     Linked::Service(Box::new(function), port)
                 }
                 Flavor::Component => {
@@ -564,7 +558,7 @@ impl Executor for Wasm {
                         &mut self.cache,
                         Kind::Command,
                         ctx.spec,
-                        &bytes,
+                        bytes.source(),
                         self.memory_limit,
                     )
                     .map_err(|e| compile_error(&what, &e, self.memory_limit))?;

@@ -36,6 +36,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::engine::{Kind, POOL_SLOTS};
 use crate::guest::{add_wasi_p1, compile_error, fail, flavor, store_limits, Flavor, TRAP_EXIT};
+use crate::source::Source;
 use crate::Cache;
 
 /// How often running guests yield (and notice that they were cancelled).
@@ -381,7 +382,7 @@ impl Function {
             }
         };
         let mut function = Function::new(cache, interface, memory_limit, false, None);
-        function.link(spec, &path, &bytes)?;
+        function.link(spec, &path, bytes.source())?;
         let artifact = function
             .cache
             .last_artifact()
@@ -410,7 +411,7 @@ impl Function {
             return self.link_precompiled(p, &what);
         }
         let (path, bytes) = crate::Wasm::read_module(ctx, ctx.program())?;
-        self.link(ctx.spec, &path, &bytes)
+        self.link(ctx.spec, &path, bytes.source())
     }
 
     /// Compile (or load from the cache) and link `bytes`, the module at
@@ -419,11 +420,11 @@ impl Function {
         &mut self,
         spec: &oci_spec::runtime::Spec,
         path: &Path,
-        bytes: &[u8],
+        source: Source,
     ) -> Result<()> {
         let what = format!("process.args[0] {}", path.display());
         POOL_SLOTS.get_or_init(|| self.pool_slots);
-        let flavor = flavor(bytes)
+        let flavor = flavor(source.bytes)
             .ok_or_else(|| fail(format!("{what}: not a WebAssembly module or component")))?;
         if (self.interface, flavor) == (Interface::Http, Flavor::Module) {
             return Err(fail(format!(
@@ -433,14 +434,14 @@ impl Function {
         let memory_limit = self.memory_limit;
         let compiled = match flavor {
             Flavor::Module => {
-                crate::preinit::module(&mut self.cache, Kind::Function, spec, bytes, memory_limit)
+                crate::preinit::module(&mut self.cache, Kind::Function, spec, source, memory_limit)
                     .map(Compiled::Module)
             }
             Flavor::Component => crate::preinit::component(
                 &mut self.cache,
                 Kind::Function,
                 spec,
-                bytes,
+                source,
                 memory_limit,
             )
             .map(Compiled::Component),

@@ -57,6 +57,8 @@ pub mod outbound;
 pub mod preinit;
 #[cfg(feature = "engine")]
 pub mod service;
+#[cfg(feature = "engine")]
+pub mod source;
 
 #[cfg(feature = "engine")]
 pub use cache::Cache;

@@ -28,6 +28,7 @@ use wasmtime_wizer::{ComponentInstanceState, InstanceState, SnapshotVal, ValType
 
 use crate::engine::Kind;
 use crate::guest::add_wasi_p1;
+use crate::source::Source;
 use crate::Cache;
 
 /// `io.github.amphi.preinit=true`: pre-initialize the bundle's module
@@ -121,13 +122,13 @@ pub(crate) fn module(
     cache: &mut Cache,
     kind: Kind,
     spec: &Spec,
-    bytes: &[u8],
+    source: Source,
     memory_limit: Option<u64>,
 ) -> wasmtime::Result<Module> {
     if !wanted(spec) {
-        return cache.module(kind, bytes);
+        return cache.module(kind, source);
     }
-    let export = init_export(bytes).ok_or_else(|| {
+    let export = init_export(source.bytes).ok_or_else(|| {
         wasmtime::format_err!(
             "{ANNOTATION}=true: the module exports no initialization function ({}); \
              export one, or drop the annotation",
@@ -135,9 +136,9 @@ pub(crate) fn module(
         )
     })?;
     let fuel = fuel(spec).map_err(|e| wasmtime::format_err!("{e}"))?;
-    cache.derived(kind, bytes, &format!("preinit:{export}"), || {
+    cache.derived(kind, source, &format!("preinit:{export}"), |original| {
         amphi_core::util::trace::phase("wasm: pre-initialize");
-        snapshot(bytes, export, memory_limit, fuel)
+        snapshot(original, export, memory_limit, fuel)
             .map_err(|e| e.context(format!("pre-initialization ({ANNOTATION}=true)")))
     })
 }
@@ -148,13 +149,13 @@ pub(crate) fn component(
     cache: &mut Cache,
     kind: Kind,
     spec: &Spec,
-    bytes: &[u8],
+    source: Source,
     memory_limit: Option<u64>,
 ) -> wasmtime::Result<Component> {
     if !wanted(spec) {
-        return cache.component(kind, bytes);
+        return cache.component(kind, source);
     }
-    let binary = wat::parse_bytes(bytes)?;
+    let binary = wat::parse_bytes(source.bytes)?;
     let export = component_init_export(&binary).ok_or_else(|| {
         wasmtime::format_err!(
             "{ANNOTATION}=true: the component exports no initialization function \
@@ -163,9 +164,9 @@ pub(crate) fn component(
         )
     })?;
     let fuel = fuel(spec).map_err(|e| wasmtime::format_err!("{e}"))?;
-    cache.derived(kind, bytes, &format!("preinit:{export}"), || {
+    cache.derived(kind, source, &format!("preinit:{export}"), |original| {
         amphi_core::util::trace::phase("wasm: pre-initialize");
-        snapshot_component(&binary, export, memory_limit, fuel)
+        snapshot_component(&wat::parse_bytes(original)?, export, memory_limit, fuel)
             .map_err(|e| e.context(format!("pre-initialization ({ANNOTATION}=true)")))
     })
 }
