@@ -135,6 +135,26 @@ fn wasi_http_component() {
         200,
         "a trap fails that request only"
     );
+    // In the same worker: the keeper loaded the module before cloning the
+    // envelope, so wasmtime's trap handlers came from the keeper, and the
+    // envelope's init kept them (reset, the trap would end the worker).
+    assert!(
+        wait_for(10, || s.log().iter().any(|l| l["path"] == "/http/again")),
+        "{}",
+        s.log_text()
+    );
+    let envelope_of = |path: &str| {
+        s.log()
+            .into_iter()
+            .find(|l| l["path"] == path)
+            .map(|l| l["envelope"].clone())
+    };
+    assert_eq!(
+        envelope_of("/http/trap"),
+        envelope_of("/http/again"),
+        "{}",
+        s.log_text()
+    );
     assert_eq!(s.stop(), Some(0));
     s.assert_clean(&env);
 }

@@ -130,6 +130,15 @@ pub trait Executor {
         Vec::new()
     }
 
+    /// Whether the handlers of SIGSEGV, SIGBUS, SIGILL and SIGFPE in the
+    /// process that clones the init are the executor's and must stay: a
+    /// wasm module loaded there before the clone came with wasmtime's trap
+    /// handlers, which the init would otherwise reset to the default,
+    /// turning a guest's trap into the end of the process.
+    fn keeps_trap_handlers(&self) -> bool {
+        false
+    }
+
     /// Runs after namespaces, cgroup and mounts are set up and before
     /// pivot_root. Errors here fail `create`.
     fn prepare(&mut self, ctx: &PrepareContext) -> Result<()>;

@@ -57,6 +57,9 @@ pub type Pending = Rc<RefCell<HashMap<String, OwnedFd>>>;
 
 pub struct FunctionHandler {
     plans: Rc<Vec<Plan>>,
+    /// Each plan's artifact as this process loaded it, for the envelopes
+    /// it clones to inherit.
+    loaded: Vec<Option<amphi_wasm::function::Loaded>>,
     wasm_cache: amphi_wasm::CacheDir,
     pending: Pending,
 }
@@ -67,17 +70,75 @@ impl FunctionHandler {
         wasm_cache: amphi_wasm::CacheDir,
         pending: Pending,
     ) -> FunctionHandler {
+        let loaded = load_artifacts(&plans);
         FunctionHandler {
             plans,
+            loaded,
             wasm_cache,
             pending,
         }
     }
 
-    fn plan_of(&self, spec: &Spec) -> Option<&Plan> {
+    fn plan_of(&self, spec: &Spec) -> Option<(usize, &Plan)> {
         let name = spec.annotations().as_ref()?.get(FUNCTION_ANNOTATION)?;
-        self.plans.iter().find(|p| &p.name == name)
+        self.plans.iter().enumerate().find(|(_, p)| &p.name == name)
     }
+}
+
+/// Every wasm function's artifact, loaded once in the keeper so that the
+/// envelopes it clones inherit it (copy-on-write) instead of each making
+/// an engine and loading it. One engine serves them all, so its pool has
+/// the most slots any function needs; a function that needs the on-demand
+/// allocator (more than 128 at once) keeps every function on the old way.
+fn load_artifacts(plans: &[Plan]) -> Vec<Option<amphi_wasm::function::Loaded>> {
+    let mut slots = 1;
+    for plan in plans.iter().filter(|p| p.engine == Engine::Wasm) {
+        match (plan.pool_slots, &plan.direct) {
+            (Some(n), _) => slots = slots.max(n),
+            // An envelope per invocation: one instance at a time.
+            (None, None) => {}
+            (None, Some(_)) => return vec![None; plans.len()],
+        }
+    }
+    plans
+        .iter()
+        .map(|plan| {
+            let a = plan
+                .artifact
+                .as_ref()
+                .filter(|_| plan.engine == Engine::Wasm)?;
+            let precompiled = amphi_wasm::function::Precompiled {
+                artifact: a.file.try_clone().ok()?,
+                flavor: a.flavor,
+            };
+            // What wasmtime opens as it loads (the artifact it maps memory
+            // images from, memfds) the envelopes' inits must not close.
+            let before = open_fds();
+            let loaded = precompiled.load_here(Some(slots)).map_err(|e| {
+                eprintln!(
+                    "amphi serve: envelope keeper: function {}: {e}; its envelopes load it",
+                    plan.name
+                )
+            });
+            let opened = open_fds().difference(&before).copied().collect();
+            Some(loaded.ok()?.keeping(opened))
+        })
+        .collect()
+}
+
+/// This process's open fds (the keeper's own, outside any container).
+fn open_fds() -> std::collections::BTreeSet<std::os::fd::RawFd> {
+    let listed: Vec<std::os::fd::RawFd> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // The listing's own fd is closed by now.
+    listed
+        .into_iter()
+        // SAFETY: F_GETFD only asks whether the number is open.
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0)
+        .collect()
 }
 
 impl Handler for FunctionHandler {
@@ -93,7 +154,7 @@ impl Handler for FunctionHandler {
     }
 
     fn executor(&self, id: &str, spec: &Spec) -> Result<Box<dyn Executor>> {
-        let plan = self
+        let (index, plan) = self
             .plan_of(spec)
             .ok_or_else(|| Error::Unsupported(format!("envelope {id}: no such function")))?;
         let control = self.pending.borrow_mut().remove(id).ok_or_else(|| {
@@ -112,14 +173,17 @@ impl Handler for FunctionHandler {
                     plan.readonly_root,
                     plan.pool_slots,
                 );
-                let function = match &plan.artifact {
-                    Some(a) => function.with_precompiled(amphi_wasm::function::Precompiled {
-                        artifact: a.file.try_clone().map_err(|e| {
-                            Error::io("dup", std::path::Path::new("the compiled artifact"), e)
-                        })?,
-                        flavor: a.flavor,
-                    }),
-                    None => function,
+                let function = match (&self.loaded[index], &plan.artifact) {
+                    (Some(loaded), _) => function.with_loaded(loaded.clone()),
+                    (None, Some(a)) => {
+                        function.with_precompiled(amphi_wasm::function::Precompiled {
+                            artifact: a.file.try_clone().map_err(|e| {
+                                Error::io("dup", std::path::Path::new("the compiled artifact"), e)
+                            })?,
+                            flavor: a.flavor,
+                        })
+                    }
+                    (None, None) => function,
                 };
                 Workload::Wasm(Box::new(match plan.reuse {
                     // Each kept instance's /tmp goes in the envelope's.

@@ -63,6 +63,13 @@ impl Executor for Worker {
         fds
     }
 
+    fn keeps_trap_handlers(&self) -> bool {
+        match &self.workload {
+            Workload::Native(e) => e.keeps_trap_handlers(),
+            Workload::Wasm(f) => f.keeps_trap_handlers(),
+        }
+    }
+
     fn prepare(&mut self, ctx: &PrepareContext) -> Result<()> {
         match &mut self.workload {
             Workload::Native(e) => e.prepare(ctx),

@@ -60,18 +60,32 @@ pub(crate) fn config(kind: Kind) -> Config {
                 .total_memories(slots * 4)
                 .total_tables(slots * 4)
                 .total_stacks(slots);
+            // Nothing is kept resident, so the scan has nothing to do; and
+            // its file, opened once per process, would be the keeper's in
+            // every envelope cloned from a keeper that loaded a module.
+            pool.pagemap_scan(wasmtime::Enabled::No);
             config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
     }
     config
 }
 
+static COMMAND: OnceLock<Engine> = OnceLock::new();
+static FUNCTION: OnceLock<Engine> = OnceLock::new();
+static CHECKPOINT: OnceLock<Engine> = OnceLock::new();
+
+/// Whether this process made an engine, and with it installed wasmtime's
+/// handlers of the signals a guest's fault raises (once per process: a
+/// process cloned from this one has them only if its init keeps them).
+pub fn trap_handlers_installed() -> bool {
+    [&COMMAND, &FUNCTION, &CHECKPOINT]
+        .iter()
+        .any(|cell| cell.get().is_some())
+}
+
 /// The engine guests of `kind` run on, created on first use so a native
 /// container never pays for one.
 pub fn engine(kind: Kind) -> &'static Engine {
-    static COMMAND: OnceLock<Engine> = OnceLock::new();
-    static FUNCTION: OnceLock<Engine> = OnceLock::new();
-    static CHECKPOINT: OnceLock<Engine> = OnceLock::new();
     let cell = match kind {
         Kind::Command => &COMMAND,
         Kind::Function => &FUNCTION,

@@ -478,6 +478,10 @@ impl Executor for Wasm {
         self.cache.raw_fd().into_iter().collect()
     }
 
+    fn keeps_trap_handlers(&self) -> bool {
+        crate::engine::trap_handlers_installed()
+    }
+
     fn prepare(&mut self, ctx: &PrepareContext) -> Result<()> {
         let arg0 = ctx.program();
         let (path, bytes) = Self::read_module(ctx, arg0)?;

@@ -201,6 +201,8 @@ pub struct Function {
     sees_files: bool,
     /// The artifact the server compiled, run instead of the rootfs's module.
     precompiled: Option<Precompiled>,
+    /// That artifact, loaded by the process the envelope was cloned from.
+    loaded: Option<Loaded>,
 }
 
 /// A function's module as the server compiled it, for its envelopes.
@@ -210,9 +212,66 @@ pub struct Precompiled {
     pub flavor: Flavor,
 }
 
+#[derive(Clone)]
 enum Compiled {
     Module(wasmtime::Module),
     Component(wasmtime::component::Component),
+}
+
+/// A function's artifact loaded where its envelopes are cloned from (the
+/// server's envelope keeper): each envelope inherits it, copy-on-write,
+/// instead of making an engine and loading the artifact itself, which took
+/// 2.7 ms of the Python function's 13 ms cold start (wasmtime reading the
+/// metadata of 15,000 functions).
+#[derive(Clone)]
+pub struct Loaded {
+    compiled: Compiled,
+    /// The fds wasmtime opened as it loaded (the artifact it maps memory
+    /// images from, memfds of images): the init must keep them open.
+    fds: Vec<std::os::fd::RawFd>,
+}
+
+impl Loaded {
+    /// Say which fds loading opened (the caller can tell: it knows what
+    /// else its process has open).
+    pub fn keeping(mut self, fds: Vec<std::os::fd::RawFd>) -> Loaded {
+        self.fds = fds;
+        self
+    }
+}
+
+impl Precompiled {
+    /// Load the artifact in this process, on the function engine with a
+    /// pool of `pool_slots` (the first load in a process decides: a
+    /// process that loads several passes the most any of them needs).
+    pub fn load_here(&self, pool_slots: Option<u32>) -> Result<Loaded> {
+        POOL_SLOTS.get_or_init(|| pool_slots);
+        let engine = engine();
+        amphi_core::util::trace::phase("wasm: engine");
+        let load = |e: wasmtime::Error| fail(format!("load the compiled artifact: {e:#}"));
+        // SAFETY: the server compiled it for an engine of this kind, in
+        // the cache (replaced only by rename) or a memfd of its own;
+        // wasmtime checks the engine's compatibility as it loads.
+        let compiled = unsafe {
+            match self.flavor {
+                Flavor::Module => Compiled::Module(
+                    <wasmtime::Module as crate::cache::Artifact>::load(engine, &self.artifact)
+                        .map_err(load)?,
+                ),
+                Flavor::Component => Compiled::Component(
+                    <wasmtime::component::Component as crate::cache::Artifact>::load(
+                        engine,
+                        &self.artifact,
+                    )
+                    .map_err(load)?,
+                ),
+            }
+        };
+        Ok(Loaded {
+            compiled,
+            fds: Vec::new(),
+        })
+    }
 }
 
 /// Isolation "reuse": `wasi:http` instances kept between requests and
@@ -283,7 +342,22 @@ impl Function {
             outbound: Default::default(),
             sees_files: true,
             precompiled: None,
+            loaded: None,
         }
+    }
+
+    /// Run `loaded`, the server's artifact as the process that clones the
+    /// envelope loaded it ([`Precompiled::load_here`]).
+    pub fn with_loaded(mut self, loaded: Loaded) -> Function {
+        self.loaded = Some(loaded);
+        self
+    }
+
+    /// Whether the init must keep the trap handlers it was cloned with:
+    /// wasmtime installs them once per process, when the process makes its
+    /// first engine, and the keeper did.
+    pub fn keeps_trap_handlers(&self) -> bool {
+        crate::engine::trap_handlers_installed()
     }
 
     /// Isolation "reuse": keep instances between requests, each for up to
@@ -330,7 +404,13 @@ impl Function {
             .precompiled
             .as_ref()
             .map(|p| std::os::fd::AsRawFd::as_raw_fd(&p.artifact));
-        self.cache.raw_fd().into_iter().chain(artifact).collect()
+        let loaded = self.loaded.iter().flat_map(|l| l.fds.iter().copied());
+        self.cache
+            .raw_fd()
+            .into_iter()
+            .chain(artifact)
+            .chain(loaded)
+            .collect()
     }
 
     /// Compile `spec`'s module (rootfs at `rootfs`) into `cache`, as an
@@ -406,6 +486,13 @@ impl Function {
     /// Compile (or load from the cache) and link the module named by
     /// `process.args[0]`, for the function's interface.
     pub fn prepare(&mut self, ctx: &PrepareContext) -> Result<()> {
+        if let Some(Loaded { compiled, .. }) = self.loaded.take() {
+            self.precompiled = None;
+            POOL_SLOTS.get_or_init(|| self.pool_slots);
+            amphi_core::util::trace::phase("wasm: artifact loaded by the keeper");
+            let what = format!("process.args[0] {} (compiled by the server)", ctx.program());
+            return self.link_compiled(compiled, &what);
+        }
         if let Some(p) = self.precompiled.take() {
             let what = format!("process.args[0] {} (compiled by the server)", ctx.program());
             return self.link_precompiled(p, &what);
@@ -454,28 +541,9 @@ impl Function {
 
     /// Link the artifact the server compiled.
     fn link_precompiled(&mut self, p: Precompiled, what: &str) -> Result<()> {
-        POOL_SLOTS.get_or_init(|| self.pool_slots);
-        let engine = engine();
-        amphi_core::util::trace::phase("wasm: engine");
-        let load = |e: wasmtime::Error| fail(format!("{what}: load the compiled artifact: {e:#}"));
-        // SAFETY: the server compiled it for an engine of this kind, in
-        // the cache (replaced only by rename) or a memfd of its own;
-        // wasmtime checks the engine's compatibility as it loads.
-        let compiled = unsafe {
-            match p.flavor {
-                Flavor::Module => Compiled::Module(
-                    <wasmtime::Module as crate::cache::Artifact>::load(engine, &p.artifact)
-                        .map_err(load)?,
-                ),
-                Flavor::Component => Compiled::Component(
-                    <wasmtime::component::Component as crate::cache::Artifact>::load(
-                        engine,
-                        &p.artifact,
-                    )
-                    .map_err(load)?,
-                ),
-            }
-        };
+        let Loaded { compiled, .. } = p
+            .load_here(self.pool_slots)
+            .map_err(|e| fail(format!("{what}: {e}")))?;
         amphi_core::util::trace::phase("wasm: artifact loaded");
         self.link_compiled(compiled, what)
     }

@@ -130,7 +130,7 @@ fn init(mut a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
     // Default dispositions and nothing blocked (`run` blocks everything;
     // Rust ignores SIGPIPE), set first so that what an executor installs
     // while preparing (wasmtime's trap handlers) stays.
-    reset_signals();
+    reset_signals(a.executor.keeps_trap_handlers());
     // Nothing of the caller's (a lock, a shim's socket) may reach the
     // container beyond --preserve-fds (CVE-2024-21626 class).
     let mut keep = keep_fds(&[&a.state_dir]);
@@ -385,8 +385,19 @@ fn setgroups_denied() -> bool {
         .is_some_and(|s| s.trim() == "deny")
 }
 
-fn reset_signals() {
+/// `keep_traps`: leave the handlers of the signals a fault raises, which
+/// the executor installed before the init was cloned.
+fn reset_signals(keep_traps: bool) {
+    const TRAPS: [Signal; 4] = [
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGILL,
+        Signal::SIGFPE,
+    ];
     for sig in Signal::iterator() {
+        if keep_traps && TRAPS.contains(&sig) {
+            continue;
+        }
         if !matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
             // SAFETY: installing the default disposition.
             let _ = unsafe { signal(sig, SigHandler::SigDfl) };
