@@ -1013,14 +1013,7 @@ mod tests {
                 key_of(Kind::Command, module(n).as_bytes())
             ));
             let t = nix::sys::time::TimeSpec::new(1_000_000 + i64::from(n), 0);
-            nix::sys::stat::utimensat(
-                nix::fcntl::AT_FDCWD,
-                &sum,
-                &t,
-                &t,
-                nix::sys::stat::UtimensatFlags::FollowSymlink,
-            )
-            .unwrap();
+            set_times(&sum, &t, nix::sys::stat::UtimensatFlags::FollowSymlink);
         }
         let cache = Cache::new(dir.path(), DEFAULT_MAX);
         let all = cache.list().unwrap();
@@ -1072,13 +1065,22 @@ mod tests {
             .count()
     }
 
-    fn load_file(cache_dir: &Path, path: &Path) {
+    /// A cache that loaded the module file at `path` (and holds it).
+    fn load_file(cache_dir: &Path, path: &Path) -> Cache {
         let file = File::open(path).unwrap();
         let size = file.metadata().unwrap().len();
         let module = crate::source::ModuleFile::map(file, size).unwrap();
-        Cache::new(cache_dir, DEFAULT_MAX)
-            .module(Kind::Command, module.source())
-            .unwrap();
+        let mut cache = Cache::new(cache_dir, DEFAULT_MAX);
+        cache.module(Kind::Command, module.source()).unwrap();
+        cache
+    }
+
+    fn set_times(
+        path: &Path,
+        t: &nix::sys::time::TimeSpec,
+        follow: nix::sys::stat::UtimensatFlags,
+    ) {
+        nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, path, t, t, follow).unwrap();
     }
 
     /// Past [`crate::source`]'s settling time, with a margin for a busy
@@ -1120,10 +1122,7 @@ mod tests {
             .unwrap();
         let pointed = records[0].replace(&hex(&Sha256::digest(WAT)), &hex(&Sha256::digest(other)));
         std::fs::write(&record, pointed).unwrap();
-        let file = File::open(&path).unwrap();
-        let module = crate::source::ModuleFile::map(file, WAT.len() as u64).unwrap();
-        let mut c = Cache::new(cache.path(), DEFAULT_MAX);
-        c.module(Kind::Command, module.source()).unwrap();
+        let c = load_file(cache.path(), &path);
         let loaded = fstat(c.last_artifact().unwrap()).unwrap();
         let other_entry = cache
             .path()
@@ -1148,14 +1147,11 @@ mod tests {
             .replace("const 7", "const 8");
         std::fs::write(&path, &rewritten).unwrap();
         let mtime = nix::sys::time::TimeSpec::new(before.mtime(), before.mtime_nsec());
-        nix::sys::stat::utimensat(
-            nix::fcntl::AT_FDCWD,
+        set_times(
             &path,
             &mtime,
-            &mtime,
             nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        )
-        .unwrap();
+        );
         settle();
         load_file(cache.path(), &path);
         assert_eq!(

@@ -118,8 +118,8 @@ pub struct ModuleFile {
 }
 
 impl ModuleFile {
-    /// Map `file`, which holds `size` bytes. `None` where it cannot be
-    /// mapped (a filesystem without mmap): the caller reads it.
+    /// Map `file`, which holds `size` bytes (an empty file maps to no
+    /// bytes); an error where it cannot be mapped.
     pub(crate) fn map(file: File, size: u64) -> std::io::Result<ModuleFile> {
         let opened = SystemTime::now();
         let st = fstat(&file)?;
