@@ -348,8 +348,9 @@ fn density_section(md: &mut String, d: &Value) -> Result<()> {
 fn wasm_section(md: &mut String, wasm: &Value, o: &Opts) -> Result<()> {
     writeln!(
         md,
-        "\n**Real wasm programs** (`amphi run` to exit; first start compiles, cached maps the artifact):\n\n\
-         | program | toolchain | module | first start | cached start |\n|---|---|---|---|---|"
+        "\n**Real wasm programs** (`amphi run` to exit; first start compiles, cached maps the artifact){}:\n\n\
+         | program | toolchain | module | first start | cached start |\n|---|---|---|---|---|",
+        measured_apart(wasm)
     )?;
     let mut csv = String::from("program,module_bytes,first_start_ms,cached_start_ms\n");
     let mut against_wasmtime = String::new();
@@ -460,8 +461,8 @@ fn update_docs(md: &str) -> Result<()> {
 fn serve_table(md: &mut String, sv: &Value, o: &Opts) -> Result<()> {
     writeln!(
         md,
-        "\n**Function host** (`amphi serve`, hello function, {} keep-alive clients on loopback, {} × {} s per variant):\n",
-        sv["clients"], sv["rounds"], sv["seconds_per_round"]
+        "\n**Function host** (`amphi serve`, hello function, {} keep-alive clients on loopback, {} × {} s per variant){}:\n",
+        sv["clients"], sv["rounds"], sv["seconds_per_round"], measured_apart(sv)
     )?;
     writeln!(
         md,
@@ -527,8 +528,9 @@ fn serve_table(md: &mut String, sv: &Value, o: &Opts) -> Result<()> {
     if let Some(x) = r["python_preinit_over_plain_rps_warm"].as_f64() {
         writeln!(
             md,
-            "\nPython function, preinit / without, same run: requests/s (warm) {x:.2}, p50 (cold) {:.2}.",
-            f(&r["python_preinit_over_plain_p50_cold"])
+            "\nPython function, preinit / without, same run: requests/s (warm) {x:.2}, p50 (cold) {:.2}, p50 (warm, one client) {:.2}.",
+            f(&r["python_preinit_over_plain_p50_cold"]),
+            f(&r["python_preinit_over_plain_p50_warm_one_client"])
         )?;
     }
     if let Some(baseline) = r["baseline"].as_str() {
@@ -635,6 +637,17 @@ pub struct Figure {
     pub caption: String,
     pub unit: &'static str,
     pub bars: Vec<Bar>,
+}
+
+/// For a group run on its own and written into a full run's results
+/// (its `machine` beside its rows): where it was measured.
+fn measured_apart(group: &Value) -> String {
+    group.get("machine").map_or(String::new(), |m| {
+        format!(
+            ", a run of this group alone on {}",
+            m["summary"].as_str().unwrap_or("another machine")
+        )
+    })
 }
 
 /// The machine in a few words, for captions: "2-core AMD EPYC, Linux
@@ -843,8 +856,9 @@ pub fn plots(r: &Value) -> Vec<Figure> {
             "serve",
             "amphi serve: latency per request, p50 (p99 whisker)",
             format!(
-                "{} clients, loopback; ratio: p50 over wasmtime serve's. {machine}",
-                sv["clients"]
+                "{} clients, loopback; ratio: p50 over wasmtime serve's. {}",
+                sv["clients"],
+                sv.get("machine").map_or(machine.clone(), machine_in_brief)
             ),
             "ms",
             bars,

@@ -293,15 +293,20 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
     // Warm: a fresh instance (wasm) or process (native) per request in a
     // warm envelope.
     let routed = serve.addr;
+    // Each: the address, the path, and how many clients load it.
     let mut warm = vec![
-        (routed, "/wasm"),
-        (routed, "/native"),
-        (routed, "/http"),
-        (routed, "/http-reuse"),
-        (routed, "/wasm-hostns"),
-        (serve.port_of("wasm-port"), "/wasm-port"),
-        (serve.port_of("http-port"), "/http-port"),
-        (serve.port_of("http-reuse-port"), "/http-reuse-port"),
+        (routed, "/wasm", clients),
+        (routed, "/native", clients),
+        (routed, "/http", clients),
+        (routed, "/http-reuse", clients),
+        (routed, "/wasm-hostns", clients),
+        (serve.port_of("wasm-port"), "/wasm-port", clients),
+        (serve.port_of("http-port"), "/http-port", clients),
+        (
+            serve.port_of("http-reuse-port"),
+            "/http-reuse-port",
+            clients,
+        ),
     ];
     // The baseline build's server, on the same functions: its wasm
     // variants are loaded in the same rounds, turn about with this one's.
@@ -319,22 +324,32 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
         ("/http-reuse", "wasi:http (warm, isolation reuse)"),
     ];
     if python.is_some() {
+        let plain = "/python?text=to+be+or+not+to+be";
+        let preinit = "/python-preinit?text=to+be+or+not+to+be";
+        // One client too: what one warm instance takes, with no request
+        // queued behind another on the machine's cores.
         warm.extend([
-            (routed, "/python?text=to+be+or+not+to+be"),
-            (routed, "/python-preinit?text=to+be+or+not+to+be"),
+            (routed, plain, clients),
+            (routed, preinit, clients),
+            (routed, plain, 1),
+            (routed, preinit, 1),
         ]);
     }
     let baseline_from = warm.len();
     if let Some(b) = &baseline {
-        warm.extend(BASELINE_WARM.iter().map(|(path, _)| (b.addr, *path)));
+        warm.extend(
+            BASELINE_WARM
+                .iter()
+                .map(|(path, _)| (b.addr, *path, clients)),
+        );
     }
     let mut warm_loads: Vec<Vec<Load>> = warm.iter().map(|_| Vec::new()).collect();
-    for (addr, path) in &warm {
-        let _warm_up = load(*addr, path, clients, secs / 4.0);
+    for (addr, path, clients) in &warm {
+        let _warm_up = load(*addr, path, *clients, secs / 4.0);
     }
     for _ in 0..rounds {
-        for (i, (addr, path)) in warm.iter().enumerate() {
-            warm_loads[i].push(load(*addr, path, clients, secs));
+        for (i, (addr, path, clients)) in warm.iter().enumerate() {
+            warm_loads[i].push(load(*addr, path, *clients, secs));
         }
     }
     let mut rows = vec![
@@ -389,6 +404,16 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             "amphi serve, Python function (warm, preinit)",
             "the same module with preinit = true: an instance per request, from the snapshot",
             &warm_loads[9],
+        ));
+        rows.push(row(
+            "amphi serve, Python function (warm, one client)",
+            "an instance per request, one request at a time",
+            &warm_loads[10],
+        ));
+        rows.push(row(
+            "amphi serve, Python function (warm, preinit, one client)",
+            "an instance per request from the snapshot, one request at a time",
+            &warm_loads[11],
         ));
     }
     if baseline.is_some() {
@@ -530,6 +555,10 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             json!(rps("Python function (warm, preinit)") / rps("Python function (warm)"));
         ratios["python_preinit_over_plain_p50_cold"] =
             json!(p50("Python function (cold, preinit)") / p50("Python function (cold)"));
+        ratios["python_preinit_over_plain_p50_warm_one_client"] = json!(
+            p50("Python function (warm, preinit, one client)")
+                / p50("Python function (warm, one client)")
+        );
     }
     if let Some(b) = &o.baseline {
         ratios["baseline"] = json!(world::version_of(b));
