@@ -50,11 +50,18 @@ pub(crate) fn config(kind: Kind) -> Config {
             let mut pool = wasmtime::PoolingAllocationConfig::default();
             // A component holds a few core instances, memories and tables
             // (its adapters): room for that many per slot. A freed slot is
-            // decommitted (wasmtime's default), not kept resident: with
-            // `linear_memory_keep_resident` and `PAGEMAP_SCAN` the Python
-            // function's 250 page faults a request were gone (its guest
-            // 1.5 -> 0.8 ms), but each free copied 6 MB back from the
-            // image, and a request took 0.5 ms more CPU than before.
+            // decommitted (wasmtime's default), not kept resident. With
+            // `linear_memory_keep_resident` (8 MiB) and `PAGEMAP_SCAN` the
+            // Python function's 269 page faults a request fall to 26 and a
+            // warm request takes 1.33 ms instead of 1.6 (CPU 1.44 ms
+            // instead of 1.73), but every free copies back each page any
+            // earlier request wrote (the scan reports every private page
+            // as written without userfaultfd write-protection): 4 to 8 MB,
+            // where one request writes about 1 MB. And the scan's
+            // `/proc/self/pagemap` would have to be the envelope's own,
+            // which its init cannot open once it is in its user namespace
+            // and not dumpable (EACCES): its parent would open it and pass
+            // it in.
             pool.total_component_instances(slots)
                 .total_core_instances(slots * 8)
                 .total_memories(slots * 4)
