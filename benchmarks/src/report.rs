@@ -536,10 +536,14 @@ fn serve_table(md: &mut String, sv: &Value, o: &Opts) -> Result<()> {
     if let Some(baseline) = r["baseline"].as_str() {
         writeln!(
             md,
-            "\nThis build / the baseline build ({baseline}), requests/s, same run: wasm CGI {:.2}, wasi:http {:.2} (instance), {:.2} (reuse).",
+            "\nThis build / the baseline build ({baseline}), same run: requests/s, wasm CGI {:.2}, wasi:http {:.2} (instance), {:.2} (reuse); cold p50, wasm CGI {:.2}{}.",
             f(&r["over_baseline_rps_wasm_cgi"]),
             f(&r["over_baseline_rps_http"]),
-            f(&r["over_baseline_rps_http_reuse"])
+            f(&r["over_baseline_rps_http_reuse"]),
+            f(&r["over_baseline_p50_wasm_cgi_cold"]),
+            Some(f(&r["over_baseline_p50_python_preinit_cold"]))
+                .filter(|x| x.is_finite())
+                .map_or(String::new(), |x| format!(", Python function (preinit) {x:.2}"))
         )?;
     }
     std::fs::write(o.out.join("serve.csv"), csv)?;

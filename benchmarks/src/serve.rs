@@ -4,8 +4,9 @@
 //! component when it is installed.
 //!
 //! The load generator is a set of keep-alive client threads in this
-//! process (amphi_tests::serve::Client). Warm variants are measured in
-//! alternating rounds, so that a noisy moment hits all of them alike.
+//! process (amphi_tests::serve::Client). Warm variants, `wasmtime serve`
+//! among them, are measured in alternating rounds, so that a noisy moment
+//! hits all of them alike.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -335,6 +336,15 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             (routed, preinit, 1),
         ]);
     }
+    // wasmtime serve, same component, loaded in the same rounds: a ratio
+    // against it taken minutes apart would carry the machine's drift.
+    let wasmtime_bin = wasmtime(o)?;
+    let reference = match &wasmtime_bin {
+        Some(bin) => Some(wasmtime_serve(bin, &http)?),
+        None => None,
+    };
+    let wasmtime_at = warm.len();
+    warm.extend(reference.as_ref().map(|ws| (ws.addr, "/http", clients)));
     let baseline_from = warm.len();
     if let Some(b) = &baseline {
         warm.extend(
@@ -425,7 +435,6 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             ));
         }
     }
-    drop(baseline);
 
     // Strict: an envelope per request, from a warm pool or made on demand.
     let strict = [
@@ -465,21 +474,39 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             ),
         ]);
     }
+    let mut cold: Vec<(String, &str, usize)> = cold
+        .into_iter()
+        .map(|(name, path)| (name.to_owned(), path, 0))
+        .collect();
+    // The baseline build's cold starts, turn about with this one's.
+    if baseline.is_some() {
+        let of_this: Vec<(String, &str, usize)> = cold
+            .iter()
+            .filter(|(_, path, _)| ["/wasm-cold", "/python-preinit-cold"].contains(path))
+            .map(|(name, path, _)| (format!("{name} [baseline]"), *path, 1))
+            .collect();
+        cold.extend(of_this);
+    }
+    let mut cold_clients: Vec<Client> = std::iter::once(serve.addr)
+        .chain(baseline.as_ref().map(|b| b.addr))
+        .map(Client::new)
+        .collect();
     let mut cold_lat: Vec<Vec<f64>> = vec![Vec::new(); cold.len()];
-    let mut c = Client::new(serve.addr);
     for _ in 0..cold_n {
-        for (i, (_, path)) in cold.iter().enumerate() {
+        for (i, (_, path, server)) in cold.iter().enumerate() {
             // Let the previous request's envelope go first.
             std::thread::sleep(Duration::from_millis(30));
             let path = &format!("{path}?text=to+be+or+not+to+be");
             let t = Instant::now();
-            let r = c.request("GET", path, &[], b"");
+            let r = cold_clients[*server].request("GET", path, &[], b"");
             if r.status == 200 {
                 cold_lat[i].push(t.elapsed().as_secs_f64() * 1e3);
             }
         }
     }
-    for (i, (name, _)) in cold.iter().enumerate() {
+    drop(cold_clients);
+    drop(baseline);
+    for (i, (name, _, _)) in cold.iter().enumerate() {
         let (median, _) = median_p95(&cold_lat[i]);
         rows.push(json!({"variant": name, "note": "scale to zero after every request; one client",
             "requests": cold_lat[i].len(), "errors": cold_n - cold_lat[i].len(), "rps": 1e3 / median,
@@ -507,29 +534,24 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
     ));
     drop(one);
 
-    // wasmtime serve, same component, same load.
-    let wasmtime_row = match wasmtime(o)? {
+    let wasmtime_row = match &wasmtime_bin {
         None => {
             json!({"skipped": "not built: the smoke pass, or WASMTIME set empty (a full run builds wasmtime-cli, or set WASMTIME to one)"})
         }
         Some(bin) => {
-            let ws = wasmtime_serve(&bin, &http)?;
-            let _warm_up = load(ws.addr, "/http", clients, secs / 4.0);
-            let loads: Vec<Load> = (0..rounds)
-                .map(|_| load(ws.addr, "/http", clients, secs))
-                .collect();
-            let version = Command::new(&bin)
+            let version = Command::new(bin)
                 .arg("--version")
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
                 .unwrap_or_default();
             row(
                 &format!("wasmtime serve ({version})"),
-                "component instance per request, no envelope",
-                &loads,
+                "component instance per request, no envelope; loaded in the warm rounds",
+                &warm_loads[wasmtime_at],
             )
         }
     };
+    drop(reference);
     let stat = |variant: &str, key: &str| {
         rows.iter()
             .find(|r| r["variant"] == variant)
@@ -571,6 +593,15 @@ pub fn group(w: &world::World, o: &Opts) -> Result<Value> {
             ),
         ] {
             ratios[key] = json!(rps(variant) / rps(&format!("{variant} [baseline]")));
+        }
+        for (key, variant) in [
+            ("over_baseline_p50_wasm_cgi_cold", "wasm CGI (cold)"),
+            (
+                "over_baseline_p50_python_preinit_cold",
+                "Python function (cold, preinit)",
+            ),
+        ] {
+            ratios[key] = json!(p50(variant) / p50(&format!("{variant} [baseline]")));
         }
     }
     if let Some(rps) = wasmtime_row["rps"].as_f64() {
