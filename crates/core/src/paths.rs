@@ -68,39 +68,46 @@ pub fn open_in_root(root: BorrowedFd, path: &Path, create: Create) -> Result<Own
         Err(e) => return Err(Error::sys(ctx(), e)),
     }
     let comps: Vec<_> = rel.components().collect();
-    let mut parent = resolve_in_root(root, Path::new("."), OFlag::O_PATH).sys(ctx)?;
-    let mut prefix = PathBuf::new();
-    for (i, c) in comps.iter().enumerate() {
-        prefix.push(c);
-        let fd = match resolve_in_root(root, &prefix, OFlag::O_PATH) {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT) => {
-                let name = c.as_os_str();
-                let last = i + 1 == comps.len();
-                let made = if last && create == Create::File {
-                    openat(
-                        parent.as_fd(),
-                        name,
-                        OFlag::O_CREAT
-                            | OFlag::O_EXCL
-                            | OFlag::O_WRONLY
-                            | OFlag::O_CLOEXEC
-                            | OFlag::O_NOFOLLOW,
-                        Mode::from_bits_truncate(0o644),
-                    )
-                    .map(drop)
-                } else {
-                    nix::sys::stat::mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755))
-                };
-                match made {
-                    Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => return Err(Error::sys(ctx(), e)),
-                }
-                resolve_in_root(root, &prefix, OFlag::O_PATH).sys(ctx)?
-            }
+    // The deepest ancestor that exists, looked for from the path upwards:
+    // what is missing is usually the last component alone (a mount point
+    // in a directory the image has), found in one lookup instead of one
+    // per component. Each prefix is resolved from the root, as the path is.
+    let mut existing = comps.len() - 1;
+    let mut parent = loop {
+        let prefix: PathBuf = comps[..existing].iter().collect();
+        match resolve_in_root(root, &relative(&prefix), OFlag::O_PATH) {
+            Ok(fd) => break fd,
+            Err(Errno::ENOENT) if existing > 0 => existing -= 1,
             Err(e) => return Err(Error::sys(ctx(), e)),
+        }
+    };
+    let mut prefix: PathBuf = comps[..existing].iter().collect();
+    for (i, c) in comps.iter().enumerate().skip(existing) {
+        prefix.push(c);
+        let name = c.as_os_str();
+        let last = i + 1 == comps.len();
+        let made = if last && create == Create::File {
+            openat(
+                parent.as_fd(),
+                name,
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_WRONLY
+                    | OFlag::O_CLOEXEC
+                    | OFlag::O_NOFOLLOW,
+                Mode::from_bits_truncate(0o644),
+            )
+            .map(drop)
+        } else {
+            nix::sys::stat::mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755))
         };
-        parent = fd;
+        match made {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(Error::sys(ctx(), e)),
+        }
+        // Looked up again from the root: what was made may have been
+        // swapped for a symlink since, which must not lead out.
+        parent = resolve_in_root(root, &prefix, OFlag::O_PATH).sys(ctx)?;
     }
     Ok(parent)
 }
@@ -278,8 +285,15 @@ mod tests {
         std::os::unix::fs::symlink("../../outside", root.join("etc/rel")).unwrap();
         std::fs::create_dir(root.join("outside")).unwrap();
         let rootfd = open(&root, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
-        for p in ["/etc/rel/y", "/../../outside/z"] {
+        // One component missing, and several (made one by one below the
+        // deepest that exists, each looked up from the root again).
+        for p in ["/etc/rel/y", "/../../outside/z", "/etc/rel/a/b/c"] {
             open_in_root(rootfd.as_fd(), Path::new(p), Create::Dir).unwrap();
+        }
+        // A file where a directory is needed fails, whatever lies below it.
+        std::fs::write(root.join("etc/file"), "").unwrap();
+        for p in ["/etc/file/x", "/etc/file/x/y"] {
+            assert!(open_in_root(rootfd.as_fd(), Path::new(p), Create::Dir).is_err());
         }
         // A symlink to a host path that does not exist inside the root is refused.
         assert!(open_in_root(rootfd.as_fd(), Path::new("/abs/x"), Create::Dir).is_err());
@@ -290,6 +304,7 @@ mod tests {
         );
         assert!(root.join("outside/y").is_dir());
         assert!(root.join("outside/z").is_dir());
+        assert!(root.join("outside/a/b/c").is_dir());
     }
 
     #[test]
