@@ -122,17 +122,6 @@ impl Abi {
         }
     }
 
-    fn number(self, name: &str) -> Option<u32> {
-        use syscalls::{aarch64, arm, x86, x86_64};
-        match self {
-            Abi::X86_64 => x86_64::Sysno::from_str(name).ok().map(|s| s.id() as u32),
-            Abi::X32 => x32_number(name).map(|nr| nr | X32_SYSCALL_BIT),
-            Abi::I386 => x86::Sysno::from_str(name).ok().map(|s| s.id() as u32),
-            Abi::Aarch64 => aarch64::Sysno::from_str(name).ok().map(|s| s.id() as u32),
-            Abi::Arm => arm::Sysno::from_str(name).ok().map(|s| s.id() as u32),
-        }
-    }
-
     /// 32-bit ABIs: the kernel reads an argument's low 32 bits only, so a
     /// condition compares only those (as libseccomp does); comparing all
     /// 64 would let a value with high bits set slip past `fd == 1`.
@@ -196,23 +185,62 @@ const X32_OWN: &[(&str, u32)] = &[
     ("pwritev2", 547),
 ];
 
-/// A syscall's number for x32 (without the x32 bit): x86_64's, unless x32
-/// has its own entry point or none.
-fn x32_number(name: &str) -> Option<u32> {
+/// A syscall's number for x32 (without the x32 bit), given its x86_64
+/// one: that, unless x32 has its own entry point or none.
+fn x32_number(name: &str, x86_64: Option<u32>) -> Option<u32> {
     if let Some((_, nr)) = X32_OWN.iter().find(|(n, _)| *n == name) {
         return Some(*nr);
     }
     if X86_64_ONLY.contains(&name) {
         return None;
     }
-    syscalls::x86_64::Sysno::from_str(name)
-        .ok()
-        .map(|s| s.id() as u32)
-        .filter(|nr| *nr < 512)
+    x86_64.filter(|nr| *nr < 512)
 }
 
-/// Whether any architecture knows the name (typos are errors, foreign
-/// syscalls are not).
+/// A syscall name's numbers on each ABI this host runs. Looked up once per
+/// name: a profile names hundreds, and each ABI's section needs them all
+/// (the lookups were most of the compile time of podman's profile).
+#[derive(Clone, Copy)]
+struct Numbers {
+    by_abi: [Option<u32>; 5],
+    /// i386's socketcall/ipc multiplexer and call, for the names it covers.
+    i386_multiplexed: Option<(u32, u32)>,
+}
+
+impl Numbers {
+    fn of(name: &str) -> Numbers {
+        use syscalls::{aarch64, arm, x86, x86_64};
+        let mut by_abi = [None; 5];
+        let mut i386_multiplexed = None;
+        if cfg!(target_arch = "x86_64") {
+            let native = x86_64::Sysno::from_str(name).ok().map(|s| s.id() as u32);
+            by_abi[Abi::X86_64 as usize] = native;
+            by_abi[Abi::X32 as usize] = x32_number(name, native).map(|nr| nr | X32_SYSCALL_BIT);
+            by_abi[Abi::I386 as usize] = x86::Sysno::from_str(name).ok().map(|s| s.id() as u32);
+            i386_multiplexed = self::i386_multiplexed(name);
+        } else {
+            by_abi[Abi::Aarch64 as usize] =
+                aarch64::Sysno::from_str(name).ok().map(|s| s.id() as u32);
+            by_abi[Abi::Arm as usize] = arm::Sysno::from_str(name).ok().map(|s| s.id() as u32);
+        }
+        Numbers {
+            by_abi,
+            i386_multiplexed,
+        }
+    }
+
+    fn on(&self, abi: Abi) -> Option<u32> {
+        self.by_abi[abi as usize]
+    }
+
+    /// Whether any architecture knows the name (typos are errors, foreign
+    /// syscalls are not).
+    fn known_anywhere(&self, name: &str) -> bool {
+        self.by_abi.iter().any(Option::is_some) || known_anywhere(name)
+    }
+}
+
+/// Whether any architecture knows the name.
 fn known_anywhere(name: &str) -> bool {
     use syscalls::{aarch64, arm, mips64, powerpc64, riscv64, s390x, x86, x86_64};
     x86_64::Sysno::from_str(name).is_ok()
@@ -243,11 +271,17 @@ fn host_abis() -> (Abi, Vec<(Arch, Abi)>) {
     }
 }
 
-fn action(field: &str, action: LinuxSeccompAction, errno: Option<u32>) -> Result<u32> {
+/// The filter's return value for an action; `field` names it in an error
+/// (made only then: a profile has hundreds of rules).
+fn action(
+    field: impl Fn() -> String,
+    action: LinuxSeccompAction,
+    errno: Option<u32>,
+) -> Result<u32> {
     let data = errno.unwrap_or(libc::EPERM as u32);
     if data > 0xffff {
         return Err(invalid(
-            field.into(),
+            field(),
             format!("errno {data} does not fit the 16 bits seccomp returns"),
         ));
     }
@@ -261,7 +295,8 @@ fn action(field: &str, action: LinuxSeccompAction, errno: Option<u32>) -> Result
         LinuxSeccompAction::ScmpActAllow => RET_ALLOW,
         LinuxSeccompAction::ScmpActNotify => {
             return Err(Error::Unsupported(format!(
-                "{field}: SCMP_ACT_NOTIFY (seccomp user notification) is not supported by amphi; use another action"
+                "{}: SCMP_ACT_NOTIFY (seccomp user notification) is not supported by amphi; use another action",
+                field()
             )))
         }
     })
@@ -294,15 +329,19 @@ pub fn compile(
         ));
     }
     let default = action(
-        "linux.seccomp.defaultAction",
+        || "linux.seccomp.defaultAction".into(),
         s.default_action(),
         s.default_errno_ret(),
     )?;
     let syscalls = s.syscalls().as_deref().unwrap_or_default();
     let mut skipped = Vec::new();
+    let mut numbers: Vec<Vec<Numbers>> = Vec::with_capacity(syscalls.len());
     for (i, sc) in syscalls.iter().enumerate() {
+        let mut of_rule = Vec::with_capacity(sc.names().len());
         for name in sc.names() {
-            if known_anywhere(name) {
+            let n = Numbers::of(name);
+            of_rule.push(n);
+            if n.known_anywhere(name) {
                 continue;
             }
             if unknown == UnknownNames::Refuse {
@@ -318,6 +357,7 @@ pub fn compile(
                 skipped.push(name.clone());
             }
         }
+        numbers.push(of_rule);
         for (j, a) in sc.args().iter().flatten().enumerate() {
             if a.index() > 5 {
                 return Err(invalid(
@@ -337,6 +377,22 @@ pub fn compile(
             skipped.join(", ")
         ));
     }
+    let rules = syscalls
+        .iter()
+        .zip(numbers)
+        .enumerate()
+        .map(|(i, (sc, numbers))| {
+            Ok(Rule {
+                action: action(
+                    || format!("linux.seccomp.syscalls[{i}].action"),
+                    sc.action(),
+                    sc.errno_ret(),
+                )?,
+                numbers,
+                args: sc.args().as_deref().unwrap_or_default(),
+            })
+        })
+        .collect::<Result<Vec<Rule>>>()?;
 
     let (native, compat) = host_abis();
     let listed = s.architectures().as_deref().unwrap_or_default();
@@ -344,7 +400,7 @@ pub fn compile(
     let native_code = if native == Abi::X86_64 {
         // x32 syscalls arrive with x86_64's audit arch and the x32 bit set.
         let x32 = if listed.contains(&Arch::ScmpArchX32) {
-            abi_rules(Abi::X32, syscalls, default)?
+            abi_rules(Abi::X32, &rules, default)
         } else {
             vec![raw(RET, RET_KILL_PROCESS, 0, 0)]
         };
@@ -354,15 +410,15 @@ pub fn compile(
             raw(JA, x32.len() as u32, 0, 0),
         ];
         code.extend(x32);
-        code.extend(abi_rules(Abi::X86_64, syscalls, default)?);
+        code.extend(abi_rules(Abi::X86_64, &rules, default));
         code
     } else {
-        abi_rules(native, syscalls, default)?
+        abi_rules(native, &rules, default)
     };
     sections.push((native.audit_arch(), native_code));
     for (arch, abi) in compat {
         if abi != Abi::X32 && listed.contains(&arch) {
-            sections.push((abi.audit_arch(), abi_rules(abi, syscalls, default)?));
+            sections.push((abi.audit_arch(), abi_rules(abi, &rules, default)));
         }
     }
 
@@ -408,28 +464,23 @@ pub fn compile(
 /// syscall numbers, compiled as ranges: the common allow-list profile is a
 /// few hundred instructions instead of thousands, which the kernel checks
 /// and runs on every syscall of the container.
-fn abi_rules(
-    abi: Abi,
-    syscalls: &[oci_spec::runtime::LinuxSyscall],
-    default: u32,
-) -> Result<Vec<libc::sock_filter>> {
+fn abi_rules(abi: Abi, rules: &[Rule], default: u32) -> Vec<libc::sock_filter> {
     let mut out = Vec::new();
     // The pending run of unconditional rules with one action.
     let mut run: Option<Run> = None;
-    for (i, sc) in syscalls.iter().enumerate() {
-        let act = action(
-            &format!("linux.seccomp.syscalls[{i}].action"),
-            sc.action(),
-            sc.errno_ret(),
-        )?;
-        let args = sc.args().as_deref().unwrap_or_default();
-        for name in sc.names() {
-            let nr = abi.number(name);
-            let multiplexed = (abi == Abi::I386).then(|| i386_multiplexed(name)).flatten();
+    for rule in rules {
+        let act = rule.action;
+        for numbers in &rule.numbers {
+            let nr = numbers.on(abi);
+            let multiplexed = if abi == Abi::I386 {
+                numbers.i386_multiplexed
+            } else {
+                None
+            };
             if nr.is_none() && multiplexed.is_none() {
                 continue;
             }
-            if args.is_empty() {
+            if rule.args.is_empty() {
                 if run.as_ref().is_some_and(|r| r.action != act) {
                     out.extend(run.take().expect("checked").compile());
                 }
@@ -446,8 +497,8 @@ fn abi_rules(
             // so a conditional rule covers the direct call only (as with
             // libseccomp).
             let Some(nr) = nr else { continue };
-            for conds in rule_groups(args) {
-                out.extend(rule(nr, &conds, act, abi.is_32bit()));
+            for conds in rule_groups(rule.args) {
+                out.extend(self::rule(nr, &conds, act, abi.is_32bit()));
             }
         }
     }
@@ -455,7 +506,15 @@ fn abi_rules(
         out.extend(r.compile());
     }
     out.push(raw(RET, default, 0, 0));
-    Ok(out)
+    out
+}
+
+/// One of the profile's rules, checked: its action's return value and the
+/// numbers of its syscalls.
+struct Rule<'s> {
+    action: u32,
+    numbers: Vec<Numbers>,
+    args: &'s [LinuxSeccompArg],
 }
 
 /// Consecutive unconditional rules with one action.
