@@ -5,6 +5,23 @@ use oci_spec::runtime::{Capabilities, LinuxCapabilities};
 
 use crate::{Error, Result};
 
+/// The capabilities the running kernel knows: those numbered up to its
+/// last, found by asking for the highest amphi knows first and going down
+/// (one prctl on a kernel as new as amphi's table, where asking for each
+/// was 41). Kept for the process: the init, a copy of it, asks no more.
+fn known() -> &'static CapsHashSet {
+    static KNOWN: std::sync::OnceLock<CapsHashSet> = std::sync::OnceLock::new();
+    KNOWN.get_or_init(|| {
+        let mut all: Vec<Cap> = caps::all().into_iter().collect();
+        all.sort_by_key(|c| std::cmp::Reverse(c.index()));
+        let last = all
+            .iter()
+            .find(|c| caps::has_cap(None, CapSet::Bounding, **c).is_ok())
+            .map_or(0, |c| c.index());
+        all.into_iter().filter(|c| c.index() <= last).collect()
+    })
+}
+
 /// Capabilities the running kernel knows; a spec may name newer ones, which
 /// are left out as runc does.
 fn to_caps(set: Option<&Capabilities>, known: &CapsHashSet) -> CapsHashSet {
@@ -21,7 +38,7 @@ pub fn unsupported(process: Option<&oci_spec::runtime::Process>) -> Vec<String> 
     let Some(c) = process.and_then(|p| p.capabilities().as_ref()) else {
         return Vec::new();
     };
-    let known = caps::runtime::thread_all_supported();
+    let known = known();
     let mut out = Vec::new();
     for (name, set) in [
         ("bounding", c.bounding()),
@@ -51,8 +68,8 @@ fn fail(set: &str, e: caps::errors::CapsError) -> Error {
 /// Drop what is not in the bounding set. Needs CAP_SETPCAP, so it runs
 /// before the switch to the container's user.
 pub fn apply_bounding(c: Option<&LinuxCapabilities>) -> Result<()> {
-    let known = caps::runtime::thread_all_supported();
-    let keep = to_caps(c.and_then(|c| c.bounding().as_ref()), &known);
+    let known = known();
+    let keep = to_caps(c.and_then(|c| c.bounding().as_ref()), known);
     for cap in known.difference(&keep) {
         caps::drop(None, CapSet::Bounding, *cap).map_err(|e| fail("bounding", e))?;
     }
@@ -62,8 +79,8 @@ pub fn apply_bounding(c: Option<&LinuxCapabilities>) -> Result<()> {
 /// Set effective, permitted, inheritable and ambient, after the user switch
 /// (which, with keep-caps, kept the permitted set).
 pub fn apply_sets(c: Option<&LinuxCapabilities>) -> Result<()> {
-    let known = caps::runtime::thread_all_supported();
-    let get = |s: Option<&Capabilities>| to_caps(s, &known);
+    let known = known();
+    let get = |s: Option<&Capabilities>| to_caps(s, known);
     let (eff, perm, inh, amb) = match c {
         Some(c) => (
             get(c.effective().as_ref()),
