@@ -443,11 +443,6 @@ pub fn remove(created: &[PathBuf], paths: &[PathBuf]) -> Vec<Error> {
         let mut pause = std::time::Duration::from_micros(100);
         let mut waited = std::time::Duration::ZERO;
         loop {
-            // Cgroups the workload made below its own (systemd or a
-            // runtime inside the container) go first, as runc removes them.
-            if own {
-                remove_children(dir);
-            }
             match std::fs::remove_dir(dir) {
                 Ok(()) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
@@ -456,7 +451,15 @@ pub fn remove(created: &[PathBuf], paths: &[PathBuf]) -> Vec<Error> {
                         && own
                         && waited < std::time::Duration::from_secs(1) =>
                 {
-                    std::thread::sleep(pause);
+                    // Cgroups the workload made below its own (systemd or
+                    // a runtime inside the container) go first, as runc
+                    // removes them; looked for only now, since a
+                    // container's directory usually goes at once. Having
+                    // removed some, it tries again at once, the pause still
+                    // counted against the wait.
+                    if !remove_children(dir) {
+                        std::thread::sleep(pause);
+                    }
                     waited += pause;
                     pause = (pause * 2).min(std::time::Duration::from_millis(5));
                 }
@@ -512,16 +515,19 @@ fn mark_made_by_amphi(dir: &Path) {
 
 /// Remove the cgroups below `dir`, deepest first; a busy one stays (and
 /// keeps `dir` busy, which the caller reports).
-fn remove_children(dir: &Path) {
+/// Remove the cgroups below `dir`, deepest first; whether any went.
+fn remove_children(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return false;
     };
+    let mut removed = false;
     for child in entries.flatten() {
         if child.file_type().is_ok_and(|t| t.is_dir()) {
             remove_children(&child.path());
-            let _ = std::fs::remove_dir(child.path());
+            removed |= std::fs::remove_dir(child.path()).is_ok();
         }
     }
+    removed
 }
 
 /// A directory of a cgroup2 hierarchy (what CLONE_INTO_CGROUP takes).
