@@ -4,7 +4,7 @@
 use amphi_core::cgroups;
 use amphi_core::executor::{self, Handler};
 use amphi_core::spec::Bundle;
-use amphi_core::state::Status;
+use amphi_core::state::{ContainerState, Locked, Status};
 use amphi_core::{Error, Result};
 
 use crate::create::{new_state, record_init, CreateGuard};
@@ -45,14 +45,15 @@ impl Runtime {
 
     /// create's counterpart for an image CRIU restores: the state
     /// directory and cgroup as for create, then `criu restore` in place
-    /// of an init; the container runs at once (no `start`).
+    /// of an init; the container runs at once (no `start`). Returns as
+    /// create does: still locked, with the record written.
     pub(crate) fn restore_through_criu(
         &self,
         o: &CreateOptions,
         bundle: &Bundle,
         handler: &dyn Handler,
         image: &executor::CheckpointOptions,
-    ) -> Result<i32> {
+    ) -> Result<(Locked, ContainerState)> {
         let spec = &bundle.spec;
         let locked = self.store.create(o.id)?;
         let mut guard = CreateGuard::new(locked);
@@ -82,7 +83,7 @@ impl Runtime {
             cgroup_paths: &state.cgroup_paths,
         })?;
         record_init(locked, &mut state, pid, o.pid_file)?;
-        guard.locked = None;
-        Ok(pid)
+        let locked = guard.locked.take().expect("set above");
+        Ok((locked, state))
     }
 }

@@ -52,6 +52,12 @@ impl Runtime {
     }
 
     pub fn create(&self, o: &CreateOptions) -> Result<i32> {
+        self.create_locked(o)
+            .map(|(_unlocked_on_drop, state)| state.pid)
+    }
+
+    /// create, still holding the container's lock, with the record it wrote.
+    fn create_locked(&self, o: &CreateOptions) -> Result<(Locked, ContainerState)> {
         amphi_core::id::validate(o.id)?;
         util::trace::phase("create: load bundle");
         let bundle = Bundle::load(o.bundle)?;
@@ -143,24 +149,45 @@ impl Runtime {
         util::failpoint("create:ready");
         record_init(locked, &mut state, pid, o.pid_file)?;
         util::trace::phase("create: init recorded");
-        guard.locked = None;
-        Ok(pid)
+        let locked = guard.locked.take().expect("set above");
+        Ok((locked, state))
     }
 
-    /// start, but for a container CRIU restored, which runs already.
-    fn start_created(&self, o: &CreateOptions) -> Result<()> {
-        if o.restore.is_some() {
-            let (_locked, _state, status) = self.load(o.id)?;
-            if status == Status::Running {
-                return Ok(());
-            }
-        }
-        self.start(o.id)
+    /// create + start, holding the lock create took: the record create
+    /// wrote is the one started from, not read again. A container that
+    /// fails to start is removed. Returns the init's pid.
+    fn create_started(&self, o: &CreateOptions) -> Result<Pid> {
+        let (locked, state) = self.create_locked(o)?;
+        let status = state.status(&locked.dir);
+        // A container CRIU restored runs already.
+        let started = if o.restore.is_some() && status == Status::Running {
+            Ok(())
+        } else {
+            self.start_loaded(o.id, &locked, &state, status)
+        };
+        // Released before anything else takes it (delete, a caller's
+        // `state` or `kill` while the container runs).
+        drop(locked);
+        let pid = Pid::from_raw(state.pid);
+        started.map(|()| pid).inspect_err(|_| {
+            let _ = self.delete(o.id, true);
+            let _ = waitpid(pid, None);
+        })
     }
 
     pub fn start(&self, id: &str) -> Result<()> {
         let (locked, state, status) = self.load(id)?;
         util::trace::phase("start: state loaded");
+        self.start_loaded(id, &locked, &state, status)
+    }
+
+    fn start_loaded(
+        &self,
+        id: &str,
+        locked: &Locked,
+        state: &ContainerState,
+        status: Status,
+    ) -> Result<()> {
         if status != Status::Created {
             return Err(wrong_state(
                 id,
@@ -221,10 +248,7 @@ impl Runtime {
 
     /// create + start; a container that fails to start is removed.
     pub fn run_detached(&self, o: &CreateOptions) -> Result<()> {
-        self.create(o)?;
-        self.start_created(o).inspect_err(|_| {
-            let _ = self.delete(o.id, true);
-        })
+        self.create_started(o).map(drop)
     }
 
     /// create + start + wait + delete; the container's exit status, 128+N
@@ -237,12 +261,7 @@ impl Runtime {
     }
 
     fn run_blocked(&self, o: &CreateOptions, blocked: &SigSet) -> Result<i32> {
-        let pid = Pid::from_raw(self.create(o)?);
-        if let Err(e) = self.start_created(o) {
-            let _ = self.delete(o.id, true);
-            let _ = waitpid(pid, None);
-            return Err(e);
-        }
+        let pid = self.create_started(o)?;
         util::trace::phase("run: started, waiting");
         let code = wait_forwarding(pid, blocked)?;
         util::trace::phase("run: exited, deleting");
