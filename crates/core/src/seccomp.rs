@@ -461,9 +461,9 @@ pub fn compile(
 
 /// The rules of one ABI, in profile order, ending with the default action.
 /// Consecutive rules without conditions and with one action are a set of
-/// syscall numbers, compiled as ranges: the common allow-list profile is a
-/// few hundred instructions instead of thousands, which the kernel checks
-/// and runs on every syscall of the container.
+/// syscall numbers, searched as ranges ([`set_rule`]): the common
+/// allow-list profile is hundreds of instructions instead of thousands,
+/// and a syscall's way through it a few dozen.
 fn abi_rules(abi: Abi, rules: &[Rule], default: u32) -> Vec<libc::sock_filter> {
     let mut out = Vec::new();
     // The pending run of unconditional rules with one action.

@@ -513,9 +513,8 @@ fn mark_made_by_amphi(dir: &Path) {
     };
 }
 
-/// Remove the cgroups below `dir`, deepest first; a busy one stays (and
-/// keeps `dir` busy, which the caller reports).
-/// Remove the cgroups below `dir`, deepest first; whether any went.
+/// Remove the cgroups below `dir`, deepest first; whether any went. A
+/// busy one stays (and keeps `dir` busy, which the caller reports).
 fn remove_children(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return false;
