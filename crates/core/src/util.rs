@@ -162,11 +162,13 @@ pub mod trace {
     pub fn phase(what: &str) {
         if ON.load(Ordering::Relaxed) {
             let t = START.get_or_init(Instant::now).elapsed();
-            eprintln!(
-                "amphi: debug: {:8.3} ms [{}] {what}",
+            // One write a line: the parent and the init trace at once.
+            let line = format!(
+                "amphi: debug: {:8.3} ms [{}] {what}\n",
                 t.as_secs_f64() * 1e3,
                 std::process::id()
             );
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         }
     }
 }
