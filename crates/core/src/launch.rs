@@ -111,14 +111,18 @@ pub struct LaunchConfig<'a> {
     pub console_socket: Option<&'a OwnedFd>,
     /// A fresh session keyring for the process (runc's default).
     pub new_keyring: bool,
+    /// Where the seccomp profile's warnings go (syscalls it skips).
+    pub warn: &'a dyn Fn(&str),
 }
 
 /// Start the init; returns its host pid once it is `created`.
-/// `runtime_hooks` runs the prestart and createRuntime hooks given the pid.
+/// `runtime_hooks` runs the prestart and createRuntime hooks given the pid;
+/// `meanwhile`, given the pid too, runs while the init sets itself up.
 pub fn launch(
     cfg: &LaunchConfig,
     executor: Box<dyn Executor>,
     runtime_hooks: &mut dyn FnMut(i32) -> Result<()>,
+    meanwhile: &mut dyn FnMut(i32) -> Result<()>,
 ) -> Result<i32> {
     let spec = &cfg.bundle.spec;
     let linux = spec.linux().as_ref();
@@ -224,7 +228,19 @@ pub fn launch(
             send(&parent_ch, &Msg::Go)?;
         }
         crate::util::failpoint(&format!("{stage}:attached"));
-        send(&parent_ch, &Msg::Joined)?;
+        // What the init needs only once its rootfs is mounted is made while
+        // it mounts, on the other core: the cgroup's limits (a device
+        // filter to load, on v2) and the seccomp program. Neither is in
+        // force before `Joined`, and no workload runs before it.
+        if let Cgroup::New(c) = &cfg.cgroup {
+            c.limit()?;
+        }
+        let mut warnings = Vec::new();
+        let seccomp = cfg.bundle.compile_seccomp(&mut warnings)?;
+        warnings.iter().for_each(|w| (cfg.warn)(w));
+        crate::util::trace::phase("limits set, seccomp compiled");
+        send(&parent_ch, &Msg::Joined(seccomp))?;
+        meanwhile(init_pid)?;
         loop {
             match parent_ch.recv()? {
                 Some(Msg::RunHooks) => {

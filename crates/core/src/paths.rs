@@ -198,11 +198,50 @@ fn raw_getcwd() -> nix::Result<Vec<u8>> {
 
 /// Write `data` to `path` as a new file that readers see whole or not at
 /// all, in a directory a container may be able to write (runc's
-/// `createPidFile`): the directory is opened once and everything happens
-/// relative to it; the content goes to a new file under a random name,
-/// created with `O_EXCL | O_NOFOLLOW` (so a planted symlink or file is
-/// never followed or truncated), then renamed over `path`.
+/// `createPidFile`): see [`stage_file`].
 pub fn write_file(path: &Path, data: &[u8]) -> Result<()> {
+    stage_file(path, data)?.commit()
+}
+
+/// A file written under a random name beside where it goes, put in place
+/// by [`Staged::commit`] and removed if dropped before.
+pub struct Staged {
+    dir: OwnedFd,
+    tmp: String,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Rename it over its path: readers see the old file or this one whole.
+    pub fn commit(mut self) -> Result<()> {
+        let name = self.path.file_name().expect("checked by stage_file");
+        nix::fcntl::renameat(self.dir.as_fd(), self.tmp.as_str(), self.dir.as_fd(), name)
+            .map_err(|e| Error::io("rename to", &self.path, e.into()))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = nix::unistd::unlinkat(
+                self.dir.as_fd(),
+                self.tmp.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
+}
+
+/// The first half of [`write_file`], for a caller with time to spare
+/// before the file must be in place: the directory is opened once and
+/// everything happens relative to it; the content goes to a new file
+/// under a random name, created with `O_EXCL | O_NOFOLLOW` (so a planted
+/// symlink or file is never followed or truncated), which
+/// [`Staged::commit`] renames over `path`.
+pub fn stage_file(path: &Path, data: &[u8]) -> Result<Staged> {
     use std::io::Write;
     let (dir_path, name) = match (path.parent(), path.file_name()) {
         (Some(d), Some(n)) => (
@@ -234,22 +273,16 @@ pub fn write_file(path: &Path, data: &[u8]) -> Result<()> {
             Err(e) => return Err(Error::io("create", dir_path.join(&tmp), e.into())),
         }
     };
-    let remove_tmp = || {
-        let _ = nix::unistd::unlinkat(
-            dir.as_fd(),
-            tmp.as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
+    let staged = Staged {
+        dir,
+        tmp,
+        path: path.to_path_buf(),
+        committed: false,
     };
-    if let Err(e) = (&file).write_all(data) {
-        remove_tmp();
-        return Err(Error::io("write", dir_path.join(&tmp), e));
-    }
-    drop(file);
-    nix::fcntl::renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), name).map_err(|e| {
-        remove_tmp();
-        Error::io("rename to", path, e.into())
-    })
+    (&file)
+        .write_all(data)
+        .map_err(|e| Error::io("write", dir_path.join(&staged.tmp), e))?;
+    Ok(staged)
 }
 
 /// 64 random bits from the kernel, for names nobody can predict.

@@ -55,6 +55,9 @@ const JGT: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
 const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
 const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 
+/// The bytes of a program's flags in [`Program::to_bytes`].
+const FLAGS_LEN: usize = std::mem::size_of::<libc::c_ulong>();
+
 /// A compiled filter, ready to install.
 #[derive(Debug, Clone)]
 pub struct Program {
@@ -894,7 +897,49 @@ impl Program {
     pub fn is_empty(&self) -> bool {
         self.insns.is_empty()
     }
+
+    /// The flags, then each instruction, little-endian: how the runtime
+    /// hands a program it compiled to the container's init.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FLAGS_LEN + 8 * self.insns.len());
+        out.extend_from_slice(&self.flags.to_le_bytes());
+        for i in &self.insns {
+            out.extend_from_slice(&i.code.to_le_bytes());
+            out.extend_from_slice(&[i.jt, i.jf]);
+            out.extend_from_slice(&i.k.to_le_bytes());
+        }
+        out
+    }
+
+    /// What [`Program::to_bytes`] wrote; `None` for anything else.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Program> {
+        let (flags, insns) = bytes.split_first_chunk::<FLAGS_LEN>()?;
+        if insns.len() % 8 != 0 || insns.len() / 8 > BPF_MAXINSNS {
+            return None;
+        }
+        let insns = insns
+            .chunks_exact(8)
+            .map(|c| libc::sock_filter {
+                code: u16::from_le_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        Some(Program {
+            insns,
+            flags: libc::c_ulong::from_le_bytes(*flags),
+        })
+    }
 }
+
+impl PartialEq for Program {
+    fn eq(&self, other: &Program) -> bool {
+        self.to_bytes() == other.to_bytes()
+    }
+}
+
+impl Eq for Program {}
 
 /// Syscalls the default profile refuses (EPERM), as the common container
 /// default does: kernel modules and keys, clocks, mounts and namespaces,

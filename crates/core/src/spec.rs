@@ -24,11 +24,9 @@ pub struct Bundle {
     pub spec: Spec,
     /// Absolute, canonical root filesystem directory.
     pub rootfs: PathBuf,
-    /// `linux.seccomp`, compiled: a bad profile fails before any process exists.
-    pub seccomp: Option<crate::seccomp::Program>,
     /// What the spec asks for and this host cannot give, where the spec
-    /// says to go on with a warning (capabilities nobody knows, syscalls of
-    /// no architecture).
+    /// says to go on with a warning (capabilities nobody knows). The
+    /// seccomp profile's own warnings come from [`Bundle::compile_seccomp`].
     pub warnings: Vec<String>,
 }
 
@@ -69,7 +67,6 @@ impl Bundle {
         let rootfs = validate(&file, &dir, &spec)?;
         crate::util::trace::phase("bundle: config validated");
         let mut bundle = Bundle::new(dir, rootfs, spec)?;
-        warnings.append(&mut bundle.warnings);
         bundle.warnings = warnings;
         Ok(bundle)
     }
@@ -92,20 +89,28 @@ impl Bundle {
                 "missing: nothing to run",
             ));
         }
-        let mut warnings = Vec::new();
-        let seccomp = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.seccomp().as_ref())
-            .map(|s| crate::seccomp::compile(s, unknown_syscalls(&spec), &mut warnings))
-            .transpose()?;
         Ok(Bundle {
             dir,
             spec,
             rootfs,
-            seccomp,
-            warnings,
+            warnings: Vec::new(),
         })
+    }
+
+    /// `linux.seccomp` compiled, `None` without a profile; the syscalls it
+    /// skips (of no architecture amphi knows) go to `warnings`. Not part
+    /// of [`Bundle::load`]: `create` compiles while the init it is for
+    /// mounts its rootfs, which needs the program only later.
+    pub fn compile_seccomp(
+        &self,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<crate::seccomp::Program>> {
+        self.spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .map(|s| crate::seccomp::compile(s, unknown_syscalls(&self.spec), warnings))
+            .transpose()
     }
 }
 

@@ -342,8 +342,13 @@ impl Locked {
     }
 
     pub fn save(&self, state: &ContainerState) -> Result<()> {
+        self.stage(state)?.commit()
+    }
+
+    /// `save` up to the last step: the record takes effect on commit.
+    pub fn stage(&self, state: &ContainerState) -> Result<paths::Staged> {
         let data = serde_json::to_vec(state).expect("state serialises");
-        paths::write_file(&self.dir.join(STATE_FILE), &data)
+        paths::stage_file(&self.dir.join(STATE_FILE), &data)
     }
 
     #[cfg(test)]

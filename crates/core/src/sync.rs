@@ -5,14 +5,16 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 
+use crate::seccomp::Program;
 use crate::{Error, Result};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Msg {
     /// parent → init: ids are mapped; go on.
     Go,
-    /// parent → init: you are in the container's cgroup.
-    Joined,
+    /// parent → init: you are in the container's cgroup, its limits are
+    /// set, and this is the seccomp program (if the spec has a profile).
+    Joined(Option<Program>),
     /// stage 1 → parent: write the id maps of my new user namespace.
     MapIds,
     /// parent → stage 1: the maps are written.
@@ -60,7 +62,12 @@ impl Channel {
             Msg::RunHooks => buf.push(5),
             Msg::HooksDone => buf.push(6),
             Msg::Ready => buf.push(7),
-            Msg::Joined => buf.push(9),
+            Msg::Joined(seccomp) => {
+                buf.push(9);
+                if let Some(p) = seccomp {
+                    buf.extend_from_slice(&p.to_bytes());
+                }
+            }
             Msg::Failed(s) => {
                 buf.push(8);
                 buf.extend_from_slice(&s.as_bytes()[..s.len().min(60_000)]);
@@ -98,7 +105,10 @@ impl Channel {
             6 => Msg::HooksDone,
             7 => Msg::Ready,
             8 => Msg::Failed(String::from_utf8_lossy(body).into_owned()),
-            9 => Msg::Joined,
+            9 if body.is_empty() => Msg::Joined(None),
+            9 => Msg::Joined(Some(Program::from_bytes(body).ok_or_else(|| {
+                Error::Init("a malformed seccomp program from the runtime".into())
+            })?)),
             t => return Err(Error::Init(format!("unknown sync message {t}"))),
         }))
     }
@@ -115,6 +125,15 @@ mod tests {
             Msg::Go,
             Msg::InitPid(-7),
             Msg::Failed("x y".into()),
+            Msg::Joined(None),
+            Msg::Joined(Some(
+                crate::seccomp::compile(
+                    &crate::seccomp::default_profile(),
+                    crate::seccomp::UnknownNames::Refuse,
+                    &mut Vec::new(),
+                )
+                .unwrap(),
+            )),
             Msg::Ready,
         ] {
             a.send(&m).unwrap();

@@ -70,6 +70,7 @@ impl Runtime {
         planned.make()?;
         guard.cgroup_created = state.cgroup_created.clone();
         guard.cgroup_paths = state.cgroup_paths.clone();
+        planned.limit()?;
         // CRIU's own process exits once the tree is restored: as its
         // subreaper this process inherits the restored init and can wait
         // for it (`restore` without --detach).

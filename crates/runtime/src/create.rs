@@ -121,6 +121,7 @@ impl Runtime {
         util::trace::phase("create: cgroup made");
 
         let hooks = spec.hooks().as_ref();
+        let mut staged = None;
         let mut runtime_hooks = |pid: i32| -> Result<()> {
             let mut s = state.clone();
             s.pid = pid;
@@ -142,12 +143,20 @@ impl Runtime {
                 preserve_fds: o.preserve_fds,
                 console_socket: console_socket.as_ref(),
                 new_keyring: !o.no_new_keyring,
+                warn: &*self.warn,
             },
             executor,
             &mut runtime_hooks,
+            // Written while the init mounts; in place once it is ready.
+            &mut |pid| {
+                staged = Some(stage_record(locked, &state, pid)?);
+                Ok(())
+            },
         )?;
         util::failpoint("create:ready");
-        record_init(locked, &mut state, pid, o.pid_file)?;
+        let (record, with_init) = staged.take().expect("launch ran meanwhile");
+        commit_record(Ok(record), pid, o.pid_file)?;
+        state = with_init;
         util::trace::phase("create: init recorded");
         let locked = guard.locked.take().expect("set above");
         Ok((locked, state))
@@ -339,20 +348,49 @@ pub(crate) fn new_state(
     }
 }
 
-/// Records the container's init `pid` (and writes --pid-file); if that
-/// fails the init is killed, so that the caller's guard can remove the rest.
+/// The record of the container with its init `pid`, written beside the
+/// current one, and the state it records.
+pub(crate) fn stage_record(
+    locked: &Locked,
+    state: &ContainerState,
+    pid: i32,
+) -> Result<(paths::Staged, ContainerState)> {
+    let mut state = state.clone();
+    state.pid = pid;
+    state.start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
+    Ok((locked.stage(&state)?, state))
+}
+
+/// Records the container's init `pid` in `state` and on disk (and writes
+/// --pid-file); if that fails the init is killed, so that the caller's
+/// guard can remove the rest.
 pub(crate) fn record_init(
     locked: &Locked,
     state: &mut ContainerState,
     pid: i32,
     pid_file: Option<&Path>,
 ) -> Result<()> {
-    state.pid = pid;
-    state.start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
-    let recorded = locked.save(state).and_then(|()| match pid_file {
-        Some(f) => paths::write_file(f, pid.to_string().as_bytes()),
-        None => Ok(()),
+    let record = stage_record(locked, state, pid).map(|(record, with_init)| {
+        *state = with_init;
+        record
     });
+    commit_record(record, pid, pid_file)
+}
+
+/// Puts the init's staged `record` in place (and writes --pid-file); if
+/// that fails the init is killed, so that the caller's guard can remove
+/// the rest.
+pub(crate) fn commit_record(
+    record: Result<paths::Staged>,
+    pid: i32,
+    pid_file: Option<&Path>,
+) -> Result<()> {
+    let recorded = record
+        .and_then(paths::Staged::commit)
+        .and_then(|()| match pid_file {
+            Some(f) => paths::write_file(f, pid.to_string().as_bytes()),
+            None => Ok(()),
+        });
     if let Err(e) = recorded {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         let _ = waitpid(Pid::from_raw(pid), None);

@@ -157,8 +157,11 @@ impl Runtime {
                     preserve_fds: o.preserve_fds,
                     console_socket: console_socket.as_ref(),
                     new_keyring: !state.no_new_keyring,
+                    // The container's create warned about its profile.
+                    warn: &|_| {},
                 },
                 executor,
+                &mut |_| Ok(()),
                 &mut |_| Ok(()),
             )?;
             if let Some(f) = o.pid_file {

@@ -237,8 +237,11 @@ fn plan_systemd(
 }
 
 impl ContainerCgroup {
-    /// Create the planned directories and apply the resources; on error
-    /// nothing is left.
+    /// Create the planned directories with their device rules; on error
+    /// nothing is left. The rest of the limits come with
+    /// [`ContainerCgroup::limit`]. The device rules cannot wait: the init
+    /// makes device nodes while it mounts, the rules decide whether it
+    /// may, and on v1 they go in through a moment of deny-all.
     pub fn make(&self) -> Result<()> {
         if self.systemd.is_some() {
             // systemd makes it, with the init (see `attach`).
@@ -253,12 +256,26 @@ impl ContainerCgroup {
             mark_made_by_amphi(parent);
         }
         if let Some(r) = &self.resources {
-            if let Err(e) = self.apply(r) {
+            let applied =
+                device_rules(r).and_then(|rules| self.apply_device_rules(rules.as_deref()));
+            if let Err(e) = applied {
                 remove(&self.created, &self.paths);
                 return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// Apply the planned limits but the device rules (`make` applied them)
+    /// to the directories `make` made (with the systemd driver, `attach`
+    /// applies all as the unit starts). `create` sets them while the init
+    /// mounts its rootfs, the init in the cgroup already and no workload
+    /// yet, as runc does: the writes cost the init nothing then.
+    pub fn limit(&self) -> Result<()> {
+        match (&self.resources, &self.systemd) {
+            (Some(r), None) => self.apply_limits(r),
+            _ => Ok(()),
+        }
     }
 
     pub fn v2(&self) -> bool {
@@ -333,12 +350,14 @@ impl ContainerCgroup {
     /// the first write, so a refused `create` or `update` changes nothing;
     /// every write that fails is an error naming the file, never a silent pass.
     pub fn apply(&self, r: &LinuxResources) -> Result<()> {
+        let rules = device_rules(r)?;
+        self.apply_limits(r)?;
+        self.apply_device_rules(rules.as_deref())
+    }
+
+    /// Everything of `r` but its device rules.
+    fn apply_limits(&self, r: &LinuxResources) -> Result<()> {
         let mut writes = resources::writes(r, self.hierarchy())?;
-        let rules = r
-            .devices()
-            .as_deref()
-            .map(crate::devices::rules)
-            .transpose()?;
         for w in &writes {
             let dir = self.dir(w.controller).ok_or_else(|| {
                 err(
@@ -368,9 +387,13 @@ impl ContainerCgroup {
                 errno: e.raw_os_error(),
             })?;
         }
+        Ok(())
+    }
+
+    fn apply_device_rules(&self, rules: Option<&[crate::devices::Rule]>) -> Result<()> {
         match rules {
             None => Ok(()),
-            Some(rules) if self.v2() => crate::devices::apply_v2(&self.paths[0], &rules),
+            Some(rules) if self.v2() => crate::devices::apply_v2(&self.paths[0], rules),
             Some(rules) => {
                 let dir = self.dir("devices").ok_or_else(|| {
                     err(
@@ -378,7 +401,7 @@ impl ContainerCgroup {
                         "linux.resources.devices: no devices controller on this host",
                     )
                 })?;
-                crate::devices::apply_v1(&dir, &rules)
+                crate::devices::apply_v1(&dir, rules)
             }
         }
     }
@@ -403,6 +426,14 @@ impl ContainerCgroup {
             .add_task_by_tgid(CgroupPid::from(pid as u64))
             .map_err(|e| lib_err(self.cgroup.path(), &format!("attach pid {pid}"), e))
     }
+}
+
+/// `r`'s device rules, checked.
+fn device_rules(r: &LinuxResources) -> Result<Option<Vec<crate::devices::Rule>>> {
+    r.devices()
+        .as_deref()
+        .map(crate::devices::rules)
+        .transpose()
 }
 
 /// On v1, memory.memsw.limit_in_bytes may never be below

@@ -60,10 +60,11 @@ pub(super) fn create(a: InitArgs, pivot: bool, parent: &mut Parent) -> Result<In
         cgroup_paths: a.cgroup_paths,
     })?;
 
-    // The parent moved us into the cgroup while we mounted. From here on
-    // everything is charged to it, and a new cgroup namespace is rooted at it.
+    // The parent moved us into the cgroup while we mounted, and set its
+    // limits. From here on everything is charged to it and limited by it,
+    // and a new cgroup namespace is rooted at it.
     phase("init: rootfs mounted, waiting for cgroup");
-    parent.expect(Msg::Joined, "before the cgroup was joined")?;
+    let seccomp = parent.joined()?;
     if a.plan.creates(LinuxNamespaceType::Cgroup) {
         unshare(CloneFlags::CLONE_NEWCGROUP).sys(|| "unshare cgroup namespace".into())?;
     }
@@ -134,7 +135,7 @@ pub(super) fn create(a: InitArgs, pivot: bool, parent: &mut Parent) -> Result<In
     // Masked and read-only paths after pivot_root: they name container paths.
     phase("init: masked and read-only paths");
     rootfs::finalize(spec)?;
-    enter_process(process, spec.linux().as_ref(), a.bundle.seccomp.as_ref())?;
+    enter_process(process, spec.linux().as_ref(), seccomp.as_ref())?;
 
     // Created: tell the parent, then block until `start` opens the fifo.
     parent.ready()?;
@@ -154,7 +155,7 @@ pub(super) fn create(a: InitArgs, pivot: bool, parent: &mut Parent) -> Result<In
         "startContainer",
         &state_json("running"),
     )?;
-    before_exec(process, a.bundle.seccomp.as_ref())?;
+    before_exec(process, seccomp.as_ref())?;
     exec_workload(executor, process)
 }
 

@@ -15,7 +15,6 @@ use super::{
 };
 use crate::error::SysContext;
 use crate::executor::PrepareContext;
-use crate::sync::Msg;
 use crate::Result;
 
 pub(super) fn exec(a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
@@ -23,7 +22,7 @@ pub(super) fn exec(a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
     let process = a.bundle.process();
     // A process joining a container needs no host directory.
     drop(a.state_dir);
-    parent.expect(Msg::Joined, "before the cgroup was joined")?;
+    let seccomp = parent.joined()?;
     let root_fd = nix::fcntl::open(
         "/",
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -42,8 +41,8 @@ pub(super) fn exec(a: InitArgs, parent: &mut Parent) -> Result<Infallible> {
     if let Some(socket) = console_socket(a.console_socket) {
         crate::console::setup(socket, process, false)?;
     }
-    enter_process(process, spec.linux().as_ref(), a.bundle.seccomp.as_ref())?;
-    before_exec(process, a.bundle.seccomp.as_ref())?;
+    enter_process(process, spec.linux().as_ref(), seccomp.as_ref())?;
+    before_exec(process, seccomp.as_ref())?;
     parent.ready()?;
     take_process_umask(process);
     exec_workload(executor, process)

@@ -80,6 +80,17 @@ impl Parent {
         }
     }
 
+    /// Wait for `Joined`: in the cgroup, its limits set. Returns the seccomp
+    /// program the runtime compiled meanwhile.
+    fn joined(&self) -> Result<Option<Program>> {
+        match self.0.as_ref().map(Channel::recv).transpose()?.flatten() {
+            Some(Msg::Joined(seccomp)) => Ok(seccomp),
+            _ => Err(Error::Init(
+                "the runtime went away before the cgroup was joined".into(),
+            )),
+        }
+    }
+
     /// Tell the runtime the process is set up; from here on nobody listens.
     fn ready(&mut self) -> Result<()> {
         self.send(&Msg::Ready)?;
