@@ -732,6 +732,71 @@ fn a_new_network_namespace_has_loopback_up() {
     }
 }
 
+/// A new network namespace is made on a thread of the runtime while it
+/// makes the container's state and cgroup, not in the init's clone;
+/// unless the container has a user namespace, which must own its network
+/// namespace (mounting sysfs, for one, depends on it). Either way each
+/// container's namespace is its own, and owned by the user namespace its
+/// processes run in, as one made by the clone would be.
+#[test]
+fn a_new_network_namespace_is_the_containers_own_and_its_user_namespaces() {
+    use std::os::unix::fs::MetadataExt;
+    /// The inode of the user namespace that owns `pid`'s network namespace.
+    fn owner_of_network(pid: i32) -> u64 {
+        const NS_GET_USERNS: libc::c_ulong = 0xb701;
+        let net = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+        // SAFETY: NS_GET_USERNS takes no argument and returns a new fd.
+        let fd = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&net), NS_GET_USERNS) };
+        assert!(
+            fd >= 0,
+            "NS_GET_USERNS: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: the kernel just gave us this fd, owned by nobody else.
+        let owner = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        owner.metadata().unwrap().ino()
+    }
+    let ns = |pid: &str, kind: &str| {
+        std::fs::metadata(format!("/proc/{pid}/ns/{kind}"))
+            .unwrap()
+            .ino()
+    };
+    let env = Env::new();
+    for userns in [false, true] {
+        // All alive at once: the kernel numbers a new namespace with a
+        // freed one's inode.
+        let mut seen = vec![ns("self", "net")];
+        let mut made = Vec::new();
+        for n in 0..2 {
+            let name = format!("net{}{n}", if userns { "u" } else { "" });
+            let mut b = env.bundle(&name, &["sleep", "600"]);
+            if userns {
+                b.own_user_namespace();
+            }
+            b.write();
+            let id = env.id(&name);
+            env.amphi(&["create", "--bundle", b.path(), &id]).ok();
+            let pid = env.state(&id)["pid"].as_i64().expect("pid") as i32;
+            let net = ns(&pid.to_string(), "net");
+            assert!(
+                !seen.contains(&net),
+                "{name}: network namespace {net} not new"
+            );
+            seen.push(net);
+            assert_eq!(
+                owner_of_network(pid),
+                ns(&pid.to_string(), "user"),
+                "{name}: the network namespace's owner is the container's user namespace"
+            );
+            made.push((id, b.cgroup()));
+        }
+        for (id, cgroup) in made {
+            env.amphi(&["delete", "--force", &id]).ok();
+            env.assert_clean(&id, &cgroup);
+        }
+    }
+}
+
 /// `amphi run` as a kernel before Linux 5.12 would see it: a seccomp
 /// filter (inherited by amphi) answers `mount_setattr` with ENOSYS, as a
 /// kernel without it does. (`open_tree` and `move_mount` came in 5.2,

@@ -561,14 +561,7 @@ fn namespaced_sysctl(c: &mut Ctx) {
 
 fn uid_gid_mappings(c: &mut Ctx) {
     let (b, pid) = c.start_sleeper("userns", |b| {
-        b.spec["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"type": "user"}));
-        b.spec["linux"]["uidMappings"] =
-            json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-        b.spec["linux"]["gidMappings"] =
-            json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        b.own_user_namespace();
     });
     let _ = b;
     let uid_map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
@@ -596,14 +589,7 @@ fn uid_gid_mappings(c: &mut Ctx) {
 fn every_namespace_is_new(c: &mut Ctx) {
     let kinds = ["pid", "net", "ipc", "uts", "mnt", "cgroup", "user"];
     let (_b, pid) = c.start_sleeper("allns", |b| {
-        b.spec["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"type": "user"}));
-        b.spec["linux"]["uidMappings"] =
-            json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-        b.spec["linux"]["gidMappings"] =
-            json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        b.own_user_namespace();
     });
     for k in kinds {
         let inside = std::fs::read_link(format!("/proc/{pid}/ns/{k}")).unwrap();
@@ -654,14 +640,7 @@ fn joined_by_path(c: &mut Ctx) {
 
 fn user_namespace_joined_by_path(c: &mut Ctx) {
     let (_a, pid) = c.start_sleeper("usera", |b| {
-        b.spec["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"type": "user"}));
-        b.spec["linux"]["uidMappings"] =
-            json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-        b.spec["linux"]["gidMappings"] =
-            json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        b.own_user_namespace();
     });
     let r = c.run("userb", "readlink /proc/self/ns/user; id -u", |b| {
         b.spec["linux"]["namespaces"]

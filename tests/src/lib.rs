@@ -529,6 +529,19 @@ impl Bundle {
         }
     }
 
+    /// A user namespace of the container's own, its root host uid and gid
+    /// 100000 (65536 ids each way).
+    pub fn own_user_namespace(&mut self) {
+        self.spec["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("linux.namespaces")
+            .push(serde_json::json!({"type": "user"}));
+        for map in ["uidMappings", "gidMappings"] {
+            self.spec["linux"][map] =
+                serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        }
+    }
+
     pub fn write(&self) -> &Path {
         std::fs::write(
             self.dir.join("config.json"),

@@ -113,6 +113,9 @@ pub struct LaunchConfig<'a> {
     pub new_keyring: bool,
     /// Where the seccomp profile's warnings go (syscalls it skips).
     pub warn: &'a dyn Fn(&str),
+    /// The container's new network namespace, made ahead
+    /// ([`crate::namespaces::NetworkAhead`]), for the init to join.
+    pub network: Option<&'a OwnedFd>,
 }
 
 /// Start the init; returns its host pid once it is `created`.
@@ -126,11 +129,14 @@ pub fn launch(
 ) -> Result<i32> {
     let spec = &cfg.bundle.spec;
     let linux = spec.linux().as_ref();
-    let plan = Plan::from_spec(
+    let mut plan = Plan::from_spec(
         linux
             .and_then(|l| l.namespaces().as_deref())
             .unwrap_or_default(),
     )?;
+    if let Some(network) = cfg.network {
+        plan.join_network_made_ahead(network)?;
+    }
     let intermediate = plan.needs_intermediate();
     let (parent_ch, child_ch) = Channel::pair()?;
     let state_dir: OwnedFd = open(

@@ -15,15 +15,22 @@ use crate::Result;
 /// does: a new namespace's loopback starts down, and without it even
 /// 127.0.0.1 is unreachable inside the container.
 pub fn loopback_up() -> Result<()> {
+    set_loopback_up(&inet_socket()?)
+}
+
+fn inet_socket() -> Result<OwnedFd> {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-    use std::os::fd::AsRawFd;
-    let sock = socket(
+    socket(
         AddressFamily::Inet,
         SockType::Datagram,
         SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .sys(|| "socket for the loopback interface".into())?;
+    .sys(|| "socket for the loopback interface".into())
+}
+
+fn set_loopback_up(sock: &OwnedFd) -> Result<()> {
+    use std::os::fd::AsRawFd;
     // SAFETY: ifreq is plain old data; all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (to, from) in req.ifr_name.iter_mut().zip(b"lo\0") {
@@ -39,6 +46,68 @@ pub fn loopback_up() -> Result<()> {
     let set = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
     nix::errno::Errno::result(set).sys(|| "loopback interface: set up".into())?;
     Ok(())
+}
+
+/// A container's new network namespace, made on a thread of this process
+/// while the rest of `create` goes on. Making one costs the kernel about
+/// 0.7 ms here (a loopback device, the per-namespace sysctl tables); made
+/// by the init's clone, it would come after all the runtime's work before
+/// the clone, which takes as long. For a container with no user namespace
+/// only: this process's namespace then owns it, as it would own one made
+/// by the clone (with a user namespace, the container's must own it).
+/// Dropped unused, it waits for the thread, so that the process is single
+/// threaded again (the init is a fork-like clone).
+pub struct NetworkAhead(Option<std::thread::JoinHandle<Result<OwnedFd>>>);
+
+impl NetworkAhead {
+    /// Start making one if `namespaces` asks for a new network namespace
+    /// and no user namespace.
+    pub fn start(namespaces: &[LinuxNamespace]) -> NetworkAhead {
+        let new_net = namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none());
+        let userns = namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::User);
+        if !new_net || userns {
+            return NetworkAhead(None);
+        }
+        let thread = std::thread::Builder::new()
+            .name("amphi-netns".into())
+            .stack_size(256 << 10)
+            .spawn(make_network);
+        NetworkAhead(thread.ok())
+    }
+
+    /// The namespace, its loopback up. `None` where none was started or it
+    /// could not be made: then the clone makes it, and fails as it would
+    /// have.
+    pub fn wait(mut self) -> Option<OwnedFd> {
+        self.0.take()?.join().ok()?.ok()
+    }
+}
+
+impl Drop for NetworkAhead {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// On its own thread (unshare moves only the calling thread): a new
+/// network namespace with `lo` up, as a handle from one of its sockets
+/// (SIOCGSKNS), without going through procfs.
+fn make_network() -> Result<OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET).sys(|| "unshare network namespace".into())?;
+    let sock = inet_socket()?;
+    set_loopback_up(&sock)?;
+    // SAFETY: SIOCGSKNS takes no argument and returns a new fd.
+    let fd = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGSKNS) };
+    nix::errno::Errno::result(fd).sys(|| "network namespace of a socket (SIOCGSKNS)".into())?;
+    // SAFETY: the kernel just gave us this fd, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 pub fn flag(t: LinuxNamespaceType) -> CloneFlags {
@@ -110,6 +179,24 @@ impl Plan {
     /// enters it (and clone(2) has no bit for it).
     pub fn clone_flags(&self) -> CloneFlags {
         self.new - CloneFlags::CLONE_NEWCGROUP - flag(LinuxNamespaceType::Time)
+    }
+
+    /// Join `ns`, a new network namespace made ahead ([`NetworkAhead`]),
+    /// instead of making one in the clone.
+    pub fn join_network_made_ahead(&mut self, ns: &OwnedFd) -> Result<()> {
+        if !self.creates(LinuxNamespaceType::Network) || self.has_userns() {
+            return Ok(());
+        }
+        let fd = ns
+            .try_clone()
+            .map_err(|e| crate::Error::io("dup", "the network namespace made ahead", e))?;
+        self.new -= CloneFlags::CLONE_NEWNET;
+        self.join.push(Join {
+            typ: LinuxNamespaceType::Network,
+            path: PathBuf::from("(new, made ahead)"),
+            fd,
+        });
+        Ok(())
     }
 
     pub fn creates(&self, t: LinuxNamespaceType) -> bool {

@@ -9,6 +9,7 @@ use amphi_core::executor::{self, Executor, Handler};
 use amphi_core::hooks;
 use amphi_core::init::Mode;
 use amphi_core::launch::{launch, Cgroup, LaunchConfig};
+use amphi_core::namespaces::NetworkAhead;
 use amphi_core::spec::Bundle;
 use amphi_core::state::{proc_stat, ContainerState, Locked, Status, StoredSpec};
 use amphi_core::{paths, util, Error, Result};
@@ -82,6 +83,14 @@ impl Runtime {
             executor,
             console_socket,
         } = chosen?;
+        // Made on another core while the state, the cgroup and the record
+        // are made here; the clone would otherwise make it after them.
+        let network = NetworkAhead::start(
+            spec.linux()
+                .as_ref()
+                .and_then(|l| l.namespaces().as_deref())
+                .unwrap_or_default(),
+        );
 
         let locked = self.store.create(o.id)?;
         util::failpoint("create:dir");
@@ -133,6 +142,10 @@ impl Runtime {
                 &json,
             )
         };
+        let network = network.wait();
+        if network.is_some() {
+            util::trace::phase("create: network namespace made ahead");
+        }
         let pid = launch(
             &LaunchConfig {
                 id: o.id,
@@ -144,6 +157,7 @@ impl Runtime {
                 console_socket: console_socket.as_ref(),
                 new_keyring: !o.no_new_keyring,
                 warn: &*self.warn,
+                network: network.as_ref(),
             },
             executor,
             &mut runtime_hooks,

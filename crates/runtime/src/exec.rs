@@ -159,6 +159,7 @@ impl Runtime {
                     new_keyring: !state.no_new_keyring,
                     // The container's create warned about its profile.
                     warn: &|_| {},
+                    network: None,
                 },
                 executor,
                 &mut |_| Ok(()),
