@@ -235,9 +235,9 @@ pub fn launch(
         }
         crate::util::failpoint(&format!("{stage}:attached"));
         // What the init needs only once its rootfs is mounted is made while
-        // it mounts, on the other core: the cgroup's limits (a device
-        // filter to load, on v2) and the seccomp program. Neither is in
-        // force before `Joined`, and no workload runs before it.
+        // it mounts, on the other core: the cgroup's limits (its device
+        // rules went in with its directories) and the seccomp program.
+        // Neither is in force before `Joined`, and no workload runs before it.
         if let Cgroup::New(c) = &cfg.cgroup {
             c.limit()?;
         }
